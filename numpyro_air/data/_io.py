@@ -1,0 +1,67 @@
+"""Shared file helpers: strict ``.npz`` reading and atomic ``.npz`` writing."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
+
+
+def read_npz(
+    path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = (), *, expected: str
+) -> dict[str, np.ndarray]:
+    """Load ``keys`` (required) and ``optional`` keys from an ``.npz`` without pickle.
+
+    Raises DataError naming ``path`` and ``expected`` for a non-npz/unreadable file or a
+    missing required key.
+    """
+    try:
+        f = open(path, "rb")  # our handle: np.load leaks its own when the zip is corrupt
+    except OSError as e:
+        raise DataError(f"{path}: cannot open ({e}); expected {expected}") from e
+    with f:
+        try:
+            obj = np.load(f, allow_pickle=False)
+        except _READ_ERRORS as e:
+            raise DataError(f"{path}: unreadable .npz ({type(e).__name__}: {e}); expected {expected}") from e
+        if not isinstance(obj, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: not an .npz archive (a single .npy array); expected {expected}")
+        with obj as z:
+            missing = [k for k in keys if k not in z.files]
+            if missing:
+                raise DataError(
+                    f"{path}: missing keys {missing} (found {sorted(z.files)}); expected {expected}"
+                )
+            try:
+                return {k: z[k] for k in (*keys, *optional) if k in z.files}
+            except _READ_ERRORS as e:
+                raise DataError(
+                    f"{path}: corrupt .npz member ({type(e).__name__}: {e}); expected {expected}"
+                ) from e
+
+
+def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as a compressed ``.npz`` at exactly ``path`` via temp file + os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # honours the umask
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

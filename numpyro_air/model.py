@@ -1,0 +1,141 @@
+"""AIR generative model as a NumPyro function (scan over a fixed number of steps with masking)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.contrib.control_flow import scan
+from numpyro.contrib.module import flax_module
+
+from .config import AIRConfig
+from .distributions import PresenceBernoulli, probs_to_logits
+from .nets import Decoder
+from .prior import base_prior
+from .transform import window_to_image
+
+
+def validate_images(images, image_size: int, name: str = "images") -> jnp.ndarray:
+    """Check a batch (B, image_size, image_size) of floats in [0, 1]; returns it as float32.
+
+    Shape and dtype are always checked; values (NaN/inf, range) only when concrete (not under jit).
+    """
+    if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+        images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1:] != (image_size, image_size):
+        raise ValueError(
+            f"{name} must have shape (B, {image_size}, {image_size}), got {tuple(images.shape)}"
+        )
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(images.shape)})")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(
+            f"{name} must be a float array with values in [0, 1], got dtype {images.dtype} "
+            "(convert uint8 images with x.astype(np.float32) / 255)"
+        )
+    if not isinstance(images, jax.core.Tracer):
+        arr = np.asarray(images)
+        if not np.all(np.isfinite(arr)):
+            bad = np.argwhere(~np.isfinite(arr))[0]
+            raise ValueError(f"{name} contains NaN/inf, first at index {tuple(int(i) for i in bad)}")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"{name} values must lie in [0, 1], got min {lo:.6g}, max {hi:.6g}")
+    return jnp.asarray(images, jnp.float32)
+
+
+def prior_loc_scale(config: AIRConfig):
+    """z_where prior loc and sd, each (3,), ordered (s, x, y)."""
+    loc = jnp.array([config.scale_prior_mean, config.pos_prior_mean, config.pos_prior_mean], jnp.float32)
+    sd = jnp.array([config.scale_prior_sd, config.pos_prior_sd, config.pos_prior_sd], jnp.float32)
+    return loc, sd
+
+
+def batch_size_of(images, batch_size: Optional[int]) -> int:
+    if images is not None:
+        if batch_size is not None and batch_size != images.shape[0]:
+            raise ValueError(f"batch_size={batch_size} does not match images.shape[0]={images.shape[0]}")
+        return int(images.shape[0])
+    if batch_size is None or int(batch_size) <= 0:
+        raise ValueError(f"without images, batch_size must be a positive int, got {batch_size!r}")
+    return int(batch_size)
+
+
+def prior_probs(config: AIRConfig, z_pres_prior) -> jnp.ndarray:
+    """Per-step z_pres prior probabilities (num_steps,): given (possibly annealed, traced) or the
+    config's un-annealed schedule."""
+    if z_pres_prior is None:
+        return jnp.asarray(base_prior(config), jnp.float32)
+    p = jnp.asarray(z_pres_prior, jnp.float32)
+    if p.shape != (config.num_steps,):
+        raise ValueError(f"z_pres_prior must have shape ({config.num_steps},), got {p.shape}")
+    return p
+
+
+def model(
+    images=None,
+    config: Optional[AIRConfig] = None,
+    *,
+    z_pres_prior=None,
+    batch_size: Optional[int] = None,
+):
+    """AIR's generative model.
+
+    :param images: (B, H, H) float32 in [0, 1], or None to sample scenes from the prior.
+    :param config: :class:`AIRConfig` (default: Pyro's defaults).
+    :param z_pres_prior: per-step z_pres success probabilities (num_steps,), e.g. from
+        :func:`numpyro_air.z_pres_prior_probs` (pass it as an array so annealing never retraces);
+        default: the config's un-annealed prior.
+    :param batch_size: number of scenes when ``images`` is None.
+    :return: the canvas (B, H, H) (sum of placed objects, no clamp).
+
+    Sites: ``z_pres`` (T, B), ``z_where`` (T, B, 3), ``z_what`` (T, B, z) from a scan over
+    T = num_steps with ``plate("data", B)`` inside, ``canvas`` (deterministic) and ``obs`` (B, H*H).
+    """
+    config = AIRConfig() if config is None else config
+    if images is not None:
+        images = validate_images(images, config.image_size)
+    B = batch_size_of(images, batch_size)
+    H, w, T = config.image_size, config.window_size, config.num_steps
+    decode = flax_module(
+        "decode",
+        Decoder(
+            config.decoder_net,
+            w * w,
+            config.decoder_output_bias,
+            config.decoder_output_use_sigmoid,
+            config.non_linearity,
+            config.init,
+        ),
+        jnp.zeros((1, config.z_what_size)),
+    )
+    logits = probs_to_logits(prior_probs(config, z_pres_prior))
+    where_loc, where_sd = prior_loc_scale(config)
+
+    def step(carry, logit_t):
+        canvas, z_pres_prev = carry
+        with numpyro.plate("data", B):
+            z_pres = numpyro.sample("z_pres", PresenceBernoulli(jnp.broadcast_to(logit_t, (B,)), z_pres_prev))
+            mask = (z_pres > 0) if config.use_masking else None
+            where_d = dist.Normal(where_loc, where_sd).expand((B, 3)).to_event(1)
+            what_d = dist.Normal(0.0, 1.0).expand((B, config.z_what_size)).to_event(1)
+            z_where = numpyro.sample("z_where", where_d.mask(mask) if mask is not None else where_d)
+            z_what = numpyro.sample("z_what", what_d.mask(mask) if mask is not None else what_d)
+        window = decode(z_what).reshape(B, w, w)
+        canvas = canvas + window_to_image(z_where, window, H) * z_pres[:, None, None]
+        return (canvas, z_pres), None
+
+    init = (jnp.zeros((B, H, H), jnp.float32), jnp.ones((B,), jnp.float32))
+    (canvas, _), _ = scan(step, init, logits, length=T)
+    numpyro.deterministic("canvas", canvas)
+    with numpyro.plate("data", B):
+        numpyro.sample(
+            "obs",
+            dist.Normal(canvas.reshape(B, H * H), config.likelihood_sd).to_event(1),
+            obs=None if images is None else images.reshape(B, H * H),
+        )
+    return canvas

@@ -1,0 +1,167 @@
+"""Flax (linen) networks of AIR: encoder, decoder, predict, embed, LSTM and baseline nets.
+
+Linen is used (not NNX) because ``numpyro.contrib.module.flax_module`` keeps parameters as a
+plain pytree named ``"<name>$params"`` and draws their initialisation from NumPyro's PRNG key:
+``jax.vmap`` over ``svi.init`` keys then gives every seed its own initialisation, which NNX's
+eagerly-built modules do not (their weights come from the module's own ``nnx.Rngs``).
+
+Initialisation defaults to PyTorch's (``init="torch"``): Linear weight and bias
+U(+-1/sqrt(fan_in)); LSTMCell weights and both biases U(+-1/sqrt(hidden)), as in Pyro's AIR.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_NL = {
+    "relu": jax.nn.relu,
+    "elu": jax.nn.elu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "softplus": jax.nn.softplus,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "selu": jax.nn.selu,
+}
+
+
+def non_linearity(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    try:
+        return _NL[name]
+    except KeyError:
+        raise ValueError(f"unknown non-linearity {name!r}; choose from {sorted(_NL)}") from None
+
+
+def _uniform(bound: float):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _dense(features: int, fan_in: int, init: str, name: Optional[str] = None, use_bias: bool = True) -> nn.Dense:
+    if init == "torch":
+        b = 1.0 / float(fan_in) ** 0.5
+        return nn.Dense(features, kernel_init=_uniform(b), bias_init=_uniform(b), use_bias=use_bias, name=name)
+    return nn.Dense(features, use_bias=use_bias, name=name)
+
+
+class MLP(nn.Module):
+    """Linear layers of sizes ``sizes`` with ``nl`` between them (and after the last if
+    ``output_nl``). (B, in) -> (B, sizes[-1])."""
+
+    sizes: Sequence[int]
+    nl: str = "relu"
+    output_nl: bool = False
+    init_scheme: str = "torch"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        f = non_linearity(self.nl)
+        for i, size in enumerate(self.sizes):
+            x = _dense(size, x.shape[-1], self.init_scheme, name=f"Dense_{i}")(x)
+            if i < len(self.sizes) - 1 or self.output_nl:
+                x = f(x)
+        return x
+
+
+class Encoder(nn.Module):
+    """Window (B, w*w) -> z_what loc (B, z) and scale (B, z) = softplus(.) (no minimum, as Pyro)."""
+
+    hidden: Sequence[int]
+    z_what_size: int
+    nl: str = "relu"
+    init_scheme: str = "torch"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
+        out = MLP(tuple(self.hidden) + (2 * self.z_what_size,), self.nl, init_scheme=self.init_scheme)(x)
+        return out[:, : self.z_what_size], jax.nn.softplus(out[:, self.z_what_size :])
+
+
+class Decoder(nn.Module):
+    """z_what (B, z) -> window (B, w*w); adds ``output_bias`` then optionally a sigmoid."""
+
+    hidden: Sequence[int]
+    window_pixels: int
+    output_bias: Optional[float] = None
+    use_sigmoid: bool = False
+    nl: str = "relu"
+    init_scheme: str = "torch"
+
+    @nn.compact
+    def __call__(self, z: jnp.ndarray) -> jnp.ndarray:
+        out = MLP(tuple(self.hidden) + (self.window_pixels,), self.nl, init_scheme=self.init_scheme)(z)
+        if self.output_bias is not None:
+            out = out + self.output_bias
+        return jax.nn.sigmoid(out) if self.use_sigmoid else out
+
+
+class Predict(nn.Module):
+    """LSTM state h (B, H) -> z_pres logit (B,), z_where loc offset (B, 3), z_where scale factor
+    softplus(.) (B, 3). Pyro applies a sigmoid to output 0; we keep the logit (NaN-safe)."""
+
+    hidden: Sequence[int]
+    nl: str = "relu"
+    init_scheme: str = "torch"
+
+    @nn.compact
+    def __call__(self, h: jnp.ndarray):
+        out = MLP(tuple(self.hidden) + (7,), self.nl, init_scheme=self.init_scheme)(h)
+        return out[:, 0], out[:, 1:4], jax.nn.softplus(out[:, 4:7])
+
+
+class BaselinePredict(nn.Module):
+    """Baseline LSTM state (B, H) -> baseline value (B,)."""
+
+    hidden: Sequence[int]
+    nl: str = "relu"
+    init_scheme: str = "torch"
+
+    @nn.compact
+    def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+        return MLP(tuple(self.hidden) + (1,), self.nl, init_scheme=self.init_scheme)(h)[:, 0]
+
+
+class AIRLSTM(nn.Module):
+    """PyTorch-equivalent ``LSTMCell(image_features + latent_features, hidden)``, with the input
+    weight split into an image block and a latent block.
+
+    ``W_ih [x_img; x_lat] = W_img x_img + W_lat x_lat``, so the image block (the dominant
+    cost: image_features x 4H per image) is applied **once per image** by ``project_image``
+    and reused at every step by ``step``. Gate order (i, f, g, o) as torch.
+    """
+
+    hidden: int
+    init_scheme: str = "torch"
+
+    def setup(self) -> None:
+        if self.init_scheme == "torch":
+            u = _uniform(1.0 / float(self.hidden) ** 0.5)
+            kw = dict(kernel_init=u, bias_init=u)
+        else:
+            kw = {}
+        self.img = nn.Dense(4 * self.hidden, name="img", **kw)  # W_ih image block + b_ih
+        self.lat = nn.Dense(4 * self.hidden, use_bias=False, name="lat", **kw)  # W_ih latent block
+        self.hh = nn.Dense(4 * self.hidden, name="hh", **kw)  # W_hh + b_hh
+
+    def project_image(self, x_img: jnp.ndarray) -> jnp.ndarray:
+        """(B, image_features) -> (B, 4H): the step-invariant part of the gate pre-activations."""
+        return self.img(x_img)
+
+    def step(self, img_proj: jnp.ndarray, x_lat: jnp.ndarray, carry):
+        """One LSTM step from the projected image (B, 4H), latents (B, L) and (h, c) (B, H)."""
+        h, c = carry
+        gates = img_proj + self.lat(x_lat) + self.hh(h)
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return h, c
+
+    def __call__(self, x_img: jnp.ndarray, x_lat: jnp.ndarray, carry):
+        return self.step(self.project_image(x_img), x_lat, carry)

@@ -1,0 +1,43 @@
+"""Optimiser: Adam with a separate learning rate for the baseline parameters (Pyro's AIR)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import optax
+
+from .guide import is_baseline_param
+
+
+def param_labels(params: dict) -> dict:
+    """Label every leaf "baseline" (sites named ``bl_*``) or "main", for ``optax.multi_transform``."""
+    return {
+        name: jax.tree.map(lambda _: "baseline" if is_baseline_param(name) else "main", value)
+        for name, value in params.items()
+    }
+
+
+def make_optimizer(
+    learning_rate: float = 1e-4,
+    baseline_learning_rate: float = 1e-3,
+    clip_norm: Optional[float] = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> optax.GradientTransformation:
+    """Adam(lr) for model/guide parameters and Adam(baseline_lr) for every ``bl_*`` parameter
+    (PyTorch-default betas and eps, as Pyro). Defaults are Pyro's (1e-4, 1e-3); the tutorial
+    recipe uses (1e-4, 0.1). ``clip_norm`` clips each group's global gradient norm separately
+    (the baseline gradients are orders of magnitude larger than the guide's)."""
+    for name, v in (("learning_rate", learning_rate), ("baseline_learning_rate", baseline_learning_rate)):
+        if not v > 0:
+            raise ValueError(f"{name} must be positive, got {v!r}")
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"clip_norm must be positive or None, got {clip_norm!r}")
+
+    def group(lr: float) -> optax.GradientTransformation:
+        adam = optax.adam(lr, b1=b1, b2=b2, eps=eps)
+        return adam if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
+
+    return optax.multi_transform({"main": group(learning_rate), "baseline": group(baseline_learning_rate)}, param_labels)
