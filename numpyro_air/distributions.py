@@ -24,6 +24,9 @@ class PresenceBernoulli(Distribution):
     probability 1 (0 is absorbing) and ``log_prob(0) == 0`` exactly. Unlike ``Bernoulli(probs=p *
     prev)`` it is NaN-safe: the log-probability is computed from logits and the absorbed branch is
     selected with ``jnp.where``, so no 0 * inf reaches the gradient. Samples are float32 0./1.
+
+    Absorbed steps carry no information: where prev = 0 the value is ignored (model and guide use
+    the effective presence ``value * prev``), so ``log_prob`` is exactly 0 for either value there.
     """
 
     arg_constraints = {"logits": constraints.real, "prev": constraints.boolean}
@@ -60,5 +63,4 @@ class PresenceBernoulli(Distribution):
     def log_prob(self, value):
         value = jnp.asarray(value, jnp.float32)
         lp = value * jax.nn.log_sigmoid(self.logits) + (1.0 - value) * jax.nn.log_sigmoid(-self.logits)
-        absorbed = jnp.where(value > 0, -jnp.inf, 0.0)
-        return jnp.where(self.prev > 0, lp, absorbed)
+        return jnp.where(self.prev > 0, lp, 0.0)

@@ -27,7 +27,7 @@ Baselines are declared per discrete site with ``infer={"baseline": {...}}`` (Pyr
   array (top-level sites only).
 - ``"use_decaying_avg_baseline": True`` with ``"baseline_beta"`` (default 0.9): an exponential
   moving average of the cost (per time step for scan sites, averaged over the batch), held in a
-  ``numpyro.mutable`` site named by ``"avg_baseline_state"`` (default ``"<site>_avg_baseline"``)
+  ``numpyro.primitives.mutable`` site named by ``"avg_baseline_state"`` (default ``"<site>_avg_baseline"``)
   that the guide declares with initial value zeros((T,)) or zeros(()). Both kinds add up.
 """
 
@@ -115,7 +115,10 @@ class NVIL_ELBO(ELBO):
 
     def components(self, rng_key, param_map, model, guide, *args, **kwargs) -> Dict[str, Any]:
         """One particle: ``loss`` (the differentiable surrogate whose value is -ELBO),
-        ``elbo``, ``baseline_loss``, per-site ``costs`` and ``baselines``, ``mutable_state``."""
+        ``elbo``, per-site ``costs`` and ``baselines``, ``mutable_state``, and the two
+        differentiable parts of ``loss``'s gradient: ``surrogate_loss`` (value -ELBO; pathwise +
+        score-function terms) and ``baseline_loss`` (value sum((cost - b)**2); its gradient is
+        what ``loss`` adds, and with detached baseline inputs it reaches only baseline params)."""
         k_model, k_guide = random.split(rng_key)
         model_trace, guide_trace = get_importance_trace(
             seed(model, k_model), seed(guide, k_guide), args, kwargs, param_map
@@ -183,11 +186,13 @@ class NVIL_ELBO(ELBO):
                 bl_loss = bl_loss + jnp.sum((stop_gradient(cost) - b) ** 2)
             costs[name], baselines[name] = stop_gradient(cost), stop_gradient(b)
 
-        loss = -(elbo + surrogate - stop_gradient(surrogate)) + (bl_loss - stop_gradient(bl_loss))
+        surrogate_loss = -(elbo + surrogate - stop_gradient(surrogate))
+        loss = surrogate_loss + (bl_loss - stop_gradient(bl_loss))
         return dict(
             loss=loss,
             elbo=stop_gradient(elbo),
-            baseline_loss=stop_gradient(bl_loss),
+            surrogate_loss=surrogate_loss,
+            baseline_loss=bl_loss,
             costs=costs,
             baselines=baselines,
             mutable_state=mutable_state or None,
@@ -234,7 +239,7 @@ class NVIL_ELBO(ELBO):
             state_name = spec.get("avg_baseline_state", f"{name}_avg_baseline")
             if state_name not in guide_trace or guide_trace[state_name]["type"] != "mutable":
                 raise ValueError(
-                    f"decaying-average baseline of {name!r} needs a numpyro.mutable site {state_name!r} "
+                    f"decaying-average baseline of {name!r} needs a numpyro.primitives.mutable site {state_name!r} "
                     "declared in the guide (outside any scan)"
                 )
             beta = float(spec.get("baseline_beta", DEFAULT_BETA))

@@ -135,6 +135,7 @@ def guide(
             pres_d = PresenceBernoulli(logit, z_pres_prev)
             pres_obs = jnp.where((jax.nn.sigmoid(logit) > 0.5) & (z_pres_prev > 0), 1.0, 0.0) if greedy else None
             z_pres = numpyro.sample("z_pres", pres_d, obs=pres_obs, infer=pres_infer)
+            z_pres = z_pres * z_pres_prev  # absorbing: a (substituted) 1 after a 0 counts as 0
             mask = (z_pres > 0) if config.use_masking else None
             where_d = dist.Normal(loc, sd).to_event(1)
             z_where = numpyro.sample(

@@ -30,7 +30,8 @@ def infer(params: dict, images: jnp.ndarray, key: jax.Array, config: AIRConfig, 
     g = handlers.seed(handlers.substitute(guide, data=params), key)
     with handlers.trace() as guide_trace:
         out = g(images, config, greedy=greedy)
-    m = handlers.seed(handlers.substitute(handlers.replay(model, guide_trace), data=params), jax.random.fold_in(key, 1))
+    latents = {k: guide_trace[k]["value"] for k in ("z_pres", "z_where", "z_what")}
+    m = handlers.seed(handlers.substitute(model, data={**params, **latents}), jax.random.fold_in(key, 1))
     with handlers.trace() as model_trace:
         m(images, config)
     result = {k: out[k] for k in ("z_pres", "pres_prob", "z_where", "z_what")}
@@ -74,3 +75,21 @@ def count_accuracy(params, images, true_counts, key, config: AIRConfig, greedy: 
     conf = confusion_matrix(true_counts, out["counts"], config.num_steps)
     acc = float(np.mean(np.asarray(true_counts) == out["counts"]))
     return {"accuracy": acc, "confusion": conf.tolist()}
+
+
+@partial(jax.jit, static_argnames=("config", "num_scenes"))
+def sample_prior(params: dict, key: jax.Array, config: AIRConfig, num_scenes: int) -> Dict[str, jnp.ndarray]:
+    """Scenes from the generative model: ``canvas`` (N, H, H), ``z_pres`` (N, T), ``z_where``
+    (N, T, 3), ``boxes`` (N, T, 4), ``images`` (N, H, H) (canvas plus likelihood noise)."""
+    m = handlers.seed(handlers.substitute(model, data=params), key)
+    with handlers.trace() as tr:
+        m(None, config, batch_size=num_scenes)
+    z_pres = jnp.swapaxes(tr["z_pres"]["value"], 0, 1)
+    z_where = jnp.swapaxes(tr["z_where"]["value"], 0, 1)
+    return {
+        "canvas": tr["canvas"]["value"],
+        "images": tr["obs"]["value"].reshape(num_scenes, config.image_size, config.image_size),
+        "z_pres": z_pres,
+        "z_where": z_where,
+        "boxes": bounding_boxes(z_where, config.image_size),
+    }

@@ -120,6 +120,7 @@ def model(
         canvas, z_pres_prev = carry
         with numpyro.plate("data", B):
             z_pres = numpyro.sample("z_pres", PresenceBernoulli(jnp.broadcast_to(logit_t, (B,)), z_pres_prev))
+            z_pres = z_pres * z_pres_prev  # absorbing: a (substituted) 1 after a 0 counts as 0
             mask = (z_pres > 0) if config.use_masking else None
             where_d = dist.Normal(where_loc, where_sd).expand((B, 3)).to_event(1)
             what_d = dist.Normal(0.0, 1.0).expand((B, config.z_what_size)).to_event(1)

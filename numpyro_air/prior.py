@@ -49,19 +49,20 @@ def base_prior(config: AIRConfig) -> np.ndarray:
 
 
 def lin_decay(initial, final, begin, duration, step):
-    """Linear interpolation initial -> final over [begin, begin + duration], clamped to [final, initial]."""
+    """Linear interpolation initial -> final over [begin, begin + duration], clamped as Pyro's
+    ``max(min(v, initial), final)`` (so ``final`` wins if it exceeds ``initial``)."""
     v = initial - (initial - final) * (step - begin) / duration
-    return jnp.minimum(jnp.maximum(v, final), initial)
+    return jnp.maximum(jnp.minimum(v, initial), final)
 
 
 def exp_decay(initial, final, begin, duration, step):
     """``initial * exp(-r (step - begin))`` with r = ln(initial / final) / duration, clamped to
-    [final, initial] (Pyro's ``exp_decay``). ``initial`` must be > 0."""
+    Pyro's ``max(min(v, initial), final)`` (``exp_decay``). ``initial`` must be > 0."""
     initial = jnp.asarray(initial, jnp.float32)
     safe_initial = jnp.maximum(initial, jnp.finfo(jnp.float32).tiny)
     rate = jnp.log(safe_initial / final) / duration
     v = safe_initial * jnp.exp(-rate * (step - begin))
-    return jnp.minimum(jnp.maximum(v, final), initial)
+    return jnp.maximum(jnp.minimum(v, initial), final)
 
 
 def z_pres_prior_probs(config: AIRConfig, step=0) -> jnp.ndarray:

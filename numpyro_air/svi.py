@@ -75,7 +75,7 @@ def make_update(svi: SVI, config: AIRConfig) -> Callable[[SVIState, jnp.ndarray,
             mutable_state=state.mutable_state,
         )
         (loss, mutable_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+        ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
         optim_state = svi.optim.update(grads, state.optim_state, value=loss)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
         new_state = SVIState(keep(optim_state, state.optim_state), keep(mutable_state, state.mutable_state), rng_key)

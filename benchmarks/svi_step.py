@@ -1,0 +1,259 @@
+"""Time the jitted AIR training step (NVIL ELBO + two-group Adam) for the tutorial recipe.
+
+Usage:  python benchmarks/svi_step.py [--batch-size 64] [--steps 50] [--warmup 5]
+                                      [--device cpu|gpu|tpu] [--flops] [--json]
+
+Builds ``AIRConfig.tutorial()`` (50x50 images, 28x28 window, LSTM 256, z_what 50, predict and
+baseline MLPs of 200) with ``make_svi`` / ``make_train_step`` exactly as training does, feeds
+random images in [0, 1] of shape (B, 50, 50) (a pool of 4 batches already on the device, so no
+host transfer is timed), and reports:
+
+- ``compile_sec``: tracing + lowering + XLA compilation of the step (``lower().compile()``);
+- ``sec_per_step``: the median wall time of one step over ``--steps`` steps after ``--warmup``
+  (each step blocked with ``jax.block_until_ready``), and ``images_per_sec`` = B / that;
+- with ``--flops``: XLA's FLOP count of the compiled step (``cost_analysis()``) and an analytic
+  per-component count that shows the image projections (both LSTMs' input weights on the
+  2500-pixel image) dominate and are computed once per image, not once per step.
+
+``--json`` prints a single JSON object instead of text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _nproc() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _pick_device(kind: str | None):
+    if kind is None:
+        return jax.devices()[0]
+    try:
+        devices = jax.devices(kind)
+    except RuntimeError as e:
+        raise SystemExit(
+            f"error: --device {kind}: no {kind} backend available to JAX "
+            f"(available: {sorted({d.platform for d in jax.devices()})}; jax {jax.__version__}). {e}"
+        ) from None
+    if not devices:
+        raise SystemExit(f"error: --device {kind}: JAX reports no {kind} devices")
+    return devices[0]
+
+
+# ----------------------------------------------------------------------------- analytic FLOPs
+def _mlp_macs(sizes) -> int:
+    return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def analytic_macs(cfg) -> dict:
+    """Multiply-accumulates of one forward pass, per image, by component.
+
+    Returns {component: (macs, how_often)} where how_often is "once" (per image) or "per step"
+    (already multiplied by num_steps). Element-wise work (activations, gates, log-probs, the
+    STN's hat weights) is left out; it is a few percent.
+    """
+    T, H, w, P, z = cfg.num_steps, cfg.rnn_hidden_size, cfg.window_size, cfg.image_size, cfg.z_what_size
+    pixels = P * P
+    feat = pixels if cfg.embed_net is None else cfg.embed_net[-1]
+    lat = 3 + z + 1
+    nets = 2 if cfg.use_baselines else 1  # guide LSTM (+ baseline LSTM)
+    out = {}
+    if cfg.embed_net is not None:
+        out["embed MLP (image -> features)"] = (nets * _mlp_macs((pixels,) + tuple(cfg.embed_net)), "once")
+    out[f"LSTM image projection ({feat} x 4H) x{nets}"] = (nets * feat * 4 * H, "once")
+    out[f"LSTM latent input ({lat} x 4H) x{nets}"] = (T * nets * lat * 4 * H, "per step")
+    out[f"LSTM hidden ({H} x 4H) x{nets}"] = (T * nets * H * 4 * H, "per step")
+    out["predict MLP"] = (T * _mlp_macs((H,) + tuple(cfg.predict_net) + (7,)), "per step")
+    if cfg.use_baselines:
+        out["baseline predict MLP"] = (T * _mlp_macs((H,) + tuple(cfg.bl_predict_net) + (1,)), "per step")
+    out["encoder MLP (window -> z_what)"] = (T * _mlp_macs((w * w,) + tuple(cfg.encoder_net) + (2 * z,)), "per step")
+    out["decoder MLP (z_what -> window)"] = (T * _mlp_macs((z,) + tuple(cfg.decoder_net) + (w * w,)), "per step")
+    # separable STN: rows (out x in x in) then columns (out x in x out), both directions
+    out["STN image -> window (guide)"] = (T * w * P * (P + w), "per step")
+    out["STN window -> image (model)"] = (T * P * w * (w + P), "per step")
+    return out
+
+
+def flops_report(cfg, batch: int) -> dict:
+    comps = analytic_macs(cfg)
+    fwd_macs = sum(m for m, _ in comps.values())
+    proj = {k: m for k, (m, how) in comps.items() if how == "once"}
+    proj_macs = sum(proj.values())
+    # training ~ forward + backward; backward ~ 2x forward (input and weight gradients), except
+    # for the image projections whose input is data (weight gradient only: 1x)
+    train_flops_per_image = 2 * (3 * fwd_macs - proj_macs)
+    T = cfg.num_steps
+    return {
+        "components_fwd_macs_per_image": {k: m for k, (m, _) in comps.items()},
+        "components_frequency": {k: how for k, (_, how) in comps.items()},
+        "fwd_macs_per_image": fwd_macs,
+        "image_projection_macs_per_image": proj_macs,
+        "image_projection_share_of_fwd": proj_macs / fwd_macs,
+        "fwd_macs_per_image_if_projection_recomputed_each_step": fwd_macs + (T - 1) * proj_macs,
+        "analytic_train_flops_per_step": train_flops_per_image * batch,
+        "analytic_train_flops_per_step_if_recomputed": (train_flops_per_image + 2 * 2 * (T - 1) * proj_macs) * batch,
+    }
+
+
+def _xla_flops(compiled):
+    try:
+        ca = compiled.cost_analysis()
+    except Exception as e:  # noqa: BLE001 (backend-specific; report, don't fail)
+        return None, f"cost_analysis unavailable: {type(e).__name__}: {e}"
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else None
+    if not ca or "flops" not in ca:
+        return None, "cost_analysis returned no 'flops'"
+    return float(ca["flops"]), None
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=50, help="timed steps (median reported)")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps after compilation")
+    ap.add_argument("--device", choices=("cpu", "gpu", "tpu"), default=None, help="default: JAX's default backend")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--flops", action="store_true", help="also report XLA's and an analytic FLOP count")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    if args.batch_size < 1 or args.steps < 1 or args.warmup < 0:
+        ap.error("--batch-size and --steps must be >= 1, --warmup >= 0")
+
+    from numpyro_air import AIRConfig
+    from numpyro_air.svi import OptimConfig, make_svi, make_train_step
+
+    device = _pick_device(args.device)
+    cfg = AIRConfig.tutorial()
+    B = args.batch_size
+    rng = np.random.default_rng(args.seed)
+    with jax.default_device(device):
+        pool = [jax.device_put(rng.uniform(0, 1, (B, cfg.image_size, cfg.image_size)).astype(np.float32), device) for _ in range(4)]
+        n_total = 1 + args.warmup + args.steps
+        step_ids = [jax.device_put(np.int32(i), device) for i in range(1, n_total + 1)]
+        svi = make_svi(cfg, OptimConfig(learning_rate=1e-4, baseline_learning_rate=0.1))  # tutorial lrs
+        state = jax.jit(svi.init)(jax.random.PRNGKey(args.seed), pool[0])
+        jax.block_until_ready(state)
+        step_fn = make_train_step(svi, cfg)
+
+        t0 = time.perf_counter()
+        lowered = step_fn.lower(state, pool[0], step_ids[0])
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+        t2 = time.perf_counter()
+        trace_sec, compile_sec = t1 - t0, t2 - t0
+        # first call through the jitted function (retraces, reuses the compiled executable)
+        t0 = time.perf_counter()
+        state, info = jax.block_until_ready(step_fn(state, pool[0], step_ids[0]))
+        first_call_sec = time.perf_counter() - t0
+
+        for i in range(args.warmup):
+            state, info = jax.block_until_ready(step_fn(state, pool[(1 + i) % 4], step_ids[1 + i]))
+        times, skipped, losses = [], 0, []
+        for i in range(args.steps):
+            k = 1 + args.warmup + i
+            t0 = time.perf_counter()
+            state, info = jax.block_until_ready(step_fn(state, pool[k % 4], step_ids[k]))
+            times.append(time.perf_counter() - t0)
+            skipped += int(info.skipped)
+            losses.append(float(info.loss))
+        retraced = step_fn._cache_size() != 1
+
+    sec = statistics.median(times)
+    res = {
+        "compile_sec": compile_sec,
+        "sec_per_step": sec,
+        "images_per_sec": B / sec,
+        "batch_size": B,
+        "device": str(device),
+        "device_kind": getattr(device, "device_kind", None),
+        "backend": device.platform,
+        "trace_sec": trace_sec,
+        "first_call_sec": first_call_sec,
+        "sec_per_step_mean": statistics.fmean(times),
+        "sec_per_step_min": min(times),
+        "sec_per_step_max": max(times),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "skipped_steps": skipped,
+        "retraced": retraced,
+        "loss_per_image_last": losses[-1],
+        "config": "AIRConfig.tutorial()",
+        "jax_version": jax.__version__,
+        "python": platform.python_version(),
+        "cpu_model": _cpu_model(),
+        "nproc": _nproc(),
+        "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if args.flops:
+        xla, why = _xla_flops(compiled)
+        rep = flops_report(cfg, B)
+        res["xla_flops_per_step"] = xla
+        if why:
+            res["xla_flops_note"] = why
+        res.update(rep)
+        res["analytic_over_xla"] = rep["analytic_train_flops_per_step"] / xla if xla else None
+        res["achieved_gflops_xla"] = xla / sec / 1e9 if xla else None
+
+    if args.json:
+        print(json.dumps(res))
+    else:
+        _print_text(res, cfg)
+    return res
+
+
+def _print_text(r: dict, cfg) -> None:
+    print(f"device: {r['device']} ({r['backend']}), cpu: {r['cpu_model']}, nproc {r['nproc']}, "
+          f"load {r['loadavg_1min']}, jax {r['jax_version']}")
+    print(f"AIR step, tutorial config, batch {r['batch_size']}:")
+    print(f"  compile (trace {r['trace_sec']:.2f} s + XLA): {r['compile_sec']:.2f} s; first call {r['first_call_sec']:.2f} s")
+    print(f"  median {r['sec_per_step'] * 1e3:.1f} ms/step over {r['steps']} steps (min {r['sec_per_step_min'] * 1e3:.1f}, "
+          f"max {r['sec_per_step_max'] * 1e3:.1f}) -> {r['images_per_sec']:.0f} images/s; "
+          f"skipped {r['skipped_steps']}, retraced {r['retraced']}")
+    if "fwd_macs_per_image" in r:
+        T = cfg.num_steps
+        fwd = r["fwd_macs_per_image"]
+        print(f"  analytic forward MACs per image (T = {T}):")
+        for k, m in r["components_fwd_macs_per_image"].items():
+            print(f"    {k:<42s} {m / 1e6:8.3f} M  {100 * m / fwd:5.1f}%  ({r['components_frequency'][k]})")
+        print(f"    {'total':<42s} {fwd / 1e6:8.3f} M")
+        print(f"  image projection: {100 * r['image_projection_share_of_fwd']:.0f}% of the forward pass, once per image; "
+              f"recomputed at each of the {T} steps the forward would be "
+              f"{r['fwd_macs_per_image_if_projection_recomputed_each_step'] / 1e6:.2f} M MACs "
+              f"({r['fwd_macs_per_image_if_projection_recomputed_each_step'] / fwd:.2f}x)")
+        xla = r["xla_flops_per_step"]
+        print(f"  train FLOPs per step: analytic ~{r['analytic_train_flops_per_step'] / 1e9:.2f} G "
+              f"(~{r['analytic_train_flops_per_step_if_recomputed'] / 1e9:.2f} G if recomputed), "
+              + (f"XLA cost_analysis {xla / 1e9:.2f} G -> {r['achieved_gflops_xla']:.1f} GFLOP/s achieved"
+                 if xla else r.get("xla_flops_note", "XLA: n/a")))
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,186 @@
+"""Figures (PNG, matplotlib Agg): inferred boxes, reconstructions, prior samples, learning curves."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+STEP_COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple", "tab:cyan")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grid(n: int, ncols: int):
+    ncols = max(1, min(ncols, n))
+    return int(np.ceil(n / ncols)), ncols
+
+
+def _draw_boxes(ax, boxes: np.ndarray, z_pres: np.ndarray) -> None:
+    from matplotlib.patches import Rectangle
+
+    for t, (box, pres) in enumerate(zip(boxes, z_pres)):
+        if pres > 0:
+            x0, y0, w, h = box
+            # pixel (x0, y0) is the box's outer corner; imshow centres pixel i at i
+            ax.add_patch(
+                Rectangle((x0 - 0.5, y0 - 0.5), w, h, fill=False, lw=1.5, ec=STEP_COLOURS[t % len(STEP_COLOURS)])
+            )
+
+
+def save_boxes_figure(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    boxes: np.ndarray,
+    z_pres: np.ndarray,
+    true_counts: Optional[np.ndarray] = None,
+    ncols: int = 8,
+    title: str = "",
+) -> Path:
+    """Images (N, H, W) with inferred boxes (N, T, 4) coloured by step (red, green, blue, ...)."""
+    plt = _plt()
+    n = len(images)
+    rows, cols = _grid(n, ncols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(np.clip(images[i], 0, 1), cmap="gray", vmin=0, vmax=1)
+        H = images[i].shape[0]
+        ax.set_xlim(-0.5, H - 0.5)
+        ax.set_ylim(H - 0.5, -0.5)
+        _draw_boxes(ax, boxes[i], z_pres[i])
+        label = f"n={int(np.sum(z_pres[i]))}"
+        if true_counts is not None:
+            label += f" (true {int(true_counts[i])})"
+        ax.set_title(label, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_reconstruction_figure(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    reconstructions: np.ndarray,
+    boxes: np.ndarray,
+    z_pres: np.ndarray,
+    title: str = "",
+) -> Path:
+    """Two rows: data with boxes, and the model's reconstruction (canvas clipped to [0, 1])."""
+    plt = _plt()
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(1.5 * n, 3.2), squeeze=False)
+    for i in range(n):
+        for r, img in enumerate((images[i], reconstructions[i])):
+            ax = axes[r, i]
+            ax.axis("off")
+            ax.imshow(np.clip(img, 0, 1), cmap="gray", vmin=0, vmax=1)
+            H = img.shape[0]
+            ax.set_xlim(-0.5, H - 0.5)
+            ax.set_ylim(H - 0.5, -0.5)
+            _draw_boxes(ax, boxes[i], z_pres[i])
+    axes[0, 0].set_title("data", fontsize=8, loc="left")
+    axes[1, 0].set_title("reconstruction", fontsize=8, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_prior_samples_figure(path: str | os.PathLike, canvases: np.ndarray, boxes: np.ndarray, z_pres: np.ndarray) -> Path:
+    """Scenes sampled from the model's prior (canvas clipped to [0, 1] for display)."""
+    return save_boxes_figure(path, canvases, boxes, z_pres, title="samples from the prior")
+
+
+def read_jsonl(path: str | os.PathLike) -> list:
+    """Records of a metrics log (one JSON object per line)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def save_curves(records: Iterable[dict], out_dir: str | os.PathLike, prefix: str = "") -> list:
+    """ELBO per image and count accuracy against step and wall-clock time.
+
+    ``records``: metrics-log entries; ``kind == "train"`` rows carry ``elbo``, ``kind == "eval"``
+    rows carry ``test_accuracy`` / ``train_accuracy`` (and ``*_greedy``). Each row may carry a
+    ``seed``; one line per seed. Returns the written paths.
+    """
+    plt = _plt()
+    records = list(records)
+    out_dir = Path(out_dir)
+    paths = []
+    seeds = sorted({r.get("seed", 0) for r in records})
+    panels = [
+        ("elbo", "train", ["elbo"], "ELBO per image (nats)"),
+        ("accuracy", "eval", ["test_accuracy", "test_accuracy_greedy", "train_accuracy", "train_accuracy_greedy"], "count accuracy"),
+    ]
+    for name, kind, keys, ylabel in panels:
+        rows = [r for r in records if r.get("kind") == kind]
+        if not rows:
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for ax, xkey, xlabel in ((axes[0], "step", "step"), (axes[1], "wall_time", "wall-clock minutes")):
+            for seed in seeds:
+                srows = [r for r in rows if r.get("seed", 0) == seed]
+                for key in keys:
+                    pts = [(r[xkey], r[key]) for r in srows if r.get(key) is not None]
+                    if not pts:
+                        continue
+                    x, y = map(np.asarray, zip(*pts))
+                    if xkey == "wall_time":
+                        x = x / 60.0
+                    label = key if len(seeds) == 1 else f"{key} (seed {seed})"
+                    ax.plot(x, y, label=label, lw=1.2)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        if name == "accuracy":
+            axes[0].set_ylim(0, 1.0)
+            axes[1].set_ylim(0, 1.0)
+        axes[1].legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / f"{prefix}{name}.png"))
+    return paths
+
+
+def save_confusion_figure(path: str | os.PathLike, confusion: Sequence[Sequence[int]], title: str = "") -> Path:
+    """Confusion matrix (true count x inferred count) with row-normalised shading and counts."""
+    plt = _plt()
+    m = np.asarray(confusion)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1 + 0.8 * m.shape[1], 1 + 0.7 * m.shape[0]))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8, color="black" if norm[i, j] < 0.6 else "white")
+    ax.set_xlabel("inferred count")
+    ax.set_ylabel("true count")
+    ax.set_xticks(range(m.shape[1]))
+    ax.set_yticks(range(m.shape[0]))
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,69 @@
+"""Shared pytest setup: CPU-only JAX, a per-session compilation cache, small configs and batches."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+
+# Force CPU before JAX is imported anywhere (tests must not grab an accelerator).
+os.environ["JAX_PLATFORMS"] = "cpu"
+# Compile fast rather than run fast: XLA's CPU backend at -O0 halves the (dominant) compile time
+# of the model/guide scans; the test workloads are tiny. Set XLA_FLAGS yourself to override.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# numpyro's eager ``scan`` builds a fresh closure on every model/guide call, so JAX's in-memory
+# cache never hits and each call recompiles (seconds on a small CPU). A persistent cache keyed on
+# the compiled HLO makes repeated calls with the same config and shapes cheap. It must be set
+# before the first compilation; it lives in a private temp dir removed at exit (no cross-run state).
+_JAX_CACHE_DIR = tempfile.mkdtemp(prefix="numpyro_air_test_jax_cache_")
+atexit.register(shutil.rmtree, _JAX_CACHE_DIR, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _JAX_CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+from numpyro_air import AIRConfig  # noqa: E402
+
+SMALL = dict(
+    image_size=20,
+    window_size=10,
+    z_what_size=8,
+    rnn_hidden_size=32,
+    encoder_net=(16,),
+    decoder_net=(16,),
+)
+
+
+@pytest.fixture(scope="session")
+def small_config() -> AIRConfig:
+    """A fast AIR config (20x20 images, 10x10 windows, z_what 8, LSTM 32); Pyro defaults otherwise."""
+    return AIRConfig(**SMALL)
+
+
+def make_scenes(n: int, image_size: int = 20, seed: int = 0) -> np.ndarray:
+    """(n, image_size, image_size) float32 in [0, 1]: 0-3 bright squares on a faint noise floor."""
+    rng = np.random.default_rng(seed)
+    imgs = rng.uniform(0.0, 0.05, size=(n, image_size, image_size))
+    side = max(2, image_size // 5)
+    for i in range(n):
+        for _ in range(i % 4):
+            r, c = rng.integers(0, image_size - side, size=2)
+            imgs[i, r : r + side, c : c + side] = rng.uniform(0.6, 1.0)
+    return imgs.astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def small_batch(small_config) -> np.ndarray:
+    """Session-wide batch (4, 20, 20) float32 in [0, 1] matching ``small_config``."""
+    return make_scenes(4, small_config.image_size)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)

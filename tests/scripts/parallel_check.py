@@ -1,0 +1,79 @@
+"""Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=2 (see
+tests/test_parallel.py): compares sharded (2 CPU devices) and single-device loss, gradients and
+SVI steps, for one seed and for K=2 seeds x 2 devices. Prints one JSON object."""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import numpyro_air as na
+from numpyro_air import parallel
+from numpyro_air.elbo import NVIL_ELBO
+from numpyro_air.svi import OptimConfig, make_svi, make_update
+from numpyro_air.training import init_states, make_multi_seed_step
+
+
+def maxdiff(a, b):
+    return float(max(np.max(np.abs(np.asarray(x) - np.asarray(y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+
+
+def maxabs(a):
+    return float(max(np.max(np.abs(np.asarray(x))) for x in jax.tree.leaves(a)))
+
+
+cfg = na.AIRConfig.tutorial(image_size=20, window_size=10, rnn_hidden_size=32, z_what_size=8,
+                            encoder_net=(32,), decoder_net=(32,), predict_net=(16,), bl_predict_net=(16,))
+B = 8
+imgs = jax.random.uniform(jax.random.PRNGKey(0), (2, B, 20, 20)) * 0.5
+svi = make_svi(cfg, OptimConfig(baseline_learning_rate=0.1))
+devices = parallel.select_devices("cpu", 2)
+mesh = parallel.make_mesh(devices)
+out = {"num_devices": len(jax.devices())}
+
+# loss and gradients of one particle, single device vs images sharded over 2 devices
+states = init_states(svi, jnp.stack([jax.random.PRNGKey(1), jax.random.PRNGKey(2)]), imgs[0])
+state0 = jax.tree.map(lambda a: a[0], states)
+params = svi.get_params(state0)
+elbo = NVIL_ELBO()
+lossf = lambda p, x: elbo.loss(jax.random.PRNGKey(3), p, na.model, na.guide, x, config=cfg)  # noqa: E731
+vg = jax.jit(jax.value_and_grad(lossf))
+l1, g1 = vg(params, imgs[0])
+x_sh = jax.device_put(imgs[0], parallel.batch_sharding(mesh, seeds_axis=False))
+p_rep = jax.device_put(params, parallel.replicated(mesh))
+l2, g2 = vg(p_rep, x_sh)
+out["loss_single"], out["loss_sharded"] = float(l1), float(l2)
+out["grad_maxdiff"], out["grad_maxabs"] = maxdiff(g1, g2), maxabs(g1)
+out["x_sharding_devices"] = len(x_sh.sharding.device_set)
+
+# one full SVI step: single seed
+step1 = jax.jit(make_update(svi, cfg))
+s_a, i_a = step1(state0, imgs[0], jnp.asarray(1))
+sh_step = parallel.make_sharded_step(svi, cfg, mesh, seeds_axis=False)
+s_b, i_b = sh_step(jax.device_put(state0, parallel.replicated(mesh)), parallel.put_batch(np.asarray(imgs[0]), mesh, False), jnp.asarray(1))
+out["step_loss_single"], out["step_loss_sharded"] = float(i_a.loss), float(i_b.loss)
+out["step_param_maxdiff"] = maxdiff(svi.get_params(s_a), svi.get_params(s_b))
+
+# K = 2 seeds x 2 devices vs each seed alone on one device
+multi = parallel.make_sharded_step(svi, cfg, mesh, seeds_axis=True)
+s_m, i_m = multi(jax.device_put(states, parallel.replicated(mesh)), parallel.put_batch(np.asarray(imgs), mesh), jnp.asarray(1))
+diffs, ldiffs = [], []
+for k in range(2):
+    s_k, i_k = step1(jax.tree.map(lambda a: a[k], states), imgs[k], jnp.asarray(1))
+    diffs.append(maxdiff(svi.get_params(s_k), jax.tree.map(lambda a: a[k], svi.get_params(s_m))))
+    ldiffs.append(abs(float(i_k.loss) - float(i_m.loss[k])))
+out["seeds_devices_param_maxdiff"], out["seeds_devices_loss_diff"] = max(diffs), max(ldiffs)
+# vmapped seeds on one device equal the individual steps too
+s_v, i_v = make_multi_seed_step(svi, cfg)(states, imgs, jnp.asarray(1))
+out["seeds_vmap_param_maxdiff"] = max(
+    maxdiff(svi.get_params(step1(jax.tree.map(lambda a: a[k], states), imgs[k], jnp.asarray(1))[0]),
+            jax.tree.map(lambda a: a[k], svi.get_params(s_v))) for k in range(2))
+# bad input: batch not divisible by the device count, before compiling
+try:
+    parallel.check_batch(7, mesh)
+    out["indivisible_error"] = None
+except ValueError as e:
+    out["indivisible_error"] = str(e)
+json.dump(out, sys.stdout)

@@ -1,0 +1,64 @@
+"""Data parallel (2 forced CPU devices, in a subprocess) and multi-seed vmap equal the
+single-device, single-seed computations; bad scale-out inputs fail early and clearly."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from numpyro_air import parallel
+from numpyro_air.training import TrainConfig
+
+SCRIPT = Path(__file__).parent / "scripts" / "parallel_check.py"
+
+
+@pytest.fixture(scope="module")
+def result():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout)
+
+
+def test_two_devices_visible(result):
+    assert result["num_devices"] == 2
+    assert result["x_sharding_devices"] == 2
+
+
+def test_sharded_loss_and_gradients_match_single_device(result):
+    assert result["loss_sharded"] == pytest.approx(result["loss_single"], rel=1e-5)
+    # float32 reductions in a different order: relative to the largest gradient entry
+    assert result["grad_maxdiff"] <= 1e-4 * max(result["grad_maxabs"], 1.0)
+
+
+def test_sharded_svi_step_matches(result):
+    assert result["step_loss_sharded"] == pytest.approx(result["step_loss_single"], rel=1e-5)
+    assert result["step_param_maxdiff"] < 1e-5
+
+
+def test_seeds_times_devices_match_individual_runs(result):
+    assert result["seeds_devices_param_maxdiff"] < 1e-5
+    assert result["seeds_devices_loss_diff"] < 1e-3
+    assert result["seeds_vmap_param_maxdiff"] < 1e-5
+
+
+def test_indivisible_batch_error(result):
+    assert "not divisible" in result["indivisible_error"] and "7" in result["indivisible_error"]
+
+
+def test_bad_num_seeds():
+    with pytest.raises(ValueError, match="num_seeds"):
+        TrainConfig(num_seeds=0)
+
+
+def test_missing_device_kind():
+    with pytest.raises(ValueError, match="tpu"):
+        parallel.select_devices("tpu")
+
+
+def test_too_many_devices():
+    with pytest.raises(ValueError, match="requested"):
+        parallel.select_devices("cpu", 64)

@@ -1,0 +1,207 @@
+"""Training loop, checkpoints (exact resume, corruption, config mismatch, no silent overwrite),
+the CLI scripts (train.py, evaluate.py, plot.py) and the inference API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from numpyro_air import AIRConfig, inference
+from numpyro_air.checkpoint import CheckpointError, load_trained, read_checkpoint, save_checkpoint
+from numpyro_air.data import generate_multi_mnist, save_eval_npz
+from numpyro_air.svi import OptimConfig
+from numpyro_air.training import TrainConfig, accuracy_summary, train
+
+ROOT = Path(__file__).resolve().parents[1]
+CANVAS = 24
+AIR = AIRConfig.tutorial(image_size=CANVAS, window_size=12, z_what_size=4, rnn_hidden_size=16,
+                         encoder_net=(16,), decoder_net=(16,), predict_net=(8,), bl_predict_net=(8,))
+OPT = OptimConfig(baseline_learning_rate=0.1)
+
+
+def fake_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 28, 28) uint8 blobs standing in for MNIST digits."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:28, :28]
+    d = np.zeros((n, 28, 28), np.float32)
+    for i in range(n):
+        cy, cx = rng.uniform(10, 18, 2)
+        d[i] = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / rng.uniform(10, 30))
+    return (d * 200).astype(np.uint8), rng.integers(0, 10, n)
+
+
+@pytest.fixture(scope="module")
+def datasets():
+    x, y = fake_digits(40, 0)
+    train_set = generate_multi_mnist(x, y, 64, canvas_size=CANVAS, scale_mean=1.3, seed=1)
+    test_set = generate_multi_mnist(x, y, 16, canvas_size=CANVAS, scale_mean=1.3, seed=2)
+    return train_set, test_set
+
+
+def tcfg(n: int, **kw) -> TrainConfig:
+    base = dict(num_steps=n, batch_size=8, seed=3, progress_every=2, eval_every=0, eval_batch_size=16, save_every=0)
+    return TrainConfig(**(base | kw))
+
+
+def run(tmp: Path, n: int, datasets, **kw):
+    return train(AIR, OPT, tcfg(n, **{k: v for k, v in kw.items() if k in TrainConfig.__dataclass_fields__}),
+                 *datasets, tmp, progress=False, log=lambda s: None,
+                 **{k: v for k, v in kw.items() if k not in TrainConfig.__dataclass_fields__})
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, datasets):
+    out = tmp_path_factory.mktemp("full")
+    summary = run(out, 4, datasets)
+    return out, summary
+
+
+def test_outputs_of_a_run(full_run):
+    out, summary = full_run
+    for name in ("metrics.jsonl", "checkpoint.msgpack", "summary.json", "elbo.png", "accuracy.png",
+                 "boxes.png", "reconstructions.png", "prior_samples.png", "confusion_test.png"):
+        assert (out / name).is_file(), name
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in recs if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == [2, 4]
+    assert all(np.isfinite(r["elbo"]) for r in train_rows)
+    ev = [r for r in recs if r["kind"] == "eval"][-1]
+    conf = np.asarray(ev["test_confusion"])
+    assert conf.shape == (3, AIR.num_steps + 1) and conf.sum() == 16
+    assert ev["test_accuracy"] == pytest.approx(np.trace(conf) / 16)
+    assert summary["steps"] == 4
+
+
+def test_resume_matches_uninterrupted(tmp_path, datasets, full_run):
+    out_full, _ = full_run
+    part = tmp_path / "part"
+    run(part, 2, datasets)
+    run(part, 4, datasets, load=part / "checkpoint.msgpack")
+    m_full, leaves_full = read_checkpoint(out_full / "checkpoint.msgpack")
+    m_res, leaves_res = read_checkpoint(part / "checkpoint.msgpack")
+    assert m_full["step"] == m_res["step"] == 4
+    assert len(leaves_full) == len(leaves_res)
+    for a, b in zip(leaves_full, leaves_res):
+        np.testing.assert_array_equal(a, b)
+    # the log was continued, not restarted
+    steps = [json.loads(line)["step"] for line in (part / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert steps == [2, 4]
+
+
+def test_existing_output_is_not_overwritten(full_run, datasets):
+    out, _ = full_run
+    before = (out / "checkpoint.msgpack").read_bytes()
+    with pytest.raises(FileExistsError, match="already exists"):
+        run(out, 2, datasets)
+    assert (out / "checkpoint.msgpack").read_bytes() == before
+
+
+def test_corrupt_checkpoint(tmp_path, full_run, datasets):
+    out, _ = full_run
+    raw = bytearray((out / "checkpoint.msgpack").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    bad = tmp_path / "bad.msgpack"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        read_checkpoint(bad)
+    (tmp_path / "trunc.msgpack").write_bytes(bytes(raw[:20]))
+    with pytest.raises(CheckpointError, match="not a numpyro-air checkpoint"):
+        read_checkpoint(tmp_path / "trunc.msgpack")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "missing.msgpack")
+
+
+def test_config_mismatch_is_refused(tmp_path, full_run, datasets):
+    out, _ = full_run
+    other = AIR.replace(z_pres_prior=0.5)
+    with pytest.raises(CheckpointError, match="z_pres_prior"):
+        train(other, OPT, tcfg(6), *datasets, tmp_path / "x", load=out / "checkpoint.msgpack", progress=False, log=lambda s: None)
+
+
+def test_save_checkpoint_refuses_overwrite(tmp_path):
+    p = save_checkpoint(tmp_path / "c.msgpack", {"a": jnp.ones(2)}, {"x": 1})
+    with pytest.raises(CheckpointError, match="refusing"):
+        save_checkpoint(p, {"a": jnp.ones(2)}, {"x": 1}, overwrite=False)
+
+
+def test_inference_api(full_run, datasets):
+    out, _ = full_run
+    air, params, meta = load_trained(out / "checkpoint.msgpack")
+    assert air == AIR and meta["step"] == 4
+    images = jnp.asarray(datasets[1].images[:5].astype(np.float32) / 255)
+    res = inference.infer(params, images, jax.random.PRNGKey(0), air)
+    T = air.num_steps
+    assert res["counts"].shape == (5,) and res["counts"].dtype == jnp.int32
+    np.testing.assert_array_equal(res["counts"], res["z_pres"].sum(1))
+    assert res["boxes"].shape == (5, T, 4) and res["z_what"].shape == (5, T, air.z_what_size)
+    assert res["reconstruction"].shape == (5, CANVAS, CANVAS)
+    # box geometry: width = H / s, centre = (1 - x / s) H / 2
+    s, x = res["z_where"][..., 0], res["z_where"][..., 1]
+    np.testing.assert_allclose(res["boxes"][..., 2], CANVAS / jnp.abs(s), rtol=1e-5)
+    np.testing.assert_allclose(res["boxes"][..., 0] + res["boxes"][..., 2] / 2, (1 - x / s) * CANVAS / 2, rtol=1e-4, atol=1e-4)
+    # the reconstruction is the sum of the present objects: all-absent images reconstruct to 0
+    empty = np.asarray(res["counts"]) == 0
+    assert np.all(np.asarray(res["reconstruction"])[empty] == 0)
+    greedy = inference.infer(params, images, jax.random.PRNGKey(0), air, greedy=True)
+    np.testing.assert_array_equal(greedy["z_pres"], (greedy["pres_prob"] > 0.5) * np.cumprod(greedy["pres_prob"] > 0.5, 1))
+
+
+def test_confusion_and_summary():
+    m = inference.confusion_matrix(np.array([0, 1, 2, 2]), np.array([0, 2, 2, 3]), 3)
+    np.testing.assert_array_equal(m, [[1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]])
+    assert accuracy_summary([0.99, 0.96, 0.5]) == {">=90%": 2, ">=95%": 2, ">=98%": 1, "num_seeds": 3}
+
+
+def test_cli_train_evaluate_plot(tmp_path):
+    x, y = fake_digits(60, 5)
+    np.savez(tmp_path / "mnist.npz", x_train=x, y_train=y, x_test=x[:30], y_test=y[:30])
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "experiments" / "train.py"), "--preset", "tutorial", "-n", "2", "-b", "8",
+           "--mnist", str(tmp_path / "mnist.npz"), "--data-dir", str(tmp_path / "cache"), "--num-train", "32",
+           "--num-test", "16", "--rnn-hidden-size", "16", "--encoder-latent-size", "4", "--encoder-net", "16",
+           "--decoder-net", "16", "--predict-net", "8", "--bl-predict-net", "8", "--progress-every", "1",
+           "--out", str(out), "--no-progress", "--seed", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "checkpoint.msgpack").is_file() and (out / "command.txt").is_file()
+    # refusing to overwrite without --overwrite
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    # evaluate.py on an evaluation file
+    x2, y2 = fake_digits(30, 6)
+    ds = generate_multi_mnist(x2, y2, 12, canvas_size=50, seed=9)
+    save_eval_npz(tmp_path / "eval.npz", ds)
+    ev = subprocess.run([sys.executable, str(ROOT / "experiments" / "evaluate.py"), "--checkpoint",
+                         str(out / "checkpoint.msgpack"), "--data", str(tmp_path / "eval.npz"), "--json"],
+                        capture_output=True, text=True, timeout=900)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    res = json.loads(ev.stdout.strip().splitlines()[-1])
+    conf = np.asarray(res["confusion"])
+    assert conf.sum() == 12 and 0.0 <= res["count_accuracy"] <= 1.0
+    assert res["count_accuracy"] == pytest.approx(np.trace(conf[:, : conf.shape[0]]) / 12)
+    # a corrupt checkpoint gives a clear error, not a traceback
+    (tmp_path / "bad.msgpack").write_bytes(b"garbage")
+    bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "evaluate.py"), "--checkpoint",
+                          str(tmp_path / "bad.msgpack"), "--data", str(tmp_path / "eval.npz")],
+                         capture_output=True, text=True, timeout=900)
+    assert bad.returncode != 0 and "not a numpyro-air checkpoint" in bad.stderr
+    # plot.py regenerates the curves from the log
+    pl = subprocess.run([sys.executable, str(ROOT / "experiments" / "plot.py"), str(out), "--no-model-figures",
+                         "--out", str(tmp_path / "figs")], capture_output=True, text=True, timeout=900)
+    assert pl.returncode == 0, pl.stderr[-3000:]
+    assert (tmp_path / "figs" / "elbo.png").is_file() and (tmp_path / "figs" / "accuracy.png").is_file()
+
+
+def test_cli_rejects_bad_options(tmp_path):
+    for args, msg in ((["--num-seeds", "0"], "num_seeds"), (["--device", "tpu"], "tpu"), (["--window-size", "60"], "window_size")):
+        proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), "--out", str(tmp_path / "o"), *args],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0 and msg in proc.stderr, (args, proc.stderr[-2000:])

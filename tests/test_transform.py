@@ -1,0 +1,232 @@
+"""Spatial transformer: PyTorch affine_grid + grid_sample semantics (bilinear, zero padding,
+align_corners=False) for z_where = (s, x, y), checked against an independent map_coordinates
+implementation, hand-computed cases and finite differences."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.scipy.ndimage import map_coordinates
+
+from numpyro_air import bounding_boxes, image_to_window, window_to_image
+
+# ----------------------------------------------------------------------------- reference
+
+
+@jax.jit
+@jax.vmap
+def _bilinear_zero_pad(src, rows, cols):
+    return map_coordinates(src, [rows, cols], order=1, mode="constant", cval=0.0)
+
+
+def ref_grid_sample(theta, src, out_size):
+    """grid_sample(src, affine_grid([[s, 0, tx], [0, s, ty]])) via map_coordinates, per example.
+
+    Output pixel i sits at normalised u_i = (2i + 1) / out - 1; it samples the source at
+    s * u + t, i.e. pixel index ((v + 1) * n - 1) / 2; x (tx) is the column axis.
+    """
+    theta = np.asarray(theta, np.float64)
+    src = np.asarray(src)
+    n = src.shape[-1]
+    u = (2.0 * np.arange(out_size) + 1.0) / out_size - 1.0
+    s, tx, ty = theta[:, 0:1], theta[:, 1:2], theta[:, 2:3]
+    cols = ((s * u + tx + 1.0) * n - 1.0) / 2.0  # (B, out)
+    rows = ((s * u + ty + 1.0) * n - 1.0) / 2.0
+    rr = np.broadcast_to(rows[:, :, None], (len(src), out_size, out_size))
+    cc = np.broadcast_to(cols[:, None, :], (len(src), out_size, out_size))
+    return np.asarray(_bilinear_zero_pad(jnp.asarray(src), jnp.asarray(rr, src.dtype), jnp.asarray(cc, src.dtype)))
+
+
+# Jitted entry points: one XLA program per shape instead of one per primitive (much faster on CPU).
+w2i = jax.jit(window_to_image, static_argnums=2)
+i2w = jax.jit(image_to_window, static_argnums=2)
+
+
+def inverse(z):
+    z = np.asarray(z, np.float64)
+    s, x, y = z[:, 0], z[:, 1], z[:, 2]
+    return np.stack([1 / s, -x / s, -y / s], axis=-1)
+
+
+def random_z_where(rng, n):
+    """Random (s, x, y) with scales of both signs, small and large, and off-centre positions."""
+    s = rng.choice([-1.0, 1.0], size=n) * rng.uniform(0.05, 4.0, size=n)
+    s[:4] = [1.0, -0.7, 0.05, -0.05]  # identity-sized, mirrored, tiny (huge window) of both signs
+    xy = rng.uniform(-1.5, 1.5, size=(n, 2))
+    return np.concatenate([s[:, None], xy], axis=1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- vs reference
+
+
+def test_window_to_image_matches_map_coordinates(rng):
+    z = random_z_where(rng, 12)
+    windows = rng.uniform(0, 1, size=(12, 7, 7)).astype(np.float32)
+    out = w2i(jnp.asarray(z), jnp.asarray(windows), 16)
+    assert out.shape == (12, 16, 16) and out.dtype == jnp.float32
+    np.testing.assert_allclose(out, ref_grid_sample(z, windows, 16), atol=2e-5)
+    assert np.abs(np.asarray(out)).sum() > 1.0  # non-trivial: objects actually land on the canvas
+
+
+def test_image_to_window_matches_map_coordinates(rng):
+    z = random_z_where(rng, 12)
+    images = rng.uniform(0, 1, size=(12, 16, 16)).astype(np.float32)
+    out = i2w(jnp.asarray(z), jnp.asarray(images), 7)
+    assert out.shape == (12, 7, 7)
+    np.testing.assert_allclose(out, ref_grid_sample(inverse(z), images, 7), atol=2e-5)
+    assert np.abs(np.asarray(out)).sum() > 1.0
+
+
+def test_pyro_sizes_round_trip_shapes(rng):
+    z = jnp.asarray([[3.0, 0.5, -0.5], [1.5, 0.0, 0.0]], jnp.float32)
+    windows = jnp.asarray(rng.uniform(0, 1, size=(2, 28, 28)), jnp.float32)
+    canvas = w2i(z, windows, 50)
+    assert canvas.shape == (2, 50, 50)
+    np.testing.assert_allclose(canvas, ref_grid_sample(z, windows, 50), atol=2e-5)
+    assert i2w(z, canvas, 28).shape == (2, 28, 28)
+
+
+# ----------------------------------------------------------------------------- hand-computed
+
+
+def test_identity(rng):  # eager (un-jitted) path
+    img = jnp.asarray(rng.uniform(0, 1, size=(2, 9, 9)), jnp.float32)
+    ident = jnp.asarray([[1.0, 0.0, 0.0]] * 2)
+    np.testing.assert_allclose(window_to_image(ident, img, 9), img, atol=1e-6)
+    np.testing.assert_allclose(image_to_window(ident, img, 9), img, atol=1e-6)
+
+
+def test_shift_by_whole_pixels(rng):
+    n = 8
+    img = jnp.asarray(rng.uniform(0.1, 1, size=(1, n, n)), jnp.float32)
+    # x = +2/n: output column j samples input column j + 1 (image moves left, zero column enters right)
+    out = np.asarray(w2i(jnp.asarray([[1.0, 2.0 / n, 0.0]]), img, n))
+    np.testing.assert_allclose(out[0, :, :-1], img[0, :, 1:], atol=1e-6)
+    np.testing.assert_array_equal(out[0, :, -1], 0.0)
+    # y = -2/n: rows move down by one, a zero row enters at the top
+    out = np.asarray(w2i(jnp.asarray([[1.0, 0.0, -2.0 / n]]), img, n))
+    np.testing.assert_allclose(out[0, 1:, :], img[0, :-1, :], atol=1e-6)
+    np.testing.assert_array_equal(out[0, 0, :], 0.0)
+    # x = -6/n (3 pixels right): 3 columns leave the canvas, the sum drops by exactly their mass
+    out = np.asarray(w2i(jnp.asarray([[1.0, -6.0 / n, 0.0]]), img, n))
+    np.testing.assert_allclose(out[0, :, 3:], img[0, :, :-3], atol=1e-6)
+    np.testing.assert_array_equal(out[0, :, :3], 0.0)
+    assert out.sum() == pytest.approx(float(img[0, :, :-3].sum()), rel=1e-5)
+
+
+def test_scale_average_pooling():
+    """s = 1, 4x4 window onto a 2x2 canvas: each canvas pixel samples index 0.5 or 2.5, i.e. the
+    mean of a 2x2 block. s = 2 onto a 4x4 canvas: indices -1.5, 0.5, 2.5, 4.5, so the same 2x2
+    pooled object sits in the centre with a zero border (the window covers H/s = 2 pixels)."""
+    win = jnp.arange(16.0, dtype=jnp.float32).reshape(1, 4, 4)
+    pooled = np.array([[(0 + 1 + 4 + 5) / 4, (2 + 3 + 6 + 7) / 4], [(8 + 9 + 12 + 13) / 4, (10 + 11 + 14 + 15) / 4]])
+    np.testing.assert_allclose(w2i(jnp.asarray([[1.0, 0.0, 0.0]]), win, 2)[0], pooled, atol=1e-6)
+    expected = np.zeros((4, 4))
+    expected[1:3, 1:3] = pooled
+    np.testing.assert_allclose(w2i(jnp.asarray([[2.0, 0.0, 0.0]]), win, 4)[0], expected, atol=1e-6)
+    # mirrored scale flips both axes
+    np.testing.assert_allclose(
+        w2i(jnp.asarray([[-1.0, 0.0, 0.0]]), win, 2)[0], pooled[::-1, ::-1], atol=1e-6
+    )
+
+
+def test_crop_of_constant_image_inside_is_constant():
+    ones = jnp.ones((1, 20, 20))
+    # s = 2: the window covers the central 10x10 pixels, fully inside -> exactly ones
+    np.testing.assert_allclose(i2w(jnp.asarray([[2.0, 0.0, 0.0]]), ones, 10), 1.0, atol=1e-6)
+    # s = 0.5: the window covers 40 px around the canvas, the outer ring samples zero padding
+    crop = np.asarray(i2w(jnp.asarray([[0.5, 0.0, 0.0]]), ones, 10))[0]
+    np.testing.assert_allclose(crop[3:7, 3:7], 1.0, atol=1e-6)
+    np.testing.assert_allclose(crop[0, :], 0.0, atol=1e-6)
+
+
+def test_window_partly_off_canvas(rng):
+    """s = 2 places a 10x10 window pixel-for-pixel on a 20x20 canvas; x = 2 centres it at
+    normalised -x/s = -1 (the left edge), y = 0 at the middle: canvas column j samples window
+    column j + 5 and row i samples window row i - 5, so half the object falls off the canvas."""
+    win = jnp.asarray(rng.uniform(0.1, 1, size=(1, 10, 10)), jnp.float32)
+    z = jnp.asarray([[2.0, 2.0, 0.0]])
+    canvas = np.asarray(w2i(z, win, 20))[0]
+    expected = np.zeros((20, 20))
+    expected[5:15, 0:5] = np.asarray(win[0, :, 5:10])
+    np.testing.assert_allclose(canvas, expected, atol=1e-6)
+    assert canvas.sum() == pytest.approx(float(win[0, :, 5:].sum()), rel=1e-5)
+    # bounding box agrees: x0 = -5, y0 = 5, 10 x 10 pixels
+    np.testing.assert_allclose(bounding_boxes(z, 20)[0], [-5.0, 5.0, 10.0, 10.0], atol=1e-5)
+    # and the crop with the same z_where recovers the visible half, zeros elsewhere
+    crop = np.asarray(i2w(z, jnp.asarray(canvas[None]), 10))[0]
+    np.testing.assert_allclose(crop[:, 5:], np.asarray(win[0, :, 5:]), atol=1e-6)
+    np.testing.assert_allclose(crop[:, :5], 0.0, atol=1e-6)
+
+
+def test_fully_off_canvas_is_zero(rng):
+    win = jnp.asarray(rng.uniform(0.1, 1, size=(1, 10, 10)), jnp.float32)
+    np.testing.assert_array_equal(w2i(jnp.asarray([[3.0, 5.0, 0.0]]), win, 20), 0.0)
+
+
+# ----------------------------------------------------------------------------- s -> 0 and gradients
+
+
+def _crop_loss(z, img, weights):
+    return jnp.sum(image_to_window(z, img, weights.shape[-1]) * weights)
+
+
+def _place_loss(z, win, weights):
+    return jnp.sum(window_to_image(z, win, weights.shape[-1]) * weights)
+
+
+_crop_value_and_grad = jax.jit(jax.value_and_grad(_crop_loss))
+_place_value_and_grad = jax.jit(jax.value_and_grad(_place_loss))
+
+
+@pytest.mark.parametrize("s", [1e-8, 0.0, -1e-8])
+def test_scale_near_zero_is_finite_with_finite_gradients(rng, s):
+    img = jnp.asarray(rng.uniform(0, 1, size=(1, 20, 20)), jnp.float32)
+    win = jnp.asarray(rng.uniform(0, 1, size=(1, 10, 10)), jnp.float32)
+    z = jnp.asarray([[s, 0.3, -0.2]], jnp.float32)
+    assert np.all(np.isfinite(i2w(z, img, 10)))
+    assert np.all(np.isfinite(w2i(z, win, 20)))
+    for vg, src, w in ((_crop_value_and_grad, img, win), (_place_value_and_grad, win, img)):
+        value, grad = vg(z, src, w)
+        assert np.isfinite(float(value))
+        assert np.all(np.isfinite(grad)), grad
+
+
+def test_gradients_match_central_differences(rng):
+    """d/dz_where of a random linear read-out, float64, vs central differences (eps 1e-6).
+
+    The sampler is piecewise smooth in z_where (kinks only where a sampling index crosses an
+    integer, which random z_where avoid), so the two agree to float64 round-off: rtol 1e-5,
+    atol 1e-7.
+    """
+    s = rng.uniform(0.4, 2.0, size=3) * np.array([1.0, -1.0, 1.0])
+    z_np = np.concatenate([s[:, None], rng.uniform(-0.6, 0.6, size=(3, 2))], axis=1)
+    img_np = rng.uniform(0, 1, size=(3, 12, 12))
+    w_out = rng.normal(size=(3, 6, 6))
+    w_in = rng.normal(size=(3, 12, 12))
+    with jax.enable_x64(True):
+        img, win = jnp.asarray(img_np), jnp.asarray(img_np[:, :6, :6])
+        assert i2w(jnp.asarray(z_np), img, 6).dtype == jnp.float64
+        eps = 1e-6
+        for loss, src, w in ((_crop_loss, img, jnp.asarray(w_out)), (_place_loss, win, jnp.asarray(w_in))):
+            f = jax.jit(loss)
+            g = np.asarray(jax.jit(jax.grad(loss))(jnp.asarray(z_np), src, w))
+            fd = np.zeros_like(z_np)
+            for idx in np.ndindex(*z_np.shape):
+                dz = np.zeros_like(z_np)
+                dz[idx] = eps
+                plus, minus = f(jnp.asarray(z_np + dz), src, w), f(jnp.asarray(z_np - dz), src, w)
+                fd[idx] = (float(plus) - float(minus)) / (2 * eps)
+            np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-7)
+            assert np.all(np.abs(g) > 1e-3)  # every coordinate matters
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match="z_where"):
+        window_to_image(jnp.zeros((2, 2)), jnp.zeros((2, 4, 4)), 8)
+    with pytest.raises(ValueError, match="windows"):
+        window_to_image(jnp.zeros((2, 3)), jnp.zeros((2, 4, 5)), 8)
+    with pytest.raises(ValueError, match="batch"):
+        image_to_window(jnp.zeros((3, 3)), jnp.zeros((2, 8, 8)), 4)
