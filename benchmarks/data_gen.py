@@ -11,25 +11,19 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model as _cpu_model  # noqa: E402
+
 from numpyro_air.data import MultiMNISTConfig, generate_multi_mnist, load_mnist
 from numpyro_air.data.mnist import CANONICAL_FINGERPRINT
 from numpyro_air.data.multi_mnist import _child, _read_cache, _seed_sequence, _write_cache, cache_path
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def main() -> None:

@@ -34,8 +34,8 @@ def is_baseline_param(name: str) -> bool:
 
 
 def _recurrent_net(prefix: str, config: AIRConfig, x_flat: jnp.ndarray):
-    """Register embed + LSTM + initial state under ``prefix`` and return
-    (image projection (B, 4H), step function, h0 (1, H), c0 (1, H))."""
+    """Register embed + LSTM + initial state under ``prefix`` and return (step function, h0
+    (1, H), c0 (1, H)); the step function closes over the image projection (B, 4H), computed once."""
     H = config.rnn_hidden_size
     if config.embed_net is not None:
         embed = flax_module(

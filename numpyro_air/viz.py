@@ -102,7 +102,7 @@ def save_reconstruction_figure(
 
 def save_prior_samples_figure(path: str | os.PathLike, canvases: np.ndarray, boxes: np.ndarray, z_pres: np.ndarray) -> Path:
     """Scenes sampled from the model's prior (canvas clipped to [0, 1] for display)."""
-    return save_boxes_figure(path, canvases, boxes, z_pres, title="samples from the prior")
+    return save_boxes_figure(path, canvases, boxes, z_pres, title="samples from the generative model (object count fixed per scene)")
 
 
 def read_jsonl(path: str | os.PathLike) -> list:

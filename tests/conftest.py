@@ -7,8 +7,10 @@ import os
 import shutil
 import tempfile
 
-# Force CPU before JAX is imported anywhere (tests must not grab an accelerator).
-os.environ["JAX_PLATFORMS"] = "cpu"
+# Force CPU before JAX is imported anywhere (tests must not grab an accelerator), unless
+# NUMPYRO_AIR_TEST_PLATFORM asks for another one (benchmarks/gpu_check.sh runs the device-neutral
+# tests on a GPU this way).
+os.environ["JAX_PLATFORMS"] = os.environ.get("NUMPYRO_AIR_TEST_PLATFORM", "cpu")
 # Compile fast rather than run fast: XLA's CPU backend at -O0 halves the (dominant) compile time
 # of the model/guide scans; the test workloads are tiny. Set XLA_FLAGS yourself to override.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):

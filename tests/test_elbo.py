@@ -99,13 +99,17 @@ YB = np.array([0.5, 2.5, 3.5])
 THETA_B = np.array([[0.3, -0.6, 1.1], [-0.4, 0.2, -0.9], [0.5, 0.8, -0.3]])  # (T, B)
 
 
-def guide_plate(y):
+def guide_plate(y, avg_baseline=False):
     B = y.shape[0]
     theta = numpyro.param("theta", jnp.asarray(THETA_B))
+    infer = {}
+    if avg_baseline:
+        mutable("z_avg_baseline", jnp.zeros(T))
+        infer = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}
 
     def step(zprev, th):
         with numpyro.plate("data", B):
-            z = numpyro.sample("z", dist.Bernoulli(logits=th + C * zprev))
+            z = numpyro.sample("z", dist.Bernoulli(logits=th + C * zprev), infer=infer)
         return _fz(z, zprev), None
 
     scan(step, jnp.zeros(B), theta)
@@ -227,11 +231,8 @@ def test_exact_enumeration_sanity(exact):
     loss, grad = exact
     with jax.enable_x64(True):
         eps = 1e-6
-        fd = [
-            (_exact_loss_and_grad(THETA + eps * np.eye(T)[i], Y)[0] - _exact_loss_and_grad(THETA - eps * np.eye(T)[i], Y)[0])
-            / (2 * eps)
-            for i in range(T)
-        ]
+        e = eps * np.eye(T)
+        fd = [(_exact_loss_and_grad(THETA + e[i], Y)[0] - _exact_loss_and_grad(THETA - e[i], Y)[0]) / (2 * eps) for i in range(T)]
     np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-9)
     assert np.all(np.abs(grad) > 0.05)
 
@@ -343,24 +344,31 @@ def test_learned_baseline_keeps_mean_and_reduces_variance(nvil_scan, exact):
 
 
 def test_decaying_average_baseline_through_svi(exact):
+    """EMA baseline held in a mutable site: SVI updates it to beta * old + (1 - beta) * (batch
+    mean of each step's cost); the gradient stays unbiased."""
     beta = 0.9
-    g = lambda y: guide_scan(y, baseline="avg")  # noqa: E731
-    svi = SVI(model_scan, g, optax.sgd(0.0), NVIL_ELBO(num_particles=1))
-    state = svi.init(jax.random.PRNGKey(0), Y)
+    g = lambda y: guide_plate(y, avg_baseline=True)  # noqa: E731
+    y = jnp.asarray(YB, jnp.float32)
+    svi = SVI(model_plate, g, optax.adam(1e-2), NVIL_ELBO(num_particles=1))
+    state = svi.init(jax.random.PRNGKey(0), y)
     np.testing.assert_array_equal(state.mutable_state["z_avg_baseline"], np.zeros(T))
     update = jax.jit(svi.update)
-    cost_fn = jax.jit(lambda key, params: NVIL_ELBO().components(key, params, model_scan, g, Y)["costs"]["z"])
+    cost_fn = jax.jit(lambda key, params: NVIL_ELBO().components(key, params, model_plate, g, y)["costs"]["z"])
+    theta0 = np.asarray(svi.get_params(state)["theta"])
     for _ in range(3):
         old = np.asarray(state.mutable_state["z_avg_baseline"])
         _, key_step = jax.random.split(state.rng_key)  # the key svi.update evaluates the ELBO with
-        cost = cost_fn(key_step, {**svi.get_params(state), "z_avg_baseline": jnp.asarray(old)})
-        state, loss = update(state, Y)
+        cost = np.asarray(cost_fn(key_step, {**svi.get_params(state), "z_avg_baseline": jnp.asarray(old)}))
+        assert cost.shape == (T, len(YB))
+        state, loss = update(state, y)
         new = np.asarray(state.mutable_state["z_avg_baseline"])
-        np.testing.assert_allclose(new, beta * old + (1 - beta) * np.asarray(cost), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(new, beta * old + (1 - beta) * cost.mean(1), rtol=1e-5, atol=1e-5)
         assert np.isfinite(loss)
     assert np.all(new != 0)
+    assert not np.allclose(np.asarray(svi.get_params(state)["theta"]), theta0)  # and it trains
 
     # unbiased with any (fixed) average in the state; here a typical one
+    g = lambda y: guide_scan(y, baseline="avg")  # noqa: E731
     avg = np.array([-3.0, -2.0, -1.5])
     _, grads = _per_particle(NVIL_ELBO(), model_scan, g, {"theta": THETA, "z_avg_baseline": avg}, Y)
     _check_mc(grads["theta"], exact[1], "gradient with decaying-average baseline")
@@ -462,7 +470,11 @@ def test_optimizer_baseline_lr_applies_to_every_bl_param(small_air):
         assert set(jax.tree.leaves(tree)) == {want}, name
     rng = np.random.default_rng(1)
     # |g| >= 0.5 everywhere, so eps = 1e-8 is negligible: |delta| = lr * |g| / (|g| + eps)
-    grads = jax.tree.map(lambda a: np.where(rng.random(a.shape) < 0.5, -1.0, 1.0).astype(np.float32) * (0.5 + rng.random(a.shape, np.float32)), params)
+    def away_from_zero(a):
+        sign = np.where(rng.random(a.shape) < 0.5, -1.0, 1.0).astype(np.float32)
+        return sign * (0.5 + rng.random(a.shape, np.float32))
+
+    grads = jax.tree.map(away_from_zero, params)
     tx = make_optimizer(lr, blr)
     new = jax.jit(lambda p, g: optax.apply_updates(p, tx.update(g, tx.init(p), p)[0]))(params, grads)
     for name in params:
@@ -486,14 +498,19 @@ def test_optimizer_clips_each_group_separately(small_air):
     ones = jax.tree.map(lambda a: np.ones(a.shape, np.float32), params)
     n_main = _norm({k: v for k, v in ones.items() if not is_bl[k]})
     n_bl = _norm({k: v for k, v in ones.items() if is_bl[k]})
-    grads = {k: jax.tree.map(lambda a, k=k: a * np.float32(1000.0 / n_bl if is_bl[k] else 100.0 / n_main), v) for k, v in ones.items()}
+    factor = {k: np.float32(1000.0 / n_bl if is_bl[k] else 100.0 / n_main) for k in params}
+    grads = {k: jax.tree.map(lambda a, k=k: a * factor[k], v) for k, v in ones.items()}
     b1 = 0.9
 
     txs = {"clipped": make_optimizer(1e-4, 1e-3, clip_norm=1.0), "raw": make_optimizer(1e-4, 1e-3)}
     states = jax.jit(lambda p, g: {c: tx.update(g, tx.init(p), p)[1] for c, tx in txs.items()})(params, grads)
 
     def first_moment_norms(state):
-        return [_norm({k: v for k, v in _adam_mu(state, grp).items() if is_bl[k] == (grp == "baseline")}) for grp in ("main", "baseline")]
+        out = []
+        for grp in ("main", "baseline"):
+            mu = _adam_mu(state, grp)
+            out.append(_norm({k: v for k, v in mu.items() if is_bl[k] == (grp == "baseline")}))
+        return out
 
     # first moment after one step = (1 - b1) * (clipped) gradient: each group clipped to norm 1
     np.testing.assert_allclose(first_moment_norms(states["clipped"]), [(1 - b1) * 1.0] * 2, rtol=1e-4)

@@ -184,7 +184,7 @@ def test_log_joint_matches_numpy(config, rng):
     zw = zw.astype(np.float32)
     zwhat = rng.normal(size=(T, B, config.z_what_size)).astype(np.float32)
     # decoder weights: the Flax init pytree, filled with larger random values (torch layout x @ W + b)
-    init = Decoder(config.decoder_net, config.window_size**2).init(jax.random.PRNGKey(0), jnp.zeros((1, 8)))
+    init = Decoder(config.decoder_net, config.window_size**2).init(jax.random.PRNGKey(0), jnp.zeros((1, config.z_what_size)))
     leaves, treedef = jax.tree.flatten(init["params"])
     params = jax.tree.unflatten(treedef, [jnp.asarray(rng.normal(0, 0.4, x.shape), jnp.float32) for x in leaves])
 
@@ -205,7 +205,7 @@ def test_log_joint_matches_numpy(config, rng):
     # [1, 0, 1]: step 3 is absorbed (no log-prob at all) and adds nothing to the canvas
     for k in LATENTS:
         assert lp[k][2, 1] == 0.0 and lp[k][1, 3] == 0.0 and lp[k][2, 3] == 0.0
-    only_first = np_place(zw[0, 1], np_decode(np_params, zwhat[0, 1][None], config).reshape(10, 10), H)
+    only_first = np_place(zw[0, 1], np_decode(np_params, zwhat[0, 1][None], config).reshape(config.window_size, -1), H)
     np.testing.assert_allclose(canvas[1], only_first, atol=1e-4)
 
 

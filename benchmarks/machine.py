@@ -1,0 +1,45 @@
+"""Machine description and device choice shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or platform.processor())."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def nproc() -> int:
+    """CPU cores available to this process."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def pick_device(kind: str | None):
+    """The first JAX device of ``kind`` ("cpu", "gpu", "tpu"; None: JAX's default), or exit with
+    a clear message when that kind is not available."""
+    import jax
+
+    if kind is None:
+        return jax.devices()[0]
+    try:
+        devices = jax.devices(kind)
+    except RuntimeError as e:
+        raise SystemExit(
+            f"error: --device {kind}: no {kind} backend available to JAX "
+            f"(available: {sorted({d.platform for d in jax.devices()})}; jax {jax.__version__}). {e}"
+        ) from None
+    if not devices:
+        raise SystemExit(f"error: --device {kind}: JAX reports no {kind} devices")
+    return devices[0]
