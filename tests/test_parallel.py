@@ -45,6 +45,14 @@ def test_seeds_times_devices_match_individual_runs(result):
     assert result["seeds_vmap_param_maxdiff"] < 1e-5
 
 
+def test_training_loop_seeds_and_devices(result):
+    # numpyro_air.training.train with K = 2 seeds sharded over 2 devices = on one device
+    one, two = result["train_loop_elbos"]["one"], result["train_loop_elbos"]["two"]
+    assert len(one) == len(two) == 4  # 2 steps x 2 seeds
+    assert two == pytest.approx(one, rel=1e-5)
+    assert result["train_loop_params_close_fraction"] > 0.999
+
+
 def test_indivisible_batch_error(result):
     assert "not divisible" in result["indivisible_error"] and "7" in result["indivisible_error"]
 
