@@ -41,7 +41,7 @@ from jax import random
 from jax.lax import stop_gradient
 from numpyro.handlers import seed
 from numpyro.infer.elbo import ELBO, get_nonreparam_deps
-from numpyro.infer.util import _without_rsample_stop_gradient, get_importance_trace  # noqa: F401
+from numpyro.infer.util import get_importance_trace
 from numpyro.util import check_model_guide_match
 
 DEFAULT_BETA = 0.9

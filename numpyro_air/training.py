@@ -179,7 +179,9 @@ def train(
     K = tcfg.num_seeds
     metrics_path = out_dir / "metrics.jsonl"
     save_base = Path(save) if save is not None else out_dir / "checkpoint.msgpack"
-    if load is None and not overwrite:
+    resuming_here = load is not None and Path(load).resolve().parent == out_dir.resolve()
+    if not resuming_here and not overwrite:
+        # a fresh run, or a resume into another directory, must not replace an existing run
         clash = [p for p in [metrics_path] + [checkpoint_path(save_base, k, K) for k in range(K)] if p.exists()]
         if clash:
             raise FileExistsError(
@@ -222,7 +224,7 @@ def train(
         wall_offset = float(per_seed[0][0].get("wall_time", 0.0))
         states = per_seed[0][1] if K == 1 else _stack([s for _, s in per_seed])
         log(f"resumed {K} seed(s) from {load} at step {start}")
-        if metrics_path.exists():  # drop log lines written after the checkpoint
+        if metrics_path.exists():  # resuming in place: drop log lines written after the checkpoint
             keep = [r for r in viz.read_jsonl(metrics_path) if r.get("step", 0) <= start]
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in keep))
     elif metrics_path.exists():
