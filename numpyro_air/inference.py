@@ -16,32 +16,38 @@ from .model import model, validate_images
 from .transform import bounding_boxes
 
 
-@partial(jax.jit, static_argnames=("config", "greedy"))
-def infer(params: dict, images: jnp.ndarray, key: jax.Array, config: AIRConfig, greedy: bool = False) -> Dict[str, jnp.ndarray]:
+@partial(jax.jit, static_argnames=("config", "greedy", "reconstruct"))
+def infer(
+    params: dict, images: jnp.ndarray, key: jax.Array, config: AIRConfig, greedy: bool = False, reconstruct: bool = True
+) -> Dict[str, jnp.ndarray]:
     """Run the guide (and the model on its latents) on a batch.
 
     :param params: constrained parameters (``svi.get_params(state)``).
     :param images: (B, H, H) float32 in [0, 1].
     :param key: PRNG key for the guide's samples.
     :param greedy: most probable path (z_pres = [p > 0.5], means of z_where/z_what) instead of a sample.
+    :param reconstruct: also run the model on the inferred latents (skip it when only counting).
     :return: ``counts`` (B,) int32, ``z_pres`` (B, T), ``pres_prob`` (B, T), ``z_where`` (B, T, 3),
         ``z_what`` (B, T, z), ``boxes`` (B, T, 4) pixel (x0, y0, w, h), ``reconstruction`` (B, H, H).
     """
     g = handlers.seed(handlers.substitute(guide, data=params), key)
     with handlers.trace() as guide_trace:
         out = g(images, config, greedy=greedy)
-    latents = {k: guide_trace[k]["value"] for k in ("z_pres", "z_where", "z_what")}
-    m = handlers.seed(handlers.substitute(model, data={**params, **latents}), jax.random.fold_in(key, 1))
-    with handlers.trace() as model_trace:
-        m(images, config)
     result = {k: out[k] for k in ("z_pres", "pres_prob", "z_where", "z_what")}
     result["counts"] = jnp.sum(out["z_pres"], axis=1).astype(jnp.int32)
     result["boxes"] = bounding_boxes(out["z_where"], config.image_size)
-    result["reconstruction"] = model_trace["canvas"]["value"]
+    if reconstruct:
+        latents = {k: guide_trace[k]["value"] for k in ("z_pres", "z_where", "z_what")}
+        m = handlers.seed(handlers.substitute(model, data={**params, **latents}), jax.random.fold_in(key, 1))
+        with handlers.trace() as model_trace:
+            m(images, config)
+        result["reconstruction"] = model_trace["canvas"]["value"]
     return result
 
 
-def infer_batched(params, images, key, config: AIRConfig, greedy: bool = False, batch_size: int = 1000) -> Dict[str, np.ndarray]:
+def infer_batched(
+    params, images, key, config: AIRConfig, greedy: bool = False, batch_size: int = 1000, reconstruct: bool = True
+) -> Dict[str, np.ndarray]:
     """:func:`infer` over a large array in fixed-size chunks (the last chunk is padded, so one
     compilation serves every chunk). Returns numpy arrays."""
     images = np.asarray(validate_images(images, config.image_size))
@@ -53,7 +59,7 @@ def infer_batched(params, images, key, config: AIRConfig, greedy: bool = False, 
         pad = bs - chunk.shape[0]
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-        res = infer(params, jnp.asarray(chunk), jax.random.fold_in(key, i), config, greedy)
+        res = infer(params, jnp.asarray(chunk), jax.random.fold_in(key, i), config, greedy, reconstruct)
         outs.append({k: np.asarray(v)[: bs - pad] for k, v in res.items()})
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
@@ -71,7 +77,7 @@ def confusion_matrix(true_counts: np.ndarray, inferred: np.ndarray, num_steps: i
 def count_accuracy(params, images, true_counts, key, config: AIRConfig, greedy: bool = False, batch_size: int = 1000) -> dict:
     """Count accuracy and confusion matrix. ``greedy=False`` is Pyro's metric (one guide sample
     per image); ``greedy=True`` uses the guide's most probable path."""
-    out = infer_batched(params, images, key, config, greedy, batch_size)
+    out = infer_batched(params, images, key, config, greedy, batch_size, reconstruct=False)
     conf = confusion_matrix(true_counts, out["counts"], config.num_steps)
     acc = float(np.mean(np.asarray(true_counts) == out["counts"]))
     return {"accuracy": acc, "confusion": conf.tolist()}

@@ -150,6 +150,9 @@ def test_inference_api(full_run, datasets):
     # the reconstruction is the sum of the present objects: all-absent images reconstruct to 0
     empty = np.asarray(res["counts"]) == 0
     assert np.all(np.asarray(res["reconstruction"])[empty] == 0)
+    counts_only = inference.infer(params, images, jax.random.PRNGKey(0), air, reconstruct=False)
+    assert "reconstruction" not in counts_only
+    np.testing.assert_array_equal(counts_only["counts"], res["counts"])  # same key, same guide sample
     greedy = inference.infer(params, images, jax.random.PRNGKey(0), air, greedy=True)
     np.testing.assert_array_equal(greedy["z_pres"], (greedy["pres_prob"] > 0.5) * np.cumprod(greedy["pres_prob"] > 0.5, 1))
 
