@@ -30,7 +30,7 @@ def time_seeds(k: int, batch: int, steps: int, warmup: int, device, seed: int = 
     """Median step time of K vmapped seeds (``vmapped=False``, K = 1: the plain training step)."""
     from numpyro_air import AIRConfig
     from numpyro_air.svi import OptimConfig, make_svi
-    from numpyro_air.svi import make_update
+    from numpyro_air.svi import make_train_step
     from numpyro_air.training import init_states, make_multi_seed_step
 
     cfg = AIRConfig.tutorial()
@@ -43,7 +43,7 @@ def time_seeds(k: int, batch: int, steps: int, warmup: int, device, seed: int = 
         step = make_multi_seed_step(svi, cfg)
         if not vmapped:
             states, pool = jax.tree.map(lambda a: a[0], states), [p[0] for p in pool]
-            step = jax.jit(make_update(svi, cfg))
+            step = make_train_step(svi, cfg)
         t0 = time.perf_counter()
         states, info = jax.block_until_ready(step(states, pool[0], jnp.asarray(1, jnp.int32)))
         compile_sec = time.perf_counter() - t0
@@ -85,8 +85,7 @@ def main(argv=None) -> dict:
         print(f"one seed, plain (un-vmapped) step: {single['sec_per_step']:.4f} s/step, {single['images_per_sec']:.0f} images/s")
         print(f"{'K':>3} {'s/step':>9} {'images/s':>9} {'efficiency':>10} {'compile s':>9}")
         for r in rows:
-            eff = f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "-"
-            print(f"{r['num_seeds']:>3} {r['sec_per_step']:>9.4f} {r['images_per_sec']:>9.0f} {eff:>10} {r['compile_sec']:>9.1f}")
+            print(f"{r['num_seeds']:>3} {r['sec_per_step']:>9.4f} {r['images_per_sec']:>9.0f} {r['efficiency']:>10.2f} {r['compile_sec']:>9.1f}")
     return res
 
 

@@ -21,7 +21,7 @@ from .checkpoint import CheckpointError, read_checkpoint, restore_into, save_che
 from .config import AIRConfig
 from .data import batch_at_step, to_float
 from .inference import count_accuracy, infer, sample_prior
-from .svi import OptimConfig, make_svi, make_update
+from .svi import OptimConfig, make_svi, make_train_step, make_update
 
 ACCURACY_THRESHOLDS = (0.90, 0.95, 0.98)
 
@@ -231,7 +231,7 @@ def train(
         metrics_path.unlink()
 
     if mesh is None:
-        step_fn = make_multi_seed_step(svi, air) if K > 1 else jax.jit(make_update(svi, air))
+        step_fn = make_multi_seed_step(svi, air) if K > 1 else make_train_step(svi, air)
     else:
         step_fn = parallel.make_sharded_step(svi, air, mesh, seeds_axis=K > 1)
         states = jax.device_put(states, parallel.replicated(mesh))
