@@ -3,7 +3,7 @@
 Usage:  python benchmarks/seeds.py [--seeds 1 2 4 8] [--batch-size 64] [--steps 30] [--warmup 3]
                                    [--device cpu|gpu|tpu] [--json]
 
-For each K, times ``numpyro_air.training.make_multi_seed_step`` (``jax.vmap`` of the SVI step
+For each K, times ``jax.vmap`` of ``numpyro_air.make_update`` (the SVI step
 over K stacked states, each seed with its own (B, 50, 50) batch) and reports the median seconds
 per step after warm-up, images/s (K * B / sec) and the efficiency K * t(1) / t(K) (1.0 = K seeds
 cost the same as one), where t(1) is the plain single-seed training step (not vmapped).
@@ -29,9 +29,7 @@ from machine import cpu_model as _cpu_model, nproc as _nproc, pick_device as _pi
 def time_seeds(k: int, batch: int, steps: int, warmup: int, device, seed: int = 0, vmapped: bool = True) -> dict:
     """Median step time of K vmapped seeds (``vmapped=False``, K = 1: the plain training step)."""
     from numpyro_air import AIRConfig
-    from numpyro_air.svi import OptimConfig, make_svi
-    from numpyro_air.svi import make_train_step
-    from numpyro_air.training import init_states, make_multi_seed_step
+    from numpyro_air.svi import OptimConfig, make_svi, make_update
 
     cfg = AIRConfig.tutorial()
     rng = np.random.default_rng(seed)
@@ -39,11 +37,11 @@ def time_seeds(k: int, batch: int, steps: int, warmup: int, device, seed: int = 
         pool = [jax.device_put(rng.uniform(0, 1, (k, batch, 50, 50)).astype(np.float32), device) for _ in range(2)]
         svi = make_svi(cfg, OptimConfig(baseline_learning_rate=0.1))
         keys = jnp.stack([jax.random.PRNGKey(seed + i) for i in range(k)])
-        states = jax.block_until_ready(init_states(svi, keys, pool[0][0]))
-        step = make_multi_seed_step(svi, cfg)
+        states = jax.block_until_ready(jax.jit(jax.vmap(svi.init, in_axes=(0, None)))(keys, pool[0][0]))
+        step = jax.jit(jax.vmap(make_update(svi), in_axes=(0, 0, None)))
         if not vmapped:
             states, pool = jax.tree.map(lambda a: a[0], states), [p[0] for p in pool]
-            step = make_train_step(svi, cfg)
+            step = jax.jit(make_update(svi))
         t0 = time.perf_counter()
         states, info = jax.block_until_ready(step(states, pool[0], jnp.asarray(1, jnp.int32)))
         compile_sec = time.perf_counter() - t0

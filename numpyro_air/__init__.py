@@ -1,30 +1,48 @@
-"""numpyro-air: Attend, Infer, Repeat (Eslami et al., 2016) in JAX, NumPyro and Flax."""
+"""numpyro-air: Attend, Infer, Repeat (Eslami et al., 2016) in JAX, NumPyro and Flax.
 
-from .config import AIRConfig
+What users call::
+
+    import numpyro_air as air
+    recipe = air.Recipe.tutorial()                 # AIRConfig + OptimConfig of Pyro's tutorial
+    svi = air.make_svi(recipe)                     # numpyro.infer.SVI with NVIL_ELBO
+    update = air.make_update(svi)                  # pure (state, images, step) -> (state, info)
+    config, params = air.load_params("run/checkpoint.npz")
+    out = air.infer(params, images, key, config)   # counts, boxes, presence, reconstructions
+"""
+
 from . import inference
-from .distributions import PresenceBernoulli
+from .checkpoint import export_params, load_params
+from .config import AIRConfig
+from .data import load_multi_mnist
 from .elbo import NVIL_ELBO
-from .guide import BASELINE_SITE, guide, is_baseline_param
-from .model import model, validate_images
-from .prior import count_distribution, make_prior, z_pres_prior_probs
+from .guide import guide
+from .inference import infer
+from .model import model
+from .prior import z_pres_prior_probs
+from .step import make_step
+from .svi import OptimConfig, Recipe, StepInfo, make_svi, make_update
 from .transform import bounding_boxes, image_to_window, window_to_image
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AIRConfig",
-    "BASELINE_SITE",
     "NVIL_ELBO",
-    "PresenceBernoulli",
+    "OptimConfig",
+    "Recipe",
+    "StepInfo",
     "bounding_boxes",
-    "count_distribution",
+    "export_params",
     "guide",
     "image_to_window",
+    "infer",
     "inference",
-    "is_baseline_param",
-    "make_prior",
+    "load_multi_mnist",
+    "load_params",
+    "make_step",
+    "make_svi",
+    "make_update",
     "model",
-    "validate_images",
     "window_to_image",
     "z_pres_prior_probs",
 ]

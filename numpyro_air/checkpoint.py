@@ -1,50 +1,93 @@
-"""Checkpoints: SVI state (params, optimiser state, RNG key), step and configs in one file.
+"""Checkpoints with named arrays, readable with plain numpy (``numpy.load``).
 
-Layout: ``MAGIC`` (8 bytes) + SHA-256 of the payload (32 bytes) + payload, where the payload is
-Flax's msgpack serialisation of ``{"meta": json str, "leaves": {"0": array, ...}}``. The leaves
-are the flattened SVI state; they are restored into the structure of a freshly initialised state
-(shapes and dtypes must agree), so a checkpoint written for another configuration is refused.
-Files are written atomically (temp file + rename).
+A checkpoint is an uncompressed ``.npz`` (a zip of ``.npy`` files; zip CRC-32 per member) with
+
+- ``params/<site>/<path>``: every parameter under its NumPyro site and Flax path, e.g.
+  ``params/rnn$params/img/kernel`` (kernels are (in, out), as Flax);
+- ``state/<path>``: the rest of the SVI state (optimiser moments and count, mutable state such
+  as decaying-average baselines, the RNG key), named by its path in ``SVIState``;
+- ``__meta__``: a JSON string (configs, step, seed, data description, format version and the
+  SHA-256 of all arrays' bytes in name order).
+
+A params-only file (:func:`export_params`) holds ``params/...`` and ``__meta__`` only. Files are
+written atomically (temporary file + ``os.replace``), so a crash or SIGKILL at any instant leaves
+the previous file intact.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any, Dict, Tuple
 
 import jax
 import numpy as np
-from flax import serialization
 
-MAGIC = b"NPAIRCK1"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+META_KEY = "__meta__"
+PARAMS_PREFIX = "params/"
+STATE_PREFIX = "state/"
+# SVIState.optim_state = (count, (params, optax state)) for NumPyro's optax wrapper.
+_PARAMS_PATH = ("optim_state", 1, 0)
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, or does not match the current configuration."""
 
 
-def save_checkpoint(path: str | os.PathLike, state: Any, meta: dict, overwrite: bool = True) -> Path:
-    """Write ``state`` (any pytree of arrays) and JSON-able ``meta`` to ``path`` atomically."""
+def _key(entry) -> Any:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return getattr(entry, attr)
+    raise TypeError(f"unsupported pytree path entry {entry!r}")
+
+
+def leaf_name(path: tuple) -> str:
+    """Name of an SVI-state leaf: ``params/<site>/...`` for parameters, else ``state/...``."""
+    keys = tuple(_key(e) for e in path)
+    if keys[: len(_PARAMS_PATH)] == _PARAMS_PATH:
+        return PARAMS_PREFIX + "/".join(map(str, keys[len(_PARAMS_PATH) :]))
+    return STATE_PREFIX + "/".join(map(str, keys))
+
+
+def named_arrays(tree: Any, name=leaf_name) -> Dict[str, np.ndarray]:
+    """{name: numpy array} for every leaf of ``tree`` (fetched from the device)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))
+    return {name(path): np.asarray(leaf) for path, leaf in flat}
+
+
+def params_arrays(params: dict) -> Dict[str, np.ndarray]:
+    """{``params/<site>/<path>``: array} for a params dict as ``svi.get_params`` returns it."""
+    return named_arrays(params, lambda path: PARAMS_PREFIX + "/".join(str(_key(e)) for e in path))
+
+
+def _digest(arrays: Dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def write_npz(path: str | os.PathLike, arrays: Dict[str, np.ndarray], meta: dict, overwrite: bool = True) -> Path:
+    """Write named arrays and JSON-able ``meta`` to ``path`` atomically."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path} exists; refusing to overwrite it (pass overwrite=True)")
-    leaves = jax.tree.leaves(jax.device_get(state))
-    payload = serialization.msgpack_serialize(
-        {
-            "meta": json.dumps({**meta, "format_version": FORMAT_VERSION}, sort_keys=True),
-            "leaves": {str(i): np.asarray(leaf) for i, leaf in enumerate(leaves)},
-        }
-    )
+    meta = {**meta, "format_version": FORMAT_VERSION, "sha256": _digest(arrays)}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + hashlib.sha256(payload).digest() + payload)
+            np.savez(f, **arrays, **{META_KEY: np.asarray(json.dumps(meta, sort_keys=True))})
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -52,61 +95,106 @@ def save_checkpoint(path: str | os.PathLike, state: Any, meta: dict, overwrite: 
     return path
 
 
-def read_checkpoint(path: str | os.PathLike) -> Tuple[dict, list]:
-    """Read and verify a checkpoint; returns (meta, leaves). Raises :class:`CheckpointError`."""
+def read_npz(path: str | os.PathLike) -> Tuple[dict, Dict[str, np.ndarray]]:
+    """Read and verify a checkpoint or params file: (meta, {name: array}). Raises
+    :class:`CheckpointError` naming the problem."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; pass a checkpoint file (e.g. {path / 'checkpoint.npz'})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (expected a file written by numpyro-air)")
     raw = path.read_bytes()
-    if len(raw) < 40 or raw[:8] != MAGIC:
-        raise CheckpointError(f"{path} is not a numpyro-air checkpoint (bad header)")
-    payload = raw[40:]
-    if hashlib.sha256(payload).digest() != raw[8:40]:
-        raise CheckpointError(f"{path} is corrupt (checksum mismatch; truncated or modified file)")
+    if not zipfile.is_zipfile(io.BytesIO(raw)):
+        raise CheckpointError(f"{path} is not a numpyro-air checkpoint (not an .npz file; truncated or another format)")
     try:
-        obj = serialization.msgpack_restore(payload)
-        meta = json.loads(obj["meta"])
-        leaves = [obj["leaves"][str(i)] for i in range(len(obj["leaves"]))]
-    except Exception as e:  # noqa: BLE001 - any decoding failure means a corrupt file
-        raise CheckpointError(f"{path} could not be decoded: {e}") from e
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - bad CRC, truncated member, ...
+        raise CheckpointError(f"{path} is corrupt ({e})") from e
+    if META_KEY not in arrays:
+        raise CheckpointError(f"{path} is not a numpyro-air checkpoint (no {META_KEY} entry)")
+    try:
+        meta = json.loads(str(arrays.pop(META_KEY)))
+    except ValueError as e:
+        raise CheckpointError(f"{path} is corrupt (metadata is not JSON: {e})") from e
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {meta.get('format_version')}, expected {FORMAT_VERSION}")
-    return meta, leaves
+    if meta.get("sha256") != _digest(arrays):
+        raise CheckpointError(f"{path} is corrupt (checksum mismatch: arrays modified)")
+    return meta, arrays
 
 
-def restore_into(template: Any, leaves: list, path: str | os.PathLike = "<checkpoint>") -> Any:
-    """Put ``leaves`` into the structure of ``template`` (arrays or ShapeDtypeStructs), checking
-    count, shapes and dtypes."""
-    t_leaves, treedef = jax.tree.flatten(template)
-    if len(t_leaves) != len(leaves):
+def save_checkpoint(path: str | os.PathLike, state: Any, meta: dict, overwrite: bool = True) -> Path:
+    """Write an SVI state (named leaves) and ``meta`` to ``path`` atomically."""
+    return write_npz(path, named_arrays(state), meta, overwrite)
+
+
+def read_checkpoint(path: str | os.PathLike) -> Tuple[dict, Dict[str, np.ndarray]]:
+    """(meta, {name: array}) of a full training checkpoint."""
+    meta, arrays = read_npz(path)
+    if meta.get("kind", "checkpoint") != "checkpoint":
+        raise CheckpointError(f"{path} holds {meta.get('kind')!r} only, not a training state (cannot resume from it)")
+    return meta, arrays
+
+
+def restore_into(template: Any, arrays: Dict[str, np.ndarray], path: str | os.PathLike = "<checkpoint>") -> Any:
+    """Put named ``arrays`` into the structure of ``template`` (arrays or ShapeDtypeStructs),
+    checking names, shapes and dtypes."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+    names = [leaf_name(p) for p, _ in flat]
+    missing, extra = sorted(set(names) - set(arrays)), sorted(set(arrays) - set(names))
+    if missing or extra:
         raise CheckpointError(
-            f"{path}: state has {len(leaves)} arrays but the current configuration expects {len(t_leaves)}"
+            f"{path}: arrays do not match the current configuration (missing {missing[:5]}, unexpected {extra[:5]})"
         )
     out = []
-    for i, (t, leaf) in enumerate(zip(t_leaves, leaves)):
-        leaf = np.asarray(leaf)
-        if tuple(t.shape) != leaf.shape or np.dtype(t.dtype) != leaf.dtype:
-            raise CheckpointError(
-                f"{path}: array {i} has shape {leaf.shape} {leaf.dtype}, expected {tuple(t.shape)} {np.dtype(t.dtype)}"
-            )
-        out.append(jax.numpy.asarray(leaf))
+    for name, (_, t) in zip(names, flat):
+        a = arrays[name]
+        if tuple(t.shape) != a.shape or np.dtype(t.dtype) != a.dtype:
+            raise CheckpointError(f"{path}: {name} has shape {a.shape} {a.dtype}, expected {tuple(t.shape)} {t.dtype}")
+        out.append(jax.numpy.asarray(a))
     return jax.tree.unflatten(treedef, out)
 
 
-def load_trained(path: str | os.PathLike):
-    """(AIRConfig, constrained params, meta) from a training checkpoint, for inference."""
-    from .config import AIRConfig
-    from .svi import OptimConfig, make_svi
+def unflatten_params(arrays: Dict[str, np.ndarray]) -> dict:
+    """Nested params dict from ``params/<site>/<path>`` names (other names are ignored)."""
+    params: dict = {}
+    for name, a in arrays.items():
+        if not name.startswith(PARAMS_PREFIX):
+            continue
+        *parents, leaf = name[len(PARAMS_PREFIX) :].split("/")
+        node = params
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = a
+    return params
 
-    meta, leaves = read_checkpoint(path)
+
+def config_from_meta(meta: dict, path: str | os.PathLike = "<checkpoint>"):
+    """The :class:`AIRConfig` stored in a checkpoint's metadata."""
+    from .config import AIRConfig
+
     try:
-        air = AIRConfig.from_dict({k: tuple(v) if isinstance(v, list) else v for k, v in meta["air_config"].items()})
-        opt = OptimConfig(**meta["optim_config"])
-        batch = int(meta["batch_size"])
+        return AIRConfig.from_dict({k: tuple(v) if isinstance(v, list) else v for k, v in meta["air_config"].items()})
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: configuration in the checkpoint is invalid: {e}") from e
-    svi = make_svi(air, opt)
-    example = jax.numpy.zeros((batch, air.image_size, air.image_size), jax.numpy.float32)
-    template = jax.eval_shape(svi.init, jax.random.PRNGKey(0), example)
-    state = restore_into(template, leaves, path)
-    return air, svi.get_params(state), meta
+
+
+def load_params(path: str | os.PathLike, dtype=np.float32) -> Tuple[Any, dict]:
+    """``(AIRConfig, params)`` from a training checkpoint or a params-only file, without building
+    an SVI state. ``params`` is the nested dict ``svi.get_params`` returns (jax arrays, cast to
+    ``dtype``; params files may store float16)."""
+    meta, arrays = read_npz(path)
+    params = jax.tree.map(lambda a: jax.numpy.asarray(a, dtype), unflatten_params(arrays))
+    if not params:
+        raise CheckpointError(f"{path} holds no parameters")
+    return config_from_meta(meta, path), params
+
+
+def export_params(src: str | os.PathLike, dst: str | os.PathLike, dtype=None, overwrite: bool = False) -> Path:
+    """Write the parameters of checkpoint ``src`` to a params-only file ``dst`` (optionally cast,
+    e.g. ``numpy.float16`` to halve the size). ``load_params(dst)`` reads it back."""
+    meta, arrays = read_npz(src)
+    params = {k: (a if dtype is None else a.astype(dtype)) for k, a in arrays.items() if k.startswith(PARAMS_PREFIX)}
+    keep = {k: meta[k] for k in ("air_config", "optim_config", "step", "seed", "data") if k in meta}
+    return write_npz(dst, params, keep | {"kind": "params", "source": str(src)}, overwrite=overwrite)

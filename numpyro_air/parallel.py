@@ -1,6 +1,7 @@
 """Scale-out: K seeds in one program (``jax.vmap``) x D devices (``jax.sharding``), multi-host.
 
-Data parallelism uses JAX's SPMD partitioner, not a hand-made scheme: a 1-D ``Mesh`` over the
+The sharded step itself is built by :func:`numpyro_air.step.make_step`. Data parallelism uses
+JAX's SPMD partitioner, not a hand-made scheme: a 1-D ``Mesh`` over the
 devices with axis ``"data"``; minibatches (K, B, H, W) are sharded along B with a
 ``NamedSharding``; SVI states (parameters, optimiser state, RNG key) are replicated. XLA inserts
 the all-reduce of the gradients (the loss is a sum over the batch).
@@ -9,13 +10,12 @@ the all-reduce of the gradients (the loss is a sum over the batch).
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-from .svi import make_update
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
@@ -32,7 +32,9 @@ def select_devices(kind: Optional[str] = None, num_devices: Optional[int] = None
     if num_devices < 1:
         raise ValueError(f"num_devices must be >= 1, got {num_devices}")
     if num_devices > len(devices):
-        raise ValueError(f"{num_devices} devices requested but only {len(devices)} {kind or 'default'} device(s) are visible: {devices}")
+        raise ValueError(
+            f"{num_devices} devices requested but only {len(devices)} {kind or 'default'} device(s) are visible: {devices}"
+        )
     return list(devices[:num_devices])
 
 
@@ -55,28 +57,6 @@ def batch_sharding(mesh: Mesh, seeds_axis: bool = True) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
-
-
-def make_sharded_step(svi, config, mesh: Mesh, seeds_axis: bool = True) -> Callable:
-    """Jitted SVI step with batch-sharded inputs and replicated state.
-
-    ``seeds_axis=True``: ``(states (K, ...), images (K, B, H, W), step)``, one update per seed
-    (vmapped); else the single-seed ``(state, images (B, H, W), step)``.
-    """
-    update = make_update(svi, config)
-    if seeds_axis:
-        update = jax.vmap(update, in_axes=(0, 0, None))
-    rep = replicated(mesh)
-    return jax.jit(update, in_shardings=(rep, batch_sharding(mesh, seeds_axis), rep), out_shardings=(rep, rep))
-
-
-def put_batch(batch: np.ndarray, mesh: Mesh, seeds_axis: bool = True) -> jax.Array:
-    """Place a host batch on the mesh. Single host: ``device_put``; several hosts: each process
-    passes its own slice of the global batch (``make_array_from_process_local_data``)."""
-    sharding = batch_sharding(mesh, seeds_axis)
-    if jax.process_count() == 1:
-        return jax.device_put(batch, sharding)
-    return jax.make_array_from_process_local_data(sharding, batch)
 
 
 def initialize_distributed(

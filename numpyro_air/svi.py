@@ -33,21 +33,47 @@ class OptimConfig:
             raise ValueError(f"num_particles must be >= 1, got {self.num_particles!r}")
         make_optimizer(self.learning_rate, self.baseline_learning_rate, self.clip_norm)  # validates
 
+    @classmethod
+    def tutorial(cls, **overrides) -> "OptimConfig":
+        """The Pyro tutorial's optimiser settings (``-blr 0.1``; lr 1e-4)."""
+        return cls(**({"baseline_learning_rate": 0.1} | overrides))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A model configuration with the optimiser settings it is meant to train with."""
+
+    air: AIRConfig
+    optim: OptimConfig
+
+    @classmethod
+    def tutorial(cls) -> "Recipe":
+        """Pyro's working tutorial recipe: :meth:`AIRConfig.tutorial` + baseline lr 0.1 (leaving the
+        baseline lr at Pyro's CLI default 1e-3 is what kept Pyro users at ~76%, pyro#1374)."""
+        return cls(AIRConfig.tutorial(), OptimConfig.tutorial())
+
 
 class StepInfo(NamedTuple):
     loss: jnp.ndarray  # -ELBO per image of this batch (NaN if the step was skipped)
     skipped: jnp.ndarray  # bool: non-finite loss or parameters, update discarded
 
 
-def make_svi(config: AIRConfig, optim: OptimConfig = OptimConfig()) -> SVI:
-    """``numpyro.infer.SVI`` over AIR's model and guide with :class:`NVIL_ELBO`; ``config`` is a
-    static keyword argument (compile-time constant)."""
+def make_svi(config: AIRConfig | Recipe, optim: Optional[OptimConfig] = None) -> SVI:
+    """``numpyro.infer.SVI`` over AIR's model and guide with :class:`NVIL_ELBO`; the AIR config is
+    a static keyword argument (compile-time constant). Pass a :class:`Recipe` (e.g.
+    ``Recipe.tutorial()``) to get its optimiser settings; with an ``AIRConfig`` alone, ``optim``
+    defaults to ``OptimConfig()`` (Pyro's CLI defaults, baseline lr 1e-3)."""
+    if isinstance(config, Recipe):
+        config, optim = config.air, (config.optim if optim is None else optim)
+    optim = OptimConfig() if optim is None else optim
     tx = make_optimizer(optim.learning_rate, optim.baseline_learning_rate, optim.clip_norm)
     return SVI(model, guide, tx, NVIL_ELBO(num_particles=optim.num_particles), config=config)
 
 
-def make_update(svi: SVI, config: AIRConfig) -> Callable[[SVIState, jnp.ndarray, jnp.ndarray], tuple]:
-    """Pure (un-jitted) step ``(state, images (B,H,H), step) -> (state, StepInfo)``.
+def make_update(svi: SVI) -> Callable[[SVIState, jnp.ndarray, jnp.ndarray], tuple]:
+    """Pure (un-jitted) step ``(state, images (B,H,H), step) -> (state, StepInfo)`` for an SVI
+    built by :func:`make_svi` (its ``config`` static keyword gives the annealed prior). Compose it
+    with ``jax.jit`` / ``jax.vmap`` yourself, or use :func:`numpyro_air.step.make_step`.
 
     Same arithmetic and RNG use as ``svi.update``, plus:
 
@@ -58,6 +84,10 @@ def make_update(svi: SVI, config: AIRConfig) -> Callable[[SVIState, jnp.ndarray,
       and the gradients' global norm *before* the optimiser, so the select fuses into the
       optimiser's element-wise update instead of costing another pass over the parameters.
     """
+
+    config = svi.static_kwargs.get("config")
+    if not isinstance(config, AIRConfig):
+        raise ValueError("make_update needs an SVI built by make_svi (static keyword `config` missing)")
 
     def update(state: SVIState, images: jnp.ndarray, step: jnp.ndarray):
         prior = z_pres_prior_probs(config, step)
@@ -82,8 +112,3 @@ def make_update(svi: SVI, config: AIRConfig) -> Callable[[SVIState, jnp.ndarray,
         return new_state, StepInfo(jnp.where(ok, loss, jnp.nan) / images.shape[0], ~ok)
 
     return update
-
-
-def make_train_step(svi: SVI, config: AIRConfig):
-    """``jax.jit`` of :func:`make_update`. (Donating the state was measured *slower* on CPU.)"""
-    return jax.jit(make_update(svi, config))

@@ -1,15 +1,25 @@
-"""Training loop: JIT-compiled SVI steps over fixed-shape minibatches, K seeds in one program
-(``jax.vmap``), periodic held-out evaluation, checkpoints, figures and a JSONL metrics log."""
+"""Training loop: K seeds of JIT-compiled SVI steps, periodic actions, and no lost work.
+
+:func:`train` is a flat loop over pieces with one job each: :func:`initial_states` (fresh or
+restored from a checkpoint), :func:`numpyro_air.step.make_step` (one builder for one seed, K
+vmapped seeds and sharded devices), a :class:`MetricsLog`, and periodic actions as a list of
+``(every, action)``. SIGINT / SIGTERM stop the loop after the current step with a checkpoint
+(:class:`TrainingInterrupted`); any other exception writes a checkpoint of the last good state
+before it propagates. Only process 0 writes files.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,11 +29,12 @@ from tqdm.auto import tqdm
 from . import parallel, viz
 from .checkpoint import CheckpointError, read_checkpoint, restore_into, save_checkpoint
 from .config import AIRConfig
-from .data import batch_at_step, to_float
-from .inference import count_accuracy, infer, sample_prior
-from .svi import OptimConfig, make_svi, make_train_step, make_update
+from .data import batch_indices, to_float
+from .evaluation import accuracy_summary, evaluate, save_figures
+from .step import make_step, sharded_batch
+from .svi import OptimConfig, make_svi
 
-ACCURACY_THRESHOLDS = (0.90, 0.95, 0.98)
+CHECKPOINT_NAME = "checkpoint.npz"
 
 
 @dataclass(frozen=True)
@@ -51,35 +62,21 @@ class TrainConfig:
         if self.eval_train_images is not None and self.eval_train_images < 1:
             raise ValueError(f"eval_train_images must be >= 1 or None, got {self.eval_train_images!r}")
 
-
-def seed_of(tcfg: TrainConfig, k: int) -> int:
-    """The seed of the k-th of ``num_seeds`` runs (initialisation, data order, guide samples)."""
-    return tcfg.seed + k
-
-
-def make_multi_seed_step(svi, config: AIRConfig) -> Callable:
-    """Jitted step over K stacked states: ``(states, images (K, B, H, H), step) -> (states, info)``,
-    one independent SVI update per seed (``jax.vmap`` of :func:`numpyro_air.svi.make_update`)."""
-    return jax.jit(jax.vmap(make_update(svi, config), in_axes=(0, 0, None)))
+    def seed_of(self, k: int) -> int:
+        """The seed of the k-th of ``num_seeds`` runs (initialisation, data order, guide samples)."""
+        return self.seed + k
 
 
-def init_states(svi, keys: jnp.ndarray, example_batch: jnp.ndarray):
-    """K SVI states (stacked on axis 0) from K raw PRNG keys (K, 2) and one (B, H, H) batch."""
-    return jax.jit(jax.vmap(svi.init, in_axes=(0, None)))(keys, example_batch)
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM stopped training after a step; a checkpoint at ``step`` was written."""
 
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        super().__init__(f"{signal.Signals(signum).name} at step {step}; checkpoint {checkpoint}")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
 
-def _slice(tree, k: int):
-    return jax.tree.map(lambda a: a[k], tree)
-
-
-def _seed_slice(tree, k: int, num_seeds: int):
-    """Seed k's part of a state/params tree: stacked on axis 0 when num_seeds > 1, else as is.
-    (One seed runs the plain, un-vmapped step: on CPU a vmap of size 1 was measured 40% slower.)"""
-    return tree if num_seeds == 1 else _slice(tree, k)
-
-
-def _stack(trees: List[Any]):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM
 
 
 def checkpoint_path(base: Path, k: int, num_seeds: int) -> Path:
@@ -87,18 +84,35 @@ def checkpoint_path(base: Path, k: int, num_seeds: int) -> Path:
     return base if num_seeds == 1 else base.with_name(f"{base.stem}_seed{k}{base.suffix}")
 
 
-def _meta(air: AIRConfig, opt: OptimConfig, tcfg: TrainConfig, data_desc: dict, k: int, step: int) -> dict:
+def seed_slice(tree, k: int):
+    """Seed k's part of a tree stacked on a leading seeds axis."""
+    return jax.tree.map(lambda a: a[k], tree)
+
+
+def _local(tree):
+    """A replicated (possibly multi-process) tree as arrays this process can read."""
+    if jax.process_count() == 1:
+        return tree
+    return jax.tree.map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, tree)
+
+
+# ----------------------------------------------------------------------------- run metadata
+
+
+def run_meta(air: AIRConfig, opt: OptimConfig, tcfg: TrainConfig, data_desc: dict, k: int, step: int) -> dict:
+    """What a checkpoint records about its run (checked again on resume)."""
     return {
         "air_config": air.to_dict(),
         "optim_config": dataclasses.asdict(opt),
         "batch_size": tcfg.batch_size,
-        "seed": seed_of(tcfg, k),
+        "seed": tcfg.seed_of(k),
         "step": step,
         "data": data_desc,
     }
 
 
-def _check_meta(meta: dict, expected: dict, path) -> None:
+def check_meta(meta: dict, expected: dict, path) -> None:
+    """Raise :class:`CheckpointError` naming every field where a checkpoint differs from the run."""
     for key in ("air_config", "optim_config", "batch_size", "seed", "data"):
         if meta.get(key) != expected[key]:
             got, want = meta.get(key), expected[key]
@@ -110,41 +124,277 @@ def _check_meta(meta: dict, expected: dict, path) -> None:
             raise CheckpointError(f"{path}: {key} does not match the current run ({detail})")
 
 
-def evaluate(params, tcfg: TrainConfig, air: AIRConfig, test_set, train_set, key, step: int) -> dict:
-    """Count accuracy (one guide sample, Pyro's metric, and the guide's most probable path) with
-    confusion matrices on the held-out test set (primary) and the training images."""
-    out = {}
-    n_train = len(train_set.images) if tcfg.eval_train_images is None else min(tcfg.eval_train_images, len(train_set.images))
-    for split, ds, n in (("test", test_set, None), ("train", train_set, n_train)):
-        if ds is None:
-            continue
-        images = to_float(ds.images if n is None else ds.images[:n])
-        counts = np.asarray(ds.counts if n is None else ds.counts[:n])
-        for greedy in (False, True):
-            res = count_accuracy(params, images, counts, jax.random.fold_in(key, int(greedy)), air, greedy, tcfg.eval_batch_size)
-            suffix = "_greedy" if greedy else ""
-            out[f"{split}_accuracy{suffix}"] = res["accuracy"]
-            out[f"{split}_confusion{suffix}"] = res["confusion"]
-        out[f"{split}_images"] = int(len(counts))
-    return out
+# ----------------------------------------------------------------------------- pieces
 
 
-def save_figures(params, air: AIRConfig, images: np.ndarray, true_counts, key, out_dir: Path, tag: str = "") -> list:
-    """Boxes on data, reconstructions and prior samples for one seed's params."""
-    res = infer(params, jnp.asarray(images), key, air)
-    res = jax.device_get(res)
-    counts = jnp.arange(16) % (air.num_steps + 1)  # scenes with 0, 1, ..., T objects
-    prior = jax.device_get(sample_prior(params, jax.random.fold_in(key, 7), air, 16, counts))
+def initial_states(svi, tcfg: TrainConfig, example: jnp.ndarray, load=None, meta_of=None):
+    """SVI states stacked on a seeds axis (K, ...): fresh (seed k from ``tcfg.seed_of(k)``), or
+    restored from the per-seed checkpoints at ``load``. Returns (states, start step, wall seconds
+    already spent)."""
+    K = tcfg.num_seeds
+    keys = jnp.stack([jax.random.PRNGKey(tcfg.seed_of(k)) for k in range(K)])
+    init = jax.jit(jax.vmap(svi.init, in_axes=(0, None)))
+    if load is None:
+        return init(keys, example), 0, 0.0
+    template = jax.eval_shape(svi.init, keys[0], example)
+    restored = []
+    for k in range(K):
+        path = checkpoint_path(Path(load), k, K)
+        meta, arrays = read_checkpoint(path)
+        check_meta(meta, meta_of(k, meta.get("step", 0)), path)
+        restored.append((meta, restore_into(template, arrays, path)))
+    steps = sorted({m["step"] for m, _ in restored})
+    if len(steps) != 1:
+        raise CheckpointError(f"per-seed checkpoints under {load} are at different steps: {steps}")
+    states = jax.tree.map(lambda *xs: jnp.stack(xs), *[s for _, s in restored])
+    return states, steps[0], float(restored[0][0].get("wall_time", 0.0))
+
+
+class MetricsLog:
+    """JSONL metrics log. Each record is one ``os.write`` of a whole line to an ``O_APPEND`` file,
+    so a process killed at any instant leaves whole lines; resuming rewrites the log atomically
+    (temporary file + rename) without the lines written after the checkpoint."""
+
+    def __init__(self, path: Path, resume_step: Optional[int], enabled: bool = True):
+        self.path, self.fd = path, None
+        if not enabled:
+            return
+        if resume_step is None:
+            path.unlink(missing_ok=True)
+        elif path.exists():
+            keep = [r for r in viz.read_jsonl(path) if r.get("step", 0) <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            os.replace(tmp, path)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+
+    def write(self, rec: dict) -> None:
+        if self.fd is not None:
+            os.write(self.fd, (json.dumps(rec) + "\n").encode())
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+@contextmanager
+def stop_on_signals(signums=(signal.SIGINT, signal.SIGTERM)) -> Iterator[list]:
+    """Turn SIGINT/SIGTERM into a request (the yielded list gets the signal number) that the loop
+    honours after its current step. Previous handlers are restored on exit."""
+    requested: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested  # signals are only delivered to the main thread
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: requested.append(signum)) for s in signums}
+    try:
+        yield requested
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class Feeder:
+    """The arguments of step i after the states: ``(data, idx (K, B))`` with the uint8 data set
+    kept on the device, or a sharded (K, B, H, W) batch on a mesh. Batch i of seed k is
+    ``batch_at_step(images, B, seed_k, i)``."""
+
+    def __init__(self, images: np.ndarray, tcfg: TrainConfig, mesh=None):
+        self.images, self.tcfg, self.mesh = images, tcfg, mesh
+        self.data = None if mesh is not None else jax.device_put(images)
+
+    def indices(self, i: int) -> np.ndarray:
+        B = self.tcfg.batch_size
+        return np.stack([batch_indices(len(self.images), B, self.tcfg.seed_of(k), i) for k in range(self.tcfg.num_seeds)])
+
+    def __call__(self, i: int) -> tuple:
+        idx = self.indices(i)
+        if self.mesh is None:
+            return self.data, jnp.asarray(idx, jnp.int32)
+        return (sharded_batch(self.images, idx, self.mesh),)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Run:
+    """What the periodic actions read and write: configs, data, files, the current states."""
+
+    air: AIRConfig
+    opt: OptimConfig
+    tcfg: TrainConfig
+    svi: Any
+    train_set: Any
+    test_set: Any
+    out_dir: Path
+    save_base: Path
+    data_desc: dict
+    log: Callable[[str], None]
+    metrics: MetricsLog
+    states: Any = None
+    step: int = 0
+    wall_offset: float = 0.0
+    t0: float = dataclasses.field(default_factory=time.time)
+    pending: list = dataclasses.field(default_factory=list)
+    last_elbo: list = dataclasses.field(default_factory=list)
+    last_eval: list = dataclasses.field(default_factory=list)
+    writer: bool = True  # process 0
+    bar: Any = None
+
+    def close(self) -> None:
+        """Log what is pending, close the progress bar and the metrics log."""
+        if self.pending:
+            log_progress(self)
+        if self.bar is not None:
+            self.bar.close()
+        self.metrics.close()
+
+    def wall(self) -> float:
+        return self.wall_offset + time.time() - self.t0
+
+    def params(self, k: int):
+        return seed_slice(_local(self.svi.get_params(self.states)), k)
+
+
+def log_progress(run: Run) -> None:
+    """Mean -loss (= +ELBO per image) and skipped steps per seed over the last window."""
+    K = run.tcfg.num_seeds
+    losses = np.concatenate([np.asarray(_local(p.loss)).reshape(-1, K) for p in run.pending])  # (n, K)
+    skipped = np.concatenate([np.asarray(_local(p.skipped)).reshape(-1, K) for p in run.pending]).sum(0)
+    run.pending.clear()
+    with np.errstate(all="ignore"):
+        run.last_elbo = [float(e) for e in -np.nanmean(losses, axis=0)]
+    for k in range(K):
+        run.metrics.write(
+            {
+                "kind": "train",
+                "step": run.step,
+                "wall_time": run.wall(),
+                "seed": run.tcfg.seed_of(k),
+                "elbo": run.last_elbo[k],
+                "skipped": int(skipped[k]),
+            }
+        )
+    if run.bar is not None:
+        run.bar.set_postfix_str(
+            "elbo/img="
+            + ",".join(f"{e:.1f}" for e in run.last_elbo)
+            + (f" skipped={int(skipped.sum())}" if skipped.sum() else "")
+        )
+        run.bar.update(run.step - run.bar.n)
+
+
+def evaluate_all(run: Run) -> None:
+    """Held-out (and training-image) count accuracy of every seed, logged."""
+    run.last_eval = []
+    for k in range(run.tcfg.num_seeds):
+        seed = run.tcfg.seed_of(k)
+        key = jax.random.fold_in(jax.random.PRNGKey(seed + 1_000_003), run.step)
+        res = evaluate(run.params(k), run.tcfg, run.air, run.test_set, run.train_set, key)
+        elbo = run.last_elbo[k] if run.last_elbo else None
+        rec = {"kind": "eval", "step": run.step, "wall_time": run.wall(), "seed": seed, "elbo": elbo, **res}
+        run.metrics.write(rec)
+        run.last_eval.append(rec)
+        run.log(
+            f"step={run.step} seed={seed} test_acc={res.get('test_accuracy', float('nan')):.4f} "
+            f"(greedy {res.get('test_accuracy_greedy', float('nan')):.4f}) "
+            f"train_acc={res['train_accuracy']:.4f} test_confusion={res.get('test_confusion')}"
+        )
+
+
+def save_all(run: Run, states=None, step: Optional[int] = None) -> Path:
+    """Per-seed checkpoints of ``states`` (default: the current ones) at ``step``."""
+    states = run.states if states is None else states
+    step = run.step if step is None else step
+    K = run.tcfg.num_seeds
+    if run.writer:
+        local = _local(states)
+        for k in range(K):
+            meta = run_meta(run.air, run.opt, run.tcfg, run.data_desc, k, step) | {"wall_time": run.wall()}
+            save_checkpoint(checkpoint_path(run.save_base, k, K), seed_slice(local, k), meta)
+    return run.save_base
+
+
+def figures_all(run: Run, final: bool = False) -> None:
+    """Boxes, reconstructions and prior samples of every seed (under viz/stepNNNNNNN unless final)."""
+    if not run.writer:
+        return
+    ds = run.test_set if run.test_set is not None else run.train_set
+    images = to_float(ds.images[:16])
+    d = run.out_dir if final else run.out_dir / "viz" / f"step{run.step:07d}"
+    for k in range(run.tcfg.num_seeds):
+        tag = "" if run.tcfg.num_seeds == 1 else f"_seed{run.tcfg.seed_of(k)}"
+        save_figures(run.params(k), run.air, images, ds.counts[:16], jax.random.PRNGKey(run.step), d, tag)
+
+
+def periodic_actions(tcfg: TrainConfig) -> List[tuple]:
+    """(every, action) pairs run after each step whose number is a multiple of ``every``."""
     return [
-        viz.save_boxes_figure(out_dir / f"boxes{tag}.png", images, res["boxes"], res["z_pres"], true_counts, title="inferred boxes (step 1 red, 2 green, 3 blue)"),
-        viz.save_reconstruction_figure(out_dir / f"reconstructions{tag}.png", images[:10], res["reconstruction"][:10], res["boxes"][:10], res["z_pres"][:10]),
-        viz.save_prior_samples_figure(out_dir / f"prior_samples{tag}.png", prior["canvas"], prior["boxes"], prior["z_pres"]),
+        (tcfg.progress_every, log_progress),
+        (tcfg.eval_every, evaluate_all),
+        (tcfg.save_every, save_all),
+        (tcfg.viz_every, figures_all),
     ]
 
 
-def accuracy_summary(final_acc: List[float]) -> dict:
-    """How many seeds reached each accuracy threshold."""
-    return {f">={t:.0%}": int(sum(a >= t for a in final_acc)) for t in ACCURACY_THRESHOLDS} | {"num_seeds": len(final_acc)}
+def _prepare_out_dir(out_dir: Path, save_base: Path, num_seeds: int, load, overwrite: bool) -> None:
+    """A fresh run, or a resume into another directory, must not replace an existing run."""
+    resuming_here = load is not None and Path(load).resolve().parent == out_dir.resolve()
+    if not resuming_here and not overwrite:
+        paths = [out_dir / "metrics.jsonl"] + [checkpoint_path(save_base, k, num_seeds) for k in range(num_seeds)]
+        clash = [p for p in paths if p.exists()]
+        if clash:
+            raise FileExistsError(
+                f"{clash[0]} already exists: pass overwrite=True (--overwrite) to replace it, or --load to resume"
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _check_data(air: AIRConfig, tcfg: TrainConfig, train_set) -> None:
+    H = air.image_size
+    if train_set.images.shape[1:] != (H, H):
+        raise ValueError(f"training images have shape {train_set.images.shape[1:]}, config expects ({H}, {H})")
+    if len(train_set.images) < tcfg.batch_size:
+        raise ValueError(f"batch_size {tcfg.batch_size} exceeds the {len(train_set.images)} training images")
+
+
+def _mesh(devices, batch_size: int):
+    if (devices is None or len(devices) <= 1) and jax.process_count() == 1:
+        return None
+    mesh = parallel.make_mesh(devices if devices is not None else jax.devices())
+    parallel.check_batch(batch_size, mesh)  # before any compilation
+    return mesh
+
+
+def finish(run: Run) -> dict:
+    """Final checkpoint, evaluation, figures, curves and ``summary.json``."""
+    if run.pending:
+        log_progress(run)
+    save_all(run)
+    if not run.last_eval or run.last_eval[0]["step"] != run.step:
+        evaluate_all(run)
+    figures_all(run, final=True)
+    run.close()
+    summary = {
+        "steps": run.step,
+        "wall_time_sec": run.wall(),
+        "final": [{k: r[k] for k in r if "confusion" not in k and k != "kind"} for r in run.last_eval],
+        "seeds_reaching": accuracy_summary([r.get("test_accuracy", r["train_accuracy"]) for r in run.last_eval]),
+    }
+    if run.writer:
+        viz.save_curves(viz.read_jsonl(run.metrics.path), run.out_dir)
+        for r in run.last_eval:
+            tag = "" if run.tcfg.num_seeds == 1 else f"_seed{r['seed']}"
+            for split in ("test", "train"):
+                if f"{split}_confusion" in r:
+                    viz.save_confusion_figure(
+                        run.out_dir / f"confusion_{split}{tag}.png",
+                        r[f"{split}_confusion"],
+                        f"{split}: accuracy {r[f'{split}_accuracy']:.4f} (one guide sample)",
+                    )
+        (run.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def train(
@@ -163,183 +413,69 @@ def train(
     log: Callable[[str], None] = print,
     devices: Optional[Sequence] = None,
 ) -> dict:
-    """Train ``tcfg.num_seeds`` AIR models (vmapped when > 1) and return a summary dict.
+    """Train ``tcfg.num_seeds`` AIR models and return a summary dict.
 
     ``train_set``/``test_set`` expose ``images`` (N, H, W) uint8 or float and ``counts`` (N,).
     Writes ``metrics.jsonl`` (``kind`` "train": step, wall_time, elbo = +ELBO per image averaged
     over the last ``progress_every`` steps, skipped steps; ``kind`` "eval": accuracies and
-    confusion matrices), checkpoints and figures under ``out_dir``. ``load`` resumes from a
-    checkpoint (the batch of step i and the SVI RNG are pure functions of the seed and the saved
-    state, so a resumed run equals the uninterrupted one). ``devices``: shard every batch over
-    these devices (data parallel, :mod:`numpyro_air.parallel`); with several processes
-    (``jax.distributed``) each process feeds its slice of the global batch.
+    confusion matrices), per-seed checkpoints and figures under ``out_dir``. ``load`` resumes
+    from a checkpoint; the batch of step i and the SVI RNG are pure functions of the seed and the
+    saved state, so a resumed run equals the uninterrupted one. ``devices``: shard every batch
+    over these devices. Raises :class:`TrainingInterrupted` after SIGINT/SIGTERM.
     """
-    out_dir = Path(out_dir)
-    data_desc = data_desc or {}
-    K = tcfg.num_seeds
-    metrics_path = out_dir / "metrics.jsonl"
-    save_base = Path(save) if save is not None else out_dir / "checkpoint.msgpack"
-    resuming_here = load is not None and Path(load).resolve().parent == out_dir.resolve()
-    if not resuming_here and not overwrite:
-        # a fresh run, or a resume into another directory, must not replace an existing run
-        clash = [p for p in [metrics_path] + [checkpoint_path(save_base, k, K) for k in range(K)] if p.exists()]
-        if clash:
-            raise FileExistsError(
-                f"{clash[0]} already exists: pass overwrite=True (--overwrite) to replace it, or --load to resume"
-            )
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    H = air.image_size
-    if train_set.images.shape[1:] != (H, H):
-        raise ValueError(f"training images have shape {train_set.images.shape[1:]}, config expects ({H}, {H})")
-    if len(train_set.images) < tcfg.batch_size:
-        raise ValueError(f"batch_size {tcfg.batch_size} exceeds the {len(train_set.images)} training images")
-
-    mesh = None
-    if (devices is not None and len(devices) > 1) or jax.process_count() > 1:
-        mesh = parallel.make_mesh(devices if devices is not None else jax.devices())
-        parallel.check_batch(tcfg.batch_size, mesh)  # before any compilation
+    out_dir, K = Path(out_dir), tcfg.num_seeds
+    save_base = Path(save) if save is not None else out_dir / CHECKPOINT_NAME
+    _prepare_out_dir(out_dir, save_base, K, load, overwrite)
+    _check_data(air, tcfg, train_set)
+    mesh = _mesh(devices, tcfg.batch_size)
     svi = make_svi(air, opt)
-    example = jnp.asarray(batch_at_step(train_set.images, tcfg.batch_size, seed_of(tcfg, 0), 0))
-    keys = jnp.stack([jax.random.PRNGKey(seed_of(tcfg, k)) for k in range(K)])
-    t0 = time.time()
-    if K == 1:
-        states = jax.jit(svi.init)(keys[0], example)
-    else:
-        states = init_states(svi, keys, example)
-    start = 0
-    wall_offset = 0.0
-    if load is not None:
-        per_seed = []
-        template = _seed_slice(states, 0, K)
-        for k in range(K):
-            path = checkpoint_path(Path(load), k, K)
-            meta, leaves = read_checkpoint(path)
-            _check_meta(meta, _meta(air, opt, tcfg, data_desc, k, meta.get("step", 0)), path)
-            per_seed.append((meta, restore_into(template, leaves, path)))
-        steps = {m["step"] for m, _ in per_seed}
-        if len(steps) != 1:
-            raise CheckpointError(f"per-seed checkpoints under {load} are at different steps: {sorted(steps)}")
-        start = steps.pop()
-        wall_offset = float(per_seed[0][0].get("wall_time", 0.0))
-        states = per_seed[0][1] if K == 1 else _stack([s for _, s in per_seed])
-        log(f"resumed {K} seed(s) from {load} at step {start}")
-        if metrics_path.exists():  # resuming in place: drop log lines written after the checkpoint
-            keep = [r for r in viz.read_jsonl(metrics_path) if r.get("step", 0) <= start]
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    elif metrics_path.exists():
-        metrics_path.unlink()
-
-    if mesh is None:
-        step_fn = make_multi_seed_step(svi, air) if K > 1 else make_train_step(svi, air)
-    else:
-        step_fn = parallel.make_sharded_step(svi, air, mesh, seeds_axis=K > 1)
-        states = jax.device_put(states, parallel.replicated(mesh))
-        log(f"data parallel over {mesh.devices.size} device(s), {jax.process_count()} process(es)")
-    nproc, pid = jax.process_count(), jax.process_index()
-    local = slice(pid * tcfg.batch_size // nproc, (pid + 1) * tcfg.batch_size // nproc)
-
-    def put(batch: np.ndarray):
-        if mesh is None:
-            return jnp.asarray(batch)
-        if nproc > 1:
-            batch = batch[:, local] if K > 1 else batch[local]
-        return parallel.put_batch(batch, mesh, seeds_axis=K > 1)
-
-    log(f"compiling the SVI step ({K} seed(s), batch {tcfg.batch_size}) ...")
-    logf = open(metrics_path if jax.process_index() == 0 else os.devnull, "a")
-
-    def write(rec: dict) -> None:
-        logf.write(json.dumps(rec) + "\n")
-        logf.flush()
-
-    def wall() -> float:
-        return wall_offset + time.time() - t0
-
-    def save_all(step: int) -> None:
-        if jax.process_index() != 0:
-            return
-        for k in range(K):
-            meta = _meta(air, opt, tcfg, data_desc, k, step) | {"wall_time": wall()}
-            save_checkpoint(checkpoint_path(save_base, k, K), _seed_slice(states, k, K), meta)
-
-    def eval_all(step: int) -> list:
-        params = svi.get_params(states)
-        recs = []
-        for k in range(K):
-            key = jax.random.fold_in(jax.random.PRNGKey(seed_of(tcfg, k) + 1_000_003), step)
-            res = evaluate(_seed_slice(params, k, K), tcfg, air, test_set, train_set, key, step)
-            rec = {"kind": "eval", "step": step, "wall_time": wall(), "seed": seed_of(tcfg, k),
-                   "elbo": last_elbo[k], **res}
-            write(rec)
-            recs.append(rec)
-            log(
-                f"step={step} seed={rec['seed']} test_acc={res.get('test_accuracy', float('nan')):.4f} "
-                f"(greedy {res.get('test_accuracy_greedy', float('nan')):.4f}) train_acc={res['train_accuracy']:.4f} "
-                f"test_confusion={res.get('test_confusion')}"
-            )
-        return recs
-
-    def viz_all(step: int, final: bool = False) -> None:
-        params = svi.get_params(states)
-        ds = test_set if test_set is not None else train_set
-        images = to_float(ds.images[:16])
-        for k in range(K):
-            tag = "" if K == 1 else f"_seed{seed_of(tcfg, k)}"
-            d = out_dir if final else out_dir / "viz" / f"step{step:07d}"
-            save_figures(_seed_slice(params, k, K), air, images, ds.counts[:16], jax.random.PRNGKey(step), d, tag)
-
-    pending: list = []
-    last_eval: list = []
-    last_elbo = [None] * K  # +ELBO per image over the last progress window, per seed
-    bar = tqdm(total=tcfg.num_steps, initial=start, disable=not progress, dynamic_ncols=True, unit="step")
-    try:
-        for i in range(start, tcfg.num_steps):
-            batch = np.stack([batch_at_step(train_set.images, tcfg.batch_size, seed_of(tcfg, k), i) for k in range(K)])
-            batch = batch[0] if K == 1 else batch
-            states, info = step_fn(states, put(batch), jnp.asarray(i + 1, jnp.int32))
-            pending.append(info)
-            step = i + 1
-            if step == start + 1:
-                jax.block_until_ready(info)
-                log(f"first step (incl. compilation) done after {time.time() - t0:.1f}s")
-            if step % tcfg.progress_every == 0 or step == tcfg.num_steps:
-                losses = np.asarray(jnp.stack([p.loss for p in pending])).reshape(-1, K)  # (n, K)
-                skipped = np.asarray(jnp.stack([p.skipped for p in pending])).reshape(-1, K).sum(0)
-                pending = []
-                with np.errstate(all="ignore"):
-                    elbo = -np.nanmean(losses, axis=0)
-                last_elbo = [float(e) for e in elbo]
-                for k in range(K):
-                    write({"kind": "train", "step": step, "wall_time": wall(), "seed": seed_of(tcfg, k),
-                           "elbo": float(elbo[k]), "skipped": int(skipped[k])})
-                bar.set_postfix_str("elbo/img=" + ",".join(f"{e:.1f}" for e in elbo) + (f" skipped={int(skipped.sum())}" if skipped.sum() else ""))
-                bar.update(step - bar.n)
-            if tcfg.eval_every and step % tcfg.eval_every == 0:
-                last_eval = eval_all(step)
-            if tcfg.save_every and step % tcfg.save_every == 0:
-                save_all(step)
-            if tcfg.viz_every and step % tcfg.viz_every == 0:
-                viz_all(step)
-    finally:
-        bar.close()
-    final_step = max(start, tcfg.num_steps)
-    save_all(final_step)
-    if not last_eval or last_eval[0]["step"] != final_step:
-        last_eval = eval_all(final_step)
-    viz_all(final_step, final=True)
-    logf.close()
-    viz.save_curves(viz.read_jsonl(metrics_path), out_dir)
-    summary = {
-        "steps": final_step,
-        "wall_time_sec": wall(),
-        "final": [{k: r[k] for k in r if "confusion" not in k and k != "kind"} for r in last_eval],
-        "seeds_reaching": accuracy_summary([r.get("test_accuracy", r["train_accuracy"]) for r in last_eval]),
-    }
-    for r in last_eval:
-        tag = "" if K == 1 else f"_seed{r['seed']}"
-        for split in ("test", "train"):
-            if f"{split}_confusion" in r:
-                viz.save_confusion_figure(out_dir / f"confusion_{split}{tag}.png", r[f"{split}_confusion"], f"{split}: accuracy {r[f'{split}_accuracy']:.4f} (one guide sample)")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    feed = Feeder(np.asarray(train_set.images), tcfg, mesh)
+    example = jnp.asarray(to_float(train_set.images[: tcfg.batch_size]))  # shapes for init
+    meta_of = lambda k, step: run_meta(air, opt, tcfg, data_desc or {}, k, step)  # noqa: E731
+    states, start, wall_offset = initial_states(svi, tcfg, example, load, meta_of)
+    writer = jax.process_index() == 0
+    metrics = MetricsLog(out_dir / "metrics.jsonl", start if load is not None else None, writer)
+    run = Run(
+        air,
+        opt,
+        tcfg,
+        svi,
+        train_set,
+        test_set,
+        out_dir,
+        save_base,
+        data_desc or {},
+        log,
+        metrics,
+        states,
+        start,
+        wall_offset,
+        writer=writer,
+    )
+    step_fn = make_step(svi, K, mesh)
+    if mesh is not None:
+        run.states = jax.device_put(states, parallel.replicated(mesh))
+    log(
+        f"{'resumed at' if load is not None else 'starting'} step {start}: {K} seed(s), batch {tcfg.batch_size}, "
+        f"{1 if mesh is None else mesh.devices.size} device(s), {jax.process_count()} process(es)"
+    )
+    run.bar = tqdm(total=tcfg.num_steps, initial=start, disable=not (progress and writer), dynamic_ncols=True, unit="step")
+    with stop_on_signals() as stop:
+        try:
+            for i in range(start, tcfg.num_steps):
+                run.states, info = step_fn(run.states, *feed(i), jnp.asarray(i + 1, jnp.int32))
+                run.step = i + 1
+                run.pending.append(info)
+                for every, action in periodic_actions(tcfg):
+                    if every and run.step % every == 0:
+                        action(run)
+                if stop:
+                    raise TrainingInterrupted(stop[0], run.step, save_all(run))
+        except TrainingInterrupted:
+            run.close()
+            raise
+        except BaseException:
+            save_all(run)  # run.states/run.step are those of the last step that returned
+            run.close()
+            raise
+    return finish(run)

@@ -1,4 +1,5 @@
-"""Figures (PNG, matplotlib Agg): inferred boxes, reconstructions, prior samples, learning curves."""
+"""Figures (PNG) with matplotlib's object API (the global backend is never touched): inferred
+boxes, reconstructions, prior samples, learning curves."""
 
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ import numpy as np
 STEP_COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple", "tab:cyan")
 
 
-def _plt():
-    import matplotlib
+def _subplots(*args, figsize, **kw):
+    """A ``matplotlib.figure.Figure`` and its axes, outside pyplot (safe in notebooks)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kw)
 
 
 def _grid(n: int, ncols: int):
@@ -33,9 +33,7 @@ def _draw_boxes(ax, boxes: np.ndarray, z_pres: np.ndarray) -> None:
         if pres > 0:
             x0, y0, w, h = box
             # pixel (x0, y0) is the box's outer corner; imshow centres pixel i at i
-            ax.add_patch(
-                Rectangle((x0 - 0.5, y0 - 0.5), w, h, fill=False, lw=1.5, ec=STEP_COLOURS[t % len(STEP_COLOURS)])
-            )
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), w, h, fill=False, lw=1.5, ec=STEP_COLOURS[t % len(STEP_COLOURS)]))
 
 
 def save_boxes_figure(
@@ -48,10 +46,9 @@ def save_boxes_figure(
     title: str = "",
 ) -> Path:
     """Images (N, H, W) with inferred boxes (N, T, 4) coloured by step (red, green, blue, ...)."""
-    plt = _plt()
     n = len(images)
     rows, cols = _grid(n, ncols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
@@ -80,9 +77,8 @@ def save_reconstruction_figure(
     title: str = "",
 ) -> Path:
     """Two rows: data with boxes, and the model's reconstruction (canvas clipped to [0, 1])."""
-    plt = _plt()
     n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(1.5 * n, 3.2), squeeze=False)
+    fig, axes = _subplots(2, n, figsize=(1.5 * n, 3.2), squeeze=False)
     for i in range(n):
         for r, img in enumerate((images[i], reconstructions[i])):
             ax = axes[r, i]
@@ -102,7 +98,9 @@ def save_reconstruction_figure(
 
 def save_prior_samples_figure(path: str | os.PathLike, canvases: np.ndarray, boxes: np.ndarray, z_pres: np.ndarray) -> Path:
     """Scenes sampled from the model's prior (canvas clipped to [0, 1] for display)."""
-    return save_boxes_figure(path, canvases, boxes, z_pres, title="samples from the generative model (object count fixed per scene)")
+    return save_boxes_figure(
+        path, canvases, boxes, z_pres, title="samples from the generative model (object count fixed per scene)"
+    )
 
 
 def read_jsonl(path: str | os.PathLike) -> list:
@@ -118,20 +116,24 @@ def save_curves(records: Iterable[dict], out_dir: str | os.PathLike, prefix: str
     rows carry ``test_accuracy`` / ``train_accuracy`` (and ``*_greedy``). Each row may carry a
     ``seed``; one line per seed. Returns the written paths.
     """
-    plt = _plt()
     records = list(records)
     out_dir = Path(out_dir)
     paths = []
     seeds = sorted({r.get("seed", 0) for r in records})
     panels = [
         ("elbo", "train", ["elbo"], "ELBO per image (nats)"),
-        ("accuracy", "eval", ["test_accuracy", "test_accuracy_greedy", "train_accuracy", "train_accuracy_greedy"], "count accuracy"),
+        (
+            "accuracy",
+            "eval",
+            ["test_accuracy", "test_accuracy_greedy", "train_accuracy", "train_accuracy_greedy"],
+            "count accuracy",
+        ),
     ]
     for name, kind, keys, ylabel in panels:
         rows = [r for r in records if r.get("kind") == kind]
         if not rows:
             continue
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        fig, axes = _subplots(1, 2, figsize=(10, 3.6))
         for ax, xkey, xlabel in ((axes[0], "step", "step"), (axes[1], "wall_time", "wall-clock minutes")):
             for seed in seeds:
                 srows = [r for r in rows if r.get("seed", 0) == seed]
@@ -158,10 +160,9 @@ def save_curves(records: Iterable[dict], out_dir: str | os.PathLike, prefix: str
 
 def save_confusion_figure(path: str | os.PathLike, confusion: Sequence[Sequence[int]], title: str = "") -> Path:
     """Confusion matrix (true count x inferred count) with row-normalised shading and counts."""
-    plt = _plt()
     m = np.asarray(confusion)
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1 + 0.8 * m.shape[1], 1 + 0.7 * m.shape[0]))
+    fig, ax = _subplots(figsize=(1 + 0.8 * m.shape[1], 1 + 0.7 * m.shape[0]))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
@@ -179,8 +180,5 @@ def save_confusion_figure(path: str | os.PathLike, confusion: Sequence[Sequence[
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    fig.savefig(path, dpi=110)  # Agg canvas attached by Figure itself; nothing global to close
     return path

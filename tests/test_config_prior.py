@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from numpyro_air import AIRConfig, count_distribution, make_prior, z_pres_prior_probs
+from numpyro_air import AIRConfig, z_pres_prior_probs
+from numpyro_air.prior import count_distribution, make_prior
 from numpyro_air.prior import exp_decay, lin_decay
 
 # ----------------------------------------------------------------------------- reference (Pyro)

@@ -25,7 +25,8 @@ from numpyro.contrib.control_flow import scan
 from numpyro.infer import SVI, TraceGraph_ELBO
 from numpyro.primitives import mutable
 
-from numpyro_air import AIRConfig, is_baseline_param
+from numpyro_air import AIRConfig
+from numpyro_air.guide import is_baseline_param
 from numpyro_air.elbo import NVIL_ELBO
 from numpyro_air.guide import guide as air_guide
 from numpyro_air.model import model as air_model

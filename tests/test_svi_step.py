@@ -1,4 +1,4 @@
-"""The jitted AIR training step (``numpyro_air.svi.make_train_step``): compiled once, annealed
+"""The jitted AIR training step (``jax.jit(numpyro_air.make_update(svi))``): compiled once, annealed
 prior computed inside the trace, non-finite steps skipped without touching parameters.
 
 All tests share one small AIR (20x20 images, 10x10 window, LSTM 32, z_what 8, annealed prior)
@@ -14,7 +14,7 @@ import pytest
 
 import numpyro_air.svi as svi_mod
 from numpyro_air import AIRConfig, z_pres_prior_probs
-from numpyro_air.svi import OptimConfig, StepInfo, make_svi, make_train_step
+from numpyro_air.svi import OptimConfig, StepInfo, make_svi, make_update
 
 B = 8
 CFG = AIRConfig.tutorial(
@@ -66,7 +66,7 @@ def setup():
     mp.setattr(svi_mod, "z_pres_prior_probs", counting)
     svi = make_svi(CFG, OptimConfig(learning_rate=1e-3, baseline_learning_rate=1e-2))
     state0 = jax.jit(svi.init)(jax.random.PRNGKey(0), _batch(0))
-    step_fn = make_train_step(svi, CFG)
+    step_fn = jax.jit(make_update(svi))
     yield svi, state0, step_fn, traces
     mp.undo()
 

@@ -13,6 +13,7 @@ epoch (different images each epoch, since the permutation changes).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -80,12 +81,21 @@ def epoch_permutation(num_images: int, seed_or_key: Any, epoch: int) -> np.ndarr
     """(N,) int64 permutation of epoch ``epoch``; a pure function of (seed, epoch)."""
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
-    return _permutation(int(num_images), _seed_words(seed_or_key), int(epoch))
+    return _permutation(int(num_images), _seed_words(seed_or_key), int(epoch)).copy()
 
 
 def _permutation(n: int, words: list[int], epoch: int) -> np.ndarray:
-    ss = np.random.SeedSequence(words, spawn_key=(epoch,))
-    return np.random.Generator(np.random.PCG64(ss)).permutation(n)
+    return _cached_permutation(n, tuple(words), epoch)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_permutation(n: int, words: tuple, epoch: int) -> np.ndarray:
+    """Read-only permutation of one epoch, cached: consecutive steps (and several seeds) reuse it
+    instead of shuffling N indices per step."""
+    ss = np.random.SeedSequence(list(words), spawn_key=(epoch,))
+    perm = np.random.Generator(np.random.PCG64(ss)).permutation(n)
+    perm.flags.writeable = False
+    return perm
 
 
 def batch_indices(num_images: int, batch_size: int, seed_or_key: Any, step: int) -> np.ndarray:

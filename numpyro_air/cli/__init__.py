@@ -1,0 +1,45 @@
+"""The ``numpyro-air`` console command: ``numpyro-air train | evaluate | plot ...``.
+
+Each subcommand is a module of this package with ``main(argv)``; ``python experiments/<name>.py``
+runs the same code. JAX is imported only after the options are parsed (``--device``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Optional, Sequence
+
+COMMANDS = {
+    "train": "train AIR (Pyro's example flags plus seeds, devices, data options)",
+    "evaluate": "count accuracy, per-count accuracy, localisation (and IWAE) of a checkpoint",
+    "plot": "regenerate a run's figures from its log and checkpoint",
+}
+
+
+def set_platform(device: Optional[str]) -> None:
+    """Select the JAX platform for ``--device`` before JAX is imported; an explicit
+    ``JAX_PLATFORMS`` that excludes it is an error naming both."""
+    if not device:
+        return
+    env = os.environ.get("JAX_PLATFORMS", "")
+    platforms = [p.strip() for p in env.split(",") if p.strip()]
+    aliases = {"gpu": {"gpu", "cuda", "rocm"}}.get(device, {device})
+    if platforms and not aliases & set(platforms):
+        raise SystemExit(f"error: --device {device} contradicts JAX_PLATFORMS={env!r}; unset one of them")
+    if not platforms:
+        os.environ["JAX_PLATFORMS"] = device
+
+
+def main(argv: Optional[Sequence[str]] = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
+        msg = "usage: numpyro-air {" + ",".join(COMMANDS) + "} [options]\n\n" + "\n".join(lines)
+        if argv and argv[0] not in ("-h", "--help"):
+            raise SystemExit(f"{msg}\n\nerror: unknown command {argv[0]!r}")
+        print(msg)
+        return None
+    module = importlib.import_module(f"numpyro_air.cli.{argv[0]}")
+    return module.main(argv[1:], prog=f"numpyro-air {argv[0]}")

@@ -1,0 +1,79 @@
+"""Regenerate the figures of a training run from its logs (and checkpoint, if present).
+
+    numpyro-air plot runs/air            # curves from metrics.jsonl (+ figures from the checkpoint)
+
+Writes elbo.png and accuracy.png (against step and wall-clock time), the final confusion
+matrices and, when ``checkpoint.npz`` exists, boxes / reconstructions / prior samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="figure directory (default: the run directory)")
+    p.add_argument("--no-model-figures", action="store_true", help="only curves and confusion matrices")
+    return p
+
+
+def confusion_figures(records: list, out: Path) -> list:
+    """Confusion matrices of the last evaluation of every seed."""
+    from numpyro_air import viz
+
+    evals = [r for r in records if r.get("kind") == "eval"]
+    if not evals:
+        return []
+    last = max(r["step"] for r in evals)
+    paths = []
+    for r in (r for r in evals if r["step"] == last):
+        for split in ("test", "train"):
+            if f"{split}_confusion" in r:
+                title = f"{split}, step {last}: accuracy {r[f'{split}_accuracy']:.4f}"
+                paths.append(
+                    viz.save_confusion_figure(out / f"confusion_{split}_seed{r['seed']}.png", r[f"{split}_confusion"], title)
+                )
+    return paths
+
+
+def model_figures(ckpt: Path, out: Path) -> list:
+    """Boxes, reconstructions and prior samples on the run's own held-out split."""
+    import jax
+
+    from numpyro_air.checkpoint import load_params, read_npz
+    from numpyro_air.data import MultiMNISTConfig, load_multi_mnist, to_float
+    from numpyro_air.evaluation import save_figures
+
+    air, params = load_params(ckpt)
+    data = read_npz(ckpt)[0].get("data", {})
+    cfg = MultiMNISTConfig(**{k: v for k, v in data.items() if k in MultiMNISTConfig.__dataclass_fields__})
+    source = None if data.get("mnist") in (None, "embedded") else data["mnist"]
+    _, test = load_multi_mnist(cfg, source=source, progress=False)
+    return save_figures(params, air, to_float(test.images[:16]), test.counts[:16], jax.random.PRNGKey(0), out)
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> list:
+    args = build_parser(prog).parse_args(argv)
+    from numpyro_air import viz
+
+    run = Path(args.run_dir)
+    out = Path(args.out) if args.out else run
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        raise SystemExit(f"error: {metrics} not found (expected the metrics log of a training run)")
+    records = viz.read_jsonl(metrics)
+    paths = viz.save_curves(records, out) + confusion_figures(records, out)
+    ckpt = next((p for p in [run / "checkpoint.npz", *sorted(run.glob("checkpoint_seed*.npz"))] if p.is_file()), None)
+    if ckpt is not None and not args.no_model_figures:
+        paths += model_figures(ckpt, out)
+    for path in paths:
+        print(path)
+    return paths
+
+
+if __name__ == "__main__":
+    main()

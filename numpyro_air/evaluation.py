@@ -1,0 +1,64 @@
+"""Evaluation during and after training: count accuracy (one guide sample and the most probable
+path) with confusion matrices, and the figures of one seed's parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import viz
+from .config import AIRConfig
+from .data import to_float
+from .inference import count_accuracy, infer, sample_prior
+
+ACCURACY_THRESHOLDS = (0.90, 0.95, 0.98)
+
+
+def evaluate(params, tcfg, air: AIRConfig, test_set, train_set, key) -> dict:
+    """Count accuracy (one guide sample, Pyro's metric, and the guide's most probable path) with
+    confusion matrices on the held-out test set (primary) and the training images."""
+    out = {}
+    n_train = len(train_set.images) if tcfg.eval_train_images is None else min(tcfg.eval_train_images, len(train_set.images))
+    for split, ds, n in (("test", test_set, None), ("train", train_set, n_train)):
+        if ds is None:
+            continue
+        images = to_float(ds.images if n is None else ds.images[:n])
+        counts = np.asarray(ds.counts if n is None else ds.counts[:n])
+        for greedy in (False, True):
+            res = count_accuracy(params, images, counts, jax.random.fold_in(key, int(greedy)), air, greedy, tcfg.eval_batch_size)
+            suffix = "_greedy" if greedy else ""
+            out[f"{split}_accuracy{suffix}"] = res["accuracy"]
+            out[f"{split}_confusion{suffix}"] = res["confusion"]
+        out[f"{split}_images"] = int(len(counts))
+    return out
+
+
+def save_figures(params, air: AIRConfig, images: np.ndarray, true_counts, key, out_dir: Path, tag: str = "") -> list:
+    """Boxes on data, reconstructions and prior samples for one seed's params."""
+    res = infer(params, jnp.asarray(images), key, air)
+    res = jax.device_get(res)
+    counts = jnp.arange(16) % (air.num_steps + 1)  # scenes with 0, 1, ..., T objects
+    prior = jax.device_get(sample_prior(params, jax.random.fold_in(key, 7), air, 16, counts))
+    return [
+        viz.save_boxes_figure(
+            out_dir / f"boxes{tag}.png",
+            images,
+            res["boxes"],
+            res["z_pres"],
+            true_counts,
+            title="inferred boxes (step 1 red, 2 green, 3 blue)",
+        ),
+        viz.save_reconstruction_figure(
+            out_dir / f"reconstructions{tag}.png", images[:10], res["reconstruction"][:10], res["boxes"][:10], res["z_pres"][:10]
+        ),
+        viz.save_prior_samples_figure(out_dir / f"prior_samples{tag}.png", prior["canvas"], prior["boxes"], prior["z_pres"]),
+    ]
+
+
+def accuracy_summary(final_acc: List[float]) -> dict:
+    """How many seeds reached each accuracy threshold."""
+    return {f">={t:.0%}": int(sum(a >= t for a in final_acc)) for t in ACCURACY_THRESHOLDS} | {"num_seeds": len(final_acc)}
