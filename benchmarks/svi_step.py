@@ -33,7 +33,9 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model as _cpu_model, nproc as _nproc, pick_device as _pick_device  # noqa: E402
+from machine import cpu_model as _cpu_model  # noqa: E402
+from machine import nproc as _nproc
+from machine import pick_device as _pick_device
 
 
 # ----------------------------------------------------------------------------- analytic FLOPs

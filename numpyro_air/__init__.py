@@ -17,11 +17,15 @@ from .data import load_multi_mnist
 from .elbo import NVIL_ELBO
 from .guide import guide
 from .inference import infer
+from .likelihood import elbo_per_image, log_marginal_likelihood
+from .metrics import accuracy_by_count, localisation
 from .model import model
 from .prior import z_pres_prior_probs
+from .pyro_compat import from_pyro_state_dict, to_pyro_state_dict
 from .step import make_step
 from .svi import OptimConfig, Recipe, StepInfo, make_svi, make_update
 from .transform import bounding_boxes, image_to_window, window_to_image
+from .vimco import VIMCO_ELBO
 
 __version__ = "0.2.0"
 
@@ -31,6 +35,13 @@ __all__ = [
     "OptimConfig",
     "Recipe",
     "StepInfo",
+    "VIMCO_ELBO",
+    "accuracy_by_count",
+    "elbo_per_image",
+    "from_pyro_state_dict",
+    "localisation",
+    "log_marginal_likelihood",
+    "to_pyro_state_dict",
     "bounding_boxes",
     "export_params",
     "guide",

@@ -13,6 +13,8 @@ from typing import Optional, Tuple
 
 NON_LINEARITIES = ("relu", "elu", "leaky_relu", "tanh", "sigmoid", "softplus", "gelu", "silu", "selu")
 ANNEAL_MODES = ("none", "lin", "exp")
+GUIDE_INPUTS = ("image", "difference")
+PRESENCE_ESTIMATORS = ("nvil", "vimco", "concrete")
 
 # Pyro's --non-linearity takes a torch.nn class name; accept those spellings too.
 _TORCH_NAMES = {
@@ -81,6 +83,22 @@ class AIRConfig:
     anneal_prior_duration: int = 100_000
     # --- initialisation: "torch" (U(+-1/sqrt(fan_in)), as Pyro) or "flax" (lecun normal)
     init: str = "torch"
+    # --- variants (not in Pyro's example)
+    # guide_input: what the guide's recurrent (and baseline) network reads at step t: "image" (AIR)
+    # or "difference" (DAIR: the image minus the guide's reconstruction of steps < t).
+    guide_input: str = "image"
+    # presence_estimator: "nvil" (score function + learned baselines, Pyro's), "vimco" (same
+    # model and guide without baseline networks; the trainer builds a VIMCO objective) or
+    # "concrete" (relaxed Bernoulli z_pres, everything reparameterised, no baseline networks).
+    presence_estimator: str = "nvil"
+    # temperatures of the relaxed z_pres (used with "concrete" only): the guide's, and the
+    # prior's (None: the guide's). Both can be annealed with the ``temperature`` keyword.
+    concrete_temperature: float = 1.0
+    concrete_prior_temperature: Optional[float] = None
+    # optional exponential annealing of both temperatures: concrete_temperature -> _to over
+    # concrete_anneal_steps optimisation steps (a traced array: no recompilation)
+    concrete_temperature_to: Optional[float] = None
+    concrete_anneal_steps: int = 0
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -132,6 +150,32 @@ class AIRConfig:
             raise ValueError(f"anneal_prior_duration must be positive, got {self.anneal_prior_duration!r}")
         if self.init not in ("torch", "flax"):
             raise ValueError(f"init must be 'torch' or 'flax', got {self.init!r}")
+        self._validate_variants()
+
+    def _validate_variants(self) -> None:
+        if self.concrete_temperature_to is not None and not (
+            math.isfinite(self.concrete_temperature_to) and self.concrete_temperature_to > 0
+        ):
+            raise ValueError(f"concrete_temperature_to must be positive, got {self.concrete_temperature_to!r}")
+        if isinstance(self.concrete_anneal_steps, bool) or not isinstance(self.concrete_anneal_steps, int) or (
+            self.concrete_anneal_steps < 0
+        ):
+            raise ValueError(f"concrete_anneal_steps must be an int >= 0, got {self.concrete_anneal_steps!r}")
+        if (self.concrete_temperature_to is None) != (self.concrete_anneal_steps == 0):
+            raise ValueError("concrete_temperature_to and concrete_anneal_steps must be set together")
+        if self.guide_input not in GUIDE_INPUTS:
+            raise ValueError(f"guide_input must be one of {GUIDE_INPUTS}, got {self.guide_input!r}")
+        if self.presence_estimator not in PRESENCE_ESTIMATORS:
+            raise ValueError(
+                f"presence_estimator must be one of {PRESENCE_ESTIMATORS}, got {self.presence_estimator!r}"
+            )
+        for name in ("concrete_temperature", "concrete_prior_temperature"):
+            v = getattr(self, name)
+            if v is None and name == "concrete_prior_temperature":
+                continue
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+            object.__setattr__(self, name, float(v))
 
     # ------------------------------------------------------------------ helpers
     @classmethod
@@ -163,6 +207,25 @@ class AIRConfig:
         if unknown:
             raise ValueError(f"unknown AIRConfig fields: {sorted(unknown)}")
         return cls(**d)
+
+    @property
+    def relaxed_presence(self) -> bool:
+        """True when z_pres is a relaxed (Concrete) Bernoulli (``presence_estimator="concrete"``)."""
+        return self.presence_estimator == "concrete"
+
+    @property
+    def uses_baseline_nets(self) -> bool:
+        """True when the guide builds NVIL's baseline networks: ``use_baselines`` and the "nvil"
+        estimator (VIMCO's control variate and Concrete's pathwise gradients need none)."""
+        return self.use_baselines and self.presence_estimator == "nvil"
+
+    @property
+    def prior_temperature_ratio(self) -> float:
+        """concrete_prior_temperature / concrete_temperature (1.0 when the prior's is None): the
+        prior's temperature is the guide's times this, so one annealed value sets both."""
+        if self.concrete_prior_temperature is None:
+            return 1.0
+        return float(self.concrete_prior_temperature) / float(self.concrete_temperature)
 
     @property
     def rnn_input_size(self) -> int:

@@ -29,11 +29,21 @@ Baselines are declared per discrete site with ``infer={"baseline": {...}}`` (Pyr
   moving average of the cost (per time step for scan sites, averaged over the batch), held in a
   ``numpyro.primitives.mutable`` site named by ``"avg_baseline_state"`` (default ``"<site>_avg_baseline"``)
   that the guide declares with initial value zeros((T,)) or zeros(()). Both kinds add up.
+
+Options (constructor keywords; the defaults reproduce Pyro's TraceGraph_ELBO estimator):
+
+- ``normalize_signal=True``: NVIL's signal centring and variance normalisation (Mnih & Gregor,
+  2014), see :meth:`NVIL_ELBO._normalise`; running statistics in mutable state declared
+  by the guide (:func:`with_signal_stats`).
+- ``loss_scale=c``: multiply every log-density by c, as Pyro's subsampled plate does with
+  c = N / B (60000 / 64 = 937.5 in Pyro's AIR), see :class:`NVIL_ELBO`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import functools
+import math
+from typing import Any, Callable, Dict, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -42,9 +52,41 @@ from jax.lax import stop_gradient
 from numpyro.handlers import seed
 from numpyro.infer.elbo import ELBO, get_nonreparam_deps
 from numpyro.infer.util import get_importance_trace
+from numpyro.primitives import mutable
 from numpyro.util import check_model_guide_match
 
 DEFAULT_BETA = 0.9
+DEFAULT_SIGNAL_STATS = "{}_signal_stats"
+
+
+def signal_stats_init(shape: Tuple[int, ...] = (), dtype=jnp.float32) -> Dict[str, jnp.ndarray]:
+    """Initial running statistics of one discrete site's learning signal: ``{"mean": zeros(shape),
+    "var": zeros(shape)}`` with shape (T,) for a site inside a scan of length T, () otherwise.
+    A zero variance means no scaling (the divisor is max(1, sd)) until signals have been seen."""
+    return {"mean": jnp.zeros(shape, dtype), "var": jnp.zeros(shape, dtype)}
+
+
+def with_signal_stats(
+    guide: Callable, sites: Mapping[str, Tuple[int, ...]], state_name: str = DEFAULT_SIGNAL_STATS
+) -> Callable:
+    """Wrap ``guide`` so that it declares, before running, one ``numpyro.primitives.mutable``
+    site per discrete site for ``NVIL_ELBO(normalize_signal=True)``.
+
+    :param sites: {discrete site name: stats shape}, e.g. ``{"z_pres": (config.num_steps,)}``
+        for AIR (a scan site gets per-step statistics (T,), a top-level site ()).
+    :param state_name: format string of the mutable site's name (must match the ELBO's).
+
+    SVI keeps the statistics in ``SVIState.mutable_state`` (so they persist across jitted steps
+    and are checkpointed with it); the wrapped guide passes all arguments through.
+    """
+
+    @functools.wraps(guide)
+    def wrapped(*args, **kwargs):
+        for name, shape in sites.items():
+            mutable(state_name.format(name), signal_stats_init(tuple(shape)))
+        return guide(*args, **kwargs)
+
+    return wrapped
 
 
 def _is_scan(site) -> bool:
@@ -87,13 +129,50 @@ class NVIL_ELBO(ELBO):
     :param bool use_provenance: use NumPyro's provenance tracking (trace time only) to drop
         top-level cost terms that do not depend on a discrete site; with False every top-level
         term counts (still unbiased, higher variance).
+    :param bool normalize_signal: centre and scale each discrete site's learning signal
+        ``l = cost - b`` by running statistics, NVIL-style (see :meth:`_normalise`). Needs a
+        mutable site per discrete site named ``signal_stats_state.format(site)`` holding
+        :func:`signal_stats_init` (declare it with :func:`with_signal_stats`).
+    :param float signal_decay: alpha of the running statistics' exponential moving averages.
+    :param str signal_stats_state: format string of the statistics' mutable site names.
+    :param float loss_scale: c multiplying every model and guide log-density (the value, the
+        ELBO terms, the costs, hence the score weights and the baseline loss
+        ``(c * cost - b)**2``; the score function ``log q`` itself is not scaled), exactly as a
+        Pyro plate subsampled with scale c = N / B does. With c = 1 (default) the loss is the
+        batch's -ELBO. Mapping to Pyro's ``-lr``/``-blr``: with ``loss_scale=N/B`` every gradient,
+        score weight, baseline target and baseline loss equals Pyro's for the same baseline
+        outputs, so Pyro's ``-blr`` (e.g. the tutorial's 0.1) transfers unchanged, and so does
+        ``-lr``. With c = 1 the main gradients are 1/c of Pyro's (Adam is invariant to that
+        up to eps, so ``-lr`` still transfers), but the baseline must regress targets c times
+        smaller: Adam's step is ~lr whatever the gradient scale, so the equivalent baseline
+        rate is roughly ``blr / c`` for the output layer (an approximation; hidden layers do
+        not scale linearly), or keep ``-blr`` and set ``baseline_scalar`` so that the net's raw
+        output has Pyro's magnitude. The reported loss is c times the -ELBO.
     """
 
     can_infer_discrete = True
 
-    def __init__(self, num_particles: int = 1, vectorize_particles: bool = True, use_provenance: bool = True):
+    def __init__(
+        self,
+        num_particles: int = 1,
+        vectorize_particles: bool = True,
+        use_provenance: bool = True,
+        *,
+        normalize_signal: bool = False,
+        signal_decay: float = DEFAULT_BETA,
+        signal_stats_state: str = DEFAULT_SIGNAL_STATS,
+        loss_scale: float = 1.0,
+    ):
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
+        if not 0.0 <= float(signal_decay) < 1.0:
+            raise ValueError(f"signal_decay must be in [0, 1), got {signal_decay!r}")
+        if not (isinstance(loss_scale, (int, float)) and float(loss_scale) > 0 and math.isfinite(loss_scale)):
+            raise ValueError(f"loss_scale must be a positive finite number, got {loss_scale!r}")
         self.use_provenance = use_provenance
+        self.normalize_signal = bool(normalize_signal)
+        self.signal_decay = float(signal_decay)
+        self.signal_stats_state = signal_stats_state
+        self.loss_scale = float(loss_scale)
 
     # ------------------------------------------------------------------ public API
     def loss(self, rng_key, param_map, model, guide, *args, **kwargs):
@@ -118,7 +197,9 @@ class NVIL_ELBO(ELBO):
         ``elbo``, per-site ``costs`` and ``baselines``, ``mutable_state``, and the two
         differentiable parts of ``loss``'s gradient: ``surrogate_loss`` (value -ELBO; pathwise +
         score-function terms) and ``baseline_loss`` (value sum((cost - b)**2); its gradient is
-        what ``loss`` adds, and with detached baseline inputs it reaches only baseline params)."""
+        what ``loss`` adds, and with detached baseline inputs it reaches only baseline params),
+        and per-site ``score_weights`` (what multiplies log q: sg(cost - b), normalised if asked).
+        With ``loss_scale`` c, ``loss``, ``elbo`` and ``costs`` are c times the unscaled ones."""
         k_model, k_guide = random.split(rng_key)
         model_trace, guide_trace = get_importance_trace(
             seed(model, k_model), seed(guide, k_guide), args, kwargs, param_map
@@ -130,12 +211,13 @@ class NVIL_ELBO(ELBO):
         elbo = jnp.zeros(())
         for name, site in model_trace.items():
             if site["type"] == "sample":
-                elbo = elbo + jnp.sum(site["log_prob"])
-                terms.append((("model", name), site, site["log_prob"]))
+                lp = self._scaled(site["log_prob"])
+                elbo = elbo + jnp.sum(lp)
+                terms.append((("model", name), site, lp))
         discrete = []
         for name, site in guide_trace.items():
             if site["type"] == "sample" and not site["is_observed"]:
-                lp = site["log_prob"]
+                lp = self._scaled(site["log_prob"])
                 if site["fn"].has_rsample:
                     elbo = elbo - jnp.sum(lp)
                 else:
@@ -159,7 +241,7 @@ class NVIL_ELBO(ELBO):
 
         surrogate = jnp.zeros(())
         bl_loss = jnp.zeros(())
-        costs, baselines = {}, {}
+        costs, baselines, weights = {}, {}, {}
         for name in discrete:
             site = guide_trace[name]
             log_q = site["fn"].log_prob(site["value"])  # unscaled score function
@@ -181,10 +263,14 @@ class NVIL_ELBO(ELBO):
             b, learned, avg_update = self._baseline(name, site, guide_trace, cost, scan_site)
             if avg_update is not None:
                 mutable_state[avg_update[0]] = avg_update[1]
-            surrogate = surrogate + jnp.sum(log_q * stop_gradient(cost - b))
-            if learned:
+            weight = stop_gradient(cost - b)
+            if self.normalize_signal:
+                weight, stats_update = self._normalise(name, guide_trace, weight, log_q, scan_site)
+                mutable_state[stats_update[0]] = stats_update[1]
+            surrogate = surrogate + jnp.sum(log_q * weight)
+            if learned:  # the regression target stays the un-normalised cost
                 bl_loss = bl_loss + jnp.sum((stop_gradient(cost) - b) ** 2)
-            costs[name], baselines[name] = stop_gradient(cost), stop_gradient(b)
+            costs[name], baselines[name], weights[name] = stop_gradient(cost), stop_gradient(b), weight
 
         surrogate_loss = -(elbo + surrogate - stop_gradient(surrogate))
         loss = surrogate_loss + (bl_loss - stop_gradient(bl_loss))
@@ -195,10 +281,63 @@ class NVIL_ELBO(ELBO):
             baseline_loss=bl_loss,
             costs=costs,
             baselines=baselines,
+            score_weights=weights,
             mutable_state=mutable_state or None,
         )
 
     # ------------------------------------------------------------------ helpers
+    def _scaled(self, lp: jnp.ndarray) -> jnp.ndarray:
+        return lp if self.loss_scale == 1.0 else lp * self.loss_scale
+
+    def _normalise(self, name: str, guide_trace, signal: jnp.ndarray, log_q: jnp.ndarray, scan_site: bool):
+        """NVIL's centred, variance-normalised learning signal and the running statistics' update.
+
+        ``signal`` l = sg(cost - b) has the site's layout, (T, *batch) in a scan or (*batch); the
+        statistics ``{"mean", "var"}`` have shape (T,) or () (one entry per time step). Returns
+        ``(l - mean) / max(1, sqrt(var))`` (stop-gradiented) and ``(state name, new stats)`` with::
+
+            mean' = alpha * mean + (1 - alpha) * batch_mean(l)
+            var'  = alpha * var  + (1 - alpha) * batch_var(l)     (about the batch mean, ddof 0)
+
+        Choices: (1) the weight uses the statistics *before* this batch's update (the paper
+        updates first): they do not depend on the current samples, so centring is an ordinary
+        control variate and scaling a positive per-step factor, i.e. the expected gradient is
+        the exact one with each step's score term divided by max(1, sd_t). (2) Batch moments
+        count only entries whose score function is active (log q != 0): masked or absorbed
+        entries (AIR after the first z_pres = 0) have log q == 0 and contribute no gradient, and
+        their signals would distort the statistics; a step with no active entry keeps its
+        statistics. (3) Statistics track l after the baseline (and decaying average) is
+        subtracted, as in the paper, but the learned baseline still regresses the un-normalised
+        cost, so its target (and Pyro's baseline loss) does not move as the statistics adapt.
+        """
+        state_name = self.signal_stats_state.format(name)
+        site = guide_trace.get(state_name)
+        value = None if site is None or site["type"] != "mutable" else site["value"]
+        if not (isinstance(value, dict) and {"mean", "var"} <= set(value)):
+            raise ValueError(
+                f"normalize_signal needs a numpyro.primitives.mutable site {state_name!r} with "
+                "{'mean', 'var'} declared in the guide (outside any scan): wrap the guide with "
+                f"with_signal_stats(guide, {{{name!r}: shape}})"
+            )
+        mean, var = value["mean"], value["var"]
+        expand = lambda a: a.reshape(a.shape + (1,) * (signal.ndim - a.ndim))  # noqa: E731
+        weight = (signal - expand(mean)) / expand(jnp.maximum(1.0, jnp.sqrt(var)))
+
+        axes = tuple(range(1 if scan_site else 0, signal.ndim))
+        active = stop_gradient(log_q) != 0
+        count = jnp.sum(active, axis=axes)
+        denom = jnp.maximum(count, 1)
+        batch_mean = jnp.sum(jnp.where(active, signal, 0.0), axis=axes) / denom
+        centred = jnp.where(active, signal - expand(batch_mean), 0.0)
+        batch_var = jnp.sum(centred**2, axis=axes) / denom
+        a = self.signal_decay
+        seen = count > 0
+        new = {
+            "mean": jnp.where(seen, a * mean + (1 - a) * batch_mean, mean).astype(mean.dtype),
+            "var": jnp.where(seen, a * var + (1 - a) * batch_var, var).astype(var.dtype),
+        }
+        return stop_gradient(weight), (state_name, stop_gradient(new))
+
     def _dependencies(self, model, guide, args, kwargs, param_map, guide_trace, discrete):
         """{discrete site: set of ("model"|"guide", term name)} or None (= everything counts)."""
         if not self.use_provenance or not discrete:

@@ -2,14 +2,17 @@
 
 Parameter sites (all registered *before* the scan; NumPyro cannot register params inside it):
 ``embed$params`` (optional), ``rnn$params``, ``predict$params``, ``encode$params``, ``h_init``,
-``c_init``, ``z_where_init``, ``z_what_init`` and, with baselines, ``bl_embed$params``
-(optional), ``bl_rnn$params``, ``bl_predict$params``, ``bl_h_init``, ``bl_c_init``. Every
-baseline parameter name starts with ``bl_`` (see :func:`numpyro_air.is_baseline_param`).
+``c_init``, ``z_where_init``, ``z_what_init``; with baseline networks
+(:attr:`AIRConfig.uses_baseline_nets`) ``bl_embed$params`` (optional), ``bl_rnn$params``,
+``bl_predict$params``, ``bl_h_init``, ``bl_c_init``; with ``guide_input="difference"`` (DAIR)
+the model's ``decode$params`` (one set of decoder weights, shared with the model through the
+site name). Every baseline parameter name starts with ``bl_`` (see :func:`is_baseline_param`).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from functools import partial
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -19,13 +22,62 @@ from numpyro.contrib.control_flow import scan
 from numpyro.contrib.module import flax_module
 
 from .config import AIRConfig
-from .distributions import PresenceBernoulli
-from .model import batch_size_of, prior_loc_scale, validate_images
+from .model import (
+    batch_size_of,
+    presence_mask,
+    prior_loc_scale,
+    register_decoder,
+    render,
+    sample_presence,
+    temperatures,
+    validate_images,
+)
 from .nets import AIRLSTM, MLP, BaselinePredict, Encoder, Predict
 from .transform import image_to_window
 
 BASELINE_PREFIX = "bl_"
 BASELINE_SITE = "z_pres_baseline"
+
+State = Tuple[jnp.ndarray, jnp.ndarray]
+
+
+class GuideCarry(NamedTuple):
+    """State carried between the guide's steps (all (B, ...), B = batch).
+
+    ``h``, ``c`` (B, rnn_hidden): LSTM state; ``z_where`` (B, 3), ``z_what`` (B, z): the previous
+    step's samples; ``z_pres`` (B,): the previous step's effective presence, i.e. the running
+    product of presences (1 before step 0); ``bl``: the baseline LSTM's (h, c), or None without
+    baseline networks; ``canvas`` (B, H, H): DAIR only (else None), the reconstruction of steps < t.
+    """
+
+    h: jnp.ndarray
+    c: jnp.ndarray
+    z_where: jnp.ndarray
+    z_what: jnp.ndarray
+    z_pres: jnp.ndarray
+    bl: Optional[State] = None
+    canvas: Optional[jnp.ndarray] = None
+
+
+class RecurrentNet(NamedTuple):
+    """Embed + LSTM: ``project`` (B, H*H) -> (B, 4H) is the image block of the LSTM's input
+    weights (after the optional embed net); ``step(img_proj, latents (B, L), (h, c))`` -> (h, c)."""
+
+    project: Callable[[jnp.ndarray], jnp.ndarray]
+    step: Callable[[jnp.ndarray, jnp.ndarray, State], State]
+    h0: jnp.ndarray  # (1, rnn_hidden)
+    c0: jnp.ndarray  # (1, rnn_hidden)
+
+
+class GuideNets(NamedTuple):
+    rnn: RecurrentNet
+    predict: Callable
+    encode: Callable
+    z_where0: jnp.ndarray  # (1, 3)
+    z_what0: jnp.ndarray  # (1, z)
+    bl_rnn: Optional[RecurrentNet]
+    bl_predict: Optional[Callable]
+    decode: Optional[Callable]  # DAIR only: the model's decoder, parameters detached
 
 
 def is_baseline_param(name: str) -> bool:
@@ -33,64 +85,61 @@ def is_baseline_param(name: str) -> bool:
     return name.startswith(BASELINE_PREFIX)
 
 
-def _recurrent_net(prefix: str, config: AIRConfig, x_flat: jnp.ndarray):
-    """Register embed + LSTM + initial state under ``prefix`` and return (step function, h0
-    (1, H), c0 (1, H)); the step function closes over the image projection (B, 4H), computed once."""
+def _recurrent_net(prefix: str, config: AIRConfig, num_pixels: int) -> RecurrentNet:
+    """Register embed + LSTM + initial state under ``prefix``."""
     H = config.rnn_hidden_size
+    embed = None
+    features = num_pixels
     if config.embed_net is not None:
         embed = flax_module(
             prefix + "embed",
             MLP(config.embed_net, config.non_linearity, output_nl=True, init_scheme=config.init),
-            jnp.zeros((1, x_flat.shape[-1])),
+            jnp.zeros((1, num_pixels)),
         )
-        x_emb = embed(x_flat)
-    else:
-        x_emb = x_flat
+        features = config.embed_net[-1]
     lat_size = 3 + config.z_what_size + 1
     zeros_h = jnp.zeros((1, H))
     rnn = flax_module(
         prefix + "rnn",
         AIRLSTM(H, config.init),
-        jnp.zeros((1, x_emb.shape[-1])),
+        jnp.zeros((1, features)),
         jnp.zeros((1, lat_size)),
         (zeros_h, zeros_h),
     )
     h0 = numpyro.param(prefix + "h_init", jnp.zeros((1, H)))
     c0 = numpyro.param(prefix + "c_init", jnp.zeros((1, H)))
-    # The image enters every step unchanged: project it once (the dominant FLOPs), not T times.
-    img_proj = rnn(x_emb, method="project_image")
-    step = lambda lat, carry: rnn(img_proj, lat, carry, method="step")  # noqa: E731
-    return step, h0, c0
+
+    def project(x_flat: jnp.ndarray) -> jnp.ndarray:
+        return rnn(x_flat if embed is None else embed(x_flat), method="project_image")
+
+    def step(img_proj: jnp.ndarray, lat: jnp.ndarray, state: State) -> State:
+        return rnn(img_proj, lat, state, method="step")
+
+    return RecurrentNet(project, step, h0, c0)
 
 
-def guide(
-    images,
-    config: Optional[AIRConfig] = None,
-    *,
-    z_pres_prior=None,
-    batch_size: Optional[int] = None,
-    greedy: bool = False,
-):
-    """AIR's guide: an LSTM that attends to one object per step.
+def _detached_decoder(config: AIRConfig) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    """The model's decoder (same param site ``decode$params``, so SVI keeps one copy) with its
+    parameters behind ``stop_gradient``: z_what (B, z) -> window (B, w*w).
 
-    :param images: (B, H, H) float32 in [0, 1].
-    :param config: :class:`AIRConfig`.
-    :param z_pres_prior: unused (accepted so model and guide share SVI's arguments).
-    :param batch_size: unused (must match images if given).
-    :param greedy: instead of sampling, take z_pres = [p > 0.5] and the means of z_where and
-        z_what (sites become observed); used for "most probable count" evaluation only.
-    :return: dict with ``z_pres`` (B, T), ``z_where`` (B, T, 3), ``z_what`` (B, T, z),
-        ``pres_prob`` (B, T) (= sigmoid(logit) * previous z_pres), ``z_where_loc`` (B, T, 3)
-        and, with baselines, ``baseline`` (B, T).
+    Gradient flow through DAIR's residual: the decoder is trained by the model's terms only
+    (log p(x | z)), exactly as in AIR, while gradients w.r.t. the guide's own reparameterised
+    z_what / z_where (and relaxed z_pres) still flow through the rendered canvas into later steps,
+    so the guide's pathwise gradient stays exact. Letting the guide's terms reach the decoder would
+    (1) feed NVIL's score-function surrogate log q(z_pres_t | residual_t) * (cost - baseline), a
+    high-variance signal, into the decoder's weights, and (2) let the guide's objective pull the
+    decoder towards reconstructions that make inference easy rather than the data likely; it also
+    keeps the decoder's gradient identical between AIR and DAIR, so they differ only in the guide.
     """
-    del z_pres_prior
-    config = AIRConfig() if config is None else config
-    images = validate_images(images, config.image_size)
-    B = batch_size_of(images, batch_size)
-    T, w = config.num_steps, config.window_size
-    x_flat = images.reshape(B, -1)
+    decode = register_decoder(config)
+    if not (isinstance(decode, partial) and decode.args):  # flax_module returns partial(apply, params)
+        raise RuntimeError("numpyro's flax_module no longer returns partial(apply_fn, params): update the guide")
+    return partial(decode.func, jax.lax.stop_gradient(decode.args[0]), *decode.args[1:], **decode.keywords)
 
-    rnn_step, h0, c0 = _recurrent_net("", config, x_flat)
+
+def _register_nets(config: AIRConfig) -> GuideNets:
+    num_pixels = config.image_size**2
+    rnn = _recurrent_net("", config, num_pixels)
     predict = flax_module(
         "predict",
         Predict(config.predict_net, config.non_linearity, config.init),
@@ -99,70 +148,178 @@ def guide(
     encode = flax_module(
         "encode",
         Encoder(config.encoder_net, config.z_what_size, config.non_linearity, config.init),
-        jnp.zeros((1, w * w)),
+        jnp.zeros((1, config.window_size**2)),
     )
     z_where0 = numpyro.param("z_where_init", jnp.zeros((1, 3)))
     z_what0 = numpyro.param("z_what_init", jnp.zeros((1, config.z_what_size)))
-    if config.use_baselines:
-        bl_step, bl_h0, bl_c0 = _recurrent_net(BASELINE_PREFIX, config, x_flat)
+    bl_rnn = bl_predict = None
+    if config.uses_baseline_nets:
+        bl_rnn = _recurrent_net(BASELINE_PREFIX, config, num_pixels)
         bl_predict = flax_module(
             BASELINE_PREFIX + "predict",
             BaselinePredict(config.bl_predict_net, config.non_linearity, config.init),
             jnp.zeros((1, config.rnn_hidden_size)),
         )
-    where_loc, where_sd = prior_loc_scale(config)
-    pres_infer = {"baseline": {"baseline_value": BASELINE_SITE}} if config.use_baselines else {}
+    decode = _detached_decoder(config) if config.guide_input == "difference" else None
+    return GuideNets(rnn, predict, encode, z_where0, z_what0, bl_rnn, bl_predict, decode)
 
-    def step(carry, _):
-        h, c, z_where_prev, z_what_prev, z_pres_prev = carry[:5]
-        lat = jnp.concatenate([z_where_prev, z_what_prev, z_pres_prev[:, None]], axis=-1)
-        h, c = rnn_step(lat, (h, c))
-        logit, loc_offset, scale_factor = predict(h)
-        loc, sd = loc_offset + where_loc, scale_factor * where_sd
+
+def _baseline_value(config: AIRConfig, b: jnp.ndarray, z_pres_prev: jnp.ndarray) -> jnp.ndarray:
+    """NVIL baseline (B,) from the baseline net's output, masked and scaled as Pyro."""
+    if config.use_masking:
+        b = b * z_pres_prev
+    if config.baseline_scalar is not None:
+        b = b * config.baseline_scalar
+    return b
+
+
+def _initial_carry(nets: GuideNets, config: AIRConfig, B: int) -> GuideCarry:
+    bcast = lambda p: jnp.broadcast_to(p, (B, p.shape[-1]))  # noqa: E731
+    H = config.image_size
+    return GuideCarry(
+        bcast(nets.rnn.h0),
+        bcast(nets.rnn.c0),
+        bcast(nets.z_where0),
+        bcast(nets.z_what0),
+        jnp.ones((B,), jnp.float32),
+        None if nets.bl_rnn is None else (bcast(nets.bl_rnn.h0), bcast(nets.bl_rnn.c0)),
+        None if nets.decode is None else jnp.zeros((B, H, H), jnp.float32),
+    )
+
+
+def guide(
+    images,
+    config: Optional[AIRConfig] = None,
+    *,
+    z_pres_prior=None,
+    temperature=None,
+    batch_size: Optional[int] = None,
+    greedy: bool = False,
+):
+    """AIR's guide: an LSTM that attends to one object per step.
+
+    :param images: (B, H, H) float32 in [0, 1].
+    :param config: :class:`AIRConfig`.
+    :param z_pres_prior: unused (accepted so model and guide share SVI's arguments).
+    :param temperature: relaxed presence only: the guide's temperature (scalar, may be traced;
+        default ``config.concrete_temperature``). Ignored otherwise.
+    :param batch_size: unused (must match images if given).
+    :param greedy: instead of sampling, take z_pres = [p > 0.5] (relaxed: y = logit / temperature,
+        the mode of logit(z_pres)) and the means of z_where and z_what (sites become observed);
+        used for "most probable count" evaluation only.
+    :return: dict with ``z_pres`` (B, T) (the effective presence: 0/1, or with relaxed presence the
+        running product of relaxed presences in (0, 1)), ``z_where`` (B, T, 3), ``z_what`` (B, T, z),
+        ``pres_prob`` (B, T) (= sigmoid(logit) * previous effective presence), ``z_where_loc``
+        (B, T, 3), with baseline networks ``baseline`` (B, T), and with DAIR ``residual``
+        (B, T, H, H), the image minus the reconstruction of steps < t that the recurrent net read.
+
+    ``guide_input="difference"`` (DAIR): at step t the recurrent and baseline networks read the
+    residual x - sum_{s<t} w_s render(z_what_s, z_where_s) (w_s the effective presence), drawn with
+    the model's decoder and ``window_to_image`` exactly as the model's canvas (see
+    :func:`_detached_decoder` for the gradient flow). The glimpse encoder still reads the image.
+    The image projection can no longer be computed once: the LSTM's image block is applied to the
+    residual at every step.
+    """
+    del z_pres_prior
+    config = AIRConfig() if config is None else config
+    images = validate_images(images, config.image_size)
+    B = batch_size_of(images, batch_size)
+    nets = _register_nets(config)
+    temp = temperatures(config, temperature)[0]
+    difference = nets.decode is not None
+    x_flat = images.reshape(B, -1)
+    # AIR: the image enters every step unchanged: project it once (the dominant FLOPs), not T times.
+    img_proj = None if difference else nets.rnn.project(x_flat)
+    bl_img_proj = None if difference or nets.bl_rnn is None else nets.bl_rnn.project(x_flat)
+    where_loc, where_sd = prior_loc_scale(config)
+
+    def step(carry: GuideCarry, _):
         extra = {}
-        if config.use_baselines:
+        proj, bl_proj = img_proj, bl_img_proj
+        if difference:
+            extra["residual"], proj, bl_proj = _project_residual(nets, images, carry.canvas)
+        lat = jnp.concatenate([carry.z_where, carry.z_what, carry.z_pres[:, None]], axis=-1)
+        h, c = nets.rnn.step(proj, lat, (carry.h, carry.c))
+        logit, loc_offset, scale_factor = nets.predict(h)
+        loc, sd = loc_offset + where_loc, scale_factor * where_sd
+        bl_state = None
+        if nets.bl_rnn is not None:
             # NVIL baseline: same inputs as the guide *before* z_pres_t, detached from the guide.
-            bl_h, bl_c = bl_step(jax.lax.stop_gradient(lat), carry[5])
-            b = bl_predict(bl_h)
-            if config.use_masking:
-                b = b * z_pres_prev
-            if config.baseline_scalar is not None:
-                b = b * config.baseline_scalar
-            extra["baseline"] = b
+            bl_state = nets.bl_rnn.step(bl_proj, jax.lax.stop_gradient(lat), carry.bl)
+            extra["baseline"] = _baseline_value(config, nets.bl_predict(bl_state[0]), carry.z_pres)
         with numpyro.plate("data", B):
-            if config.use_baselines:
-                numpyro.deterministic(BASELINE_SITE, extra["baseline"])
-            pres_d = PresenceBernoulli(logit, z_pres_prev)
-            pres_obs = jnp.where((jax.nn.sigmoid(logit) > 0.5) & (z_pres_prev > 0), 1.0, 0.0) if greedy else None
-            z_pres = numpyro.sample("z_pres", pres_d, obs=pres_obs, infer=pres_infer)
-            z_pres = z_pres * z_pres_prev  # absorbing: a (substituted) 1 after a 0 counts as 0
-            mask = (z_pres > 0) if config.use_masking else None
-            where_d = dist.Normal(loc, sd).to_event(1)
-            z_where = numpyro.sample(
-                "z_where", where_d.mask(mask) if mask is not None else where_d, obs=loc if greedy else None
-            )
-            x_att = image_to_window(z_where, images, w).reshape(B, w * w)
-            what_loc, what_sd = encode(x_att)
-            what_d = dist.Normal(what_loc, what_sd).to_event(1)
-            z_what = numpyro.sample(
-                "z_what", what_d.mask(mask) if mask is not None else what_d, obs=what_loc if greedy else None
-            )
-        new_carry = (h, c, z_where, z_what, z_pres)
-        if config.use_baselines:
-            new_carry = new_carry + ((bl_h, bl_c),)
+            z_pres = _sample_presence(config, logit, carry.z_pres, temp, greedy, extra.get("baseline"))
+            z_where, z_what = _sample_where_what(config, nets.encode, images, loc, sd, z_pres, greedy)
+        canvas = None
+        if difference:
+            canvas = carry.canvas + render(nets.decode, z_what, z_where, config) * z_pres[:, None, None]
+        new_carry = GuideCarry(h, c, z_where, z_what, z_pres, bl_state, canvas)
         out = dict(
             z_pres=z_pres,
             z_where=z_where,
             z_what=z_what,
-            pres_prob=jax.nn.sigmoid(logit) * z_pres_prev,
+            pres_prob=jax.nn.sigmoid(logit) * carry.z_pres,
             z_where_loc=loc,
             **extra,
         )
         return new_carry, out
 
-    bcast = lambda p: jnp.broadcast_to(p, (B, p.shape[-1]))  # noqa: E731
-    init = (bcast(h0), bcast(c0), bcast(z_where0), bcast(z_what0), jnp.ones((B,), jnp.float32))
-    if config.use_baselines:
-        init = init + ((bcast(bl_h0), bcast(bl_c0)),)
-    _, ys = scan(step, init, None, length=T)
+    _, ys = scan(step, _initial_carry(nets, config, B), None, length=config.num_steps)
     return {k: jnp.swapaxes(v, 0, 1) for k, v in ys.items()}
+
+
+def _project_residual(nets: GuideNets, images: jnp.ndarray, canvas: jnp.ndarray):
+    """DAIR: residual (B, H, H) = images - canvas and its LSTM image-block projections (B, 4H) for
+    the guide and (detached input, None without baselines) for the baseline network."""
+    residual = images - canvas
+    flat = residual.reshape(residual.shape[0], -1)
+    proj = nets.rnn.project(flat)
+    bl_proj = None if nets.bl_rnn is None else nets.bl_rnn.project(jax.lax.stop_gradient(flat))
+    return residual, proj, bl_proj
+
+
+def _sample_where_what(
+    config: AIRConfig,
+    encode: Callable,
+    images: jnp.ndarray,
+    loc: jnp.ndarray,
+    sd: jnp.ndarray,
+    z_pres: jnp.ndarray,
+    greedy: bool,
+) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """Sites z_where ~ N(loc, sd) (B, 3) and z_what (B, z) from the encoder's glimpse of the image
+    at z_where, masked by :func:`presence_mask` (inside the data plate); greedy: their means."""
+    mask = presence_mask(config, z_pres)
+    where_d = dist.Normal(loc, sd).to_event(1)
+    z_where = numpyro.sample(
+        "z_where", where_d.mask(mask) if mask is not None else where_d, obs=loc if greedy else None
+    )
+    w = config.window_size
+    what_loc, what_sd = encode(image_to_window(z_where, images, w).reshape(-1, w * w))
+    what_d = dist.Normal(what_loc, what_sd).to_event(1)
+    z_what = numpyro.sample(
+        "z_what", what_d.mask(mask) if mask is not None else what_d, obs=what_loc if greedy else None
+    )
+    return z_where, z_what
+
+
+def _sample_presence(
+    config: AIRConfig,
+    logit: jnp.ndarray,
+    z_pres_prev: jnp.ndarray,
+    temp: jnp.ndarray,
+    greedy: bool,
+    baseline: Optional[jnp.ndarray],
+) -> jnp.ndarray:
+    """Step t's presence site (inside the data plate), with the NVIL baseline (B,) if given;
+    returns the effective presence (B,)."""
+    infer = {}
+    if baseline is not None:
+        numpyro.deterministic(BASELINE_SITE, baseline)
+        infer = {"baseline": {"baseline_value": BASELINE_SITE}}
+    obs = None
+    if greedy and config.relaxed_presence:
+        obs = logit / temp  # the mode (location) of logit(z_pres) ~ Logistic(logit / temp, 1 / temp)
+    elif greedy:
+        obs = jnp.where((jax.nn.sigmoid(logit) > 0.5) & (z_pres_prev > 0), 1.0, 0.0)
+    return sample_presence(config, logit, z_pres_prev, temp, obs=obs, infer=infer)

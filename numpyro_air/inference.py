@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -12,13 +12,41 @@ from numpyro import handlers
 
 from .config import AIRConfig
 from .guide import guide
-from .model import model, validate_images
+from .model import latent_sites, model, validate_images
 from .transform import bounding_boxes
+
+# Relaxed presence: an object counts while the running product of presences is >= this.
+COUNT_THRESHOLD = 0.5
+# Relaxed presence, sample_prior with counts: logit(z_pres) that makes sigmoid exactly 1 / 0 in float32.
+_HARD_LOGIT = 1e4
+
+
+def hard_presence(weights: jnp.ndarray, threshold: float = COUNT_THRESHOLD) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """Counting rule for relaxed presence, from running products of presences.
+
+    :param weights: (..., T) running products w_t = prod_{s<=t} z_pres_s (non-increasing in t).
+    :return: hard presence (..., T) float32 in {0, 1}, 1 for the steps before the running product
+        first falls below ``threshold`` (0.5), and counts (...,) int32: the number of such steps.
+    """
+    hard = jnp.cumprod((weights >= threshold).astype(jnp.int32), axis=-1)
+    return hard.astype(jnp.float32), jnp.sum(hard, axis=-1).astype(jnp.int32)
+
+
+def relaxed_counts(z_pres: jnp.ndarray, threshold: float = COUNT_THRESHOLD) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """:func:`hard_presence` from the per-step relaxed presences z_pres (..., T) in [0, 1]: the
+    count is the number of steps before prod_{s<=t} z_pres_s falls below ``threshold``."""
+    return hard_presence(jnp.cumprod(z_pres, axis=-1), threshold)
 
 
 @partial(jax.jit, static_argnames=("config", "greedy", "reconstruct"))
 def infer(
-    params: dict, images: jnp.ndarray, key: jax.Array, config: AIRConfig, greedy: bool = False, reconstruct: bool = True
+    params: dict,
+    images: jnp.ndarray,
+    key: jax.Array,
+    config: AIRConfig,
+    greedy: bool = False,
+    reconstruct: bool = True,
+    temperature: Optional[jnp.ndarray] = None,
 ) -> Dict[str, jnp.ndarray]:
     """Run the guide (and the model on its latents) on a batch.
 
@@ -27,26 +55,41 @@ def infer(
     :param key: PRNG key for the guide's samples.
     :param greedy: most probable path (z_pres = [p > 0.5], means of z_where/z_what) instead of a sample.
     :param reconstruct: also run the model on the inferred latents (skip it when only counting).
-    :return: ``counts`` (B,) int32, ``z_pres`` (B, T), ``pres_prob`` (B, T), ``z_where`` (B, T, 3),
-        ``z_what`` (B, T, z), ``boxes`` (B, T, 4) pixel (x0, y0, w, h), ``reconstruction`` (B, H, H).
+    :param temperature: relaxed presence only: the guide's temperature (default: the config's).
+    :return: ``counts`` (B,) int32, ``z_pres`` (B, T) in {0, 1}, ``pres_prob`` (B, T), ``z_where``
+        (B, T, 3), ``z_what`` (B, T, z), ``boxes`` (B, T, 4) pixel (x0, y0, w, h), ``reconstruction``
+        (B, H, H). With relaxed presence also ``pres_weight`` (B, T): the soft running product of
+        presences that weights each object in the reconstruction; ``z_pres`` and ``counts`` follow
+        :func:`hard_presence` (an object counts while the running product is >= 0.5).
     """
     g = handlers.seed(handlers.substitute(guide, data=params), key)
     with handlers.trace() as guide_trace:
-        out = g(images, config, greedy=greedy)
+        out = g(images, config, greedy=greedy, temperature=temperature)
     result = {k: out[k] for k in ("z_pres", "pres_prob", "z_where", "z_what")}
-    result["counts"] = jnp.sum(out["z_pres"], axis=1).astype(jnp.int32)
+    if config.relaxed_presence:
+        result["pres_weight"] = out["z_pres"]
+        result["z_pres"], result["counts"] = hard_presence(out["z_pres"])
+    else:
+        result["counts"] = jnp.sum(out["z_pres"], axis=1).astype(jnp.int32)
     result["boxes"] = bounding_boxes(out["z_where"], config.image_size)
     if reconstruct:
-        latents = {k: guide_trace[k]["value"] for k in ("z_pres", "z_where", "z_what")}
+        latents = {k: guide_trace[k]["value"] for k in latent_sites(config)}
         m = handlers.seed(handlers.substitute(model, data={**params, **latents}), jax.random.fold_in(key, 1))
         with handlers.trace() as model_trace:
-            m(images, config)
+            m(images, config, temperature=temperature)
         result["reconstruction"] = model_trace["canvas"]["value"]
     return result
 
 
 def infer_batched(
-    params, images, key, config: AIRConfig, greedy: bool = False, batch_size: int = 1000, reconstruct: bool = True
+    params,
+    images,
+    key,
+    config: AIRConfig,
+    greedy: bool = False,
+    batch_size: int = 1000,
+    reconstruct: bool = True,
+    temperature=None,
 ) -> Dict[str, np.ndarray]:
     """:func:`infer` over a large array in fixed-size chunks (the last chunk is padded, so one
     compilation serves every chunk). Returns numpy arrays."""
@@ -59,7 +102,7 @@ def infer_batched(
         pad = bs - chunk.shape[0]
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-        res = infer(params, jnp.asarray(chunk), jax.random.fold_in(key, i), config, greedy, reconstruct)
+        res = infer(params, jnp.asarray(chunk), jax.random.fold_in(key, i), config, greedy, reconstruct, temperature)
         outs.append({k: np.asarray(v)[: bs - pad] for k, v in res.items()})
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
@@ -90,16 +133,23 @@ def sample_prior(params: dict, key: jax.Array, config: AIRConfig, num_scenes: in
 
     ``counts`` (N,) int, optional: sample conditioned on each scene's number of objects (z_pres
     fixed to 1 for the first counts[n] steps). With the tutorial's prior (k = 0.01) 99% of
-    unconditioned scenes are empty, so figures condition on counts.
+    unconditioned scenes are empty, so figures condition on counts. With relaxed presence
+    ``z_pres`` is hard (:func:`relaxed_counts`) while the canvas uses the soft presences.
     """
     data = dict(params)
     if counts is not None:
         steps = jnp.arange(config.num_steps)[:, None]
-        data["z_pres"] = (steps < jnp.asarray(counts)[None, :]).astype(jnp.float32)  # (T, N)
+        on = steps < jnp.asarray(counts)[None, :]  # (T, N)
+        if config.relaxed_presence:  # logit(z_pres) = +-1e4: z_pres exactly 1 / 0
+            data["z_pres_logit"] = jnp.where(on, _HARD_LOGIT, -_HARD_LOGIT)
+        else:
+            data["z_pres"] = on.astype(jnp.float32)
     m = handlers.seed(handlers.substitute(model, data=data), key)
     with handlers.trace() as tr:
         m(None, config, batch_size=num_scenes)
     z_pres = jnp.swapaxes(tr["z_pres"]["value"], 0, 1)
+    if config.relaxed_presence:
+        z_pres = relaxed_counts(z_pres)[0]
     z_where = jnp.swapaxes(tr["z_where"]["value"], 0, 1)
     return {
         "canvas": tr["canvas"]["value"],

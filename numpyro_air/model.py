@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,7 @@ from numpyro.contrib.control_flow import scan
 from numpyro.contrib.module import flax_module
 
 from .config import AIRConfig
-from .distributions import PresenceBernoulli, probs_to_logits
+from .distributions import PresenceBernoulli, probs_to_logits, relaxed_presence_logit
 from .nets import Decoder
 from .prior import base_prior
 from .transform import window_to_image
@@ -76,11 +76,86 @@ def prior_probs(config: AIRConfig, z_pres_prior) -> jnp.ndarray:
     return p
 
 
+DECODER_NAME = "decode"  # param site "decode$params": the model's, shared with the DAIR guide
+
+
+def presence_site(config: AIRConfig) -> str:
+    """Name of the z_pres sample site: ``"z_pres"`` (values 0/1) or, with relaxed presence,
+    ``"z_pres_logit"`` (logit-space values; the relaxed z_pres is the deterministic ``"z_pres"``)."""
+    return "z_pres_logit" if config.relaxed_presence else "z_pres"
+
+
+def latent_sites(config: AIRConfig) -> Tuple[str, str, str]:
+    """The sample sites shared by model and guide, e.g. to substitute the guide's latents."""
+    return (presence_site(config), "z_where", "z_what")
+
+
+def temperatures(config: AIRConfig, temperature=None) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """(guide, prior) temperatures of the relaxed z_pres as float32 scalars.
+
+    ``temperature`` (scalar, may be traced, e.g. annealed) is the guide's, default
+    ``config.concrete_temperature``; the prior's is it times ``config.prior_temperature_ratio``.
+    """
+    t = jnp.asarray(config.concrete_temperature if temperature is None else temperature, jnp.float32)
+    if t.shape != ():
+        raise ValueError(f"temperature must be a scalar, got shape {t.shape}")
+    return t, t * config.prior_temperature_ratio
+
+
+def register_decoder(config: AIRConfig) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    """Register the decoder's parameters (site ``decode$params``) and return z_what (B, z) ->
+    window (B, w*w)."""
+    w = config.window_size
+    module = Decoder(
+        config.decoder_net,
+        w * w,
+        config.decoder_output_bias,
+        config.decoder_output_use_sigmoid,
+        config.non_linearity,
+        config.init,
+    )
+    return flax_module(DECODER_NAME, module, jnp.zeros((1, config.z_what_size)))
+
+
+def render(decode: Callable, z_what: jnp.ndarray, z_where: jnp.ndarray, config: AIRConfig) -> jnp.ndarray:
+    """One object per image, unweighted: decoder window of z_what (B, z) placed at z_where (B, 3)
+    by ``window_to_image``; returns (B, H, H). The canvas is the presence-weighted sum of these."""
+    window = decode(z_what).reshape(z_what.shape[0], config.window_size, config.window_size)
+    return window_to_image(z_where, window, config.image_size)
+
+
+def sample_presence(
+    config: AIRConfig, logits: jnp.ndarray, z_pres_prev: jnp.ndarray, temperature, obs=None, infer=None
+) -> jnp.ndarray:
+    """Sample one step's presence (inside ``plate("data", B)``); returns the effective presence
+    (B,) = z_pres * z_pres_prev, i.e. the running product of presences.
+
+    Discrete: site ``z_pres`` ~ PresenceBernoulli(logits, z_pres_prev) (0 is absorbing; a
+    substituted 1 after a 0 counts as 0). Relaxed: site ``z_pres_logit`` = logit(z_pres) with
+    z_pres ~ RelaxedBernoulliLogits(temperature, logits) (not gated by z_pres_prev: the product
+    does the gating), and the deterministic site ``z_pres`` (B,) in (0, 1).
+    :param logits: (B,); :param z_pres_prev: (B,) previous effective presence (1 at step 0);
+    :param obs: optional observed value of the sample site (logit space when relaxed).
+    """
+    if config.relaxed_presence:
+        y = numpyro.sample("z_pres_logit", relaxed_presence_logit(logits, temperature), obs=obs, infer=infer)
+        return numpyro.deterministic("z_pres", jax.nn.sigmoid(y)) * z_pres_prev
+    z_pres = numpyro.sample("z_pres", PresenceBernoulli(logits, z_pres_prev), obs=obs, infer=infer)
+    return z_pres * z_pres_prev
+
+
+def presence_mask(config: AIRConfig, z_pres: jnp.ndarray) -> Optional[jnp.ndarray]:
+    """Mask (B,) bool for the z_where/z_what log-densities (present objects only), or None:
+    without masking, and always with relaxed presence (all latents continuous, never masked)."""
+    return (z_pres > 0) if config.use_masking and not config.relaxed_presence else None
+
+
 def model(
     images=None,
     config: Optional[AIRConfig] = None,
     *,
     z_pres_prior=None,
+    temperature=None,
     batch_size: Optional[int] = None,
 ):
     """AIR's generative model.
@@ -90,44 +165,44 @@ def model(
     :param z_pres_prior: per-step z_pres success probabilities (num_steps,), e.g. from
         :func:`numpyro_air.z_pres_prior_probs` (pass it as an array so annealing never retraces);
         default: the config's un-annealed prior.
+    :param temperature: relaxed presence only: the guide's temperature (scalar, may be traced so
+        annealing never recompiles; default ``config.concrete_temperature``); the prior's is it
+        times ``config.prior_temperature_ratio``. Ignored otherwise.
     :param batch_size: number of scenes when ``images`` is None.
     :return: the canvas (B, H, H) (sum of placed objects, no clamp).
 
     Sites: ``z_pres`` (T, B), ``z_where`` (T, B, 3), ``z_what`` (T, B, z) from a scan over
     T = num_steps with ``plate("data", B)`` inside, ``canvas`` (deterministic) and ``obs`` (B, H*H).
+
+    Relaxed presence (``presence_estimator="concrete"``): step t draws y_t = logit(z_pres_t) at
+    site ``z_pres_logit`` (T, B) with z_pres_t ~ RelaxedBernoulliLogits(prior temperature,
+    logit(p_t)) independently of earlier steps, records z_pres_t in (0, 1) as the deterministic
+    ``z_pres``, and weights object t in the canvas by the running product w_t = prod_{s<=t} z_pres_s.
+    As the temperature goes to 0 the z_pres_t become Bernoulli(p_t) and the product the absorbing
+    chain of the discrete model (same count prior): an object after a ~0 presence vanishes.
+    z_where and z_what are never masked there: every step is drawn from its prior and contributes
+    its log-density (a proper joint density of a model that weights objects only in rendering).
     """
     config = AIRConfig() if config is None else config
     if images is not None:
         images = validate_images(images, config.image_size)
     B = batch_size_of(images, batch_size)
-    H, w, T = config.image_size, config.window_size, config.num_steps
-    decode = flax_module(
-        "decode",
-        Decoder(
-            config.decoder_net,
-            w * w,
-            config.decoder_output_bias,
-            config.decoder_output_use_sigmoid,
-            config.non_linearity,
-            config.init,
-        ),
-        jnp.zeros((1, config.z_what_size)),
-    )
+    H, T = config.image_size, config.num_steps
+    decode = register_decoder(config)
     logits = probs_to_logits(prior_probs(config, z_pres_prior))
+    prior_temp = temperatures(config, temperature)[1]
     where_loc, where_sd = prior_loc_scale(config)
 
     def step(carry, logit_t):
         canvas, z_pres_prev = carry
         with numpyro.plate("data", B):
-            z_pres = numpyro.sample("z_pres", PresenceBernoulli(jnp.broadcast_to(logit_t, (B,)), z_pres_prev))
-            z_pres = z_pres * z_pres_prev  # absorbing: a (substituted) 1 after a 0 counts as 0
-            mask = (z_pres > 0) if config.use_masking else None
+            z_pres = sample_presence(config, jnp.broadcast_to(logit_t, (B,)), z_pres_prev, prior_temp)
+            mask = presence_mask(config, z_pres)
             where_d = dist.Normal(where_loc, where_sd).expand((B, 3)).to_event(1)
             what_d = dist.Normal(0.0, 1.0).expand((B, config.z_what_size)).to_event(1)
             z_where = numpyro.sample("z_where", where_d.mask(mask) if mask is not None else where_d)
             z_what = numpyro.sample("z_what", what_d.mask(mask) if mask is not None else what_d)
-        window = decode(z_what).reshape(B, w, w)
-        canvas = canvas + window_to_image(z_where, window, H) * z_pres[:, None, None]
+        canvas = canvas + render(decode, z_what, z_where, config) * z_pres[:, None, None]
         return (canvas, z_pres), None
 
     init = (jnp.zeros((B, H, H), jnp.float32), jnp.ones((B,), jnp.float32))

@@ -134,7 +134,8 @@ class AIRLSTM(nn.Module):
 
     ``W_ih [x_img; x_lat] = W_img x_img + W_lat x_lat``, so the image block (the dominant
     cost: image_features x 4H per image) is applied **once per image** by ``project_image``
-    and reused at every step by ``step``. Gate order (i, f, g, o) as torch.
+    and reused at every step by ``step``. (DAIR's input, the residual image, changes every step,
+    so there ``project_image`` runs at every step.) Gate order (i, f, g, o) as torch.
     """
 
     hidden: int

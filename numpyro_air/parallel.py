@@ -80,11 +80,18 @@ def initialize_distributed(
     if coordinator_address is None and num_processes is None and process_id is None:
         if not env.get("JAX_COORDINATOR_ADDRESS"):
             return False
+        _cpu_collectives()
         jax.distributed.initialize()
         return True
     if num_processes is not None and num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
     if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
         raise ValueError(f"process_id {process_id} is outside [0, {num_processes})")
+    _cpu_collectives()
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
     return True
+
+
+def _cpu_collectives() -> None:
+    """Cross-process collectives on CPU devices need an implementation (gloo ships with jaxlib)."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")

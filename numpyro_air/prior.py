@@ -76,3 +76,14 @@ def z_pres_prior_probs(config: AIRConfig, step=0) -> jnp.ndarray:
     if config.anneal_prior == "exp":
         return exp_decay(p, *args)
     return p
+
+
+def concrete_temperature(config: AIRConfig, step=0) -> jnp.ndarray:
+    """The guide's relaxed-presence temperature at optimisation step ``step`` (1-based, may be
+    traced): ``concrete_temperature``, annealed exponentially to ``concrete_temperature_to`` over
+    ``concrete_anneal_steps`` when set. float32 scalar."""
+    t0 = jnp.asarray(config.concrete_temperature, jnp.float32)
+    if config.concrete_temperature_to is None:
+        return t0
+    step = jnp.asarray(step, jnp.float32)
+    return exp_decay(t0, config.concrete_temperature_to, 0.0, float(config.concrete_anneal_steps), step)

@@ -8,15 +8,16 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import optax
-from numpyro.infer import SVI
+from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.svi import SVIState, _make_loss_fn
 
 from .config import AIRConfig
-from .elbo import NVIL_ELBO
+from .elbo import NVIL_ELBO, with_signal_stats
 from .guide import guide
 from .model import model
 from .optim import make_optimizer
-from .prior import z_pres_prior_probs
+from .prior import concrete_temperature, z_pres_prior_probs
+from .vimco import VIMCO_ELBO
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,20 @@ class OptimConfig:
     learning_rate: float = 1e-4
     baseline_learning_rate: float = 1e-3
     clip_norm: Optional[float] = None
-    num_particles: int = 1
+    num_particles: int = 1  # ELBO particles; VIMCO's K (>= 2)
+    # NVIL only: centre and normalise the learning signal with running statistics (NVIL paper),
+    # their decay, and Pyro's loss scale N/B (60000/64 reproduces Pyro's baseline-loss magnitudes)
+    normalize_signal: bool = False
+    signal_decay: float = 0.9
+    loss_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.num_particles < 1:
             raise ValueError(f"num_particles must be >= 1, got {self.num_particles!r}")
+        if not 0.0 < self.signal_decay < 1.0:
+            raise ValueError(f"signal_decay must be in (0, 1), got {self.signal_decay!r}")
+        if not (self.loss_scale > 0 and self.loss_scale < float("inf")):
+            raise ValueError(f"loss_scale must be positive and finite, got {self.loss_scale!r}")
         make_optimizer(self.learning_rate, self.baseline_learning_rate, self.clip_norm)  # validates
 
     @classmethod
@@ -67,7 +77,25 @@ def make_svi(config: AIRConfig | Recipe, optim: Optional[OptimConfig] = None) ->
         config, optim = config.air, (config.optim if optim is None else optim)
     optim = OptimConfig() if optim is None else optim
     tx = make_optimizer(optim.learning_rate, optim.baseline_learning_rate, optim.clip_norm)
-    return SVI(model, guide, tx, NVIL_ELBO(num_particles=optim.num_particles), config=config)
+    guide_fn = guide
+    if optim.normalize_signal and config.presence_estimator == "nvil":
+        guide_fn = with_signal_stats(guide, {"z_pres": (config.num_steps,)})
+    return SVI(model, guide_fn, tx, make_elbo(config, optim), config=config)
+
+
+def make_elbo(config: AIRConfig, optim: OptimConfig):
+    """The ELBO of ``config.presence_estimator``: NVIL (score function, learned baselines, optional
+    signal normalisation / loss scale), VIMCO (K-sample bound, leave-one-out signals) or
+    ``Trace_ELBO`` for the relaxed (Concrete) presence, which is all pathwise."""
+    estimator = config.presence_estimator
+    if estimator == "vimco":
+        if optim.num_particles < 2:
+            raise ValueError(f"VIMCO needs num_particles >= 2, got {optim.num_particles}")
+        return VIMCO_ELBO(num_particles=optim.num_particles)
+    if estimator == "concrete":
+        return Trace_ELBO(num_particles=optim.num_particles)
+    return NVIL_ELBO(num_particles=optim.num_particles, normalize_signal=optim.normalize_signal,
+                     signal_decay=optim.signal_decay, loss_scale=optim.loss_scale)
 
 
 def make_update(svi: SVI) -> Callable[[SVIState, jnp.ndarray, jnp.ndarray], tuple]:
@@ -91,6 +119,9 @@ def make_update(svi: SVI) -> Callable[[SVIState, jnp.ndarray, jnp.ndarray], tupl
 
     def update(state: SVIState, images: jnp.ndarray, step: jnp.ndarray):
         prior = z_pres_prior_probs(config, step)
+        kwargs = {"z_pres_prior": prior}
+        if config.relaxed_presence:
+            kwargs["temperature"] = concrete_temperature(config, step)
         rng_key, rng_key_step = jax.random.split(state.rng_key)
         params = svi.optim.get_params(state.optim_state)
         loss_fn = _make_loss_fn(
@@ -100,7 +131,7 @@ def make_update(svi: SVI) -> Callable[[SVIState, jnp.ndarray, jnp.ndarray], tupl
             svi.model,
             svi.guide,
             (images,),
-            {"z_pres_prior": prior},
+            kwargs,
             svi.static_kwargs,
             mutable_state=state.mutable_state,
         )

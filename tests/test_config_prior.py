@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from numpyro_air import AIRConfig, z_pres_prior_probs
-from numpyro_air.prior import count_distribution, make_prior
-from numpyro_air.prior import exp_decay, lin_decay
+from numpyro_air.prior import count_distribution, exp_decay, lin_decay, make_prior
 
 # ----------------------------------------------------------------------------- reference (Pyro)
 
@@ -121,6 +120,12 @@ def test_frozen_and_roundtrip():
         ("anneal_prior_duration", 0),
         ("baseline_scalar", 0.0),
         ("init", "xavier"),
+        ("guide_input", "residual"),
+        ("presence_estimator", "reinforce"),
+        ("concrete_temperature", 0.0),
+        ("concrete_temperature", float("nan")),
+        ("concrete_prior_temperature", -1.0),
+        ("concrete_prior_temperature", float("inf")),
     ],
 )
 def test_invalid_values_raise_naming_the_field(field, value):
@@ -128,6 +133,26 @@ def test_invalid_values_raise_naming_the_field(field, value):
         AIRConfig(**{field: value})
     # the message starts with the field's own name (\b: "anneal_prior" must not match "anneal_prior_to")
     assert re.match(rf"{field}\b", str(e.value)), str(e.value)
+
+
+def test_variant_fields_defaults_and_roundtrip():
+    c = AIRConfig()
+    assert (c.guide_input, c.presence_estimator, c.concrete_temperature, c.concrete_prior_temperature) == (
+        "image",
+        "nvil",
+        1.0,
+        None,
+    )
+    assert not c.relaxed_presence and c.uses_baseline_nets and c.prior_temperature_ratio == 1.0
+    v = AIRConfig(
+        guide_input="difference", presence_estimator="concrete", concrete_temperature=2, concrete_prior_temperature=0.5
+    )
+    assert AIRConfig.from_dict(v.to_dict()) == v and v.to_dict()["guide_input"] == "difference"
+    assert isinstance(v.concrete_temperature, float) and v.prior_temperature_ratio == 0.25
+    assert v.relaxed_presence and not v.uses_baseline_nets
+    assert not AIRConfig(presence_estimator="vimco").uses_baseline_nets
+    old = {k: val for k, val in c.to_dict().items() if k not in ("guide_input", "presence_estimator")}
+    assert AIRConfig.from_dict(old) == c  # dicts written before these fields existed still load
 
 
 def test_invalid_raw_prior_and_replace_revalidates():

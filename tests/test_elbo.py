@@ -18,17 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from numpyro import handlers
 import optax
 import pytest
+from numpyro import handlers
 from numpyro.contrib.control_flow import scan
 from numpyro.infer import SVI, TraceGraph_ELBO
 from numpyro.primitives import mutable
 
 from numpyro_air import AIRConfig
-from numpyro_air.guide import is_baseline_param
 from numpyro_air.elbo import NVIL_ELBO
 from numpyro_air.guide import guide as air_guide
+from numpyro_air.guide import is_baseline_param
 from numpyro_air.model import model as air_model
 from numpyro_air.optim import make_optimizer, param_labels
 
@@ -356,14 +356,30 @@ def test_decaying_average_baseline_through_svi(exact):
     update = jax.jit(svi.update)
     cost_fn = jax.jit(lambda key, params: NVIL_ELBO().components(key, params, model_plate, g, y)["costs"]["z"])
     theta0 = np.asarray(svi.get_params(state)["theta"])
+    guide_z = jax.jit(lambda key, params: handlers.trace(handlers.seed(handlers.substitute(g, params), key))
+                      .get_trace(y)["z"]["value"])
+    avg_by_hand = np.zeros(T)  # the EMA recomputed independently (never read back from the state)
     for _ in range(3):
         old = np.asarray(state.mutable_state["z_avg_baseline"])
         _, key_step = jax.random.split(state.rng_key)  # the key svi.update evaluates the ELBO with
         cost = np.asarray(cost_fn(key_step, {**svi.get_params(state), "z_avg_baseline": jnp.asarray(old)}))
         assert cost.shape == (T, len(YB))
+        # Independent costs: this step's z (the guide run on the ELBO's guide key), then each
+        # example's reward-to-go sum_{u >= t} (log p - log q)(z_u) + log p(y | z) in numpy.
+        _, k_guide = jax.random.split(key_step)  # NVIL_ELBO.components: k_model, k_guide = split(key)
+        theta = np.asarray(svi.get_params(state)["theta"], np.float64)
+        z = np.asarray(guide_z(k_guide, svi.get_params(state)), np.float64)  # (T, B)
+        cost_by_hand = np.zeros((T, len(YB)))
+        for b in range(len(YB)):
+            row = np.flatnonzero((PATHS == z[:, b]).all(1))[0]
+            _, r, obs = _path_terms(theta[:, b], YB[b])
+            cost_by_hand[:, b] = np.cumsum(r[row, ::-1])[::-1] + obs[row]
+        np.testing.assert_allclose(cost, cost_by_hand, rtol=1e-5, atol=1e-5)
+        avg_by_hand = beta * avg_by_hand + (1 - beta) * cost_by_hand.mean(1)  # EMA of the batch-mean cost
         state, loss = update(state, y)
         new = np.asarray(state.mutable_state["z_avg_baseline"])
         np.testing.assert_allclose(new, beta * old + (1 - beta) * cost.mean(1), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(new, avg_by_hand, rtol=1e-5, atol=1e-5)
         assert np.isfinite(loss)
     assert np.all(new != 0)
     assert not np.allclose(np.asarray(svi.get_params(state)["theta"]), theta0)  # and it trains

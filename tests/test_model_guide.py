@@ -14,17 +14,10 @@ from conftest import SMALL, make_scenes
 from numpyro import handlers
 from numpyro.infer import Predictive
 
-from numpyro_air import (
-    BASELINE_SITE,
-    AIRConfig,
-    count_distribution,
-    guide,
-    is_baseline_param,
-    make_prior,
-    model,
-    z_pres_prior_probs,
-)
+from numpyro_air import AIRConfig, guide, model, z_pres_prior_probs
+from numpyro_air.guide import BASELINE_SITE, is_baseline_param
 from numpyro_air.nets import AIRLSTM, Decoder
+from numpyro_air.prior import count_distribution, make_prior
 
 LATENTS = ("z_pres", "z_where", "z_what")
 # z_pres patterns (B, T) with finished images: all present, stop after 2, after 1, empty.

@@ -70,3 +70,43 @@ def test_missing_device_kind():
 def test_too_many_devices():
     with pytest.raises(ValueError, match="requested"):
         parallel.select_devices("cpu", 64)
+
+
+MULTIHOST = Path(__file__).parent / "scripts" / "multihost_train.py"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    """2 CPU processes (jax.distributed on localhost, one device each, each building its half of
+    every batch) train like one process with the same global batch; only process 0 writes."""
+    import numpy as np
+
+    from numpyro_air.checkpoint import read_checkpoint
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, str(MULTIHOST), str(p), str(port), str(tmp_path / f"p{p}")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for p in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    single = subprocess.run([sys.executable, str(MULTIHOST), "-1", "0", str(tmp_path / "single")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    r0, r1, rs = (json.loads(o.strip().splitlines()[-1]) for o in (outs[0][0], outs[1][0], single.stdout))
+    assert r0["process_count"] == r1["process_count"] == 2 and rs["process_count"] == 1
+    assert len(r0["elbos"]) == 3 and r0["elbos"] == pytest.approx(rs["elbos"], rel=1e-5)
+    assert "checkpoint.npz" in r0["files"] and r1["files"] == []  # only process 0 writes files
+    _, a = read_checkpoint(tmp_path / "p0" / "checkpoint.npz")
+    _, b = read_checkpoint(tmp_path / "single" / "checkpoint.npz")
+    params = [n for n in a if n.startswith("params/")]
+    assert sorted(a) == sorted(b) and len(params) > 10
+    close = sum(int(np.sum(np.abs(a[n] - b[n]) <= 1e-5)) for n in params)
+    assert close / sum(a[n].size for n in params) > 0.999

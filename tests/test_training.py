@@ -13,8 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from numpyro_air import AIRConfig, inference
-from numpyro_air import load_params
+from numpyro_air import AIRConfig, inference, load_params
 from numpyro_air.checkpoint import CheckpointError, read_checkpoint, read_npz, save_checkpoint
 from numpyro_air.data import generate_multi_mnist, save_eval_npz
 from numpyro_air.svi import OptimConfig
@@ -209,3 +208,39 @@ def test_cli_rejects_bad_options(tmp_path):
         proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), "--out", str(tmp_path / "o"), *args],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode != 0 and msg in proc.stderr, (args, proc.stderr[-2000:])
+
+
+def test_loop_uses_the_annealed_prior_of_each_step_and_logs_elbo_per_image(tmp_path, datasets):
+    """Step s of the loop runs with ``z_pres_prior_probs(s)`` (1-based) and the logged ``elbo`` is
+    +ELBO per image of that step's batch, computed here independently with ``NVIL_ELBO.loss``."""
+    from numpyro_air import make_svi, model, z_pres_prior_probs
+    from numpyro_air.data import batch_at_step
+    from numpyro_air.guide import guide
+    from numpyro_air.training import initial_states, run_meta
+
+    air = AIR.replace(anneal_prior="lin", anneal_prior_to=1e-4, anneal_prior_duration=3)
+    assert not np.allclose(z_pres_prior_probs(air, 1), z_pres_prior_probs(air, 2))
+    out = tmp_path / "anneal"
+    kw = dict(progress=False, log=lambda s: None)
+    train(air, OPT, tcfg(1, progress_every=1), *datasets, out, **kw)
+    tc2 = tcfg(2, progress_every=1)
+    state1, start, _ = initial_states(make_svi(air, OPT), tc2, jnp.zeros((8, CANVAS, CANVAS)), out / "checkpoint.npz",
+                                      lambda k, s: run_meta(air, OPT, tc2, {}, k, s))
+    assert start == 1
+    train(air, OPT, tc2, *datasets, out, load=out / "checkpoint.npz", **kw)
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    elbo2 = [r["elbo"] for r in logged if r["kind"] == "train" and r["step"] == 2]
+    assert len(elbo2) == 1
+    svi = make_svi(air, OPT)
+    state = jax.tree.map(lambda a: a[0], state1)
+    images = jnp.asarray(batch_at_step(datasets[0].images, 8, 3, 1))  # 0-based step index 1 = step 2
+    _, key = jax.random.split(state.rng_key)  # the step's ELBO key, as svi.update draws it
+    params = svi.optim.get_params(state.optim_state)  # no constrained sites: these are the params
+
+    def elbo_per_image(t: int) -> float:
+        loss = svi.loss.loss(key, params, model, guide, images, config=air, z_pres_prior=z_pres_prior_probs(air, t))
+        return -float(loss) / images.shape[0]
+
+    assert elbo2[0] == pytest.approx(elbo_per_image(2), rel=1e-5)
+    # the test can tell: the previous step's prior moves the ELBO by far more than the tolerance
+    assert abs(elbo_per_image(1) - elbo_per_image(2)) > 10 * 1e-5 * abs(elbo_per_image(2))

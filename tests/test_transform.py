@@ -161,6 +161,60 @@ def test_window_partly_off_canvas(rng):
     np.testing.assert_allclose(crop[:, :5], 0.0, atol=1e-6)
 
 
+# Box geometry from first principles (H = 20 canvas pixels). Placing a window with (s, x, y), canvas
+# column j (normalised centre u = (2j + 1) / H - 1) samples the window at v = s * u + x, and the
+# window's content spans v in [-1, 1] (its outer pixel edges). So it covers canvas u in
+# [(-1 - x) / s, (1 - x) / s] (ends swapped for s < 0), and canvas-normalised u is the continuous
+# pixel coordinate p = (u + 1) * H / 2 (pixel j spans [j, j + 1)): x0 = ((-1 - x) / s + 1) * H / 2
+# and width = H / |s|. Same for rows with y.
+#   (2, 0, 0):         u in [-0.5, 0.5] both ways              -> p in [5, 15]            -> (5, 5, 10, 10)
+#   (2, 0.4, -0.6):    cols u in [-0.7, 0.3], rows [-0.2, 0.8]  -> [3, 13] and [8, 18]      -> (3, 8, 10, 10)
+#   (4, 1, -2):        cols u in [-0.5, 0], rows [0.25, 0.75]   -> [5, 10] and [12.5, 17.5] -> (5, 12.5, 5, 5)
+#   (1.25, -0.5, 0.25): cols u in [-0.4, 1.2], rows [-1, 0.6]   -> [6, 22] and [0, 16]      -> (6, 0, 16, 16)
+#   (-2, 0.4, -0.6):   mirrored: cols u in [-0.3, 0.7], rows [-0.8, 0.2] -> [7, 17], [2, 12] -> (7, 2, 10, 10)
+HAND_BOXES = [
+    ((2.0, 0.0, 0.0), (5.0, 5.0, 10.0, 10.0)),
+    ((2.0, 0.4, -0.6), (3.0, 8.0, 10.0, 10.0)),
+    ((4.0, 1.0, -2.0), (5.0, 12.5, 5.0, 5.0)),
+    ((1.25, -0.5, 0.25), (6.0, 0.0, 16.0, 16.0)),
+    ((-2.0, 0.4, -0.6), (7.0, 2.0, 10.0, 10.0)),
+]
+
+
+def _footprint_profile(start, size, half, n):
+    """Along one axis: the rendering of an all-ones window whose box is [start, start + size).
+
+    Bilinear taps reach half a window pixel beyond the window's edges, and a window pixel is
+    2 * half = size / w canvas pixels: the profile at canvas pixel centre c is the trapezoid
+    clip(min(c - (start - half), start + size + half - c) / (2 * half), 0, 1), i.e. 0 until half a
+    window pixel before the box's edge, 1 from half a window pixel inside it, linear in between.
+    """
+    c = np.arange(n) + 0.5
+    return np.clip(np.minimum(c - (start - half), start + size + half - c) / (2 * half), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("w", [10, 7])
+def test_bounding_boxes_hand_computed_and_rendered_footprint(w):
+    H = 20
+    z = np.array([zw for zw, _ in HAND_BOXES], np.float32)
+    expected = np.array([box for _, box in HAND_BOXES])
+    boxes = np.asarray(bounding_boxes(jnp.asarray(z), H, w))
+    np.testing.assert_allclose(boxes, expected, atol=1e-5)
+    # batched over leading dims, window_size optional
+    np.testing.assert_allclose(bounding_boxes(jnp.asarray(z.reshape(1, 5, 3)), H)[0], expected, atol=1e-5)
+    # the footprint of an all-ones window placed with the same z_where is the box (with the
+    # half-window-pixel bilinear ramps at its edges), computed from the box alone
+    rendered = np.asarray(w2i(jnp.asarray(z), jnp.ones((len(z), w, w), jnp.float32), H))
+    for k, (x0, y0, bw, bh) in enumerate(boxes):
+        half = H / abs(float(z[k, 0])) / w / 2
+        want = np.outer(_footprint_profile(y0, bh, half, H), _footprint_profile(x0, bw, half, H))
+        np.testing.assert_allclose(rendered[k], want, atol=1e-5, err_msg=str(HAND_BOXES[k]))
+        # and plainly: nothing is drawn more than half a window pixel outside the box
+        rows, cols = np.nonzero(rendered[k] > 1e-6)
+        assert cols.min() + 0.5 > x0 - half and cols.max() + 0.5 < x0 + bw + half
+        assert rows.min() + 0.5 > y0 - half and rows.max() + 0.5 < y0 + bh + half
+
+
 def test_fully_off_canvas_is_zero(rng):
     win = jnp.asarray(rng.uniform(0.1, 1, size=(1, 10, 10)), jnp.float32)
     np.testing.assert_array_equal(w2i(jnp.asarray([[3.0, 5.0, 0.0]]), win, 20), 0.0)

@@ -32,7 +32,8 @@ def set_platform(device: Optional[str]) -> None:
         os.environ["JAX_PLATFORMS"] = device
 
 
-def main(argv: Optional[Sequence[str]] = None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point; returns the exit status (the subcommands' ``main`` return results)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
@@ -40,6 +41,7 @@ def main(argv: Optional[Sequence[str]] = None):
         if argv and argv[0] not in ("-h", "--help"):
             raise SystemExit(f"{msg}\n\nerror: unknown command {argv[0]!r}")
         print(msg)
-        return None
+        return 0
     module = importlib.import_module(f"numpyro_air.cli.{argv[0]}")
-    return module.main(argv[1:], prog=f"numpyro-air {argv[0]}")
+    module.main(argv[1:], prog=f"numpyro-air {argv[0]}")
+    return 0

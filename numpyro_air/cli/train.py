@@ -74,6 +74,17 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     a("--likelihood-sd", type=float, help="(0.3; not a Pyro CLI flag)")
     a("--clip-norm", type=float, help="clip each parameter group's gradient norm (off)")
     a("--num-particles", type=int, help="ELBO particles (1)")
+    # --- estimators and variants
+    a("--estimator", choices=["nvil", "vimco", "concrete"], help="z_pres gradient estimator (nvil)")
+    a("--temperature", type=float, help="concrete: the guide's relaxed-presence temperature (1.0)")
+    a("--prior-temperature", type=float, help="concrete: the prior's temperature (default: the guide's)")
+    a("--temperature-to", type=float, help="concrete: anneal the temperature exponentially to this value")
+    a("--temperature-anneal-steps", type=int, help="concrete: ... over this many steps")
+    a("--normalize-signal", action="store_true", help="nvil: centre/normalise the learning signal (running stats)")
+    a("--signal-decay", type=float, help="nvil: decay of the running signal statistics (0.9)")
+    a("--loss-scale", type=float, help="nvil: multiply the costs (Pyro-exact: N/B, see --pyro-loss-scale)")
+    a("--pyro-loss-scale", action="store_true", help="nvil: loss scale num_train / batch_size, as Pyro's plate")
+    a("--dair", action="store_true", help="DAIR: the guide's LSTM reads the image minus the reconstruction so far")
     a("--num-seeds", type=int, help="train K seeds (seed, seed+1, ...) in one vmapped program (1)")
     a("--device", choices=["cpu", "gpu", "tpu"], help="JAX platform (default: JAX's choice)")
     a("--num-devices", type=int, help="shard each batch over this many devices of --device (data parallel)")
@@ -138,12 +149,23 @@ def configs_from_args(args: argparse.Namespace):
         air_kw["use_masking"] = False
     if d.get("no_baselines"):
         air_kw["use_baselines"] = False
+    for src, dst in (("estimator", "presence_estimator"), ("temperature", "concrete_temperature"),
+                     ("prior_temperature", "concrete_prior_temperature"), ("temperature_to", "concrete_temperature_to"),
+                     ("temperature_anneal_steps", "concrete_anneal_steps")):
+        if src in d:
+            air_kw[dst] = d[src]
+    if d.get("dair"):
+        air_kw["guide_input"] = "difference"
     air = AIRConfig.tutorial(**air_kw) if preset == "tutorial" else AIRConfig(**air_kw)
     opt = OptimConfig(
         learning_rate=d.get("learning_rate", 1e-4),
         baseline_learning_rate=d.get("baseline_learning_rate", 0.1 if preset == "tutorial" else 1e-3),
         clip_norm=d.get("clip_norm"),
-        num_particles=d.get("num_particles", 1),
+        num_particles=d.get("num_particles", 4 if air_kw.get("presence_estimator") == "vimco" else 1),
+        normalize_signal=d.get("normalize_signal", False),
+        signal_decay=d.get("signal_decay", 0.9),
+        loss_scale=(d.get("num_train", 60_000) / d.get("batch_size", 64)) if d.get("pyro_loss_scale")
+        else d.get("loss_scale", 1.0),
     )
     tcfg = TrainConfig(
         num_steps=d.get("num_steps", 200_000),
@@ -184,9 +206,11 @@ def _prepare(d: dict, args):
     import jax
 
     from numpyro_air.parallel import check_batch, initialize_distributed, make_mesh, select_devices
+    from numpyro_air.svi import make_elbo
 
     try:
         configs = configs_from_args(args)
+        make_elbo(configs[0], configs[1])  # estimator options (e.g. VIMCO's particles)
         initialize_distributed(d.get("coordinator_address"), d.get("num_processes"), d.get("process_id"))
         devices = select_devices(d.get("device"), d.get("num_devices"))
         if len(devices) > 1 or jax.process_count() > 1:

@@ -1,0 +1,223 @@
+"""Importance-sampled log-likelihood estimates (IWAE; Burda et al., 2016) with the guide as proposal.
+
+For a datum x and K draws z_k ~ q(. | x) of all latents,
+
+    log w_k  = log p(x, z_k) - log q(z_k | x)
+    IWAE-K   = logsumexp_k(log w_k) - log K      (<= log p(x) in expectation, tightens as K grows)
+    ELBO     = mean_k log w_k                     (the 1-sample bound, averaged over K draws)
+
+The generic core, :func:`importance_estimates`, takes any NumPyro model/guide pair whose data
+live in a plate (default name ``"data"``) and returns per-datum estimates; the AIR functions
+:func:`log_marginal_likelihood` and :func:`elbo_per_image` are thin jitted wrappers. Samples are
+processed in chunks (a ``lax.scan`` over chunks, ``vmap`` inside a chunk) with a running
+logsumexp, so memory is that of ``chunk_size`` samples whatever ``num_samples`` is. Sample i
+always uses ``random.split(key, num_samples)[i]``, so the chunk size changes only the order of
+the floating-point reductions, never the samples.
+
+:func:`per_datum_log_weight` and :func:`reduce_to_data` are shared with
+:class:`numpyro_air.vimco.VIMCO_ELBO`.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+from jax import random
+from numpyro.handlers import seed
+from numpyro.infer.util import get_importance_trace
+from numpyro.util import check_model_guide_match
+
+from .config import AIRConfig
+from .guide import guide as air_guide
+from .model import model as air_model
+
+DATA_PLATE = "data"
+
+
+# ----------------------------------------------------------------------------- per-datum reduction
+def _plate_frame(site: dict, plate: str):
+    return next((f for f in site["cond_indep_stack"] if f.name == plate), None)
+
+
+def _check_unscaled(site: dict) -> None:
+    scale = site.get("scale")
+    if scale is not None and not (isinstance(scale, (int, float)) and scale == 1):
+        raise ValueError(
+            f"site {site['name']!r} is scaled (subsampling plate or handlers.scale): importance weights "
+            "need unscaled log-densities; pass explicit minibatches instead"
+        )
+
+
+def weight_sites(model_trace: dict, guide_trace: dict) -> list:
+    """[(site, sign)] of every term of log w: model sample sites (+1; latent and observed) and
+    guide latent sample sites (-1). Guide sites with ``obs=`` are not latents and are skipped."""
+    out = [(s, 1.0) for s in model_trace.values() if s["type"] == "sample"]
+    out += [(s, -1.0) for s in guide_trace.values() if s["type"] == "sample" and not s["is_observed"]]
+    return out
+
+
+def data_size(sites: Sequence[dict], plate: str = DATA_PLATE) -> Optional[int]:
+    """Size B of ``plate`` if every site in ``sites`` lies in it, else None (one datum: the
+    whole trace). Raises if the sites disagree on B or a site is scaled."""
+    sizes = set()
+    for site in sites:
+        _check_unscaled(site)
+        frame = _plate_frame(site, plate)
+        if frame is None:
+            return None
+        sizes.add(int(frame.size))
+    if len(sizes) != 1:
+        raise ValueError(f"sites disagree on the size of plate {plate!r}: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def reduce_to_data(lp: jnp.ndarray, site: dict, plate: str, size: Optional[int]) -> jnp.ndarray:
+    """Sum a site's log-density ``lp`` (any batch shape; a leading time axis for scanned sites)
+    over every axis except ``plate``'s: returns (B,), or (1,) when ``size`` is None."""
+    if size is None:
+        return jnp.sum(lp).reshape(1)
+    frame = _plate_frame(site, plate)
+    axis = lp.ndim + frame.dim  # frame.dim counts from the right of the batch shape
+    if axis < 0 or lp.shape[axis] != size:
+        raise ValueError(f"site {site['name']!r}: log-density shape {lp.shape} has no plate axis of size {size}")
+    return jnp.moveaxis(lp, axis, -1).reshape(-1, size).sum(0)
+
+
+def per_datum_log_weight(model_trace: dict, guide_trace: dict, plate: str = DATA_PLATE) -> jnp.ndarray:
+    """log w = log p(x, z) - log q(z | x) per datum, (B,) (or (1,) when some site lies outside
+    ``plate``), from traces with ``log_prob`` filled in (masks applied) by
+    ``numpyro.infer.util.get_importance_trace``; sums over sites, scan steps and other dims."""
+    terms = weight_sites(model_trace, guide_trace)
+    size = data_size([s for s, _ in terms], plate)
+    total = jnp.zeros(1 if size is None else size)
+    for site, sign in terms:
+        total = total + sign * reduce_to_data(site["log_prob"], site, plate, size)
+    return total
+
+
+def importance_traces(
+    model: Callable, guide: Callable, params: Dict[str, Any], key: jax.Array, args: tuple, kwargs: dict
+):
+    """(model_trace, guide_trace) of one draw: the guide seeded with the second half of
+    ``random.split(key)``, the model (first half) replayed against it, both under
+    ``substitute(data=params)``, with per-site ``log_prob``."""
+    k_model, k_guide = random.split(key)
+    model_trace, guide_trace = get_importance_trace(seed(model, k_model), seed(guide, k_guide), args, kwargs, params)
+    check_model_guide_match(model_trace, guide_trace)
+    return model_trace, guide_trace
+
+
+def log_weight(
+    model: Callable,
+    guide: Callable,
+    params: Dict[str, Any],
+    key: jax.Array,
+    args: tuple = (),
+    kwargs: Optional[dict] = None,
+    plate: str = DATA_PLATE,
+) -> jnp.ndarray:
+    """One importance draw: per-datum log w, (B,) (see :func:`per_datum_log_weight`)."""
+    model_trace, guide_trace = importance_traces(model, guide, params, key, args, kwargs or {})
+    return per_datum_log_weight(model_trace, guide_trace, plate)
+
+
+# ----------------------------------------------------------------------------- chunked estimates
+def _chunked_keys(key: jax.Array, num_samples: int, chunk_size: int):
+    """Keys (num_chunks, chunk_size, ...) and a validity mask (num_chunks, chunk_size); the
+    padding of the last chunk reuses leading keys and is masked out."""
+    keys = random.split(key, num_samples)
+    num_chunks = -(-num_samples // chunk_size)
+    pad = num_chunks * chunk_size - num_samples
+    keys = jnp.concatenate([keys, keys[:pad]]) if pad else keys
+    valid = (jnp.arange(num_chunks * chunk_size) < num_samples).reshape(num_chunks, chunk_size)
+    return keys.reshape((num_chunks, chunk_size) + keys.shape[1:]), valid
+
+
+def importance_estimates(
+    model: Callable,
+    guide: Callable,
+    params: Dict[str, Any],
+    key: jax.Array,
+    args: tuple = (),
+    kwargs: Optional[dict] = None,
+    *,
+    num_samples: int,
+    chunk_size: Optional[int] = None,
+    plate: str = DATA_PLATE,
+) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """Per-datum (IWAE-K estimate of log p(x), mean log w) over K = ``num_samples`` draws from
+    the guide, each (B,) in nats ((1,) if some site lies outside ``plate``).
+
+    :param params: constrained parameter values (e.g. ``svi.get_params(state)``), substituted
+        into model and guide; other guide sites (deterministic baselines) play no part.
+    :param chunk_size: samples evaluated at once (vmapped); default: all ``num_samples``.
+        Samples are scanned chunk by chunk with a running logsumexp and sum.
+    """
+    if int(num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples!r}")
+    chunk = int(num_samples) if chunk_size is None else min(int(chunk_size), int(num_samples))
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+    one = partial(log_weight, model, guide, params, args=args, kwargs=kwargs, plate=plate)
+    keys, valid = _chunked_keys(key, int(num_samples), chunk)
+    shape = jax.eval_shape(one, keys[0, 0])  # (B,) and dtype, from an abstract trace
+
+    def body(carry, xs):
+        lse, total = carry
+        chunk_keys, ok = xs
+        lw = jax.vmap(one)(chunk_keys)  # (chunk, B)
+        ok = ok[:, None]
+        lse = jnp.logaddexp(lse, jax.nn.logsumexp(jnp.where(ok, lw, -jnp.inf), axis=0))
+        return (lse, total + jnp.sum(jnp.where(ok, lw, 0.0), axis=0)), None
+
+    init = (jnp.full(shape.shape, -jnp.inf, shape.dtype), jnp.zeros(shape.shape, shape.dtype))
+    (lse, total), _ = jax.lax.scan(body, init, (keys, valid))
+    return lse - math.log(num_samples), total / num_samples
+
+
+# ----------------------------------------------------------------------------- AIR wrappers
+def _air_estimates(params, images, key, config: AIRConfig, num_samples: int, chunk_size, z_pres_prior):
+    kwargs = {"config": config, "z_pres_prior": z_pres_prior}
+    return importance_estimates(
+        air_model, air_guide, params, key, (images,), kwargs, num_samples=num_samples, chunk_size=chunk_size
+    )
+
+
+@partial(jax.jit, static_argnames=("config", "num_samples", "chunk_size"))
+def log_marginal_likelihood(
+    params: Dict[str, Any],
+    images: jnp.ndarray,
+    key: jax.Array,
+    config: AIRConfig,
+    num_samples: int = 100,
+    chunk_size: Optional[int] = None,
+    z_pres_prior: Optional[jnp.ndarray] = None,
+) -> jnp.ndarray:
+    """IWAE-K estimate of log p(x) per image, (B,) nats, for AIR's model with its guide as proposal.
+
+    :param params: constrained parameters (``svi.get_params(state)``); baseline nets unused.
+    :param images: (B, H, H) float32 in [0, 1].
+    :param num_samples: K (addtt reports K = 100); a lower bound on log p(x) in expectation.
+    :param chunk_size: samples evaluated at once (memory ~ chunk_size x one guide+model pass).
+    :param z_pres_prior: per-step z_pres prior (num_steps,) (default: the config's un-annealed one).
+    """
+    return _air_estimates(params, images, key, config, num_samples, chunk_size, z_pres_prior)[0]
+
+
+@partial(jax.jit, static_argnames=("config", "num_samples", "chunk_size"))
+def elbo_per_image(
+    params: Dict[str, Any],
+    images: jnp.ndarray,
+    key: jax.Array,
+    config: AIRConfig,
+    num_samples: int = 1,
+    chunk_size: Optional[int] = None,
+    z_pres_prior: Optional[jnp.ndarray] = None,
+) -> jnp.ndarray:
+    """ELBO estimate per image, (B,) nats: the mean of log w over ``num_samples`` guide draws
+    (arguments as :func:`log_marginal_likelihood`)."""
+    return _air_estimates(params, images, key, config, num_samples, chunk_size, z_pres_prior)[1]

@@ -1,0 +1,119 @@
+"""VIMCO (Mnih & Rezende, 2016): the K-sample importance-weighted bound with leave-one-out
+learning signals for non-reparameterised latents; no learned baseline.
+
+:class:`VIMCO_ELBO` is generic: any NumPyro model/guide pair, discrete sites at top level or
+inside ``numpyro.contrib.control_flow.scan``, masks honoured. Per datum b (an index of the plate
+named ``plate``, ``"data"`` by default) and particle k = 1..K (all latents drawn K times,
+``vmap`` over particles)::
+
+    log w_kb = log p(x_b, z_kb) - log q(z_kb | x_b)      summed over sites and scan steps
+    L_b      = logsumexp_k(log w_kb) - log K              the K-sample bound (IWAE)
+    L_b^-k   = L_b with log w_kb replaced by mean_{j != k} log w_jb   (geometric mean of the others)
+    s_kb     = sg(L_b - L_b^-k)                           leave-one-out learning signal
+    S        = sum_kb s_kb * log q_disc(z_kb)             log q_disc: sum over the particle's
+                                                          non-reparameterised sites and steps
+    loss     = -(sum_b L_b + S - sg(S))
+
+so ``loss``'s value is minus the K-sample bound summed over the data, its gradient is pathwise
+through L_b (continuous sites, and the explicit dependence of log q_disc on the parameters) plus
+the score-function terms. L_b^-k does not depend on z_kb, so the estimator is unbiased for the
+gradient of E[sum_b L_b].
+
+If any site lies outside ``plate`` (a global latent) or there is no such plate, the whole trace is
+one datum (B = 1): per-datum bounds are only valid when the data are conditionally independent.
+Scaled sites (subsampling plates, ``handlers.scale``) are rejected: the weights need unscaled
+log-densities. Keys: particle k uses ``random.split(rng_key, K)[k]``, split again into
+(model key, guide key) as in :func:`numpyro_air.likelihood.importance_traces`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict
+
+import jax
+import jax.numpy as jnp
+from jax import random
+from jax.lax import stop_gradient
+from numpyro.infer.elbo import ELBO
+
+from .likelihood import DATA_PLATE, data_size, importance_traces, reduce_to_data, weight_sites
+
+
+def leave_one_out_bounds(log_w: jnp.ndarray) -> jnp.ndarray:
+    """For log-weights (K, B), the bounds (K, B) with particle k's log-weight replaced by the mean
+    of the other K - 1 log-weights: logsumexp_j(log w') - log K."""
+    K = log_w.shape[0]
+    others = (jnp.sum(log_w, axis=0, keepdims=True) - log_w) / (K - 1)  # (K, B)
+    eye = jnp.eye(K, dtype=bool)[:, :, None]
+    replaced = jnp.where(eye, others[:, None, :], log_w[None, :, :])  # (K, K, B): row k, column k replaced
+    return jax.nn.logsumexp(replaced, axis=1) - math.log(K)
+
+
+class VIMCO_ELBO(ELBO):
+    """Multi-sample (IWAE) objective with VIMCO's leave-one-out score-function gradients.
+
+    :param int num_particles: K >= 2 particles per datum.
+    :param str plate: name of the data plate (per-datum bounds); see the module docstring.
+    :param vectorize_particles: ``vmap`` (True), ``lax.map`` (False) or a callable over particles.
+    """
+
+    can_infer_discrete = True
+
+    def __init__(self, num_particles: int = 2, plate: str = DATA_PLATE, vectorize_particles: bool = True):
+        if int(num_particles) < 2:
+            raise ValueError(f"VIMCO needs num_particles >= 2 (leave-one-out), got {num_particles!r}")
+        super().__init__(num_particles=int(num_particles), vectorize_particles=vectorize_particles)
+        self.plate = plate
+
+    # ------------------------------------------------------------------ public API
+    def loss(self, rng_key, param_map, model, guide, *args, **kwargs):
+        return self.components(rng_key, param_map, model, guide, *args, **kwargs)["loss"]
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        out = self.components(rng_key, param_map, model, guide, *args, **kwargs)
+        return {"loss": out["loss"], "mutable_state": out["mutable_state"]}
+
+    def components(self, rng_key, param_map, model, guide, *args, **kwargs) -> Dict[str, Any]:
+        """All K particles at once. Returns ``loss`` (the surrogate; value -sum_b L_b),
+        ``bound`` (B,) L_b, ``log_weights`` (K, B), ``signals`` (K, B) s_kb (stop-gradiented),
+        ``log_q_discrete`` (K, B) (masked; zeros without non-reparameterised sites) and
+        ``mutable_state`` (averaged over particles, or None)."""
+        keys = random.split(rng_key, self.num_particles)
+        particle = lambda key: self._particle(key, param_map, model, guide, args, kwargs)  # noqa: E731
+        log_w, log_q_disc, mutable = self.vectorize_particles_fn(particle, keys)
+        K = self.num_particles
+        bound = jax.nn.logsumexp(log_w, axis=0) - math.log(K)  # (B,)
+        signals = stop_gradient(bound[None, :] - leave_one_out_bounds(log_w))  # (K, B)
+        score = jnp.sum(signals * log_q_disc)
+        loss = -(jnp.sum(bound) + score - stop_gradient(score))
+        mutable = jax.tree.map(lambda x: jnp.mean(x, 0), mutable) if mutable else None
+        return dict(
+            loss=loss,
+            bound=bound,
+            log_weights=log_w,
+            signals=signals,
+            log_q_discrete=log_q_disc,
+            mutable_state=mutable,
+        )
+
+    # ------------------------------------------------------------------ one particle
+    def _particle(self, key, param_map, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+        """(log w (B,), sum of non-reparameterised log q (B,), mutable state dict) of one draw."""
+        model_trace, guide_trace = importance_traces(model, guide, param_map, key, args, kwargs)
+        terms = weight_sites(model_trace, guide_trace)
+        size = data_size([s for s, _ in terms], self.plate)
+        log_w = jnp.zeros(1 if size is None else size)
+        log_q_disc = jnp.zeros_like(log_w)
+        for site, sign in terms:
+            log_w = log_w + sign * reduce_to_data(site["log_prob"], site, self.plate, size)
+            if sign < 0 and not site["fn"].has_rsample:
+                # score function: log q of the stop-gradiented value (unscaled: scaling is rejected)
+                log_q_disc = log_q_disc + reduce_to_data(site["log_prob"], site, self.plate, size)
+        mutable = {
+            name: site["value"]
+            for tr in (model_trace, guide_trace)
+            for name, site in tr.items()
+            if site["type"] == "mutable"
+        }
+        return log_w, log_q_disc, mutable

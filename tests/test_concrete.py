@@ -1,0 +1,237 @@
+"""Relaxed presence (``presence_estimator="concrete"``): the counting rule, the model's log joint
+against an independent numpy computation, pathwise gradients, temperature as a traced argument."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+from conftest import SMALL, make_scenes
+from numpyro import handlers
+from numpyro.infer import Trace_ELBO
+from numpyro.infer.util import log_density
+from test_dair import np_decode, np_place
+
+from numpyro_air import inference
+from numpyro_air.config import AIRConfig
+from numpyro_air.distributions import relaxed_presence_logit
+from numpyro_air.guide import guide, is_baseline_param
+from numpyro_air.inference import hard_presence, relaxed_counts
+from numpyro_air.model import latent_sites, model, presence_site
+from numpyro_air.prior import count_distribution, make_prior
+
+TINY = dict(image_size=8, window_size=4, z_what_size=2, rnn_hidden_size=8, encoder_net=(4,), decoder_net=(4,))
+CONFIG = AIRConfig(**SMALL, presence_estimator="concrete")
+
+
+def run(fn, seed, *args, data=None, **kwargs):
+    fn = handlers.seed(fn, seed)
+    if data is not None:
+        fn = handlers.substitute(fn, data=jax.tree.map(jnp.asarray, data))
+    with handlers.trace() as tr:
+        out = fn(*args, **kwargs)
+    return tr, out
+
+
+def params_of(tr):
+    return {k: s["value"] for k, s in tr.items() if s["type"] == "param"}
+
+
+@pytest.fixture(scope="module")
+def images():
+    return jnp.asarray(make_scenes(4, CONFIG.image_size, seed=11))
+
+
+@pytest.fixture(scope="module")
+def guide_params(images):
+    return params_of(run(guide, 0, images, CONFIG)[0])
+
+
+# ----------------------------------------------------------------------------- counting rule
+
+
+def test_counting_rule_on_hand_made_sequences():
+    z = jnp.array(
+        [
+            [0.9, 0.8, 0.6],  # products 0.9, 0.72, 0.432 -> 2
+            [0.4, 0.99, 0.99],  # 0.4 < 0.5 at once -> 0, later presences cannot revive it
+            [1.0, 1.0, 1.0],  # -> 3
+            [0.7, 0.7, 0.99],  # 0.7, 0.49 -> 1
+            [0.5, 1.0, 0.3],  # exactly 0.5 still counts -> 2
+            [1e-30, 1.0, 1.0],  # -> 0
+        ]
+    )
+    hard, counts = relaxed_counts(z)
+    np.testing.assert_array_equal(counts, [2, 0, 3, 1, 2, 0])
+    assert counts.dtype == jnp.int32 and hard.dtype == jnp.float32
+    np.testing.assert_array_equal(hard, (np.arange(3)[None, :] < np.asarray(counts)[:, None]).astype(np.float32))
+    # from running products directly (what the guide returns), with a batch of batches
+    w = jnp.cumprod(z, axis=-1)
+    np.testing.assert_array_equal(hard_presence(w[None])[1], counts[None])
+
+
+# ----------------------------------------------------------------------------- log p(x, z) in numpy
+
+
+def np_relaxed_bernoulli_logpdf(x, logit, temperature):
+    """Binary Concrete density (Maddison et al., 2017) at x in (0, 1), alpha = exp(logit):
+    lam alpha x^(-lam-1) (1-x)^(-lam-1) / (alpha x^(-lam) + (1-x)^(-lam))^2."""
+    lam, alpha = temperature, np.exp(logit)
+    num = np.log(lam) + np.log(alpha) + (-lam - 1) * (np.log(x) + np.log1p(-x))
+    return num - 2 * np.log(alpha * x ** (-lam) + (1 - x) ** (-lam))
+
+
+def norm_logpdf(x, loc, sd):
+    return -0.5 * ((x - loc) / sd) ** 2 - np.log(sd) - 0.5 * np.log(2 * np.pi)
+
+
+def np_log_joint(images, y, zw, zwhat, dec_params, config, probs, prior_temp):
+    """Per-site log-probs and canvas of the relaxed model, float64; y = logit(z_pres) (T, B)."""
+    T, B = y.shape
+    z = 1 / (1 + np.exp(-y))
+    logits = np.log(probs) - np.log1p(-probs)
+    # log-density of y = logit(z): the relaxed Bernoulli's at z plus log |dz/dy| = log z(1 - z)
+    lp_y = np_relaxed_bernoulli_logpdf(z, logits[:, None], prior_temp) + np.log(z) + np.log1p(-z)
+    loc = np.array([config.scale_prior_mean, config.pos_prior_mean, config.pos_prior_mean])
+    sd = np.array([config.scale_prior_sd, config.pos_prior_sd, config.pos_prior_sd])
+    lp_where = norm_logpdf(zw, loc, sd).sum(-1)  # unmasked: every step counts
+    lp_what = norm_logpdf(zwhat, 0.0, 1.0).sum(-1)
+    weights = np.cumprod(z, axis=0)  # running product (T, B)
+    H, w = config.image_size, config.window_size
+    canvas = np.zeros((B, H, H))
+    for t in range(T):
+        for b in range(B):
+            window = np_decode(dec_params, zwhat[t, b][None], config).reshape(w, w)
+            canvas[b] += weights[t, b] * np_place(zw[t, b], window, H)
+    obs = norm_logpdf(images.reshape(B, -1), canvas.reshape(B, -1), config.likelihood_sd).sum(-1)
+    return {"z_pres_logit": lp_y, "z_where": lp_where, "z_what": lp_what, "obs": obs}, canvas, z
+
+
+def test_model_log_joint_matches_numpy():
+    config = AIRConfig.tutorial(
+        **TINY, presence_estimator="concrete", concrete_temperature=0.7, concrete_prior_temperature=0.5
+    )
+    rng = np.random.default_rng(5)
+    T, B, H = config.num_steps, 3, config.image_size
+    images = make_scenes(B, H, seed=2)
+    y = rng.uniform(-4, 4, (T, B)).astype(np.float32)
+    y[1, 0] = -6.0  # an early ~0 presence: later objects of image 0 nearly vanish
+    zw = np.stack([rng.uniform(0.8, 1.5, (T, B)), rng.uniform(-0.5, 0.5, (T, B)), rng.uniform(-0.5, 0.5, (T, B))], -1)
+    zwhat = rng.normal(size=(T, B, config.z_what_size))
+    dec = params_of(run(model, 0, jnp.asarray(images), config)[0])["decode$params"]
+    dec = jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.8, x.shape), jnp.float32), dec)
+    data = {"decode$params": dec, "z_pres_logit": y, "z_where": zw.astype(np.float32), "z_what": zwhat.astype(np.float32)}
+    temperature = 1.4  # guide's; the prior's is 1.4 * 0.5 / 0.7 = 1.0
+    tr, canvas = run(model, 1, jnp.asarray(images), config, data=data, temperature=temperature)
+    probs = make_prior(config.z_pres_prior)
+    expected, np_canvas, z = np_log_joint(images, y, zw, zwhat, jax.tree.map(np.asarray, dec), config, probs, 1.0)
+
+    assert presence_site(config) == "z_pres_logit" and latent_sites(config)[0] == "z_pres_logit"
+    np.testing.assert_allclose(tr["z_pres"]["value"], z, rtol=1e-6)  # deterministic relaxed z_pres
+    np.testing.assert_allclose(canvas, np_canvas, atol=1e-4)
+    assert np.abs(np_canvas).sum() > 1.0
+    for k, v in expected.items():
+        got = np.asarray(tr[k]["fn"].log_prob(tr[k]["value"]))
+        np.testing.assert_allclose(got, v, rtol=1e-4, atol=1e-4, err_msg=k)
+    assert np.all(np.asarray(tr["z_where"]["fn"].log_prob(tr["z_where"]["value"])) != 0)  # never masked
+
+
+def test_relaxed_presence_logit_is_numpyros_relaxed_bernoulli():
+    logits, temp = jnp.array([-3.0, 0.0, 2.5]), 0.6
+    d = relaxed_presence_logit(logits, temp)
+    assert d.has_rsample
+    y = jnp.array([-2.0, 0.3, 4.0])
+    z = jax.nn.sigmoid(y)
+    expected = dist.RelaxedBernoulliLogits(temp, logits).log_prob(z) + jnp.log(z) + jnp.log1p(-z)
+    np.testing.assert_allclose(d.log_prob(y), expected, rtol=1e-5)
+    # far in the tails (z == 1 or 0 in float32) the logit-space density stays exact and finite
+    assert np.all(np.isfinite(d.log_prob(jnp.array([-200.0, 80.0, 1e3]))))
+
+
+# ----------------------------------------------------------------------------- guide and ELBO
+
+
+def test_guide_sites_and_no_baseline_nets(guide_params, images):
+    assert not any(is_baseline_param(k) for k in guide_params) and "decode$params" not in guide_params
+    tr, out = run(guide, 1, images, CONFIG, data=guide_params)
+    assert "z_pres" not in tr or tr["z_pres"]["type"] == "deterministic"
+    assert tr["z_pres_logit"]["fn"].has_rsample and "z_pres_baseline" not in tr
+    w = np.asarray(out["z_pres"])  # running product of relaxed presences
+    np.testing.assert_allclose(w, np.cumprod(np.asarray(tr["z_pres"]["value"]).T, axis=1), rtol=1e-6)
+    assert np.all((w > 0) & (w < 1)) and np.all(np.diff(w, axis=1) <= 0)
+    lq = np.asarray(tr["z_where"]["fn"].log_prob(tr["z_where"]["value"]))
+    assert np.all(lq != 0) and np.all(np.isfinite(lq))  # unmasked
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.02], ids=["t1", "t0.02"])
+def test_trace_elbo_gradients_reach_presence(guide_params, images, temperature):
+    model_params = params_of(run(model, 0, images, CONFIG)[0])
+    params = {**guide_params, **model_params}
+
+    def loss(p):
+        return Trace_ELBO().loss(jax.random.PRNGKey(3), p, model, guide, images, CONFIG, temperature=temperature)
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    assert np.isfinite(value)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    kernel = np.asarray(grads["predict$params"]["MLP_0"]["Dense_0"]["kernel"])  # (H, 7): column 0 = logit
+    assert np.any(kernel[:, 0] != 0) and np.any(kernel[:, 1:] != 0)  # pathwise gradient of the presence
+    assert any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(grads["decode$params"]))
+
+
+def test_temperature_is_traced_no_recompile(guide_params, images):
+    model_params = params_of(run(model, 0, images, CONFIG)[0])
+    tr, _ = run(guide, 2, images, CONFIG, data=guide_params)
+    latents = {k: tr[k]["value"] for k in latent_sites(CONFIG)}
+
+    @jax.jit
+    def densities(temperature):
+        kw = {"temperature": temperature}
+        lp_model = log_density(model, (images, CONFIG), kw, {**model_params, **latents})[0]
+        lp_guide = log_density(guide, (images, CONFIG), kw, {**guide_params, **latents})[0]
+        return lp_model, lp_guide
+
+    a, b = densities(jnp.float32(1.0)), densities(jnp.float32(0.5))
+    assert densities._cache_size() == 1
+    assert all(np.isfinite(v) for v in a + b)
+    assert a[0] != b[0] and a[1] != b[1]
+    # the default is the config's temperature
+    default = log_density(model, (images, CONFIG), {}, {**model_params, **latents})[0]
+    np.testing.assert_allclose(default, a[0], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- prior, inference
+
+
+def test_low_temperature_prior_counts_follow_the_discrete_prior():
+    """Independent relaxed presences weighted by their running product: at a low temperature the
+    hard counts follow the discrete model's truncated geometric prior."""
+    config = AIRConfig(**TINY, presence_estimator="concrete")
+    N = 20_000
+    tr, _ = run(model, 7, None, config, batch_size=N, temperature=1e-3)
+    _, counts = relaxed_counts(np.asarray(tr["z_pres"]["value"]).T)
+    freq = np.bincount(np.asarray(counts), minlength=4) / N
+    expected = count_distribution(make_prior(0.5))
+    se = np.sqrt(expected * (1 - expected) / N)
+    assert np.all(np.abs(freq - expected) <= 4 * se), (freq, expected)
+
+
+def test_infer_and_sample_prior_with_concrete(guide_params, images):
+    params = {**guide_params, **params_of(run(model, 0, images, CONFIG)[0])}
+    for greedy in (False, True):
+        res = inference.infer(params, images, jax.random.PRNGKey(0), CONFIG, greedy=greedy)
+        hard, counts = hard_presence(res["pres_weight"])
+        np.testing.assert_array_equal(res["z_pres"], hard)
+        np.testing.assert_array_equal(res["counts"], counts)
+        assert set(np.unique(res["z_pres"])) <= {0.0, 1.0} and res["reconstruction"].shape == (4, 20, 20)
+    # temperature as an argument of the jitted infer: no recompilation
+    size = inference.infer._cache_size()
+    inference.infer(params, images, jax.random.PRNGKey(0), CONFIG, True, True, jnp.float32(0.3))
+    inference.infer(params, images, jax.random.PRNGKey(0), CONFIG, True, True, jnp.float32(0.6))
+    assert inference.infer._cache_size() == size + 1
+
+    out = inference.sample_prior(params, jax.random.PRNGKey(1), CONFIG, 4, counts=jnp.array([0, 1, 2, 3]))
+    np.testing.assert_array_equal(np.asarray(out["z_pres"]).sum(1), [0, 1, 2, 3])
+    assert np.all(np.asarray(out["canvas"][0]) == 0.0) and np.abs(np.asarray(out["canvas"][3])).sum() > 0

@@ -1,0 +1,138 @@
+"""No lost work: SIGINT/SIGTERM stop the CLI with a checkpoint and a resume command; SIGKILL at any
+instant (also during a save) leaves the last complete checkpoint loadable and the log parseable;
+resumed runs end bit for bit where an uninterrupted run ends (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from numpyro_air.checkpoint import read_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SLOW_SAVE = ROOT / "tests" / "scripts" / "train_slow_save.py"
+STEPS = 1200
+
+
+def fake_mnist(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:28, :28]
+    x = np.stack([np.exp(-((yy - rng.uniform(10, 18)) ** 2 + (xx - rng.uniform(10, 18)) ** 2) / 20) for _ in range(60)])
+    y = rng.integers(0, 10, 60)
+    x = (x * 200).astype(np.uint8)
+    np.savez(path, x_train=x, y_train=y, x_test=x[:30], y_test=y[:30])
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("interrupt")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    args = ["--preset", "tutorial", "-n", str(STEPS), "-b", "8", "--mnist", str(fake_mnist(tmp / "mnist.npz")),
+            "--data-dir", str(tmp / "cache"), "--num-train", "32", "--num-test", "8",
+            "--rnn-hidden-size", "8", "--encoder-latent-size", "4", "--encoder-net", "8",
+            "--decoder-net", "8", "--predict-net", "8", "--bl-predict-net", "8", "--progress-every", "50",
+            "--eval-train-images", "8", "--no-progress", "--seed", "2"]
+    ref = tmp / "ref"
+    proc = subprocess.run([sys.executable, "-m", "numpyro_air.cli", "train", *args, "--out", str(ref)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, env, args, read_checkpoint(ref / "checkpoint.npz")[1]
+
+
+def assert_same_arrays(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def wait_for_train_row(metrics: Path, proc, timeout: float = 300) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if metrics.exists() and '"kind": "train"' in metrics.read_text():
+            return
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.05)
+    raise AssertionError("no progress row within the timeout")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_writes_checkpoint_and_resume_is_exact(setup, signum):
+    tmp, env, args, ref = setup
+    out = tmp / f"sig{int(signum)}"
+    proc = subprocess.Popen([sys.executable, "-m", "numpyro_air.cli", "train", *args, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for_train_row(out / "metrics.jsonl", proc)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + int(signum), err[-3000:]
+    meta, _ = read_checkpoint(out / "checkpoint.npz")
+    assert 0 < meta["step"] < STEPS  # stopped mid-run, after a finished step
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(r["step"] <= meta["step"] for r in rows)
+    command = re.search(r"resume with:\n\s+(.+)", err).group(1)
+    assert "--load" in command and str(out / "checkpoint.npz") in command
+    again = subprocess.run(shlex.split(command), capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_same_arrays(read_checkpoint(out / "checkpoint.npz")[1], ref)
+
+
+def _last_logged_step(metrics: Path) -> int:
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    return max((json.loads(line)["step"] for line in lines), default=0)
+
+
+def _kill_and_check(cmd, env, out: Path, during_save: bool, rng) -> int:
+    """Start ``cmd``, SIGKILL it at a random instant (a random step past the last checkpoint, plus a
+    random delay) or while a save is between writing its temporary file and the rename; return
+    the step of the checkpoint left behind (0 if none), after checking it and the log."""
+    before = read_checkpoint(out / "checkpoint.npz")[0]["step"] if (out / "checkpoint.npz").exists() else 0
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    if during_save:
+        for line in proc.stdout:
+            if line.startswith("SAVING"):
+                break
+    else:
+        target = before + int(rng.integers(250, 450))
+        while _last_logged_step(out / "metrics.jsonl") < target:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+    proc.kill()
+    proc.wait(timeout=60)
+    proc.stdout.close()
+    step = read_checkpoint(out / "checkpoint.npz")[0]["step"] if (out / "checkpoint.npz").exists() else 0
+    assert step >= before
+    for line in (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []:
+        json.loads(line)  # whole lines only
+    if during_save:
+        assert list(out.glob("checkpoint.npz.*.tmp")), "the kill was meant to land inside a save"
+    return step
+
+
+def test_sigkill_at_random_instants_resumes_from_last_checkpoint(setup):
+    tmp, env, args, ref = setup
+    out = tmp / "killed"
+    base = [sys.executable, str(SLOW_SAVE), *args, "--out", str(out), "--save-every", "200"]
+    rng = np.random.default_rng(7)
+    steps = []
+    for attempt, during_save in enumerate([False, True, False, True, False]):
+        resume = ["--load", str(out / "checkpoint.npz")] if (out / "checkpoint.npz").exists() else ["--overwrite"]
+        steps.append(_kill_and_check(base + resume, env, out, during_save, rng))
+        assert steps[-1] % 200 == 0, steps
+    assert len(set(steps)) >= 3, steps  # the kills landed at different points of the run
+    final = subprocess.run(base + ["--load", str(out / "checkpoint.npz")], capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert_same_arrays(read_checkpoint(out / "checkpoint.npz")[1], ref)
