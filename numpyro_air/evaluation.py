@@ -33,6 +33,7 @@ def evaluate(params, tcfg, air: AIRConfig, test_set, train_set, key) -> dict:
             suffix = "_greedy" if greedy else ""
             out[f"{split}_accuracy{suffix}"] = res["accuracy"]
             out[f"{split}_confusion{suffix}"] = res["confusion"]
+            out[f"{split}_accuracy_by_count{suffix}"] = res["accuracy_by_count"]
         out[f"{split}_images"] = int(len(counts))
     return out
 

@@ -118,12 +118,14 @@ def confusion_matrix(true_counts: np.ndarray, inferred: np.ndarray, num_steps: i
 
 
 def count_accuracy(params, images, true_counts, key, config: AIRConfig, greedy: bool = False, batch_size: int = 1000) -> dict:
-    """Count accuracy and confusion matrix. ``greedy=False`` is Pyro's metric (one guide sample
-    per image); ``greedy=True`` uses the guide's most probable path."""
+    """Count accuracy, accuracy per true count and confusion matrix. ``greedy=False`` is Pyro's
+    metric (one guide sample per image); ``greedy=True`` uses the guide's most probable path."""
+    from .metrics import accuracy_by_count
+
     out = infer_batched(params, images, key, config, greedy, batch_size, reconstruct=False)
     conf = confusion_matrix(true_counts, out["counts"], config.num_steps)
     acc = float(np.mean(np.asarray(true_counts) == out["counts"]))
-    return {"accuracy": acc, "confusion": conf.tolist()}
+    return {"accuracy": acc, "confusion": conf.tolist(), "accuracy_by_count": accuracy_by_count(true_counts, out["counts"])}
 
 
 @partial(jax.jit, static_argnames=("config", "num_scenes"))

@@ -4,6 +4,7 @@ the CLI scripts (train.py, evaluate.py, plot.py) and the inference API."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,11 @@ def test_outputs_of_a_run(full_run):
     conf = np.asarray(ev["test_confusion"])
     assert conf.shape == (3, AIR.num_steps + 1) and conf.sum() == 16
     assert ev["test_accuracy"] == pytest.approx(np.trace(conf) / 16)
+    by_count = ev["test_accuracy_by_count"]  # per true count, consistent with the confusion matrix
+    for c, row in enumerate(conf):
+        if row.sum():
+            assert by_count[str(c)]["images"] == row.sum()
+            assert by_count[str(c)]["accuracy"] == pytest.approx(row[c] / row.sum())
     assert summary["steps"] == 4
 
 
@@ -183,13 +189,16 @@ def test_cli_train_evaluate_plot(tmp_path):
     ds = generate_multi_mnist(x2, y2, 12, canvas_size=50, seed=9)
     save_eval_npz(tmp_path / "eval.npz", ds)
     ev = subprocess.run([sys.executable, str(ROOT / "experiments" / "evaluate.py"), "--checkpoint",
-                         str(out / "checkpoint.npz"), "--data", str(tmp_path / "eval.npz"), "--json"],
+                         str(out), "--data", str(tmp_path / "eval.npz"), "--json"],  # a run directory
                         capture_output=True, text=True, timeout=900)
     assert ev.returncode == 0, ev.stderr[-3000:]
     res = json.loads(ev.stdout.strip().splitlines()[-1])
     conf = np.asarray(res["confusion"])
     assert conf.sum() == 12 and 0.0 <= res["count_accuracy"] <= 1.0
     assert res["count_accuracy"] == pytest.approx(np.trace(conf[:, : conf.shape[0]]) / 12)
+    assert sum(v["images"] for v in res["accuracy_by_count"].values()) == 12
+    loc = res["localisation"]  # the evaluation file has ground-truth boxes
+    assert loc["true_objects"] == int(ds.counts.sum()) and 0.0 <= loc["matched_within_radius"] <= 1.0
     # a corrupt checkpoint gives a clear error, not a traceback
     (tmp_path / "bad.msgpack").write_bytes(b"garbage")
     bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "evaluate.py"), "--checkpoint",
@@ -204,7 +213,8 @@ def test_cli_train_evaluate_plot(tmp_path):
 
 
 def test_cli_rejects_bad_options(tmp_path):
-    for args, msg in ((["--num-seeds", "0"], "num_seeds"), (["--device", "tpu"], "tpu"), (["--window-size", "60"], "window_size")):
+    cases = ((["--num-seeds", "0"], "num_seeds"), (["--device", "tpu"], "tpu"), (["--window-size", "60"], "window_size"))
+    for args, msg in cases:
         proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), "--out", str(tmp_path / "o"), *args],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode != 0 and msg in proc.stderr, (args, proc.stderr[-2000:])
@@ -244,3 +254,36 @@ def test_loop_uses_the_annealed_prior_of_each_step_and_logs_elbo_per_image(tmp_p
     assert elbo2[0] == pytest.approx(elbo_per_image(2), rel=1e-5)
     # the test can tell: the previous step's prior moves the ELBO by far more than the tolerance
     assert abs(elbo_per_image(1) - elbo_per_image(2)) > 10 * 1e-5 * abs(elbo_per_image(2))
+
+
+def test_console_command_and_device_contradiction(tmp_path):
+    exe = Path(sys.executable).parent / "numpyro-air"
+    assert exe.is_file(), "the console command is installed by `pip install -e .`"
+    top = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert top.returncode == 0 and all(c in top.stdout for c in ("train", "evaluate", "plot"))
+    bad = subprocess.run([str(exe), "nonsense"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "unknown command" in bad.stderr
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    clash = subprocess.run([str(exe), "train", "--device", "gpu", "--out", str(tmp_path / "o")], capture_output=True,
+                           text=True, env=env, timeout=300)
+    assert clash.returncode != 0 and "--device gpu" in clash.stderr and "JAX_PLATFORMS='cpu'" in clash.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_exception_in_the_loop_writes_the_last_good_state(tmp_path, datasets, monkeypatch):
+    import numpyro_air.training as training
+
+    def broken_evaluation(*args, **kwargs):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(training, "evaluate", broken_evaluation)
+    out = tmp_path / "crash"
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        run(out, 6, datasets, eval_every=3)
+    meta, arrays = read_checkpoint(out / "checkpoint.npz")
+    assert meta["step"] == 3  # the state of the last step that finished, saved before propagating
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [2, 3]  # log closed with the pending row
+    monkeypatch.undo()
+    run(out, 6, datasets, load=out / "checkpoint.npz")  # and the run resumes from it
+    assert read_checkpoint(out / "checkpoint.npz")[0]["step"] == 6
