@@ -26,7 +26,7 @@ def _grid(n: int, ncols: int):
     return int(np.ceil(n / ncols)), ncols
 
 
-def _draw_boxes(ax, boxes: np.ndarray, z_pres: np.ndarray) -> None:
+def draw_boxes(ax, boxes: np.ndarray, z_pres: np.ndarray) -> None:
     from matplotlib.patches import Rectangle
 
     for t, (box, pres) in enumerate(zip(boxes, z_pres)):
@@ -57,7 +57,7 @@ def save_boxes_figure(
         H = images[i].shape[0]
         ax.set_xlim(-0.5, H - 0.5)
         ax.set_ylim(H - 0.5, -0.5)
-        _draw_boxes(ax, boxes[i], z_pres[i])
+        draw_boxes(ax, boxes[i], z_pres[i])
         label = f"n={int(np.sum(z_pres[i]))}"
         if true_counts is not None:
             label += f" (true {int(true_counts[i])})"
@@ -87,7 +87,7 @@ def save_reconstruction_figure(
             H = img.shape[0]
             ax.set_xlim(-0.5, H - 0.5)
             ax.set_ylim(H - 0.5, -0.5)
-            _draw_boxes(ax, boxes[i], z_pres[i])
+            draw_boxes(ax, boxes[i], z_pres[i])
     axes[0, 0].set_title("data", fontsize=8, loc="left")
     axes[1, 0].set_title("reconstruction", fontsize=8, loc="left")
     if title:
