@@ -18,4 +18,15 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     for i, block in enumerate(blocks):
         exec(compile(block, f"README.md python block {i}", "exec"), namespace)
     assert namespace["counts"].shape == (32,)
-    assert (tmp_path / "my_params.npz").is_file()
+    # the params-only float16 export reads back as the same tree, within float16 rounding
+    import jax
+    import numpy as np
+
+    from numpyro_air import load_params
+
+    config, params = load_params(tmp_path / "my_params.npz")
+    assert config == namespace["config"]
+    assert jax.tree.structure(params) == jax.tree.structure(namespace["params"])
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(namespace["params"])):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    assert jax.tree.structure(namespace["same"]) == jax.tree.structure(namespace["params"])
