@@ -397,6 +397,35 @@ def finish(run: Run) -> dict:
     return summary
 
 
+def start_run(air, opt, tcfg, datasets, out_dir: Path, save_base: Path, data_desc: dict, load, log, mesh) -> Run:
+    """The SVI, its states (fresh or restored, replicated over ``mesh``) and the metrics log."""
+    svi = make_svi(air, opt)
+    example = jnp.asarray(to_float(datasets[0].images[: tcfg.batch_size]))  # shapes for init
+    meta_of = lambda k, step: run_meta(air, opt, tcfg, data_desc, k, step)
+    states, start, wall_offset = initial_states(svi, tcfg, example, load, meta_of)
+    if mesh is not None:
+        states = jax.device_put(states, parallel.replicated(mesh))
+    writer = jax.process_index() == 0
+    metrics = MetricsLog(out_dir / "metrics.jsonl", start if load is not None else None, writer)
+    return Run(
+        air=air,
+        opt=opt,
+        tcfg=tcfg,
+        svi=svi,
+        train_set=datasets[0],
+        test_set=datasets[1],
+        out_dir=out_dir,
+        save_base=save_base,
+        data_desc=data_desc,
+        log=log,
+        metrics=metrics,
+        states=states,
+        step=start,
+        wall_offset=wall_offset,
+        writer=writer,
+    )
+
+
 def train(
     air: AIRConfig,
     opt: OptimConfig,
@@ -428,45 +457,21 @@ def train(
     _prepare_out_dir(out_dir, save_base, K, load, overwrite)
     _check_data(air, tcfg, train_set)
     mesh = _mesh(devices, tcfg.batch_size)
-    svi = make_svi(air, opt)
+    run = start_run(air, opt, tcfg, (train_set, test_set), out_dir, save_base, data_desc or {}, load, log, mesh)
+    step_fn, actions = make_step(run.svi, K, mesh), periodic_actions(tcfg)
     feed = Feeder(np.asarray(train_set.images), tcfg, mesh)
-    example = jnp.asarray(to_float(train_set.images[: tcfg.batch_size]))  # shapes for init
-    meta_of = lambda k, step: run_meta(air, opt, tcfg, data_desc or {}, k, step)  # noqa: E731
-    states, start, wall_offset = initial_states(svi, tcfg, example, load, meta_of)
-    writer = jax.process_index() == 0
-    metrics = MetricsLog(out_dir / "metrics.jsonl", start if load is not None else None, writer)
-    run = Run(
-        air,
-        opt,
-        tcfg,
-        svi,
-        train_set,
-        test_set,
-        out_dir,
-        save_base,
-        data_desc or {},
-        log,
-        metrics,
-        states,
-        start,
-        wall_offset,
-        writer=writer,
-    )
-    step_fn = make_step(svi, K, mesh)
-    if mesh is not None:
-        run.states = jax.device_put(states, parallel.replicated(mesh))
     log(
-        f"{'resumed at' if load is not None else 'starting'} step {start}: {K} seed(s), batch {tcfg.batch_size}, "
+        f"{'resumed at' if load is not None else 'starting'} step {run.step}: {K} seed(s), batch {tcfg.batch_size}, "
         f"{1 if mesh is None else mesh.devices.size} device(s), {jax.process_count()} process(es)"
     )
-    run.bar = tqdm(total=tcfg.num_steps, initial=start, disable=not (progress and writer), dynamic_ncols=True, unit="step")
+    run.bar = tqdm(total=tcfg.num_steps, initial=run.step, disable=not (progress and run.writer), dynamic_ncols=True)
     with stop_on_signals() as stop:
         try:
-            for i in range(start, tcfg.num_steps):
+            for i in range(run.step, tcfg.num_steps):
                 run.states, info = step_fn(run.states, *feed(i), jnp.asarray(i + 1, jnp.int32))
                 run.step = i + 1
                 run.pending.append(info)
-                for every, action in periodic_actions(tcfg):
+                for every, action in actions:
                     if every and run.step % every == 0:
                         action(run)
                 if stop:
