@@ -85,7 +85,8 @@ def main(argv=None) -> dict:
         print(f"one seed, plain (un-vmapped) step: {single['sec_per_step']:.4f} s/step, {single['images_per_sec']:.0f} images/s")
         print(f"{'K':>3} {'s/step':>9} {'images/s':>9} {'efficiency':>10} {'compile s':>9}")
         for r in rows:
-            print(f"{r['num_seeds']:>3} {r['sec_per_step']:>9.4f} {r['images_per_sec']:>9.0f} {r['efficiency']:>10.2f} {r['compile_sec']:>9.1f}")
+            print(f"{r['num_seeds']:>3} {r['sec_per_step']:>9.4f} {r['images_per_sec']:>9.0f} "
+                  f"{r['efficiency']:>10.2f} {r['compile_sec']:>9.1f}")
     return res
 
 

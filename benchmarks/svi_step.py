@@ -113,6 +113,9 @@ def _xla_flops(compiled):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--estimator", choices=("nvil", "nvil-normalised", "vimco", "concrete"), default="nvil",
+                    help="z_pres estimator of the step (tutorial networks otherwise)")
+    ap.add_argument("--particles", type=int, default=None, help="ELBO particles (VIMCO's K; default 1, VIMCO 4)")
     ap.add_argument("--steps", type=int, default=50, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps after compilation")
     ap.add_argument("--device", choices=("cpu", "gpu", "tpu"), default=None, help="default: JAX's default backend")
@@ -127,14 +130,19 @@ def main(argv=None) -> dict:
     from numpyro_air.svi import OptimConfig, make_svi, make_update
 
     device = _pick_device(args.device)
-    cfg = AIRConfig.tutorial()
+    est = args.estimator.replace("-normalised", "")
+    cfg = AIRConfig.tutorial(presence_estimator=est)
+    particles = args.particles or (4 if est == "vimco" else 1)
     B = args.batch_size
     rng = np.random.default_rng(args.seed)
     with jax.default_device(device):
-        pool = [jax.device_put(rng.uniform(0, 1, (B, cfg.image_size, cfg.image_size)).astype(np.float32), device) for _ in range(4)]
+        shape = (B, cfg.image_size, cfg.image_size)
+        pool = [jax.device_put(rng.uniform(0, 1, shape).astype(np.float32), device) for _ in range(4)]
         n_total = 1 + args.warmup + args.steps
         step_ids = [jax.device_put(np.int32(i), device) for i in range(1, n_total + 1)]
-        svi = make_svi(cfg, OptimConfig(learning_rate=1e-4, baseline_learning_rate=0.1))  # tutorial lrs
+        optim = OptimConfig(learning_rate=1e-4, baseline_learning_rate=0.1, num_particles=particles,
+                            normalize_signal=args.estimator == "nvil-normalised")  # tutorial lrs
+        svi = make_svi(cfg, optim)
         # commit the state to the device like the step's outputs, so the jit dispatch cache keeps
         # one entry (an uncommitted first state adds a second entry, though no retrace)
         state = jax.device_put(jax.jit(svi.init)(jax.random.PRNGKey(args.seed), pool[0]), device)
@@ -170,6 +178,8 @@ def main(argv=None) -> dict:
         "sec_per_step": sec,
         "images_per_sec": B / sec,
         "batch_size": B,
+        "estimator": args.estimator,
+        "particles": particles,
         "device": str(device),
         "device_kind": getattr(device, "device_kind", None),
         "backend": device.platform,
