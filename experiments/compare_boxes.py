@@ -35,7 +35,7 @@ def main(argv=None) -> Path:
     images = ev.images[np.flatnonzero(ev.counts == args.count)[: args.num]]
     if len(images) == 0:
         raise SystemExit(f"error: {args.data} has no scene with {args.count} objects")
-    fig = Figure(figsize=(1.6 * len(images), 1.8 * len(args.models)))
+    fig = Figure(figsize=(1.6 * len(images), 2.2 * len(args.models) + 0.3), layout="constrained")
     axes = fig.subplots(len(args.models), len(images), squeeze=False)
     for row, spec in enumerate(args.models):
         name, _, path = spec.partition("=")
@@ -47,7 +47,7 @@ def main(argv=None) -> Path:
             ax.set_title(f"{name}: {int(res['counts'][col])}", fontsize=8)
             ax.axis("off")
     fig.suptitle(f"inferred boxes on scenes with {args.count} objects (most probable path)", fontsize=9)
-    fig.tight_layout()
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
