@@ -115,6 +115,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--estimator", choices=("nvil", "nvil-normalised", "vimco", "concrete"), default="nvil",
                     help="z_pres estimator of the step (tutorial networks otherwise)")
+    ap.add_argument("--dair", action="store_true", help="DAIR guide input (image minus reconstruction so far)")
     ap.add_argument("--particles", type=int, default=None, help="ELBO particles (VIMCO's K; default 1, VIMCO 4)")
     ap.add_argument("--steps", type=int, default=50, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps after compilation")
@@ -131,7 +132,7 @@ def main(argv=None) -> dict:
 
     device = _pick_device(args.device)
     est = args.estimator.replace("-normalised", "")
-    cfg = AIRConfig.tutorial(presence_estimator=est)
+    cfg = AIRConfig.tutorial(presence_estimator=est, guide_input="difference" if args.dair else "image")
     particles = args.particles or (4 if est == "vimco" else 1)
     B = args.batch_size
     rng = np.random.default_rng(args.seed)
@@ -179,6 +180,7 @@ def main(argv=None) -> dict:
         "images_per_sec": B / sec,
         "batch_size": B,
         "estimator": args.estimator,
+        "guide_input": cfg.guide_input,
         "particles": particles,
         "device": str(device),
         "device_kind": getattr(device, "device_kind", None),
