@@ -235,3 +235,24 @@ def test_infer_and_sample_prior_with_concrete(guide_params, images):
     out = inference.sample_prior(params, jax.random.PRNGKey(1), CONFIG, 4, counts=jnp.array([0, 1, 2, 3]))
     np.testing.assert_array_equal(np.asarray(out["z_pres"]).sum(1), [0, 1, 2, 3])
     assert np.all(np.asarray(out["canvas"][0]) == 0.0) and np.abs(np.asarray(out["canvas"][3])).sum() > 0
+
+
+def test_temperature_schedule_is_exponential_and_validated():
+    """concrete_temperature(config, step): T0 at step 0, T_to after the anneal, geometric between
+    (T0 (T_to / T0)^(step / N)), clamped after; a traced step (no recompilation)."""
+    from numpyro_air.prior import concrete_temperature
+
+    cfg = AIRConfig(presence_estimator="concrete", concrete_temperature=2.0, concrete_temperature_to=0.5,
+                    concrete_anneal_steps=100)
+    for step, want in ((0, 2.0), (50, 2.0 * 0.25**0.5), (100, 0.5), (400, 0.5)):
+        assert float(concrete_temperature(cfg, step)) == pytest.approx(want, rel=1e-5)
+    f = jax.jit(lambda s: concrete_temperature(cfg, s))
+    assert float(f(jnp.int32(25))) == pytest.approx(2.0 * 0.25**0.25, rel=1e-5) and f._cache_size() == 1
+    f(jnp.int32(75))
+    assert f._cache_size() == 1
+    assert float(concrete_temperature(AIRConfig(presence_estimator="concrete", concrete_temperature=0.7), 10**6)) == (
+        pytest.approx(0.7))
+    with pytest.raises(ValueError, match="set together"):
+        AIRConfig(presence_estimator="concrete", concrete_temperature_to=0.5)
+    with pytest.raises(ValueError, match="concrete_temperature_to"):
+        AIRConfig(presence_estimator="concrete", concrete_temperature_to=-1.0, concrete_anneal_steps=10)

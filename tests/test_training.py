@@ -189,7 +189,7 @@ def test_cli_train_evaluate_plot(tmp_path):
     ds = generate_multi_mnist(x2, y2, 12, canvas_size=50, seed=9)
     save_eval_npz(tmp_path / "eval.npz", ds)
     ev = subprocess.run([sys.executable, str(ROOT / "experiments" / "evaluate.py"), "--checkpoint",
-                         str(out), "--data", str(tmp_path / "eval.npz"), "--json"],  # a run directory
+                         str(out), "--data", str(tmp_path / "eval.npz"), "--json", "--iwae", "3"],  # a run directory
                         capture_output=True, text=True, timeout=900)
     assert ev.returncode == 0, ev.stderr[-3000:]
     res = json.loads(ev.stdout.strip().splitlines()[-1])
@@ -197,6 +197,9 @@ def test_cli_train_evaluate_plot(tmp_path):
     assert conf.sum() == 12 and 0.0 <= res["count_accuracy"] <= 1.0
     assert res["count_accuracy"] == pytest.approx(np.trace(conf[:, : conf.shape[0]]) / 12)
     assert sum(v["images"] for v in res["accuracy_by_count"].values()) == 12
+    # --iwae K: IWAE-K and 1-sample ELBO means (nats per image) over the file's images
+    assert res["iwae_samples"] == 3 and res["iwae_images"] == 12
+    assert np.isfinite(res["log_likelihood_iwae"]) and np.isfinite(res["elbo"])
     loc = res["localisation"]  # the evaluation file has ground-truth boxes
     assert loc["true_objects"] == int(ds.counts.sum()) and 0.0 <= loc["matched_within_radius"] <= 1.0
     # a corrupt checkpoint gives a clear error, not a traceback
