@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from .data import to_float
 from .parallel import batch_sharding, replicated
 from .svi import make_update
 
@@ -69,8 +70,7 @@ def sharded_batch(data: np.ndarray, idx: np.ndarray, mesh: Mesh) -> jax.Array:
     shape = (K, B) + tuple(data.shape[1:])
 
     def rows(index):
-        part = data[idx[index[0], index[1]]]
-        part = part.astype(np.float32) / np.float32(255.0) if part.dtype == np.uint8 else part.astype(np.float32)
+        part = to_float(data[idx[index[0], index[1]]])
         return part[(slice(None), slice(None)) + tuple(index[2:])]
 
     return jax.make_array_from_callback(shape, batch_sharding(mesh), rows)
