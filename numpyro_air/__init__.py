@@ -16,10 +16,11 @@ from .config import AIRConfig
 from .data import load_multi_mnist
 from .elbo import NVIL_ELBO
 from .guide import guide
-from .inference import infer
+from .inference import decode_windows, infer
 from .likelihood import elbo_per_image, log_marginal_likelihood
 from .metrics import accuracy_by_count, localisation
 from .model import model
+from .pretrained_model import heldout_scenes, pretrained
 from .prior import z_pres_prior_probs
 from .pyro_compat import from_pyro_state_dict, to_pyro_state_dict
 from .step import make_step
@@ -44,7 +45,9 @@ __all__ = [
     "to_pyro_state_dict",
     "bounding_boxes",
     "export_params",
+    "decode_windows",
     "guide",
+    "heldout_scenes",
     "image_to_window",
     "infer",
     "inference",
@@ -54,6 +57,7 @@ __all__ = [
     "make_svi",
     "make_update",
     "model",
+    "pretrained",
     "window_to_image",
     "z_pres_prior_probs",
 ]

@@ -12,7 +12,7 @@ from numpyro import handlers
 
 from .config import AIRConfig
 from .guide import guide
-from .model import latent_sites, model, validate_images
+from .model import latent_sites, model, register_decoder, validate_images
 from .transform import bounding_boxes
 
 # Relaxed presence: an object counts while the running product of presences is >= this.
@@ -79,6 +79,17 @@ def infer(
             m(images, config, temperature=temperature)
         result["reconstruction"] = model_trace["canvas"]["value"]
     return result
+
+
+@partial(jax.jit, static_argnames=("config",))
+def decode_windows(params: dict, z_what: jnp.ndarray, config: AIRConfig) -> jnp.ndarray:
+    """Each object's decoded window before placement: z_what (..., z) -> (..., w, w) with the
+    model's decoder (``params["decode$params"]``), e.g. ``infer(...)["z_what"]`` (B, T, z)."""
+    if z_what.shape[-1:] != (config.z_what_size,):
+        raise ValueError(f"z_what must end in ({config.z_what_size},), got shape {z_what.shape}")
+    w = config.window_size
+    flat = handlers.substitute(lambda: register_decoder(config)(z_what.reshape(-1, config.z_what_size)), data=params)()
+    return flat.reshape(z_what.shape[:-1] + (w, w))
 
 
 def infer_batched(

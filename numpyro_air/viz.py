@@ -182,3 +182,44 @@ def _save(fig, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)  # Agg canvas attached by Figure itself; nothing global to close
     return path
+
+
+def save_windows_figure(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    windows: np.ndarray,
+    boxes: np.ndarray,
+    z_pres: np.ndarray,
+    title: str = "",
+) -> Path:
+    """One row per scene: the image with its inferred boxes, then each step's decoded window
+    (N, T, w, w) before placement (absent objects drawn faded and labelled "absent")."""
+    n, T = windows.shape[:2]
+    fig, axes = _subplots(n, T + 1, figsize=(1.4 * (T + 1), 1.45 * n), squeeze=False)
+    colours = ("red", "lime", "dodgerblue", "orange", "magenta")
+    for i in range(n):
+        ax = axes[i, 0]
+        ax.axis("off")
+        ax.imshow(np.clip(images[i], 0, 1), cmap="gray", vmin=0, vmax=1)
+        H = images[i].shape[0]
+        ax.set_xlim(-0.5, H - 0.5)
+        ax.set_ylim(H - 0.5, -0.5)
+        draw_boxes(ax, boxes[i], z_pres[i])
+        for t in range(T):
+            ax = axes[i, t + 1]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            present = bool(z_pres[i, t])
+            ax.imshow(np.clip(windows[i, t], 0, 1), cmap="gray", vmin=0, vmax=1, alpha=1.0 if present else 0.25)
+            for side in ax.spines.values():
+                side.set_color(colours[t % len(colours)] if present else "lightgray")
+                side.set_linewidth(2 if present else 1)
+            if not present:
+                ax.set_title("absent", fontsize=6, color="gray")
+            elif i == 0:
+                ax.set_title(f"step {t + 1}", fontsize=7)
+    axes[0, 0].set_title("scene", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

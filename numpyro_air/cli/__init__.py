@@ -15,6 +15,7 @@ COMMANDS = {
     "train": "train AIR (Pyro's example flags plus seeds, devices, data options)",
     "evaluate": "count accuracy, per-count accuracy, localisation (and IWAE) of a checkpoint",
     "plot": "regenerate a run's figures from its log and checkpoint",
+    "demo": "run the shipped pretrained model on held-out scenes: counts, accuracy, figures",
 }
 
 
