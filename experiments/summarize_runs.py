@@ -21,7 +21,12 @@ from numpyro_air import viz
 THRESHOLDS = (0.90, 0.95)
 
 
-def run_summary(records: list, steps: Sequence[int]) -> dict:
+def _pct(t: float) -> str:
+    """0.95 -> "95%", 0.987 -> "98.7%"."""
+    return f"{t:.1%}".replace(".0%", "%")
+
+
+def run_summary(records: list, steps: Sequence[int], thresholds: Sequence[float] = THRESHOLDS) -> dict:
     """Per-seed accuracy at ``steps``, first evaluated step reaching each threshold, last ELBO, speed."""
     evals = [r for r in records if r.get("kind") == "eval"]
     trains = [r for r in records if r.get("kind") == "train"]
@@ -32,7 +37,7 @@ def run_summary(records: list, steps: Sequence[int]) -> dict:
         acc = {r["step"]: r["test_accuracy"] for r in rows}
         per_seed[seed] = {
             "accuracy_at": {s: acc.get(s) for s in steps},
-            "steps_to": {f"{t:.0%}": next((r["step"] for r in rows if r["test_accuracy"] >= t), None) for t in THRESHOLDS},
+            "steps_to": {_pct(t): next((r["step"] for r in rows if r["test_accuracy"] >= t), None) for t in thresholds},
             "final_step": rows[-1]["step"],
             "final_accuracy": rows[-1]["test_accuracy"],
             "final_accuracy_greedy": rows[-1].get("test_accuracy_greedy"),

@@ -33,6 +33,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--iwae-images", type=int, default=1000, help="images used for --iwae (first N)")
     p.add_argument("--device", choices=["cpu", "gpu", "tpu"])
     p.add_argument("--figures", type=str, help="also write boxes/reconstruction/confusion PNGs here")
+    p.add_argument("--discrete", action="store_true",
+                   help="relaxed-presence (Concrete) models: evaluate the discrete AIR model they approximate "
+                        "(z_pres ~ Bernoulli of the same guide logits, the same prior probabilities)")
     return p
 
 
@@ -45,6 +48,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if cand.is_file():
             return cand
     raise SystemExit(f"error: run directory {path} holds no checkpoint.npz or checkpoint_seed*.npz")
+
+
+def discrete_reading(air):
+    """The discrete AIR model a relaxed-presence config approximates (zero-temperature limit):
+    same networks and z_pres prior probabilities, Bernoulli presence, no baseline networks."""
+    import dataclasses
+
+    if not air.relaxed_presence:
+        raise SystemExit(f"error: --discrete is for relaxed-presence models; this one uses {air.presence_estimator!r}")
+    return dataclasses.replace(air, presence_estimator="nvil", use_baselines=False)
 
 
 def evaluate_file(params, air, ev, key, batch_size: int) -> dict:
@@ -84,6 +97,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
             f"error: {args.data} has images of shape {ev.images.shape[1:]}, the model expects "
             f"({air.image_size}, {air.image_size})"
         )
+    if args.discrete:
+        air = discrete_reading(air)
     if args.limit:
         ev = type(ev)(*(None if a is None else a[: args.limit] for a in ev))
     key = jax.random.PRNGKey(args.seed)
@@ -92,6 +107,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
         "data": str(args.data),
         "num_images": int(len(ev.counts)),
         "step": meta.get("step"),
+        "presence": air.presence_estimator + (" (discrete reading)" if args.discrete else ""),
         **evaluate_file(params, air, ev, key, args.batch_size),
     }
     if args.iwae:
