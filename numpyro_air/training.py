@@ -27,7 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import parallel, viz
-from .checkpoint import CheckpointError, read_checkpoint, restore_into, save_checkpoint
+from .checkpoint import CheckpointError, config_from_meta, read_checkpoint, restore_into, save_checkpoint
 from .config import AIRConfig
 from .data import batch_indices, to_float
 from .evaluation import accuracy_summary, evaluate, save_figures
@@ -111,11 +111,28 @@ def run_meta(air: AIRConfig, opt: OptimConfig, tcfg: TrainConfig, data_desc: dic
     }
 
 
+def _normalised(meta: dict, key: str, path):
+    """A checkpoint's configuration as the current code writes it: fields added since it was
+    written take their defaults, so an older checkpoint of the same run still resumes (a field
+    that differs is still refused). Anything unreadable is returned as stored."""
+    got = meta.get(key)
+    if not isinstance(got, dict):
+        return got
+    try:
+        if key == "air_config":
+            return config_from_meta(meta, path).to_dict()
+        if key == "optim_config":
+            return dataclasses.asdict(OptimConfig(**got))
+    except (CheckpointError, TypeError, ValueError):
+        pass
+    return got
+
+
 def check_meta(meta: dict, expected: dict, path) -> None:
     """Raise :class:`CheckpointError` naming every field where a checkpoint differs from the run."""
     for key in ("air_config", "optim_config", "batch_size", "seed", "data"):
-        if meta.get(key) != expected[key]:
-            got, want = meta.get(key), expected[key]
+        got, want = _normalised(meta, key, path), expected[key]
+        if got != want:
             if isinstance(got, dict) and isinstance(want, dict):
                 diff = sorted(f for f in set(got) | set(want) if got.get(f) != want.get(f))
                 detail = ", ".join(f"{f}: checkpoint {got.get(f)!r} vs now {want.get(f)!r}" for f in diff)

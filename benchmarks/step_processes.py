@@ -1,0 +1,63 @@
+"""The training step's time across fresh processes (it differs between processes on the 2-core
+CPU), optionally against another source tree, interleaved.
+
+    python benchmarks/step_processes.py [--processes 6] [--steps 40] [--batch-size 64]
+                                        [--baseline-src DIR] [--json]
+
+Each measurement is a fresh ``python benchmarks/svi_step.py --json`` process (compile, warm-up,
+median of ``--steps`` blocked steps). With ``--baseline-src DIR`` (e.g. a ``git worktree`` of an
+older commit) the same is run with ``PYTHONPATH=DIR`` so that ``numpyro_air`` is imported from
+there, alternating with the current tree. Prints every process's median, the median over
+processes and the fastest process, per tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def one(batch: int, steps: int, src: str | None) -> float:
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, str(HERE / "svi_step.py"), "--batch-size", str(batch), "--steps", str(steps), "--json"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["sec_per_step"]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--processes", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--baseline-src", help="source tree imported for the baseline (PYTHONPATH)")
+    ap.add_argument("--json", action="store_true", help="also write results/cpu_step_processes_b<B>.json")
+    a = ap.parse_args(argv)
+    trees = {"current": None} | ({"baseline": a.baseline_src} if a.baseline_src else {})
+    times = {k: [] for k in trees}
+    for i in range(a.processes):
+        for name, src in trees.items():
+            times[name].append(one(a.batch_size, a.steps, src))
+            print(f"process {i + 1}/{a.processes} {name:8s} {1e3 * times[name][-1]:6.1f} ms", flush=True)
+    out = {"batch_size": a.batch_size, "steps": a.steps, "date": time.strftime("%Y-%m-%d %H:%M"),
+           "trees": {k: {"src": trees[k] or "this checkout", "ms_per_process": [round(1e3 * t, 2) for t in v],
+                         "median_ms": round(1e3 * statistics.median(v), 2), "best_ms": round(1e3 * min(v), 2)}
+                     for k, v in times.items()}}
+    for k, v in out["trees"].items():
+        print(f"{k}: median over processes {v['median_ms']} ms, fastest process {v['best_ms']} ms; all {v['ms_per_process']}")
+    if a.json:
+        (HERE / "results" / f"cpu_step_processes_b{a.batch_size}.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Resuming checks a checkpoint's run description; older checkpoints of the same run still resume."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from numpyro_air.checkpoint import CheckpointError
+from numpyro_air.config import AIRConfig
+from numpyro_air.svi import OptimConfig
+from numpyro_air.training import TrainConfig, check_meta, run_meta
+
+
+def _meta(air=None, opt=None):
+    air = AIRConfig.tutorial() if air is None else air
+    opt = OptimConfig.tutorial() if opt is None else opt
+    return run_meta(air, opt, TrainConfig(batch_size=64, seed=1), {"cache": "x"}, 0, 500)
+
+
+def test_same_run_passes():
+    check_meta(_meta(), _meta(), "ckpt.npz")
+
+
+def test_older_checkpoint_without_newer_fields_resumes():
+    old = _meta()
+    for field in ("concrete_anneal_steps", "concrete_temperature_to", "concrete_prior_temperature"):
+        del old["air_config"][field]  # fields added after the checkpoint was written, now at their defaults
+    del old["optim_config"]["signal_decay"]
+    check_meta(old, _meta(), "ckpt.npz")
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda m: m["air_config"].__setitem__("z_what_size", 10), "z_what_size"),
+        (lambda m: m["optim_config"].__setitem__("learning_rate", 3e-4), "learning_rate"),
+        (lambda m: m.__setitem__("seed", 7), "seed"),
+        (lambda m: m["air_config"].__setitem__("no_such_field", 1), "no_such_field"),
+    ],
+)
+def test_a_different_run_is_refused_naming_the_field(change, field):
+    old = _meta()
+    change(old)
+    with pytest.raises(CheckpointError, match=field):
+        check_meta(old, _meta(), "ckpt.npz")
+
+
+def test_estimator_change_is_refused():
+    other = _meta(air=dataclasses.replace(AIRConfig.tutorial(), presence_estimator="concrete", use_baselines=False))
+    with pytest.raises(CheckpointError, match="presence_estimator"):
+        check_meta(other, _meta(), "ckpt.npz")
