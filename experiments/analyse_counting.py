@@ -29,7 +29,18 @@ import numpy as np
 from numpyro_air.checkpoint import load_params
 from numpyro_air.data import load_eval_npz
 from numpyro_air.inference import infer_batched
-from numpyro_air.metrics import localisation
+from numpyro_air.metrics import box_centres, box_iou, localisation
+
+
+def crowding(boxes: np.ndarray) -> dict:
+    """How crowded scenes are: mean smallest distance between true digit centres (pixels) and the
+    fraction of scenes where two true digit boxes overlap. ``boxes`` (N, K, 4), all K present."""
+    c = box_centres(boxes)
+    k = boxes.shape[1]
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    dist = np.stack([np.linalg.norm(c[:, i] - c[:, j], axis=-1) for i, j in pairs], 1)
+    overlap = np.stack([box_iou(boxes[:, i], boxes[:, j]) > 0 for i, j in pairs], 1)
+    return {"min_centre_distance_mean": float(dist.min(1).mean()), "scenes_with_overlapping_digits": float(overlap.any(1).mean())}
 
 
 def analyse(params, config, images: np.ndarray, counts: np.ndarray, boxes, key) -> dict:
@@ -62,6 +73,10 @@ def analyse(params, config, images: np.ndarray, counts: np.ndarray, boxes, key) 
         out["undercounted"]["true_digits_found_within_3px"] = np.bincount(within, minlength=top + 1).tolist()
         out["undercounted"]["max_window_scale_mean"] = float(
             np.where(res["z_pres"][under] > 0, res["z_where"][under][..., 0], 0).max(1).mean())
+    if boxes is not None:
+        for name, m in (("undercounted", under), ("counted_correctly", exact)):
+            if m.any():
+                out[name] |= crowding(boxes[m, :top])
     out["counted_correctly_max_window_scale_mean"] = float(
         np.where(res["z_pres"][exact] > 0, res["z_where"][exact][..., 0], 0).max(1).mean()) if exact.any() else None
     return out
