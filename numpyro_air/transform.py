@@ -5,7 +5,11 @@ z_where = (s, x, y) denotes the matrix [[s, 0, x], [0, s, y]] mapping *output* n
 coordinates u in [-1, 1] to *input* normalised coordinates s * u + (x or y); x is horizontal
 (columns), y vertical (rows). Because the transform is axis-aligned, bilinear sampling is
 separable: out = Wy @ img @ Wx^T with "hat" weight matrices Wy, Wx (B, out, in). This is an
-exact reformulation of ``grid_sample`` and is a batched matmul (fast on every backend).
+exact reformulation of ``grid_sample``. Placing windows on the canvas (:func:`window_to_image`)
+runs it as two batched matmuls; cropping (:func:`image_to_window`, the guide's glimpse) gathers
+the two taps of every output row and column instead (each row of Wy, Wx has at most two non-zero
+weights): the same values, about 5x faster at batch 1000 and faster at training batch sizes
+(gradients flow to z_where through the weights; the image is data).
 """
 
 from __future__ import annotations
@@ -55,6 +59,32 @@ def _sample(theta: jnp.ndarray, src: jnp.ndarray, out_size: int) -> jnp.ndarray:
     return jnp.einsum("bow,bpw->bop", rows, wx, precision=hi)
 
 
+def _taps(scale: jnp.ndarray, shift: jnp.ndarray, out_size: int, in_size: int):
+    """The two non-zero taps of each row of :func:`_hat_weights`: (lo, hi) int32 indices clipped to
+    [0, in_size) and their weights (B, out_size) each; a tap outside the input has weight 0."""
+    u = (2.0 * jnp.arange(out_size, dtype=scale.dtype) + 1.0) / out_size - 1.0
+    idx = ((scale[:, None] * u[None, :] + shift[:, None] + 1.0) * in_size - 1.0) / 2.0
+    lo = jnp.floor(idx)
+    frac = idx - lo
+    lo = lo.astype(jnp.int32)
+    hi = lo + 1
+    w_lo = jnp.where((lo >= 0) & (lo < in_size), 1.0 - frac, 0.0)
+    w_hi = jnp.where((hi >= 0) & (hi < in_size), frac, 0.0)
+    return jnp.clip(lo, 0, in_size - 1), jnp.clip(hi, 0, in_size - 1), w_lo, w_hi
+
+
+def _sample_taps(theta: jnp.ndarray, src: jnp.ndarray, out_size: int) -> jnp.ndarray:
+    """:func:`_sample` by gathering each output pixel's taps instead of multiplying by Wy, Wx."""
+    s, tx, ty = theta[:, 0], theta[:, 1], theta[:, 2]
+    B, n = src.shape[0], src.shape[-1]
+    y_lo, y_hi, wy_lo, wy_hi = _taps(s, ty, out_size, n)
+    x_lo, x_hi, wx_lo, wx_hi = _taps(s, tx, out_size, n)
+    row = lambda i: jnp.take_along_axis(src, i[..., None], axis=1)  # noqa: E731  (B, out, n)
+    rows = wy_lo[..., None] * row(y_lo) + wy_hi[..., None] * row(y_hi)
+    col = lambda i: jnp.take_along_axis(rows, jnp.broadcast_to(i[:, None, :], (B, out_size, out_size)), axis=2)  # noqa: E731
+    return wx_lo[:, None, :] * col(x_lo) + wx_hi[:, None, :] * col(x_hi)
+
+
 def z_where_inv(z_where: jnp.ndarray) -> jnp.ndarray:
     """Inverse transform (1/s, -x/s, -y/s) (B, 3), with |s| clamped to ``MIN_ABS_SCALE``."""
     s = z_where[:, 0]
@@ -75,7 +105,7 @@ def window_to_image(z_where: jnp.ndarray, windows: jnp.ndarray, image_size: int)
 def image_to_window(z_where: jnp.ndarray, images: jnp.ndarray, window_size: int) -> jnp.ndarray:
     """Crop images (B, H, H) to windows (B, window_size, window_size) with the inverse of z_where."""
     _check(z_where, images, "images")
-    return _sample(z_where_inv(z_where), images, window_size)
+    return _sample_taps(z_where_inv(z_where), images, window_size)
 
 
 def bounding_boxes(z_where: jnp.ndarray, image_size: int, window_size: int | None = None) -> jnp.ndarray:

@@ -284,3 +284,24 @@ def test_bad_shapes_raise():
         window_to_image(jnp.zeros((2, 3)), jnp.zeros((2, 4, 5)), 8)
     with pytest.raises(ValueError, match="batch"):
         image_to_window(jnp.zeros((3, 3)), jnp.zeros((2, 8, 8)), 4)
+
+
+def test_gathered_crop_equals_the_hat_matrix_crop_values_and_gradients():
+    """image_to_window gathers the two taps per row/column; it must equal the separable hat-matrix
+    product (the placement path), windows partly or wholly outside the image included."""
+    from numpyro_air.transform import _sample, _sample_taps, z_where_inv
+
+    rng = np.random.default_rng(5)
+    B = 40
+    imgs = jnp.asarray(rng.uniform(0, 1, (B, 50, 50)).astype(np.float32))
+    zw = np.stack([rng.uniform(0.8, 4.0, B), rng.uniform(-3, 3, B), rng.uniform(-3, 3, B)], 1).astype(np.float32)
+    zw[:4, 0] = [-2.0, 1.0, 0.5, 3.0]  # a negative scale, a window larger than the image
+    zw[4:8, 1:] = [[4.5, 0.0], [0.0, -4.5], [6.0, 6.0], [0.0, 0.0]]  # outside, edges, centre
+    zw = jnp.asarray(zw)
+    got = _sample_taps(z_where_inv(zw), imgs, 28)
+    want = _sample(z_where_inv(zw), imgs, 28)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+    assert float(jnp.abs(got[6]).max()) == 0.0  # entirely outside: zero padding
+    loss = lambda f: lambda z: jnp.sum(f(z_where_inv(z), imgs, 28) ** 2)  # noqa: E731
+    np.testing.assert_allclose(np.asarray(jax.grad(loss(_sample_taps))(zw)), np.asarray(jax.grad(loss(_sample))(zw)),
+                               rtol=1e-4, atol=1e-4)
