@@ -1,10 +1,12 @@
-"""Time to count accuracy: train the tutorial recipe from scratch and time reaching 90% / 95%.
+"""Time to count accuracy: train a recipe from scratch and time reaching 90% / 95%.
 
-Usage:  python benchmarks/time_to_accuracy.py [--max-steps 12000] [--eval-every 250] [--eval-images 2000]
+Usage:  python benchmarks/time_to_accuracy.py [--preset tutorial|concrete] [--max-steps 12000]
+                                              [--eval-every 250] [--eval-images 2000]
                                               [--seed 0] [--batch-size 64] [--targets 0.90 0.95] [--stop-at]
                                               [--device cpu|gpu|tpu] [--json]
 
-Trains ``numpyro_air.Recipe.tutorial()`` (one seed) on the cached multi-MNIST
+Trains ``numpyro_air.Recipe.tutorial()`` (``--preset tutorial``, Pyro's recipe) or
+``Recipe.concrete()`` (``--preset concrete``) (one seed) on the cached multi-MNIST
 (``load_multi_mnist(MultiMNISTConfig())``: 60,000 training canvases of 0-2 digits) with the loop's
 own pieces: ``numpyro_air.step.make_step`` and ``numpyro_air.training.Feeder`` (data set on the
 device, batch i of the seed's order at step i), reading back the losses every 100 steps as the
@@ -93,7 +95,7 @@ def train_to_targets(args, log) -> dict:
     from numpyro_air.data import MultiMNISTConfig, to_float
     from numpyro_air.training import TrainConfig
 
-    recipe = Recipe.tutorial()
+    recipe = getattr(Recipe, args.preset)()
     train_set, test_set = load_multi_mnist(MultiMNISTConfig(), progress=False)
     eval_images = to_float(test_set.images[: args.eval_images])
     eval_counts = np.asarray(test_set.counts[: args.eval_images])
@@ -124,6 +126,8 @@ def train_to_targets(args, log) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", choices=("tutorial", "concrete"), default="tutorial",
+                    help="Recipe.tutorial() (Pyro's recipe) or Recipe.concrete() (relaxed presence)")
     ap.add_argument("--max-steps", type=int, default=12000)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-images", type=int, default=2000, help="first N images of the held-out split")
@@ -144,7 +148,7 @@ def main(argv=None) -> dict:
     device = _pick_device(args.device)
     with jax.default_device(device):
         res = train_to_targets(args, log)
-    res |= {"recipe": "Recipe.tutorial()", "batch_size": args.batch_size, "seed": args.seed, "max_steps": args.max_steps,
+    res |= {"recipe": f"Recipe.{args.preset}()", "batch_size": args.batch_size, "seed": args.seed, "max_steps": args.max_steps,
             "eval_every": args.eval_every, "targets": args.targets, "device": str(device), "backend": device.platform,
             "device_kind": getattr(device, "device_kind", None), "cpu_model": _cpu_model(), "nproc": _nproc(),
             "jax_version": jax.__version__}
@@ -154,7 +158,7 @@ def main(argv=None) -> dict:
 
 def _text(r: dict) -> str:
     out = [f"device {r['device']} ({r['backend']}), cpu {r['cpu_model']}, nproc {r['nproc']}, jax {r['jax_version']}",
-           f"tutorial recipe, batch {r['batch_size']}, seed {r['seed']}: {r['steps']} steps, training "
+           f"{r['recipe']}, batch {r['batch_size']}, seed {r['seed']}: {r['steps']} steps, training "
            f"{r['train_sec']:.1f} s (first step incl. compile {r['compile_sec']:.1f} s), evaluation {r['eval_sec']:.1f} s "
            f"on {r['eval_images']} held-out images, {r['skipped_steps']} skipped steps",
            f"{'target':>7} {'step':>7} {'train s':>9}"]

@@ -50,3 +50,17 @@ def test_estimator_change_is_refused():
     other = _meta(air=dataclasses.replace(AIRConfig.tutorial(), presence_estimator="concrete", use_baselines=False))
     with pytest.raises(CheckpointError, match="presence_estimator"):
         check_meta(other, _meta(), "ckpt.npz")
+
+
+def test_concrete_preset_is_the_recipe_of_the_seeds_run():
+    """`--preset concrete` = `--preset tutorial --estimator concrete` (experiments/results/seeds) =
+    Recipe.concrete(), so its checkpoints resume under either spelling; flags still override it."""
+    from numpyro_air.cli.train import build_parser, configs_from_args
+    from numpyro_air.svi import Recipe
+
+    cfg = lambda *argv: configs_from_args(build_parser().parse_args(list(argv)))[:2]  # noqa: E731
+    a_air, a_opt = cfg("--preset", "concrete")
+    b_air, b_opt = cfg("--preset", "tutorial", "--estimator", "concrete")
+    assert (a_air, a_opt) == (b_air, b_opt) == (Recipe.concrete().air, Recipe.concrete().optim)
+    assert a_air.relaxed_presence and not a_air.uses_baseline_nets
+    assert cfg("--preset", "concrete", "--estimator", "nvil")[0] == AIRConfig.tutorial()
