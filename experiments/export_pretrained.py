@@ -49,7 +49,8 @@ def main(argv=None) -> dict:
     export_params(a.checkpoint, dst, dtype=np.float16, overwrite=a.overwrite)
     dst.chmod(0o644)  # a package file, readable by every user
     ev, scenes = load_eval_npz(a.data), heldout_scenes()
-    sets = {"eval_file": (np.asarray(ev.images, np.float32), ev.counts), "heldout_scenes_1000": (scenes.images_float(), scenes.counts)}
+    sets = {"eval_file": (np.asarray(ev.images, np.float32), ev.counts),
+            "heldout_scenes_1000": (scenes.images_float(), scenes.counts)}
     result = {"sha256": file_sha256(dst), "bytes": dst.stat().st_size, "source": str(a.checkpoint),
               "seed": meta.get("seed"), "step": meta.get("step"), "eval_file": str(a.data), "accuracy": {}}
     for dtype_name, path in (("float32_checkpoint", a.checkpoint), ("float16_file", dst)):
