@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check in one go (a few minutes): device-neutral tests on the accelerator, the SVI-step
-# benchmark (batch 64 and 256) and the seeds benchmark, then a short table.
+# benchmark (batch 64 and 256), the seeds benchmark, the loop against its step and time to
+# accuracy (both presets), then a short table.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # on a machine where `jax.devices('gpu')` works
 #
@@ -28,6 +29,14 @@ TEST_RC=${PIPESTATUS[0]}
 python3 benchmarks/svi_step.py --device gpu --batch-size 64 --flops --json > "$OUT/svi_step_b64.json"
 python3 benchmarks/svi_step.py --device gpu --batch-size 256 --json > "$OUT/svi_step_b256.json"
 python3 benchmarks/seeds.py --device gpu --seeds 1 2 4 8 --json > "$OUT/seeds.json"
+# the training loop against its bare step, and time to 95% held-out (wall clock of the command
+# included: compilation and data loading count towards the GPU target of 60 s)
+python3 benchmarks/train_loop.py --device gpu --json > "$OUT/train_loop.json"
+for preset in concrete tutorial; do
+    t0=$(date +%s.%N)
+    python3 benchmarks/time_to_accuracy.py --device gpu --preset "$preset" --stop-at --json > "$OUT/tta_${preset}.json"
+    python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$t0" "$(date +%s.%N)" > "$OUT/tta_${preset}_wall.txt"
+done
 python3 - "$OUT" "$TEST_RC" <<'PY'
 import json, pathlib, sys
 out, rc = pathlib.Path(sys.argv[1]), int(sys.argv[2])
@@ -42,5 +51,14 @@ if p.exists() and p.stat().st_size:
     r = json.loads(p.read_text())
     for row in r["rows"]:
         print(f"seeds K={row['num_seeds']}: {row['sec_per_step'] * 1e3:7.2f} ms/step  {row['images_per_sec']:8.0f} images/s  efficiency {row['efficiency']:.2f}")
+for preset in ("concrete", "tutorial"):
+    p, w = out / f"tta_{preset}.json", out / f"tta_{preset}_wall.txt"
+    if p.exists() and p.stat().st_size:
+        r = json.loads(p.read_text().strip().splitlines()[-1])
+        wall = w.read_text().strip() if w.exists() else "?"
+        print(f"time to accuracy ({preset}): {json.dumps(r.get('reached'))}, command wall clock {wall} s")
+p = out / "train_loop.json"
+if p.exists() and p.stat().st_size:
+    print("train loop vs step:", p.read_text().strip().splitlines()[-1][:300])
 PY
 exit $TEST_RC
