@@ -10,9 +10,11 @@ step's optimized HLO, computes each event's *self* time (its duration minus the 
 it on the same thread: a ``while`` thunk contains its body's thunks) and sums them per step into:
 
 - ``matmul``: ``dot`` instructions and library fusions (XNNPACK/YNNPACK, oneDNN) that hold a dot;
-- ``optimiser + NaN guard``: element-wise work after the gradient (instructions whose source op
-  is neither under ``jvp(...)`` nor ``transpose(...)``: Adam's moments, the bias correction, the
-  guarded select of the new state, the finiteness test);
+- ``optimiser``: element-wise work after the gradient (instructions whose source op is neither
+  under ``jvp(...)`` nor ``transpose(...)``): Adam's moments and update, with the NaN guard's
+  select of the new state fused into them (it cannot be timed apart);
+- ``NaN guard (gradient sums)``: the guard's own reductions after the gradient (the sum of every
+  gradient, the finiteness test);
 - ``element-wise (forward/backward)``: the remaining fusions and element-wise ops of the ELBO and
   its gradient (activations, log-probabilities, the STN's interpolation weights, ...);
 - ``reductions``, ``copies / transposes / slices``, ``RNG`` (threefry), ``scan loop`` (the while
@@ -45,7 +47,8 @@ from roofline import build_bare_step  # noqa: E402
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (\S+) ([a-z][a-z0-9\-_]*)\(")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
-CATEGORIES = ("matmul", "optimiser + NaN guard", "element-wise (forward/backward)", "reductions",
+CATEGORIES = ("matmul", "optimiser (+ fused NaN-guard select)", "NaN guard (gradient sums)", "element-wise (forward/backward)",
+              "reductions",
               "copies / transposes / slices", "RNG", "scan loop", "other")
 
 
@@ -87,10 +90,13 @@ def categorize(ins: dict) -> str:
                 "broadcast", "reshape", "parameter", "tuple", "get-tuple-element", "pad", "reverse", "fusion",
                 "constant", "iota"}:
         return "copies / transposes / slices"
+    after_grad = bool(src) and "jvp(" not in src and "transpose(" not in src
+    if after_grad and ("reduce" in body or "is_finite" in src):
+        return "NaN guard (gradient sums)"
     if "reduce" in body and not body & {"select", "add", "multiply", "subtract", "divide", "sqrt"} - {"reduce"}:
         return "reductions"
-    if src and "jvp(" not in src and "transpose(" not in src:
-        return "optimiser + NaN guard"
+    if after_grad:
+        return "optimiser (+ fused NaN-guard select)"
     if op in ("reduce",):
         return "reductions"
     if op in ("fusion", "add", "multiply", "select", "subtract", "divide", "exponential", "log", "tanh", "maximum",
