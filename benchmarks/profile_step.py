@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model, nproc, pick_device  # noqa: E402
 from roofline import build_bare_step  # noqa: E402
 
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (\S+) ([a-z][a-z0-9\-_]*)\(")
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (.+?) ([a-z][a-z0-9\-_]*)\(")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 CATEGORIES = ("matmul", "optimiser (+ fused NaN-guard select)", "NaN guard (gradient sums)", "element-wise (forward/backward)",
@@ -180,7 +180,7 @@ def main(argv=None) -> dict:
                 "cores": nproc(), "jax": jax.__version__, "date": time.strftime("%Y-%m-%d %H:%M")})
     print(f"{out['device']} ({out['cpu']}, {out['cores']} cores), batch {a.batch_size}, {a.steps} profiled steps")
     wall, total = out["wall_ms_per_step"], out["self_ms_per_step"]
-    print(f"wall per step (profiled) {wall:.1f} ms; summed self time of HLO ops {total:.1f} ms")
+    print(f"wall per step (profiled) {wall or float('nan'):.1f} ms; summed self time of HLO ops {total:.1f} ms")
     for c, ms in out["by_category_ms"].items():
         print(f"  {c:34s} {ms:7.2f} ms  {100 * ms / max(out['self_ms_per_step'], 1e-9):5.1f}%")
     print("top instructions by self time:")

@@ -14,7 +14,7 @@ For each checkpoint, on the evaluation file (most probable path, so the numbers 
   value for undercounted scenes means a digit is left in the residual (a missed object), a small
   one that the objects found cover it (e.g. one window spans two digits);
 - for undercounted scenes, how many true digits have an inferred box centre within 3 pixels
-  (Hungarian matching, as ``evaluate``'s localisation) and the largest inferred window scale.
+  (Hungarian matching, as ``evaluate``'s localisation) and the side (pixels) of the largest inferred window.
 """
 
 from __future__ import annotations
@@ -71,14 +71,14 @@ def analyse(params, config, images: np.ndarray, counts: np.ndarray, boxes, key) 
             loc = localisation(boxes[i : i + 1], counts[i : i + 1], res["boxes"][i : i + 1], res["z_pres"][i : i + 1] > 0)
             within.append(int(round(loc["matched_within_radius"] * counts[i])))
         out["undercounted"]["true_digits_found_within_3px"] = np.bincount(within, minlength=top + 1).tolist()
-        out["undercounted"]["max_window_scale_mean"] = float(
-            np.where(res["z_pres"][under] > 0, res["z_where"][under][..., 0], 0).max(1).mean())
+        out["undercounted"]["largest_window_pixels_mean"] = float(
+            np.where(res["z_pres"][under] > 0, res["boxes"][under][..., 2], 0).max(1).mean())
     if boxes is not None:
         for name, m in (("undercounted", under), ("counted_correctly", exact)):
             if m.any():
                 out[name] |= crowding(boxes[m, :top])
-    out["counted_correctly_max_window_scale_mean"] = float(
-        np.where(res["z_pres"][exact] > 0, res["z_where"][exact][..., 0], 0).max(1).mean()) if exact.any() else None
+    out["counted_correctly_largest_window_pixels_mean"] = float(
+        np.where(res["z_pres"][exact] > 0, res["boxes"][exact][..., 2], 0).max(1).mean()) if exact.any() else None
     return out
 
 

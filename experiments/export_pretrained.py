@@ -1,6 +1,6 @@
 """Export a trained seed as the package's pretrained weights (float16) and measure what it costs.
 
-    python experiments/export_pretrained.py --checkpoint runs/seeds/checkpoint_seed2.npz \
+    python experiments/export_pretrained.py --checkpoint runs/seeds/checkpoint_seed0.npz \
         --data runs/test_heldout.npz [--out numpyro_air/weights] [--overwrite]
 
 Writes ``air_multi_mnist.npz`` (parameters only, named leaves, float16) and
@@ -46,7 +46,9 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     dst = out / WEIGHTS_FILE
     meta = read_npz(a.checkpoint)[0]
-    export_params(a.checkpoint, dst, dtype=np.float16, overwrite=a.overwrite)
+    final = dst
+    dst = out / (WEIGHTS_FILE + ".candidate")  # moved into place only once the check below passes
+    export_params(a.checkpoint, dst, dtype=np.float16, overwrite=True)
     dst.chmod(0o644)  # a package file, readable by every user
     ev, scenes = load_eval_npz(a.data), heldout_scenes()
     sets = {"eval_file": (np.asarray(ev.images, np.float32), ev.counts),
@@ -59,10 +61,15 @@ def main(argv=None) -> dict:
     f32, f16 = result["accuracy"]["float32_checkpoint"], result["accuracy"]["float16_file"]
     change = max(abs(f32[s][m] - f16[s][m]) for s in f32 for m in f32[s])
     result["largest_accuracy_change"] = change
-    (out / MANIFEST_FILE).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     if change > a.max_change:
-        sys.exit(f"float16 storage changed an accuracy by {change:.4f} > {a.max_change}: keep float32 or inspect")
+        dst.unlink()
+        sys.exit(f"float16 storage changed an accuracy by {change:.4f} > {a.max_change}: nothing installed")
+    if final.exists() and not a.overwrite:
+        dst.unlink()
+        sys.exit(f"{final} exists: pass --overwrite to replace it")
+    dst.replace(final)
+    (out / MANIFEST_FILE).write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -107,7 +107,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
         "data": str(args.data),
         "num_images": int(len(ev.counts)),
         "step": meta.get("step"),
-        "presence": air.presence_estimator + (" (discrete reading)" if args.discrete else ""),
+        "presence": "discrete reading of a relaxed-presence model" if args.discrete else air.presence_estimator,
         **evaluate_file(params, air, ev, key, args.batch_size),
     }
     if args.iwae:
