@@ -31,6 +31,15 @@ def _check(z_where: jnp.ndarray, imgs: jnp.ndarray, name: str) -> None:
         raise ValueError(f"batch mismatch: z_where {z_where.shape} vs {name} {imgs.shape}")
 
 
+def _source_index(scale: jnp.ndarray, shift: jnp.ndarray, out_size: int, in_size: int) -> jnp.ndarray:
+    """Fractional input pixel index (B, out_size) sampled by each output pixel along one axis:
+    output centre u_i = (2i + 1) / out_size - 1 maps to v = scale * u_i + shift, i.e. index
+    ((v + 1) * in_size - 1) / 2."""
+    u = (2.0 * jnp.arange(out_size, dtype=scale.dtype) + 1.0) / out_size - 1.0  # (out,)
+    v = scale[:, None] * u[None, :] + shift[:, None]  # (B, out)
+    return ((v + 1.0) * in_size - 1.0) / 2.0
+
+
 def _hat_weights(scale: jnp.ndarray, shift: jnp.ndarray, out_size: int, in_size: int) -> jnp.ndarray:
     """Bilinear interpolation weights (B, out_size, in_size) for one axis.
 
@@ -38,9 +47,7 @@ def _hat_weights(scale: jnp.ndarray, shift: jnp.ndarray, out_size: int, in_size:
     scale * u_i + shift, i.e. input pixel index ((v + 1) * in_size - 1) / 2; the weight of input
     pixel j is max(0, 1 - |index - j|). Taps outside [0, in_size) simply do not exist: zero padding.
     """
-    u = (2.0 * jnp.arange(out_size, dtype=scale.dtype) + 1.0) / out_size - 1.0  # (out,)
-    v = scale[:, None] * u[None, :] + shift[:, None]  # (B, out)
-    idx = ((v + 1.0) * in_size - 1.0) / 2.0
+    idx = _source_index(scale, shift, out_size, in_size)
     j = jnp.arange(in_size, dtype=scale.dtype)
     return jax.nn.relu(1.0 - jnp.abs(idx[:, :, None] - j[None, None, :]))
 
@@ -62,8 +69,7 @@ def _sample(theta: jnp.ndarray, src: jnp.ndarray, out_size: int) -> jnp.ndarray:
 def _taps(scale: jnp.ndarray, shift: jnp.ndarray, out_size: int, in_size: int):
     """The two non-zero taps of each row of :func:`_hat_weights`: (lo, hi) int32 indices clipped to
     [0, in_size) and their weights (B, out_size) each; a tap outside the input has weight 0."""
-    u = (2.0 * jnp.arange(out_size, dtype=scale.dtype) + 1.0) / out_size - 1.0
-    idx = ((scale[:, None] * u[None, :] + shift[:, None] + 1.0) * in_size - 1.0) / 2.0
+    idx = _source_index(scale, shift, out_size, in_size)
     lo = jnp.floor(idx)
     frac = idx - lo
     lo = lo.astype(jnp.int32)

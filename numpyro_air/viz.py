@@ -36,6 +36,16 @@ def draw_boxes(ax, boxes: np.ndarray, z_pres: np.ndarray) -> None:
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), w, h, fill=False, lw=1.5, ec=STEP_COLOURS[t % len(STEP_COLOURS)]))
 
 
+def show_scene(ax, image: np.ndarray, boxes: np.ndarray, z_pres: np.ndarray) -> None:
+    """An image (H, W) in [0, 1] without axes, pixel-aligned limits, with its inferred boxes."""
+    ax.axis("off")
+    ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1)
+    H = image.shape[0]
+    ax.set_xlim(-0.5, H - 0.5)
+    ax.set_ylim(H - 0.5, -0.5)
+    draw_boxes(ax, boxes, z_pres)
+
+
 def save_boxes_figure(
     path: str | os.PathLike,
     images: np.ndarray,
@@ -53,11 +63,7 @@ def save_boxes_figure(
         ax.axis("off")
         if i >= n:
             continue
-        ax.imshow(np.clip(images[i], 0, 1), cmap="gray", vmin=0, vmax=1)
-        H = images[i].shape[0]
-        ax.set_xlim(-0.5, H - 0.5)
-        ax.set_ylim(H - 0.5, -0.5)
-        draw_boxes(ax, boxes[i], z_pres[i])
+        show_scene(ax, images[i], boxes[i], z_pres[i])
         label = f"n={int(np.sum(z_pres[i]))}"
         if true_counts is not None:
             label += f" (true {int(true_counts[i])})"
@@ -81,13 +87,7 @@ def save_reconstruction_figure(
     fig, axes = _subplots(2, n, figsize=(1.5 * n, 3.2), squeeze=False)
     for i in range(n):
         for r, img in enumerate((images[i], reconstructions[i])):
-            ax = axes[r, i]
-            ax.axis("off")
-            ax.imshow(np.clip(img, 0, 1), cmap="gray", vmin=0, vmax=1)
-            H = img.shape[0]
-            ax.set_xlim(-0.5, H - 0.5)
-            ax.set_ylim(H - 0.5, -0.5)
-            draw_boxes(ax, boxes[i], z_pres[i])
+            show_scene(axes[r, i], img, boxes[i], z_pres[i])
     axes[0, 0].set_title("data", fontsize=8, loc="left")
     axes[1, 0].set_title("reconstruction", fontsize=8, loc="left")
     if title:
@@ -196,15 +196,8 @@ def save_windows_figure(
     (N, T, w, w) before placement (absent objects drawn faded and labelled "absent")."""
     n, T = windows.shape[:2]
     fig, axes = _subplots(n, T + 1, figsize=(1.4 * (T + 1), 1.45 * n), squeeze=False)
-    colours = ("red", "lime", "dodgerblue", "orange", "magenta")
     for i in range(n):
-        ax = axes[i, 0]
-        ax.axis("off")
-        ax.imshow(np.clip(images[i], 0, 1), cmap="gray", vmin=0, vmax=1)
-        H = images[i].shape[0]
-        ax.set_xlim(-0.5, H - 0.5)
-        ax.set_ylim(H - 0.5, -0.5)
-        draw_boxes(ax, boxes[i], z_pres[i])
+        show_scene(axes[i, 0], images[i], boxes[i], z_pres[i])
         for t in range(T):
             ax = axes[i, t + 1]
             ax.set_xticks([])
@@ -212,7 +205,7 @@ def save_windows_figure(
             present = bool(z_pres[i, t])
             ax.imshow(np.clip(windows[i, t], 0, 1), cmap="gray", vmin=0, vmax=1, alpha=1.0 if present else 0.25)
             for side in ax.spines.values():
-                side.set_color(colours[t % len(colours)] if present else "lightgray")
+                side.set_color(STEP_COLOURS[t % len(STEP_COLOURS)] if present else "lightgray")
                 side.set_linewidth(2 if present else 1)
             if not present:
                 ax.set_title("absent", fontsize=6, color="gray")
