@@ -22,16 +22,14 @@ import numpy as np
 
 from numpyro_air.checkpoint import export_params, load_params, read_npz
 from numpyro_air.data import load_eval_npz
-from numpyro_air.inference import infer_batched
+from numpyro_air.inference import count_accuracy
 from numpyro_air.pretrained_model import MANIFEST_FILE, WEIGHTS_FILE, file_sha256, heldout_scenes
 
 
 def accuracies(params, config, images, counts) -> dict:
-    out = {}
-    for name, greedy in (("one_sample", False), ("most_probable_path", True)):
-        res = infer_batched(params, images, jax.random.PRNGKey(0), config, greedy, 1000, reconstruct=False)
-        out[name] = float((res["counts"] == counts).mean())
-    return out
+    key = jax.random.PRNGKey(0)
+    return {name: count_accuracy(params, images, counts, key, config, greedy, batch_size=1000)["accuracy"]
+            for name, greedy in (("one_sample", False), ("most_probable_path", True))}
 
 
 def main(argv=None) -> dict:

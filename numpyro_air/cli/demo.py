@@ -44,8 +44,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
 
     from numpyro_air import viz
     from numpyro_air.checkpoint import CheckpointError, load_params
-    from numpyro_air.inference import decode_windows, infer, infer_batched
-    from numpyro_air.metrics import accuracy_by_count
+    from numpyro_air.inference import count_accuracy, decode_windows, infer
     from numpyro_air.pretrained_model import heldout_scenes, pretrained
 
     try:
@@ -57,9 +56,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
     key = jax.random.PRNGKey(args.seed)
     summary = {"weights": args.weights or "numpyro_air (shipped)", "scenes": int(args.num)}
     for name, greedy in (("one_sample", False), ("most_probable_path", True)):
-        res = infer_batched(params, images, key, config, greedy=greedy, batch_size=min(500, args.num), reconstruct=False)
-        summary[f"accuracy_{name}"] = float((res["counts"] == truth).mean())
-        summary[f"accuracy_by_count_{name}"] = accuracy_by_count(truth, res["counts"])
+        res = count_accuracy(params, images, truth, key, config, greedy, batch_size=min(500, args.num))
+        summary[f"accuracy_{name}"] = res["accuracy"]
+        summary[f"accuracy_by_count_{name}"] = res["accuracy_by_count"]
     n = min(args.show, args.num)
     shown = jax.device_get(infer(params, jax.numpy.asarray(images[:n]), key, config, greedy=True))
     windows = np.asarray(decode_windows(params, jax.numpy.asarray(shown["z_what"]), config))
