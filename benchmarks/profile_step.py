@@ -1,7 +1,7 @@
 """Per-operation profile of the compiled training step, summarised by kind of work.
 
 Usage:  python benchmarks/profile_step.py [--batch-size 64] [--steps 20] [--device cpu|gpu|tpu]
-                                          [--top 15] [--trace-dir DIR] [--json]
+                                          [--top 15] [--trace-dir DIR] [--infer] [--json]
 
 Runs the bare step ``jax.jit(make_update(svi))`` of the tutorial recipe (as ``roofline.py`` and
 ``svi_step.py`` build it) under ``jax.profiler.trace`` for ``--steps`` steps after compilation,
@@ -23,6 +23,10 @@ it on the same thread: a ``while`` thunk contains its body's thunks) and sums th
 The total of self times can exceed the wall time per step when the runtime runs independent
 thunks concurrently on the two cores; both are printed. Profiling adds a little overhead per
 thunk, so the wall time here is above ``svi_step.py``'s.
+
+``--infer`` profiles guide-only inference instead (``infer(..., reconstruct=False)`` with the
+pretrained weights on held-out scenes, batch ``--batch-size``, e.g. 1000): there is no gradient,
+so the "optimiser" category is empty and every element-wise fusion counts as forward work.
 """
 
 from __future__ import annotations
@@ -77,8 +81,9 @@ def hlo_instructions(hlo_text: str) -> dict:
     return instrs
 
 
-def categorize(ins: dict) -> str:
-    """One of :data:`CATEGORIES` for an instruction of :func:`hlo_instructions`."""
+def categorize(ins: dict, forward_only: bool = False) -> str:
+    """One of :data:`CATEGORIES` for an instruction of :func:`hlo_instructions`; with
+    ``forward_only`` (a program without a gradient) nothing is optimiser or NaN-guard work."""
     op, src, body = ins["op"], ins["op_name"], set(ins["body_ops"]) | {ins["op"]}
     if op == "while":
         return "scan loop"
@@ -90,7 +95,7 @@ def categorize(ins: dict) -> str:
                 "broadcast", "reshape", "parameter", "tuple", "get-tuple-element", "pad", "reverse", "fusion",
                 "constant", "iota"}:
         return "copies / transposes / slices"
-    after_grad = bool(src) and "jvp(" not in src and "transpose(" not in src
+    after_grad = not forward_only and bool(src) and "jvp(" not in src and "transpose(" not in src
     if after_grad and ("reduce" in body or "is_finite" in src):
         return "NaN guard (gradient sums)"
     if "reduce" in body and not body & {"select", "add", "multiply", "subtract", "divide", "sqrt"} - {"reduce"}:
@@ -133,13 +138,13 @@ def read_trace(trace_dir: str) -> list:
         return json.load(f)["traceEvents"]
 
 
-def summarize(events: list, instrs: dict, steps: int, top: int) -> dict:
+def summarize(events: list, instrs: dict, steps: int, top: int, forward_only: bool = False) -> dict:
     """Per-step milliseconds by category and the ``top`` instructions by self time."""
     st = self_times(events)
     per_cat, per_op = Counter(), []
     for name, us in st.items():
         if name in instrs:
-            cat = categorize(instrs[name])
+            cat = categorize(instrs[name], forward_only)
             per_cat[cat] += us / 1e3 / steps
             per_op.append((us / 1e3 / steps, name, cat, instrs[name]["shape"], instrs[name]["op_name"]))
     per_op.sort(reverse=True)
@@ -153,6 +158,24 @@ def summarize(events: list, instrs: dict, steps: int, top: int) -> dict:
     }
 
 
+def build_infer(batch: int, device):
+    """``(call, params, pool)``: jitted ``call(params, images, i)`` = guide-only inference of the
+    pretrained weights on held-out scenes (``pool``: four batches), key folded with ``i``."""
+    from numpyro_air import heldout_scenes, infer, pretrained
+
+    config, params = pretrained()
+    images = np.asarray(heldout_scenes(4 * batch).images, np.float32) / 255.0
+    pool = [jax.device_put(images[k * batch:(k + 1) * batch], device) for k in range(4)]
+    params = jax.device_put(params, device)
+    key = jax.random.PRNGKey(0)
+
+    @jax.jit
+    def call(params, images, i):
+        return infer(params, images, jax.random.fold_in(key, i), config, reconstruct=False)
+
+    return call, params, pool
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch-size", type=int, default=64)
@@ -160,14 +183,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cpu", choices=("cpu", "gpu", "tpu"))
     ap.add_argument("--top", type=int, default=15, help="instructions listed by self time")
     ap.add_argument("--trace-dir", help="keep the trace here (default: a temporary directory)")
-    ap.add_argument("--json", action="store_true", help="also write results/<device>_profile_b<B>.json")
+    ap.add_argument("--infer", action="store_true", help="profile infer(..., reconstruct=False) instead of the step")
+    ap.add_argument("--json", action="store_true", help="also write results/<device>_profile[_infer]_b<B>.json")
     a = ap.parse_args(argv)
     if a.batch_size < 1 or a.steps < 1:
         ap.error("--batch-size and --steps must be >= 1")
     device = pick_device(a.device)
-    step, state, pool, _, _ = build_bare_step(a.batch_size, device)
     ids = [jax.device_put(np.int32(i), device) for i in range(a.steps + 5)]
-    hlo = step.lower(state, pool[0], ids[0]).compile().as_text()
+    if a.infer:
+        fn, state, pool = build_infer(a.batch_size, device)
+        step = lambda params, images, i: (params, fn(params, images, i))  # noqa: E731  (the step's signature)
+    else:
+        fn, state, pool, _, _ = build_bare_step(a.batch_size, device)
+        step = fn
+    hlo = fn.lower(state, pool[0], ids[0]).compile().as_text()
     for i in range(3):
         state, _ = jax.block_until_ready(step(state, pool[i % 4], ids[i]))
     trace_dir = a.trace_dir or tempfile.mkdtemp(prefix="air_profile_")
@@ -175,10 +204,12 @@ def main(argv=None) -> dict:
         for i in range(a.steps):
             with jax.profiler.StepTraceAnnotation("air_step", step_num=i):
                 state, _ = jax.block_until_ready(step(state, pool[i % 4], ids[i + 3]))
-    out = summarize(read_trace(trace_dir), hlo_instructions(hlo), a.steps, a.top)
-    out.update({"batch_size": a.batch_size, "steps": a.steps, "device": str(device), "cpu": cpu_model(),
+    out = summarize(read_trace(trace_dir), hlo_instructions(hlo), a.steps, a.top, forward_only=a.infer)
+    out.update({"what": "infer(reconstruct=False)" if a.infer else "training step",
+                "batch_size": a.batch_size, "steps": a.steps, "device": str(device), "cpu": cpu_model(),
                 "cores": nproc(), "jax": jax.__version__, "date": time.strftime("%Y-%m-%d %H:%M")})
-    print(f"{out['device']} ({out['cpu']}, {out['cores']} cores), batch {a.batch_size}, {a.steps} profiled steps")
+    print(f"{out['what']}: {out['device']} ({out['cpu']}, {out['cores']} cores), batch {a.batch_size}, "
+          f"{a.steps} profiled calls")
     wall, total = out["wall_ms_per_step"], out["self_ms_per_step"]
     print(f"wall per step (profiled) {wall or float('nan'):.1f} ms; summed self time of HLO ops {total:.1f} ms")
     for c, ms in out["by_category_ms"].items():
@@ -187,7 +218,7 @@ def main(argv=None) -> dict:
     for r in out["top_ops"]:
         print(f"  {r['ms']:6.2f} ms  {r['name']:28s} {r['category']:32s} {r['shape']:22s} {r['source']}")
     if a.json:
-        p = Path(__file__).resolve().parent / "results" / f"{a.device}_profile_b{a.batch_size}.json"
+        p = Path(__file__).resolve().parent / "results" / f"{a.device}_profile{'_infer' if a.infer else ''}_b{a.batch_size}.json"
         p.write_text(json.dumps(out, indent=1))
         print(f"wrote {p}")
     return out

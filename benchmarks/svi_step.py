@@ -110,6 +110,14 @@ def _xla_flops(compiled):
 
 
 # ----------------------------------------------------------------------------- main
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (fresh pages touched: a freed and re-mapped
+    buffer costs one per 4 KiB page when it is written again)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=64)
@@ -164,6 +172,7 @@ def main(argv=None) -> dict:
         for i in range(args.warmup):
             state, info = jax.block_until_ready(step_fn(state, pool[(1 + i) % 4], step_ids[1 + i]))
         times, skipped, losses = [], 0, []
+        faults0 = _minor_faults()
         for i in range(args.steps):
             k = 1 + args.warmup + i
             t0 = time.perf_counter()
@@ -171,6 +180,7 @@ def main(argv=None) -> dict:
             times.append(time.perf_counter() - t0)
             skipped += int(info.skipped)
             losses.append(float(info.loss))
+        faults_per_step = (_minor_faults() - faults0) / args.steps
         cache_entries = step_fn._cache_size()
 
     sec = statistics.median(times)
@@ -190,6 +200,7 @@ def main(argv=None) -> dict:
         "sec_per_step_mean": statistics.fmean(times),
         "sec_per_step_min": min(times),
         "sec_per_step_max": max(times),
+        "minor_page_faults_per_step": faults_per_step,
         "steps": args.steps,
         "warmup": args.warmup,
         "skipped_steps": skipped,
@@ -226,7 +237,8 @@ def _print_text(r: dict, cfg) -> None:
     print(f"  compile (trace {r['trace_sec']:.2f} s + XLA): {r['compile_sec']:.2f} s; first call {r['first_call_sec']:.2f} s")
     print(f"  median {r['sec_per_step'] * 1e3:.1f} ms/step over {r['steps']} steps (min {r['sec_per_step_min'] * 1e3:.1f}, "
           f"max {r['sec_per_step_max'] * 1e3:.1f}) -> {r['images_per_sec']:.0f} images/s; "
-          f"skipped {r['skipped_steps']}, jit cache entries {r['jit_cache_entries']}")
+          f"skipped {r['skipped_steps']}, jit cache entries {r['jit_cache_entries']}, "
+          f"{r['minor_page_faults_per_step']:.0f} minor page faults per step")
     if "fwd_macs_per_image" in r:
         T = cfg.num_steps
         fwd = r["fwd_macs_per_image"]

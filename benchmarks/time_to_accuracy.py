@@ -1,12 +1,12 @@
 """Time to count accuracy: train a recipe from scratch and time reaching 90% / 95%.
 
-Usage:  python benchmarks/time_to_accuracy.py [--preset tutorial|concrete] [--max-steps 12000]
+Usage:  python benchmarks/time_to_accuracy.py [--preset tutorial|concrete|fast] [--max-steps 12000]
                                               [--eval-every 250] [--eval-images 2000]
                                               [--seed 0] [--batch-size 64] [--targets 0.90 0.95] [--stop-at]
                                               [--device cpu|gpu|tpu] [--json]
 
 Trains ``numpyro_air.Recipe.tutorial()`` (``--preset tutorial``, Pyro's recipe) or
-``Recipe.concrete()`` (``--preset concrete``) (one seed) on the cached multi-MNIST
+``Recipe.concrete()`` (``--preset concrete``) or ``Recipe.fast()`` (``--preset fast``) (one seed) on the cached multi-MNIST
 (``load_multi_mnist(MultiMNISTConfig())``: 60,000 training canvases of 0-2 digits) with the loop's
 own pieces: ``numpyro_air.step.make_step`` and ``numpyro_air.training.Feeder`` (data set on the
 device, batch i of the seed's order at step i), reading back the losses every 100 steps as the
@@ -126,8 +126,9 @@ def train_to_targets(args, log) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", choices=("tutorial", "concrete"), default="tutorial",
-                    help="Recipe.tutorial() (Pyro's recipe) or Recipe.concrete() (relaxed presence)")
+    ap.add_argument("--preset", choices=("tutorial", "concrete", "fast"), default="tutorial",
+                    help="Recipe.tutorial() (Pyro's recipe), Recipe.concrete() (relaxed presence) or "
+                         "Recipe.fast() (concrete, lr 3e-4)")
     ap.add_argument("--max-steps", type=int, default=12000)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-images", type=int, default=2000, help="first N images of the held-out split")

@@ -64,3 +64,16 @@ def test_concrete_preset_is_the_recipe_of_the_seeds_run():
     assert (a_air, a_opt) == (b_air, b_opt) == (Recipe.concrete().air, Recipe.concrete().optim)
     assert a_air.relaxed_presence and not a_air.uses_baseline_nets
     assert cfg("--preset", "concrete", "--estimator", "nvil")[0] == AIRConfig.tutorial()
+
+
+def test_fast_preset_is_concrete_with_three_times_the_learning_rate():
+    """`--preset fast` = Recipe.fast() = `--preset concrete -lr 3e-4`; an explicit -lr still wins."""
+    from numpyro_air.cli.train import build_parser, configs_from_args
+    from numpyro_air.svi import Recipe
+
+    cfg = lambda *argv: configs_from_args(build_parser().parse_args(list(argv)))[:2]  # noqa: E731
+    fast = cfg("--preset", "fast")
+    assert fast == cfg("--preset", "concrete", "-lr", "3e-4") == (Recipe.fast().air, Recipe.fast().optim)
+    assert fast[0] == Recipe.concrete().air and fast[1].learning_rate == 3e-4
+    assert fast[1].baseline_learning_rate == Recipe.concrete().optim.baseline_learning_rate
+    assert cfg("--preset", "fast", "-lr", "1e-4")[1] == Recipe.concrete().optim

@@ -70,8 +70,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     a("--seed", type=int, help="(0)")
     a("-v", "--verbose", action="store_true", help="print the configuration")
     # --- additions
-    a("--preset", choices=["pyro-default", "tutorial", "concrete"],
-      help="tutorial = Pyro's working recipe; concrete = its networks with relaxed (Concrete, T=1) presence")
+    a("--preset", choices=["pyro-default", "tutorial", "concrete", "fast"],
+      help="tutorial = Pyro's working recipe; concrete = its networks with relaxed (Concrete, T=1) presence; "
+           "fast = concrete with -lr 3e-4")
     a("--likelihood-sd", type=float, help="(0.3; not a Pyro CLI flag)")
     a("--clip-norm", type=float, help="clip each parameter group's gradient norm (off)")
     a("--num-particles", type=int, help="ELBO particles (1)")
@@ -157,11 +158,11 @@ def configs_from_args(args: argparse.Namespace):
             air_kw[dst] = d[src]
     if d.get("dair"):
         air_kw["guide_input"] = "difference"
-    if preset == "concrete":
+    if preset in ("concrete", "fast"):
         air_kw = {"presence_estimator": "concrete"} | air_kw
-    air = AIRConfig.tutorial(**air_kw) if preset in ("tutorial", "concrete") else AIRConfig(**air_kw)
+    air = AIRConfig.tutorial(**air_kw) if preset in ("tutorial", "concrete", "fast") else AIRConfig(**air_kw)
     opt = OptimConfig(
-        learning_rate=d.get("learning_rate", 1e-4),
+        learning_rate=d.get("learning_rate", 3e-4 if preset == "fast" else 1e-4),
         baseline_learning_rate=d.get("baseline_learning_rate", 1e-3 if preset == "pyro-default" else 0.1),
         clip_norm=d.get("clip_norm"),
         num_particles=d.get("num_particles", 4 if air_kw.get("presence_estimator") == "vimco" else 1),
