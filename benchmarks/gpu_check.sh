@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check in one go (a few minutes): device-neutral tests on the accelerator, the SVI-step
 # benchmark (batch 64 and 256), the seeds benchmark, the loop against its step and time to
-# accuracy (both presets), then a short table.
+# accuracy (fast, concrete and tutorial presets), then a short table.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # on a machine where `jax.devices('gpu')` works
 #
@@ -32,7 +32,7 @@ python3 benchmarks/seeds.py --device gpu --seeds 1 2 4 8 --json > "$OUT/seeds.js
 # the training loop against its bare step, and time to 95% held-out (wall clock of the command
 # included: compilation and data loading count towards the GPU target of 60 s)
 python3 benchmarks/train_loop.py --device gpu --json > "$OUT/train_loop.json"
-for preset in concrete tutorial; do
+for preset in fast concrete tutorial; do
     t0=$(date +%s.%N)
     python3 benchmarks/time_to_accuracy.py --device gpu --preset "$preset" --stop-at --json > "$OUT/tta_${preset}.json"
     python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$t0" "$(date +%s.%N)" > "$OUT/tta_${preset}_wall.txt"
@@ -51,7 +51,7 @@ if p.exists() and p.stat().st_size:
     r = json.loads(p.read_text())
     for row in r["rows"]:
         print(f"seeds K={row['num_seeds']}: {row['sec_per_step'] * 1e3:7.2f} ms/step  {row['images_per_sec']:8.0f} images/s  efficiency {row['efficiency']:.2f}")
-for preset in ("concrete", "tutorial"):
+for preset in ("fast", "concrete", "tutorial"):
     p, w = out / f"tta_{preset}.json", out / f"tta_{preset}_wall.txt"
     if p.exists() and p.stat().st_size:
         r = json.loads(p.read_text().strip().splitlines()[-1])
