@@ -6,8 +6,8 @@
     out = infer(params, scenes.images_float(), jax.random.PRNGKey(0), config, greedy=True)
 
 The weights (``numpyro_air/weights/air_multi_mnist.npz``) are the parameters only (named leaves
-as in checkpoints, float16 storage) of the best seed of the multi-seed run described in
-``experiments/results/seeds/README.md``; ``air_multi_mnist.json`` beside them records the file's
+as in checkpoints, float16 storage) of the best seed of the 3-seed, 20,000-step ``--preset fast``
+run described in ``experiments/results/fast_preset/README.md``; ``air_multi_mnist.json`` beside them records the file's
 SHA-256, the run, and the held-out accuracies measured in float32 and after the float16 export.
 :func:`pretrained` checks the file's SHA-256 against that manifest (and the arrays' own checksum
 inside the file) before returning anything.
