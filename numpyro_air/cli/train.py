@@ -111,6 +111,7 @@ def configs_from_args(args: argparse.Namespace):
     """(AIRConfig, OptimConfig, TrainConfig, MultiMNISTConfig, extras) from parsed arguments."""
     from numpyro_air import AIRConfig, OptimConfig
     from numpyro_air.data import MultiMNISTConfig
+    from numpyro_air.svi import Recipe
     from numpyro_air.training import TrainConfig
 
     d = vars(args)
@@ -162,7 +163,7 @@ def configs_from_args(args: argparse.Namespace):
         air_kw = {"presence_estimator": "concrete"} | air_kw
     air = AIRConfig.tutorial(**air_kw) if preset in ("tutorial", "concrete", "fast") else AIRConfig(**air_kw)
     opt = OptimConfig(
-        learning_rate=d.get("learning_rate", 3e-4 if preset == "fast" else 1e-4),
+        learning_rate=d.get("learning_rate", (Recipe.fast() if preset == "fast" else Recipe.tutorial()).optim.learning_rate),
         baseline_learning_rate=d.get("baseline_learning_rate", 1e-3 if preset == "pyro-default" else 0.1),
         clip_norm=d.get("clip_norm"),
         num_particles=d.get("num_particles", 4 if air_kw.get("presence_estimator") == "vimco" else 1),
