@@ -150,6 +150,54 @@ def test_relaxed_presence_logit_is_numpyros_relaxed_bernoulli():
     assert np.all(np.isfinite(d.log_prob(jnp.array([-200.0, 80.0, 1e3]))))
 
 
+def np_binary_concrete_logit_logpdf(y, logits, temperature):
+    """log density of y = logit(z) for z ~ binary Concrete(alpha = exp(logits), temperature), from
+    Maddison et al. (2017), eq. (20): p(z) = T a z^(-T-1) (1-z)^(-T-1) / (a z^(-T) + (1-z)^(-T))^2,
+    times the Jacobian dz/dy = z (1 - z); float64 numpy."""
+    y, a, t = np.asarray(y, np.float64), np.asarray(logits, np.float64), float(temperature)
+    log_z, log_1mz = -np.logaddexp(0.0, -y), -np.logaddexp(0.0, y)
+    log_pz = np.log(t) + a - (t + 1) * (log_z + log_1mz) - 2 * np.logaddexp(a - t * log_z, -t * log_1mz)
+    return log_pz + log_z + log_1mz
+
+
+def np_binary_concrete_cdf(z, logits, temperature):
+    """P(Z <= z) for Z = sigmoid((logits + L) / T), L ~ Logistic(0, 1): sigmoid(T logit(z) - logits)."""
+    z, a = np.asarray(z, np.float64), np.asarray(logits, np.float64)
+    with np.errstate(divide="ignore"):  # z may round to 0 or 1 in float32
+        return 1.0 / (1.0 + np.exp(a) * ((1.0 - z) / z) ** temperature)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_relaxed_presence_is_the_binary_concrete_at_its_temperature(temperature):
+    """sample_presence's relaxed z_pres against an independent binary Concrete at T != 1 (at T = 1
+    dividing by the temperature once or twice is the same): the logit-space density, the law of
+    the sampled z_pres (Kolmogorov-Smirnov against the Concrete CDF), z_pres = sigmoid(y) for the
+    logit-space sample y, and the running product with the previous presence."""
+    from scipy import stats
+
+    from numpyro_air.model import sample_presence
+
+    n = 3000
+    logits = jnp.asarray(np.tile([-1.5, 0.0, 2.0], n // 3), jnp.float32)
+    prev = jnp.asarray(np.random.default_rng(0).uniform(0.2, 1.0, n), jnp.float32)
+    tr, eff = run(sample_presence, 4, CONFIG, logits, prev, jnp.float32(temperature))
+    y = np.asarray(tr["z_pres_logit"]["value"], np.float64)
+    z = np.asarray(tr["z_pres"]["value"], np.float64)
+    # the site's density is the binary Concrete's, in logit space
+    np.testing.assert_allclose(
+        tr["z_pres_logit"]["fn"].log_prob(tr["z_pres_logit"]["value"]),
+        np_binary_concrete_logit_logpdf(y, logits, temperature),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    # the relaxed presence is the Concrete variable whose logit is y ...
+    np.testing.assert_allclose(z, 1.0 / (1.0 + np.exp(-y)), rtol=1e-6, atol=1e-7)
+    # ... so its law is the binary Concrete at this temperature: F(z) is uniform
+    ks = stats.kstest(np_binary_concrete_cdf(z, logits, temperature), "uniform")
+    assert ks.pvalue > 1e-3, ks
+    np.testing.assert_allclose(eff, z * np.asarray(prev), rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- guide and ELBO
 
 

@@ -100,3 +100,24 @@ def test_train_and_test_canvases_come_from_their_own_mnist_split(tmp_path, sourc
         assert len(set(train.labels[train.labels >= 0].tolist())) >= 3
         assert len(set(test.labels[test.labels >= 0].tolist())) >= 3
     assert len(list(cache.iterdir())) == 1
+
+
+def test_pretrained_heldout_scenes_come_from_mnist_test_digits(monkeypatch):
+    """``pretrained.heldout_scenes`` (the scenes the shipped weights are scored on) is built from
+    the MNIST *test* split only: with the fake MNIST in place of the embedded one, every digit of
+    every scene is a test digit (labels 5..9, test intensities), and several classes occur."""
+    import numpyro_air.data as data_pkg
+    from numpyro_air import pretrained_model
+
+    calls = []
+
+    def fake_load_mnist(source=None):
+        calls.append(source)
+        return fake_mnist()
+
+    monkeypatch.setattr(data_pkg, "load_mnist", fake_load_mnist)
+    scenes = pretrained_model.heldout_scenes(40, seed=3)
+    assert calls == [None]  # the embedded MNIST (here the fake one) was read once
+    assert len(scenes) == 40 and scenes.images.shape == (40, 50, 50)
+    check_split(scenes, set(range(5, 10)), TEST_LEVELS, max_pixel=max(TEST_LEVELS))
+    assert len(set(scenes.labels[scenes.labels >= 0].tolist())) >= 3

@@ -132,6 +132,37 @@ def test_config_mismatch_is_refused(tmp_path, full_run, datasets):
         train(other, OPT, tcfg(6), *datasets, tmp_path / "x", load=out / "checkpoint.npz", progress=False, log=lambda s: None)
 
 
+def test_altered_arrays_with_the_stored_digest_are_refused(tmp_path):
+    """The SHA-256 in ``__meta__`` is compared with the arrays read back: an array changed after
+    writing (a valid npz, valid CRCs, the original ``__meta__`` and digest kept) is refused with a
+    CheckpointError naming the file and the checksum mismatch; the same rewrite with the arrays
+    unchanged still loads."""
+    state = {"a": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(4, jnp.int32)}
+    path = save_checkpoint(tmp_path / "ckpt.npz", state, {"step": 7})
+    with np.load(path) as z:
+        stored = {k: z[k] for k in z.files}
+    meta = json.loads(str(stored["__meta__"]))
+    assert len(meta["sha256"]) == 64 and {"state/a", "state/b"} <= set(stored)
+
+    same = tmp_path / "same.npz"
+    np.savez(same, **stored)  # rewritten unchanged: the stored digest matches
+    got_meta, got = read_checkpoint(same)
+    assert got_meta["sha256"] == meta["sha256"] and got_meta["step"] == 7
+    np.testing.assert_array_equal(got["state/a"], np.arange(6.0).reshape(2, 3))
+
+    altered = dict(stored)
+    altered["state/a"] = stored["state/a"].copy()
+    altered["state/a"][1, 2] += 1.0  # same name, shape and dtype; different bytes
+    bad = tmp_path / "altered.npz"
+    np.savez(bad, **altered)
+    with np.load(bad) as z:  # the digest really is the original one
+        assert json.loads(str(z["__meta__"]))["sha256"] == meta["sha256"]
+    for reader in (read_npz, read_checkpoint):
+        with pytest.raises(CheckpointError, match="checksum mismatch") as err:
+            reader(bad)
+        assert str(bad) in str(err.value)
+
+
 def test_save_checkpoint_refuses_overwrite(tmp_path):
     p = save_checkpoint(tmp_path / "c.msgpack", {"a": jnp.ones(2)}, {"x": 1})
     with pytest.raises(CheckpointError, match="refusing"):
