@@ -304,3 +304,47 @@ def test_temperature_schedule_is_exponential_and_validated():
         AIRConfig(presence_estimator="concrete", concrete_temperature_to=0.5)
     with pytest.raises(ValueError, match="concrete_temperature_to"):
         AIRConfig(presence_estimator="concrete", concrete_temperature_to=-1.0, concrete_anneal_steps=10)
+
+
+def test_training_step_uses_the_annealed_temperature_of_its_step():
+    """The training step at step ``s`` (``make_update``, and the loop's ``make_step``) passes the
+    annealed ``concrete_temperature(config, s)`` to model and guide, not the initial one. A probe
+    model whose log joint is ``w * T`` (T: the guide's temperature as the AIR model reads it, via
+    ``temperatures``) makes the step's loss ``-w T / B`` and its gradient ``-T``, computed here
+    from the schedule's closed form ``T0 (T_to / T0)^(min(s, N) / N)``."""
+    import numpyro
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.optim import SGD
+
+    from numpyro_air.model import temperatures
+    from numpyro_air.step import make_step
+    from numpyro_air.svi import make_update
+
+    cfg = AIRConfig(
+        **TINY, presence_estimator="concrete", concrete_temperature=2.0, concrete_temperature_to=0.25, concrete_anneal_steps=8
+    )
+    scheduled = lambda s: 2.0 * (0.25 / 2.0) ** (min(s, 8) / 8)  # noqa: E731
+    w0, lr, B = 1.5, 0.1, 4
+
+    def probe_model(images, config, temperature=None, **kwargs):
+        w = numpyro.param("w", jnp.float32(w0))
+        numpyro.factor("probe", w * temperatures(config, temperature)[0])
+
+    def probe_guide(images, config, temperature=None, **kwargs):
+        pass
+
+    svi = SVI(probe_model, probe_guide, SGD(lr), Trace_ELBO(), config=cfg)
+    x = jnp.zeros((B, cfg.image_size, cfg.image_size))
+    state = svi.init(jax.random.PRNGKey(0), x)
+    update = jax.jit(make_update(svi))
+    for s in (1, 4, 8, 20):
+        new, info = update(state, x, jnp.asarray(s, jnp.int32))
+        assert float(info.loss) == pytest.approx(-w0 * scheduled(s) / B, rel=1e-5), s
+        assert float(svi.get_params(new)["w"]) == pytest.approx(w0 + lr * scheduled(s), rel=1e-5), s  # gradient -T
+    assert update._cache_size() == 1
+    assert abs(scheduled(4) - cfg.concrete_temperature) > 1.0  # the initial temperature would give another loss
+    step = make_step(svi, 2)  # the loop's step: 2 seeds, uint8 data set and (K, B) indices
+    states = jax.tree.map(lambda a: jnp.stack([a, a]), state)
+    data = jnp.zeros((6, cfg.image_size, cfg.image_size), jnp.uint8)
+    _, info = step(states, data, jnp.zeros((2, B), jnp.int32), jnp.asarray(4, jnp.int32))
+    np.testing.assert_allclose(info.loss, [-w0 * scheduled(4) / B] * 2, rtol=1e-5)

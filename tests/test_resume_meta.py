@@ -77,3 +77,18 @@ def test_fast_preset_is_concrete_with_three_times_the_learning_rate():
     assert fast[0] == Recipe.concrete().air and fast[1].learning_rate == 3e-4
     assert fast[1].baseline_learning_rate == Recipe.concrete().optim.baseline_learning_rate
     assert cfg("--preset", "fast", "-lr", "1e-4")[1] == Recipe.concrete().optim
+
+
+def test_different_data_description_is_refused_naming_the_difference():
+    """A checkpoint of a run on other data does not resume: the error names ``data``, the field of
+    the description that differs and both values; the same description still resumes."""
+    here = _meta()
+    check_meta(here, _meta(), "ckpt.npz")
+    other = _meta()
+    other["data"] = {"cache": "y", "num_train": 100}
+    with pytest.raises(CheckpointError) as err:
+        check_meta(other, here, "ckpt.npz")
+    msg = str(err.value)
+    assert msg.startswith("ckpt.npz: data does not match the current run"), msg
+    assert "cache: checkpoint 'y' vs now 'x'" in msg and "num_train: checkpoint 100 vs now None" in msg, msg
+    assert "air_config" not in msg and "optim_config" not in msg  # only the data differs

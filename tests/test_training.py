@@ -89,6 +89,15 @@ def test_resume_matches_uninterrupted(tmp_path, datasets, full_run):
     out_full, _ = full_run
     part = tmp_path / "part"
     run(part, 2, datasets)
+    # rows logged after the checkpoint (step 2) by a run killed before its next checkpoint: dropped on resume
+    train2, eval2 = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    with open(part / "metrics.jsonl", "a") as f:
+        for row in (
+            {**train2, "step": 3, "elbo": 1e9},
+            {**train2, "step": 4, "elbo": 1e9},
+            {**eval2, "step": 4, "test_accuracy": 0.0},
+        ):
+            f.write(json.dumps(row) + "\n")
     run(part, 4, datasets, load=part / "checkpoint.npz")
     m_full, leaves_full = read_checkpoint(out_full / "checkpoint.npz")
     m_res, leaves_res = read_checkpoint(part / "checkpoint.npz")
@@ -97,9 +106,11 @@ def test_resume_matches_uninterrupted(tmp_path, datasets, full_run):
     for name in leaves_full:
         np.testing.assert_array_equal(leaves_full[name], leaves_res[name], err_msg=name)
     # the log was continued, not restarted
-    steps = [json.loads(line)["step"] for line in (part / "metrics.jsonl").read_text().splitlines()
-             if json.loads(line)["kind"] == "train"]
-    assert steps == [2, 4]
+    rows = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in rows] == [("train", 2), ("eval", 2), ("train", 4), ("eval", 4)]
+    full_rows = [json.loads(line) for line in (out_full / "metrics.jsonl").read_text().splitlines()]
+    assert [r["elbo"] for r in rows if r["kind"] == "train"] == [r["elbo"] for r in full_rows if r["kind"] == "train"]
+    assert rows[-1]["test_accuracy"] == [r for r in full_rows if r["kind"] == "eval"][-1]["test_accuracy"]
 
 
 def test_existing_output_is_not_overwritten(full_run, datasets):
@@ -321,3 +332,72 @@ def test_exception_in_the_loop_writes_the_last_good_state(tmp_path, datasets, mo
     monkeypatch.undo()
     run(out, 6, datasets, load=out / "checkpoint.npz")  # and the run resumes from it
     assert read_checkpoint(out / "checkpoint.npz")[0]["step"] == 6
+
+
+def test_resume_on_other_data_is_refused(tmp_path, full_run, datasets):
+    """The checkpoint records the data description; resuming it with another one is refused
+    before any step, naming the field that differs (``full_run`` was trained with ``{}``)."""
+    out, _ = full_run
+    with pytest.raises(CheckpointError, match=r"data does not match the current run \(cache: checkpoint None vs now 'other'\)"):
+        run(tmp_path / "x", 6, datasets, load=out / "checkpoint.npz", data_desc={"cache": "other"})
+    assert not (tmp_path / "x" / "checkpoint.npz").exists()
+
+
+def test_feeder_reshuffles_every_epoch():
+    """The loop's on-device Feeder: the indices of each epoch (steps e*S .. e*S + S - 1) are a
+    permutation of all examples, a different one every epoch and for every seed, and equal
+    ``batch_indices`` (hence ``batch_at_step``) of that seed and step."""
+    from numpyro_air.data import batch_indices
+    from numpyro_air.training import Feeder
+
+    N, B = 24, 4  # 6 steps per epoch, no ragged tail: an epoch visits every example once
+    images = np.arange(N * 2 * 2, dtype=np.uint8).reshape(N, 2, 2)
+    tc = TrainConfig(num_steps=18, batch_size=B, seed=5, num_seeds=2)
+    feed = Feeder(images, tc)
+    S = N // B
+    epochs = [np.concatenate([feed.indices(i) for i in range(e * S, (e + 1) * S)], axis=1) for e in range(3)]  # (K, N)
+    for order in epochs:
+        for k in range(tc.num_seeds):
+            np.testing.assert_array_equal(np.sort(order[k]), np.arange(N))  # each epoch: a permutation
+            assert not np.array_equal(order[k], np.arange(N))  # shuffled
+    for e in range(2):
+        for k in range(tc.num_seeds):
+            assert not np.array_equal(epochs[e][k], epochs[e + 1][k]), f"epoch {e + 1} repeats epoch {e} (seed {k})"
+    assert not np.array_equal(epochs[0][0], epochs[0][1])  # seeds shuffle differently
+    for i in (0, S - 1, S, 2 * S + 3):
+        np.testing.assert_array_equal(feed.indices(i)[1], batch_indices(N, B, tc.seed_of(1), i))
+    data, idx = feed(S + 1)  # the step's arguments: the uint8 data set on the device and (K, B) int32
+    assert idx.dtype == jnp.int32 and idx.shape == (2, B)
+    np.testing.assert_array_equal(np.asarray(data), images)
+    np.testing.assert_array_equal(np.asarray(idx), epochs[1][:, B : 2 * B])
+
+
+def test_resumed_metrics_log_drops_rows_after_the_checkpoint(tmp_path):
+    """Rows written after the checkpoint's step (a run killed between a log write and the next
+    checkpoint) are dropped on resume: every (kind, step, seed) is logged once, steps increase,
+    and the rows after the checkpoint are those of the resumed run."""
+    from numpyro_air.training import MetricsLog
+    from numpyro_air.viz import read_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path, None)
+    for s in range(1, 6):
+        for seed in (0, 1):
+            log.write({"kind": "train", "step": s, "seed": seed, "elbo": -s})
+        if s % 2 == 0:
+            log.write({"kind": "eval", "step": s, "seed": 0, "test_accuracy": 1 / s})
+    log.close()
+    log = MetricsLog(path, 3)  # resumed from a checkpoint at step 3
+    for s in (4, 5):
+        for seed in (0, 1):
+            log.write({"kind": "train", "step": s, "seed": seed, "elbo": 10.0 * s})
+    log.close()
+    rows = read_jsonl(path)
+    keys = [(r["kind"], r["step"], r["seed"]) for r in rows]
+    assert len(keys) == len(set(keys)), keys
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(steps), steps
+    resumed = [(r["step"], r["elbo"]) for r in rows if r["kind"] == "train" and r["seed"] == 1]
+    assert resumed == [(1, -1), (2, -2), (3, -3), (4, 40.0), (5, 50.0)]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [2]
+    assert not path.with_name(path.name + ".tmp").exists()
