@@ -1,6 +1,7 @@
 """No lost work: SIGINT/SIGTERM stop the CLI with a checkpoint and a resume command; SIGKILL at any
 instant (also during a save) leaves the last complete checkpoint loadable and the log parseable;
-resumed runs end bit for bit where an uninterrupted run ends (CPU)."""
+resumed runs end bit for bit where an uninterrupted run ends (CPU). The console command runs as
+``python -m numpyro_air.cli`` under the interpreter running the tests, never looked up on PATH."""
 
 from __future__ import annotations
 
@@ -18,10 +19,19 @@ import numpy as np
 import pytest
 
 from numpyro_air.checkpoint import read_checkpoint
+from numpyro_air.cli.train import build_parser, resume_command
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_SAVE = ROOT / "tests" / "scripts" / "train_slow_save.py"
 STEPS = 1200
+CLI = [sys.executable, "-m", "numpyro_air.cli"]  # = the `numpyro-air` console command, without PATH
+
+
+def runnable(command: str) -> list:
+    """A printed ``numpyro-air ...`` command line as an argv for this interpreter (no PATH lookup)."""
+    argv = shlex.split(command)
+    assert argv[0] == "numpyro-air", command
+    return CLI + argv[1:]
 
 
 def fake_mnist(path: Path) -> Path:
@@ -45,8 +55,7 @@ def setup(tmp_path_factory):
             "--decoder-net", "8", "--predict-net", "8", "--bl-predict-net", "8", "--progress-every", "50",
             "--eval-train-images", "8", "--no-progress", "--seed", "2"]
     ref = tmp / "ref"
-    proc = subprocess.run([sys.executable, "-m", "numpyro_air.cli", "train", *args, "--out", str(ref)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([*CLI, "train", *args, "--out", str(ref)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, env, args, read_checkpoint(ref / "checkpoint.npz")[1]
 
@@ -71,8 +80,9 @@ def wait_for_train_row(metrics: Path, proc, timeout: float = 300) -> None:
 def test_signal_writes_checkpoint_and_resume_is_exact(setup, signum):
     tmp, env, args, ref = setup
     out = tmp / f"sig{int(signum)}"
-    proc = subprocess.Popen([sys.executable, "-m", "numpyro_air.cli", "train", *args, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [*CLI, "train", *args, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     wait_for_train_row(out / "metrics.jsonl", proc)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=300)
@@ -82,10 +92,36 @@ def test_signal_writes_checkpoint_and_resume_is_exact(setup, signum):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(r["step"] <= meta["step"] for r in rows)
     command = re.search(r"resume with:\n\s+(.+)", err).group(1)
-    assert "--load" in command and str(out / "checkpoint.npz") in command
-    again = subprocess.run(shlex.split(command), capture_output=True, text=True, env=env, timeout=600)
+    assert command.startswith("numpyro-air train ")  # as users type it
+    assert shlex.split(command)[-2:] == ["--load", str(out / "checkpoint.npz")]
+    again = subprocess.run(runnable(command), capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert_same_arrays(read_checkpoint(out / "checkpoint.npz")[1], ref)
+
+
+def test_resume_command_is_the_console_command_and_runs_without_path(tmp_path):
+    """The printed resume command is ``numpyro-air train ...`` (copy-pasteable) and splits back into
+    the run's own arguments plus ``--load``; the tests run it as ``python -m numpyro_air.cli``,
+    which needs no PATH (no training here)."""
+    ckpt = tmp_path / "a dir" / "it's" / "checkpoint.npz"  # needs quoting
+    argv = ["--preset", "tutorial", "-n", "20", "--out", str(ckpt.parent), "--encoder-net", "8", "16"]
+    argv += ["--overwrite", "--load", "old.npz", "--seed", "2"]  # neither --overwrite nor the old --load is resumed
+    command = resume_command("numpyro-air train", argv, ckpt)
+    assert command.startswith("numpyro-air train ")
+    expected = [a for a in argv if a not in ("--overwrite", "--load", "old.npz")] + ["--load", str(ckpt)]
+    assert shlex.split(command) == ["numpyro-air", "train", *expected]
+    parser = build_parser("numpyro-air train")
+    resumed = vars(parser.parse_args(shlex.split(command)[2:]))
+    original = vars(parser.parse_args(argv))
+    assert resumed == {k: v for k, v in original.items() if k != "overwrite"} | {"load": str(ckpt)}
+    assert runnable(command) == [sys.executable, "-m", "numpyro_air.cli", "train", *expected]
+    no_path = {k: v for k, v in os.environ.items() if k != "PATH"}
+    for args in (["--help"], ["train", "--help"]):
+        proc = subprocess.run(
+            runnable(shlex.join(["numpyro-air", *args])), capture_output=True, text=True, env=no_path, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.startswith("usage: numpyro-air"), proc.stdout[:500]
 
 
 def _last_logged_step(metrics: Path) -> int:

@@ -113,6 +113,68 @@ def test_resume_matches_uninterrupted(tmp_path, datasets, full_run):
     assert rows[-1]["test_accuracy"] == [r for r in full_rows if r["kind"] == "eval"][-1]["test_accuracy"]
 
 
+def test_same_run_twice_gives_bit_identical_checkpoints(tmp_path, datasets, full_run, monkeypatch):
+    """The same run again on the same machine ends with the same checkpoint, bit for bit: every
+    array (parameters, optimiser moments and counts, mutable state if any, PRNG key) and the log."""
+    import numpyro_air.training as training
+
+    monkeypatch.setattr(training, "figures_all", lambda run, final=False: None)  # figures only read the state
+    monkeypatch.setattr(training.viz, "save_curves", lambda *args, **kwargs: None)
+    out_full, _ = full_run
+    again = tmp_path / "again"
+    run(again, 4, datasets)  # the call that made full_run
+    meta_a, a = read_checkpoint(out_full / "checkpoint.npz")
+    meta_b, b = read_checkpoint(again / "checkpoint.npz")
+    meta_a.pop("wall_time"), meta_b.pop("wall_time")
+    assert meta_a == meta_b  # also the digest of all arrays
+    assert sorted(a) == sorted(b) and "state/rng_key" in a
+    assert any(n.startswith("params/") for n in a) and any(n.startswith("state/optim_state/") for n in a)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
+
+    def logged(out):
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "wall_time"} for r in rows]
+
+    assert logged(out_full) == logged(again)
+
+
+def test_seed_k_alone_starts_as_seed_k_of_a_multi_seed_run(datasets):
+    """``--seed k`` alone and the k-th seed of ``--num-seeds K --seed 1`` (vmapped) start from the
+    same step-0 state, exactly (every array: parameters, optimiser state, PRNG key), and draw the
+    same batches."""
+    from numpyro_air import make_svi
+    from numpyro_air.checkpoint import named_arrays
+    from numpyro_air.cli.train import build_parser, configs_from_args
+    from numpyro_air.data import to_float
+    from numpyro_air.training import Feeder, initial_states, seed_slice
+
+    def cli(*args) -> TrainConfig:  # the loop settings of `numpyro-air train -b 8 ARGS`
+        return configs_from_args(build_parser().parse_args(["-b", "8", *args]))[2]
+
+    K = 2
+    many = cli("--num-seeds", str(K), "--seed", "1")
+    svi = make_svi(AIR, OPT)
+    example = jnp.asarray(to_float(datasets[0].images[:8]))  # as the loop's init example
+    images = np.asarray(datasets[0].images)
+    states, start, _ = initial_states(svi, many, example)
+    assert start == 0
+    feed_many = Feeder(images, many)
+    for k in range(1, K + 1):
+        alone = cli("--seed", str(k))
+        single, _, _ = initial_states(svi, alone, example)
+        a, b = named_arrays(seed_slice(single, 0)), named_arrays(seed_slice(states, k - 1))
+        assert sorted(a) == sorted(b) and "state/rng_key" in a and any(n.startswith("params/") for n in a)
+        for name in a:
+            assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), (k, name)
+        for i in range(4):
+            np.testing.assert_array_equal(Feeder(images, alone).indices(i)[0], feed_many.indices(i)[k - 1])
+    # the seeds do differ: the comparison can tell one seed from another
+    first, second = (named_arrays(seed_slice(states, k)) for k in (0, 1))
+    assert not np.array_equal(first["state/rng_key"], second["state/rng_key"])
+    assert any(not np.array_equal(first[n], second[n]) for n in first if n.startswith("params/"))
+
+
 def test_existing_output_is_not_overwritten(full_run, datasets):
     out, _ = full_run
     before = (out / "checkpoint.npz").read_bytes()
