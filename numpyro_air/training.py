@@ -103,7 +103,7 @@ def run_meta(air: AIRConfig, opt: OptimConfig, tcfg: TrainConfig, data_desc: dic
     """What a checkpoint records about its run (checked again on resume)."""
     return {
         "air_config": air.to_dict(),
-        "optim_config": dataclasses.asdict(opt),
+        "optim_config": dataclasses.asdict(opt.for_estimator(air.presence_estimator)),
         "batch_size": tcfg.batch_size,
         "seed": tcfg.seed_of(k),
         "step": step,
@@ -122,7 +122,8 @@ def _normalised(meta: dict, key: str, path):
         if key == "air_config":
             return config_from_meta(meta, path).to_dict()
         if key == "optim_config":
-            return dataclasses.asdict(OptimConfig(**got))
+            estimator = (meta.get("air_config") or {}).get("presence_estimator", "nvil")
+            return dataclasses.asdict(OptimConfig(**got).for_estimator(estimator))
     except (CheckpointError, TypeError, ValueError):
         pass
     return got
