@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--estimator", choices=("nvil", "nvil-normalised", "vimco", "concrete"), default="nvil",
                     help="z_pres estimator of the step (tutorial networks otherwise)")
     ap.add_argument("--dair", action="store_true", help="DAIR guide input (image minus reconstruction so far)")
-    ap.add_argument("--particles", type=int, default=None, help="ELBO particles (VIMCO's K; default 1, VIMCO 4)")
+    ap.add_argument("--particles", type=int, default=None, help="ELBO particles (VIMCO's K; default: the estimator's)")
     ap.add_argument("--steps", type=int, default=50, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps after compilation")
     ap.add_argument("--device", choices=("cpu", "gpu", "tpu"), default=None, help="default: JAX's default backend")
@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
     device = _pick_device(args.device)
     est = args.estimator.replace("-normalised", "")
     cfg = AIRConfig.tutorial(presence_estimator=est, guide_input="difference" if args.dair else "image")
-    particles = args.particles or (4 if est == "vimco" else 1)
+    particles = OptimConfig(num_particles=args.particles).for_estimator(est).num_particles
     B = args.batch_size
     rng = np.random.default_rng(args.seed)
     with jax.default_device(device):

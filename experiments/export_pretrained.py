@@ -1,6 +1,6 @@
 """Export a trained seed as the package's pretrained weights (float16) and measure what it costs.
 
-    python experiments/export_pretrained.py --checkpoint runs/fast20k/checkpoint_seed1.npz \
+    python experiments/export_pretrained.py --checkpoint runs/fast20k/checkpoint_seed2.npz \
         --data runs/test_heldout.npz [--out numpyro_air/weights] [--overwrite]
 
 Writes ``air_multi_mnist.npz`` (parameters only, named leaves, float16) and

@@ -3,9 +3,10 @@ set, localisation, from the JSON files of ``numpyro-air evaluate --json``.
 
     python experiments/summarize_generalisation.py AIR=runs/air15k DAIR=runs/dair15k [--out table.md]
 
-Reads ``RUN/eval_heldout_seed<k>.json`` (the 10,000-canvas 0-2-digit held-out split) and
-``RUN/eval_0to3_seed<k>.json`` (1,000 held-out scenes of each count 0-3) for every k present, and
-the seed numbers from ``RUN/metrics.jsonl``.
+Reads ``RUN/eval_heldout_seed<N>.json`` (the 10,000-canvas 0-2-digit held-out split) and
+``RUN/eval_0to3_seed<N>.json`` (1,000 held-out scenes of each count 0-3) of every seed of
+``RUN/metrics.jsonl``: N is the seed, or, for the JSON of older versions (no ``seed`` in it), the
+index of the seed in the run.
 """
 
 from __future__ import annotations
@@ -17,14 +18,24 @@ from pathlib import Path
 from numpyro_air import viz
 
 
+def evaluation(run: Path, split: str, seed: int, k: int):
+    """evaluate's JSON of ``seed`` (the k-th seed of the run) on ``split``, or None."""
+    for n in dict.fromkeys((seed, k)):
+        path = run / f"eval_{split}_seed{n}.json"
+        if path.is_file():
+            result = json.loads(path.read_text())
+            if result.get("seed", seed if n == k else None) == seed:  # older JSON: named by index, no seed
+                return result
+    return None
+
+
 def rows(name: str, run: Path) -> list:
     seeds = sorted({r["seed"] for r in viz.read_jsonl(run / "metrics.jsonl") if "seed" in r})
     out = []
     for k, seed in enumerate(seeds):
-        h, g = run / f"eval_heldout_seed{k}.json", run / f"eval_0to3_seed{k}.json"
-        if not (h.is_file() and g.is_file()):
+        h, g = evaluation(run, "heldout", seed, k), evaluation(run, "0to3", seed, k)
+        if h is None or g is None:
             continue
-        h, g = json.loads(h.read_text()), json.loads(g.read_text())
         per = " / ".join(f"{100 * g['accuracy_by_count'][c]['accuracy']:.1f}" for c in ("0", "1", "2"))
         loc = g["localisation"]
         out.append(f"| {name} | {seed} | {h['step']} | {100 * h['count_accuracy']:.2f}% | "

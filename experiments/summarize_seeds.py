@@ -4,8 +4,9 @@ ELBO and IWAE, thresholds reached, mean +- sd, speed, and one figure with every 
     python experiments/summarize_seeds.py RUN_DIR --out experiments/results/seeds [--iwae-glob 'eval_iwae_seed*.json']
 
 Reads ``RUN_DIR/metrics.jsonl`` (``eval`` rows of the 10,000-canvas held-out split, ``train`` rows)
-and the per-seed JSON written by ``numpyro-air evaluate --iwae 100 --json`` (``eval_iwae_seed<k>.json``
-in RUN_DIR, k = the checkpoint index); writes ``summary.json``, ``summary.md`` and ``accuracy.png``.
+and the per-seed JSON written by ``numpyro-air evaluate --iwae 100 --json`` (``eval_iwae_seed<N>.json``
+in RUN_DIR: the seed is the one the JSON names, or, in files of older versions without it, the N-th
+seed of the run); writes ``summary.json``, ``summary.md`` and ``accuracy.png``.
 Every seed is reported, failed ones included.
 """
 
@@ -27,12 +28,16 @@ THRESHOLDS = (0.95, 0.98, 0.987)
 
 
 def _iwae(run: Path, pattern: str, seeds: list) -> dict:
-    """{seed: evaluate's JSON} from the per-checkpoint files (index k -> the k-th seed)."""
+    """{seed: evaluate's JSON} from the per-checkpoint files: the seed evaluate recorded, or, in
+    files of older versions without one, index k -> the k-th seed."""
     out = {}
     for f in sorted(run.glob(pattern)):
         k = int("".join(ch for ch in f.stem.rsplit("seed", 1)[-1] if ch.isdigit()))
-        if k < len(seeds):
-            out[seeds[k]] = json.loads(f.read_text())
+        result = json.loads(f.read_text())
+        if result.get("seed") is not None:
+            out[result["seed"]] = result
+        elif k < len(seeds):
+            out[seeds[k]] = result
     return out
 
 

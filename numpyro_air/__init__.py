@@ -4,6 +4,7 @@ What users call::
 
     import numpyro_air as air
     recipe = air.Recipe.tutorial()                 # AIRConfig + OptimConfig of Pyro's tutorial
+                                                   # (every named recipe: air.PRESETS["fast"], ...)
     svi = air.make_svi(recipe)                     # numpyro.infer.SVI with NVIL_ELBO
     update = air.make_update(svi)                  # pure (state, images, step) -> (state, info)
     config, params = air.load_params("run/checkpoint.npz")
@@ -24,7 +25,7 @@ from .pretrained_model import heldout_scenes, pretrained
 from .prior import z_pres_prior_probs
 from .pyro_compat import from_pyro_state_dict, to_pyro_state_dict
 from .step import make_step
-from .svi import OptimConfig, Recipe, StepInfo, make_svi, make_update
+from .svi import PRESETS, OptimConfig, Recipe, StepInfo, make_svi, make_update
 from .transform import bounding_boxes, image_to_window, window_to_image
 from .vimco import VIMCO_ELBO
 
@@ -34,6 +35,7 @@ __all__ = [
     "AIRConfig",
     "NVIL_ELBO",
     "OptimConfig",
+    "PRESETS",
     "Recipe",
     "StepInfo",
     "VIMCO_ELBO",

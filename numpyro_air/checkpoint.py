@@ -6,29 +6,42 @@ A checkpoint is an uncompressed ``.npz`` (a zip of ``.npy`` files; zip CRC-32 pe
   ``params/rnn$params/img/kernel`` (kernels are (in, out), as Flax);
 - ``state/<path>``: the rest of the SVI state (optimiser moments and count, mutable state such
   as decaying-average baselines, the RNG key), named by its path in ``SVIState``;
-- ``__meta__``: a JSON string (configs, step, seed, data description, format version and the
-  SHA-256 of all arrays' bytes in name order).
+- ``__meta__``: a JSON string (configs, step, seed, data description, format version, schema
+  version, the numpyro-air version that wrote it and the SHA-256 of all arrays' bytes in name
+  order).
+
+``format_version`` is the container (2: this ``.npz`` layout); ``schema_version`` is what the
+metadata and array names mean. Files written before the schema was versioned have none and read
+as schema 0; a file of a newer schema than :data:`SCHEMA_VERSION` is refused naming the file.
 
 A params-only file (:func:`export_params`) holds ``params/...`` and ``__meta__`` only. Files are
-written atomically (temporary file + ``os.replace``), so a crash or SIGKILL at any instant leaves
-the previous file intact.
+written atomically (temporary file ``<name>.<random>.tmp`` + ``os.replace``), so a crash or
+SIGKILL at any instant leaves the previous file intact; :func:`remove_stale_temporaries` deletes
+the temporary file such a kill leaves behind.
+
+Runs of several seeds write one file per seed, ``<stem>_seed<seed><suffix>`` (:func:`seed_file`);
+older versions numbered these files by index (seed ``base + k`` in ``<stem>_seed<k><suffix>``),
+which :func:`read_seed_checkpoint` still reads, telling the two apart by the seed stored inside.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import jax
 import numpy as np
 
 FORMAT_VERSION = 2
+SCHEMA_VERSION = 1  # 1: schema_version, numpyro_air_version in __meta__; per-seed files named by seed
 META_KEY = "__meta__"
 PARAMS_PREFIX = "params/"
 STATE_PREFIX = "state/"
@@ -80,7 +93,15 @@ def write_npz(path: str | os.PathLike, arrays: Dict[str, np.ndarray], meta: dict
     path = Path(path)
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path} exists; refusing to overwrite it (pass overwrite=True)")
-    meta = {**meta, "format_version": FORMAT_VERSION, "sha256": _digest(arrays)}
+    from . import __version__
+
+    meta = {
+        **meta,
+        "format_version": FORMAT_VERSION,
+        "schema_version": SCHEMA_VERSION,
+        "numpyro_air_version": __version__,
+        "sha256": _digest(arrays),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
@@ -117,11 +138,72 @@ def read_npz(path: str | os.PathLike) -> Tuple[dict, Dict[str, np.ndarray]]:
         meta = json.loads(str(arrays.pop(META_KEY)))
     except ValueError as e:
         raise CheckpointError(f"{path} is corrupt (metadata is not JSON: {e})") from e
+    _check_schema(meta, path)
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {meta.get('format_version')}, expected {FORMAT_VERSION}")
     if meta.get("sha256") != _digest(arrays):
         raise CheckpointError(f"{path} is corrupt (checksum mismatch: arrays modified)")
     return meta, arrays
+
+
+def _check_schema(meta: dict, path: Path) -> None:
+    schema = meta.get("schema_version", 0)  # 0: written before the schema was versioned
+    if isinstance(schema, bool) or not isinstance(schema, int) or schema > SCHEMA_VERSION:
+        from . import __version__
+
+        writer = meta.get("numpyro_air_version", "a newer version")
+        raise CheckpointError(
+            f"{path} has checkpoint schema {schema!r} (written by numpyro-air {writer}); numpyro-air {__version__} "
+            f"reads schemas up to {SCHEMA_VERSION}: upgrade numpyro-air to load it"
+        )
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> List[Path]:
+    """Delete the temporary files an interrupted :func:`write_npz` of ``path`` left next to it
+    (``<name>.<random>.tmp``); returns them. Call it only when no save of ``path`` is under way."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f"{glob.escape(path.name)}.*.tmp")) if path.parent.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def seed_file(base: str | os.PathLike, seed: int) -> Path:
+    """The checkpoint of ``seed`` in a run of several seeds: ``<stem>_seed<seed><suffix>``."""
+    base = Path(base)
+    return base.with_name(f"{base.stem}_seed{seed}{base.suffix}")
+
+
+def seed_files(base: str | os.PathLike) -> List[Path]:
+    """The existing per-seed files of ``base`` (``<stem>_seed<N><suffix>``), by ``N``."""
+    base = Path(base)
+    if not base.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(base.stem) + r"_seed(\d+)" + re.escape(base.suffix))
+    found = []
+    for path in base.parent.glob(f"{glob.escape(base.stem)}_seed*{glob.escape(base.suffix)}"):
+        match = pattern.fullmatch(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def read_seed_checkpoint(base: str | os.PathLike, seed: int, index: int) -> Tuple[Path, dict, Dict[str, np.ndarray]]:
+    """``(path, meta, arrays)`` of the checkpoint of ``seed``, the ``index``-th seed of a run whose
+    per-seed files are named after ``base``: :func:`seed_file` ``(base, seed)``, or the file named
+    by ``index`` that older versions wrote. The seed stored in each file decides which one it is,
+    so neither name is trusted alone; :class:`CheckpointError` if no file holds ``seed``."""
+    candidates = list(dict.fromkeys([seed_file(base, seed), seed_file(base, index)]))
+    other = None
+    for path in candidates:
+        if path.is_file():
+            meta, arrays = read_checkpoint(path)
+            if meta.get("seed") == seed:
+                return path, meta, arrays
+            other = other or f"{path} holds seed {meta.get('seed')!r}"
+    if other is None:
+        read_checkpoint(candidates[0])  # raises: the file does not exist
+    raise CheckpointError(f"no checkpoint of seed {seed} at {candidates[0]} ({other})")
 
 
 def save_checkpoint(path: str | os.PathLike, state: Any, meta: dict, overwrite: bool = True) -> Path:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional
+from types import MappingProxyType
+from typing import Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ class OptimConfig:
     learning_rate: float = 1e-4
     baseline_learning_rate: float = 1e-3
     clip_norm: Optional[float] = None
-    num_particles: int = 1  # ELBO particles; VIMCO's K (>= 2)
+    num_particles: Optional[int] = None  # ELBO particles, VIMCO's K (>= 2); None: the estimator's default
     # NVIL only: centre and normalise the learning signal with running statistics (NVIL paper),
     # their decay, and Pyro's loss scale N/B (60000/64 reproduces Pyro's baseline-loss magnitudes)
     normalize_signal: bool = False
@@ -35,7 +36,7 @@ class OptimConfig:
     loss_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.num_particles < 1:
+        if self.num_particles is not None and self.num_particles < 1:
             raise ValueError(f"num_particles must be >= 1, got {self.num_particles!r}")
         if not 0.0 < self.signal_decay < 1.0:
             raise ValueError(f"signal_decay must be in (0, 1), got {self.signal_decay!r}")
@@ -48,6 +49,13 @@ class OptimConfig:
         """The Pyro tutorial's optimiser settings (``-blr 0.1``; lr 1e-4)."""
         return cls(**({"baseline_learning_rate": 0.1} | overrides))
 
+    def for_estimator(self, estimator: str) -> "OptimConfig":
+        """This config with ``num_particles`` set: ``None`` becomes the estimator's default, the
+        default K of :class:`VIMCO_ELBO` for "vimco" and one particle for "nvil" and "concrete"."""
+        if self.num_particles is not None:
+            return self
+        return dataclasses.replace(self, num_particles=VIMCO_ELBO().num_particles if estimator == "vimco" else 1)
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -55,6 +63,12 @@ class Recipe:
 
     air: AIRConfig
     optim: OptimConfig
+
+    @classmethod
+    def pyro_default(cls) -> "Recipe":
+        """Pyro's ``main.py`` defaults, :class:`AIRConfig` and :class:`OptimConfig` as they are
+        (they do not learn well, pyro#637; ``--preset pyro-default``, the CLI's default)."""
+        return cls(AIRConfig(), OptimConfig())
 
     @classmethod
     def tutorial(cls) -> "Recipe":
@@ -76,6 +90,17 @@ class Recipe:
         return cls(base.air, dataclasses.replace(base.optim, learning_rate=3e-4))
 
 
+# Every named recipe, for Python (``make_svi(PRESETS["fast"])``) and ``numpyro-air train --preset``.
+PRESETS: Mapping[str, Recipe] = MappingProxyType(
+    {
+        "pyro-default": Recipe.pyro_default(),
+        "tutorial": Recipe.tutorial(),
+        "concrete": Recipe.concrete(),
+        "fast": Recipe.fast(),
+    }
+)
+
+
 class StepInfo(NamedTuple):
     loss: jnp.ndarray  # -ELBO per image of this batch (NaN if the step was skipped)
     skipped: jnp.ndarray  # bool: non-finite loss or parameters, update discarded
@@ -84,8 +109,8 @@ class StepInfo(NamedTuple):
 def make_svi(config: AIRConfig | Recipe, optim: Optional[OptimConfig] = None) -> SVI:
     """``numpyro.infer.SVI`` over AIR's model and guide with :class:`NVIL_ELBO`; the AIR config is
     a static keyword argument (compile-time constant). Pass a :class:`Recipe` (e.g.
-    ``Recipe.tutorial()``) to get its optimiser settings; with an ``AIRConfig`` alone, ``optim``
-    defaults to ``OptimConfig()`` (Pyro's CLI defaults, baseline lr 1e-3)."""
+    ``Recipe.tutorial()`` or ``PRESETS["fast"]``) to get its optimiser settings; with an
+    ``AIRConfig`` alone, ``optim`` defaults to ``OptimConfig()`` (Pyro's CLI defaults)."""
     if isinstance(config, Recipe):
         config, optim = config.air, (config.optim if optim is None else optim)
     optim = OptimConfig() if optim is None else optim
@@ -99,8 +124,10 @@ def make_svi(config: AIRConfig | Recipe, optim: Optional[OptimConfig] = None) ->
 def make_elbo(config: AIRConfig, optim: OptimConfig):
     """The ELBO of ``config.presence_estimator``: NVIL (score function, learned baselines, optional
     signal normalisation / loss scale), VIMCO (K-sample bound, leave-one-out signals) or
-    ``Trace_ELBO`` for the relaxed (Concrete) presence, which is all pathwise."""
+    ``Trace_ELBO`` for the relaxed (Concrete) presence, which is all pathwise. ``num_particles``
+    ``None`` takes the estimator's default (:meth:`OptimConfig.for_estimator`)."""
     estimator = config.presence_estimator
+    optim = optim.for_estimator(estimator)
     if estimator == "vimco":
         if optim.num_particles < 2:
             raise ValueError(f"VIMCO needs num_particles >= 2, got {optim.num_particles}")

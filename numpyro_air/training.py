@@ -27,7 +27,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import parallel, viz
-from .checkpoint import CheckpointError, config_from_meta, read_checkpoint, restore_into, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    config_from_meta,
+    read_checkpoint,
+    read_seed_checkpoint,
+    remove_stale_temporaries,
+    restore_into,
+    save_checkpoint,
+    seed_file,
+)
 from .config import AIRConfig
 from .data import batch_indices, to_float
 from .evaluation import accuracy_summary, evaluate, save_figures
@@ -79,9 +88,10 @@ class TrainingInterrupted(RuntimeError):
         return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM
 
 
-def checkpoint_path(base: Path, k: int, num_seeds: int) -> Path:
-    """``base`` for one seed; ``<stem>_seed<k><suffix>`` for each of several seeds."""
-    return base if num_seeds == 1 else base.with_name(f"{base.stem}_seed{k}{base.suffix}")
+def checkpoint_path(base: Path, tcfg: TrainConfig, k: int) -> Path:
+    """The checkpoint of the k-th seed of ``tcfg``: ``base`` for one seed; for several, named by
+    the seed number, ``<stem>_seed<seed><suffix>`` (``--seed 1 --num-seeds 3``: seeds 1, 2, 3)."""
+    return base if tcfg.num_seeds == 1 else seed_file(base, tcfg.seed_of(k))
 
 
 def seed_slice(tree, k: int):
@@ -103,7 +113,7 @@ def run_meta(air: AIRConfig, opt: OptimConfig, tcfg: TrainConfig, data_desc: dic
     """What a checkpoint records about its run (checked again on resume)."""
     return {
         "air_config": air.to_dict(),
-        "optim_config": dataclasses.asdict(opt),
+        "optim_config": dataclasses.asdict(opt.for_estimator(air.presence_estimator)),
         "batch_size": tcfg.batch_size,
         "seed": tcfg.seed_of(k),
         "step": step,
@@ -122,7 +132,8 @@ def _normalised(meta: dict, key: str, path):
         if key == "air_config":
             return config_from_meta(meta, path).to_dict()
         if key == "optim_config":
-            return dataclasses.asdict(OptimConfig(**got))
+            estimator = (meta.get("air_config") or {}).get("presence_estimator", "nvil")
+            return dataclasses.asdict(OptimConfig(**got).for_estimator(estimator))
     except (CheckpointError, TypeError, ValueError):
         pass
     return got
@@ -146,8 +157,8 @@ def check_meta(meta: dict, expected: dict, path) -> None:
 
 def initial_states(svi, tcfg: TrainConfig, example: jnp.ndarray, load=None, meta_of=None):
     """SVI states stacked on a seeds axis (K, ...): fresh (seed k from ``tcfg.seed_of(k)``), or
-    restored from the per-seed checkpoints at ``load``. Returns (states, start step, wall seconds
-    already spent)."""
+    restored from the per-seed checkpoints at ``load`` (files named by index, as older versions
+    wrote them, too). Returns (states, start step, wall seconds already spent)."""
     K = tcfg.num_seeds
     keys = jnp.stack([jax.random.PRNGKey(tcfg.seed_of(k)) for k in range(K)])
     init = jax.jit(jax.vmap(svi.init, in_axes=(0, None)))
@@ -156,8 +167,11 @@ def initial_states(svi, tcfg: TrainConfig, example: jnp.ndarray, load=None, meta
     template = jax.eval_shape(svi.init, keys[0], example)
     restored = []
     for k in range(K):
-        path = checkpoint_path(Path(load), k, K)
-        meta, arrays = read_checkpoint(path)
+        if K == 1:
+            path = Path(load)
+            meta, arrays = read_checkpoint(path)
+        else:
+            path, meta, arrays = read_seed_checkpoint(load, tcfg.seed_of(k), k)
         check_meta(meta, meta_of(k, meta.get("step", 0)), path)
         restored.append((meta, restore_into(template, arrays, path)))
     steps = sorted({m["step"] for m, _ in restored})
@@ -327,9 +341,11 @@ def save_all(run: Run, states=None, step: Optional[int] = None) -> Path:
     K = run.tcfg.num_seeds
     if run.writer:
         local = _local(states)
-        for k in range(K):
+        # last seed first: after a resume from index-named files (older versions), the file seed s
+        # replaces held seed tcfg.seed + s, a later seed, which by then is saved under its own name
+        for k in reversed(range(K)):
             meta = run_meta(run.air, run.opt, run.tcfg, run.data_desc, k, step) | {"wall_time": run.wall()}
-            save_checkpoint(checkpoint_path(run.save_base, k, K), seed_slice(local, k), meta)
+            save_checkpoint(checkpoint_path(run.save_base, run.tcfg, k), seed_slice(local, k), meta)
     return run.save_base
 
 
@@ -355,17 +371,21 @@ def periodic_actions(tcfg: TrainConfig) -> List[tuple]:
     ]
 
 
-def _prepare_out_dir(out_dir: Path, save_base: Path, num_seeds: int, load, overwrite: bool) -> None:
-    """A fresh run, or a resume into another directory, must not replace an existing run."""
+def _prepare_out_dir(out_dir: Path, save_base: Path, tcfg: TrainConfig, load, overwrite: bool) -> None:
+    """A fresh run, or a resume into another directory, must not replace an existing run. Removes
+    the temporary files a killed save of this run's checkpoints left behind."""
+    checkpoints = [checkpoint_path(save_base, tcfg, k) for k in range(tcfg.num_seeds)]
     resuming_here = load is not None and Path(load).resolve().parent == out_dir.resolve()
     if not resuming_here and not overwrite:
-        paths = [out_dir / "metrics.jsonl"] + [checkpoint_path(save_base, k, num_seeds) for k in range(num_seeds)]
-        clash = [p for p in paths if p.exists()]
+        clash = [p for p in [out_dir / "metrics.jsonl", *checkpoints] if p.exists()]
         if clash:
             raise FileExistsError(
                 f"{clash[0]} already exists: pass overwrite=True (--overwrite) to replace it, or --load to resume"
             )
     out_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        for path in checkpoints:
+            remove_stale_temporaries(path)
 
 
 def _check_data(air: AIRConfig, tcfg: TrainConfig, train_set) -> None:
@@ -471,7 +491,7 @@ def train(
     """
     out_dir, K = Path(out_dir), tcfg.num_seeds
     save_base = Path(save) if save is not None else out_dir / CHECKPOINT_NAME
-    _prepare_out_dir(out_dir, save_base, K, load, overwrite)
+    _prepare_out_dir(out_dir, save_base, tcfg, load, overwrite)
     _check_data(air, tcfg, train_set)
     mesh = _mesh(devices, tcfg.batch_size)
     run = start_run(air, opt, tcfg, (train_set, test_set), out_dir, save_base, data_desc or {}, load, log, mesh)

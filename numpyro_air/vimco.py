@@ -53,14 +53,15 @@ def leave_one_out_bounds(log_w: jnp.ndarray) -> jnp.ndarray:
 class VIMCO_ELBO(ELBO):
     """Multi-sample (IWAE) objective with VIMCO's leave-one-out score-function gradients.
 
-    :param int num_particles: K >= 2 particles per datum.
+    :param int num_particles: K >= 2 particles per datum; the default is also that of
+        ``OptimConfig(num_particles=None)`` and ``numpyro-air train --estimator vimco``.
     :param str plate: name of the data plate (per-datum bounds); see the module docstring.
     :param vectorize_particles: ``vmap`` (True), ``lax.map`` (False) or a callable over particles.
     """
 
     can_infer_discrete = True
 
-    def __init__(self, num_particles: int = 2, plate: str = DATA_PLATE, vectorize_particles: bool = True):
+    def __init__(self, num_particles: int = 4, plate: str = DATA_PLATE, vectorize_particles: bool = True):
         if int(num_particles) < 2:
             raise ValueError(f"VIMCO needs num_particles >= 2 (leave-one-out), got {num_particles!r}")
         super().__init__(num_particles=int(num_particles), vectorize_particles=vectorize_particles)

@@ -171,4 +171,5 @@ def test_sigkill_at_random_instants_resumes_from_last_checkpoint(setup):
     final = subprocess.run(base + ["--load", str(out / "checkpoint.npz")], capture_output=True, text=True, env=env,
                            timeout=600)
     assert final.returncode == 0, final.stderr[-3000:]
+    assert not list(out.glob("checkpoint.npz.*.tmp")), "a start removes the temporary file of a killed save"
     assert_same_arrays(read_checkpoint(out / "checkpoint.npz")[1], ref)

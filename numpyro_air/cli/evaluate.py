@@ -40,11 +40,14 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory means its ``checkpoint.npz`` (or the first ``checkpoint_seed*.npz``)."""
+    """A run directory means its ``checkpoint.npz`` (or the ``checkpoint_seed<N>.npz`` of the
+    lowest N: the first seed)."""
+    from numpyro_air.checkpoint import seed_files
+
     path = Path(path)
     if not path.is_dir():
         return path
-    for cand in [path / "checkpoint.npz", *sorted(path.glob("checkpoint_seed*.npz"))]:
+    for cand in [path / "checkpoint.npz", *seed_files(path / "checkpoint.npz")]:
         if cand.is_file():
             return cand
     raise SystemExit(f"error: run directory {path} holds no checkpoint.npz or checkpoint_seed*.npz")
@@ -107,6 +110,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
         "data": str(args.data),
         "num_images": int(len(ev.counts)),
         "step": meta.get("step"),
+        "seed": meta.get("seed"),
         "presence": "discrete reading of a relaxed-presence model" if args.discrete else air.presence_estimator,
         **evaluate_file(params, air, ev, key, args.batch_size),
     }

@@ -59,6 +59,7 @@ def model_figures(ckpt: Path, out: Path) -> list:
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> list:
     args = build_parser(prog).parse_args(argv)
     from numpyro_air import viz
+    from numpyro_air.checkpoint import seed_files
 
     run = Path(args.run_dir)
     out = Path(args.out) if args.out else run
@@ -67,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> li
         raise SystemExit(f"error: {metrics} not found (expected the metrics log of a training run)")
     records = viz.read_jsonl(metrics)
     paths = viz.save_curves(records, out) + confusion_figures(records, out)
-    ckpt = next((p for p in [run / "checkpoint.npz", *sorted(run.glob("checkpoint_seed*.npz"))] if p.is_file()), None)
+    ckpt = next((p for p in [run / "checkpoint.npz", *seed_files(run / "checkpoint.npz")] if p.is_file()), None)
     if ckpt is not None and not args.no_model_figures:
         paths += model_figures(ckpt, out)
     for path in paths:

