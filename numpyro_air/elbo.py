@@ -43,17 +43,16 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 from jax import random
 from jax.lax import stop_gradient
-from numpyro.handlers import seed
 from numpyro.infer.elbo import ELBO, get_nonreparam_deps
-from numpyro.infer.util import get_importance_trace
 from numpyro.primitives import mutable
-from numpyro.util import check_model_guide_match
+
+from .traces import importance_traces, is_scan_site, mutable_values
 
 DEFAULT_BETA = 0.9
 DEFAULT_SIGNAL_STATS = "{}_signal_stats"
@@ -89,10 +88,6 @@ def with_signal_stats(
     return wrapped
 
 
-def _is_scan(site) -> bool:
-    return bool(site.get("_control_flow_done", False))
-
-
 def _term_in_layout(lp, term_site, target_site, target_ndim: int, keep_time: bool):
     """Reduce a cost term ``lp`` to the batch layout of ``target_site``.
 
@@ -100,7 +95,7 @@ def _term_in_layout(lp, term_site, target_site, target_ndim: int, keep_time: boo
     broadcastable to (T, *target_batch) if ``keep_time`` else (*target_batch), where
     ``target_ndim`` is the rank of target_batch (without the time axis).
     """
-    lead = 1 if _is_scan(term_site) else 0
+    lead = 1 if is_scan_site(term_site) else 0
     keep_dims = {f.dim for f in term_site["cond_indep_stack"] if f in target_site["cond_indep_stack"]}
     nd = lp.ndim - lead
     for d in range(-nd, 0):
@@ -200,21 +195,30 @@ class NVIL_ELBO(ELBO):
         what ``loss`` adds, and with detached baseline inputs it reaches only baseline params),
         and per-site ``score_weights`` (what multiplies log q: sg(cost - b), normalised if asked).
         With ``loss_scale`` c, ``loss``, ``elbo`` and ``costs`` are c times the unscaled ones."""
-        k_model, k_guide = random.split(rng_key)
-        model_trace, guide_trace = get_importance_trace(
-            seed(model, k_model), seed(guide, k_guide), args, kwargs, param_map
-        )
-        check_model_guide_match(model_trace, guide_trace)
+        model_trace, guide_trace = importance_traces(model, guide, param_map, rng_key, args, kwargs)
+        elbo, terms, discrete = self._collect_terms(model_trace, guide_trace)
+        deps = self._dependencies(model, guide, args, kwargs, param_map, guide_trace, discrete)
+        mutable_state = mutable_values(model_trace, guide_trace)
+        signals = {}
+        for name in discrete:
+            site = guide_trace[name]
+            log_q = site["fn"].log_prob(site["value"])  # unscaled score function
+            cost = self._cost_to_go(site, log_q.shape, terms, None if deps is None else deps[name])
+            signals[name], updates = self._signal(name, site, guide_trace, log_q, cost)
+            mutable_state.update(updates)
+        return self._assemble(elbo, signals, mutable_state)
 
-        # cost terms: (trace name, site, signed log-prob)
-        terms = []
+    def _collect_terms(self, model_trace, guide_trace) -> Tuple[jnp.ndarray, list, list]:
+        """The ELBO estimate (pathwise in the reparameterised sites, stop-gradient in the others),
+        every cost term ``(("model"|"guide", name), site, signed scaled log-density)`` and the
+        names of the guide's discrete (non-reparameterised) latent sites."""
+        terms, discrete = [], []
         elbo = jnp.zeros(())
         for name, site in model_trace.items():
             if site["type"] == "sample":
                 lp = self._scaled(site["log_prob"])
                 elbo = elbo + jnp.sum(lp)
                 terms.append((("model", name), site, lp))
-        discrete = []
         for name, site in guide_trace.items():
             if site["type"] == "sample" and not site["is_observed"]:
                 lp = self._scaled(site["log_prob"])
@@ -224,64 +228,65 @@ class NVIL_ELBO(ELBO):
                     elbo = elbo - jnp.sum(stop_gradient(lp))
                     discrete.append(name)
                 terms.append((("guide", name), site, -lp))
-
-        scan_lengths = {lp.shape[0] for _, s, lp in terms if _is_scan(s)}
+        scan_lengths = {lp.shape[0] for _, s, lp in terms if is_scan_site(s)}
         if len(scan_lengths) > 1:
             raise ValueError(
                 f"NVIL_ELBO assumes all scanned sites share one time axis; got lengths {sorted(scan_lengths)}"
             )
+        return elbo, terms, discrete
 
-        deps = self._dependencies(model, guide, args, kwargs, param_map, guide_trace, discrete)
-        mutable_state = {
-            name: site["value"]
-            for tr in (model_trace, guide_trace)
-            for name, site in tr.items()
-            if site["type"] == "mutable"
-        }
+    @staticmethod
+    def _cost_to_go(site, log_q_shape: Tuple[int, ...], terms: list, deps: Optional[set]) -> jnp.ndarray:
+        """Sum of the cost terms downstream of discrete ``site`` (all of them if ``deps`` is None),
+        in the site's layout (T, *batch) or (*batch): inside a scan, step t's cost is the reverse
+        cumulative sum of the scanned terms from t on plus every top-level term."""
+        scan_site = is_scan_site(site)
+        ndim = len(log_q_shape) - (1 if scan_site else 0)
+        cost = jnp.zeros(())
+        per_step = jnp.zeros(())
+        for key, term_site, lp in terms:
+            if deps is not None and key not in deps:
+                continue
+            if scan_site and is_scan_site(term_site):
+                per_step = per_step + _term_in_layout(lp, term_site, site, ndim, keep_time=True)
+            else:
+                cost = cost + _term_in_layout(lp, term_site, site, ndim, keep_time=False)
+        if scan_site:
+            cost = _reverse_cumsum(jnp.broadcast_to(per_step, log_q_shape)) + cost
+        return jnp.broadcast_to(cost, log_q_shape)
 
+    def _signal(self, name: str, site, guide_trace, log_q: jnp.ndarray, cost: jnp.ndarray):
+        """One discrete site's score term and baseline: ``(dict(log_q, weight, cost, baseline,
+        learned), {mutable site: new value})``."""
+        scan_site = is_scan_site(site)
+        b, learned, avg_update = self._baseline(name, site, guide_trace, cost, scan_site)
+        updates = {} if avg_update is None else dict([avg_update])
+        weight = stop_gradient(cost - b)
+        if self.normalize_signal:
+            weight, stats_update = self._normalise(name, guide_trace, weight, log_q, scan_site)
+            updates[stats_update[0]] = stats_update[1]
+        return dict(log_q=log_q, weight=weight, cost=cost, baseline=b, learned=learned), updates
+
+    @staticmethod
+    def _assemble(elbo: jnp.ndarray, signals: dict, mutable_state: dict) -> Dict[str, Any]:
+        """The surrogate losses from the ELBO estimate and each discrete site's score term: the
+        score part sum(log q * weight) enters with value 0; learned baselines regress the
+        un-normalised cost (``baseline_loss``), also with value 0 in ``loss``."""
         surrogate = jnp.zeros(())
         bl_loss = jnp.zeros(())
-        costs, baselines, weights = {}, {}, {}
-        for name in discrete:
-            site = guide_trace[name]
-            log_q = site["fn"].log_prob(site["value"])  # unscaled score function
-            scan_site = _is_scan(site)
-            ndim = log_q.ndim - (1 if scan_site else 0)
-            cost = jnp.zeros(())
-            per_step = jnp.zeros(())
-            for key, term_site, lp in terms:
-                if deps is not None and key not in deps[name]:
-                    continue
-                if scan_site and _is_scan(term_site):
-                    per_step = per_step + _term_in_layout(lp, term_site, site, ndim, keep_time=True)
-                else:
-                    cost = cost + _term_in_layout(lp, term_site, site, ndim, keep_time=False)
-            if scan_site:
-                per_step = jnp.broadcast_to(per_step, log_q.shape)
-                cost = _reverse_cumsum(per_step) + cost
-            cost = jnp.broadcast_to(cost, log_q.shape)
-            b, learned, avg_update = self._baseline(name, site, guide_trace, cost, scan_site)
-            if avg_update is not None:
-                mutable_state[avg_update[0]] = avg_update[1]
-            weight = stop_gradient(cost - b)
-            if self.normalize_signal:
-                weight, stats_update = self._normalise(name, guide_trace, weight, log_q, scan_site)
-                mutable_state[stats_update[0]] = stats_update[1]
-            surrogate = surrogate + jnp.sum(log_q * weight)
-            if learned:  # the regression target stays the un-normalised cost
-                bl_loss = bl_loss + jnp.sum((stop_gradient(cost) - b) ** 2)
-            costs[name], baselines[name], weights[name] = stop_gradient(cost), stop_gradient(b), weight
-
+        for sig in signals.values():
+            surrogate = surrogate + jnp.sum(sig["log_q"] * sig["weight"])
+            if sig["learned"]:
+                bl_loss = bl_loss + jnp.sum((stop_gradient(sig["cost"]) - sig["baseline"]) ** 2)
         surrogate_loss = -(elbo + surrogate - stop_gradient(surrogate))
-        loss = surrogate_loss + (bl_loss - stop_gradient(bl_loss))
         return dict(
-            loss=loss,
+            loss=surrogate_loss + (bl_loss - stop_gradient(bl_loss)),
             elbo=stop_gradient(elbo),
             surrogate_loss=surrogate_loss,
             baseline_loss=bl_loss,
-            costs=costs,
-            baselines=baselines,
-            score_weights=weights,
+            costs={n: stop_gradient(sig["cost"]) for n, sig in signals.items()},
+            baselines={n: stop_gradient(sig["baseline"]) for n, sig in signals.items()},
+            score_weights={n: sig["weight"] for n, sig in signals.items()},
             mutable_state=mutable_state or None,
         )
 

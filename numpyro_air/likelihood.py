@@ -14,7 +14,7 @@ logsumexp, so memory is that of ``chunk_size`` samples whatever ``num_samples`` 
 always uses ``random.split(key, num_samples)[i]``, so the chunk size changes only the order of
 the floating-point reductions, never the samples.
 
-:func:`per_datum_log_weight` and :func:`reduce_to_data` are shared with
+The per-datum log-weights come from :mod:`numpyro_air.traces`, shared with
 :class:`numpyro_air.vimco.VIMCO_ELBO`.
 """
 
@@ -22,93 +22,16 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 from jax import random
-from numpyro.handlers import seed
-from numpyro.infer.util import get_importance_trace
-from numpyro.util import check_model_guide_match
 
 from .config import AIRConfig
 from .guide import guide as air_guide
 from .model import model as air_model
-
-DATA_PLATE = "data"
-
-
-# ----------------------------------------------------------------------------- per-datum reduction
-def _plate_frame(site: dict, plate: str):
-    return next((f for f in site["cond_indep_stack"] if f.name == plate), None)
-
-
-def _check_unscaled(site: dict) -> None:
-    scale = site.get("scale")
-    if scale is not None and not (isinstance(scale, (int, float)) and scale == 1):
-        raise ValueError(
-            f"site {site['name']!r} is scaled (subsampling plate or handlers.scale): importance weights "
-            "need unscaled log-densities; pass explicit minibatches instead"
-        )
-
-
-def weight_sites(model_trace: dict, guide_trace: dict) -> list:
-    """[(site, sign)] of every term of log w: model sample sites (+1; latent and observed) and
-    guide latent sample sites (-1). Guide sites with ``obs=`` are not latents and are skipped."""
-    out = [(s, 1.0) for s in model_trace.values() if s["type"] == "sample"]
-    out += [(s, -1.0) for s in guide_trace.values() if s["type"] == "sample" and not s["is_observed"]]
-    return out
-
-
-def data_size(sites: Sequence[dict], plate: str = DATA_PLATE) -> Optional[int]:
-    """Size B of ``plate`` if every site in ``sites`` lies in it, else None (one datum: the
-    whole trace). Raises if the sites disagree on B or a site is scaled."""
-    sizes = set()
-    for site in sites:
-        _check_unscaled(site)
-        frame = _plate_frame(site, plate)
-        if frame is None:
-            return None
-        sizes.add(int(frame.size))
-    if len(sizes) != 1:
-        raise ValueError(f"sites disagree on the size of plate {plate!r}: {sorted(sizes)}")
-    return sizes.pop()
-
-
-def reduce_to_data(lp: jnp.ndarray, site: dict, plate: str, size: Optional[int]) -> jnp.ndarray:
-    """Sum a site's log-density ``lp`` (any batch shape; a leading time axis for scanned sites)
-    over every axis except ``plate``'s: returns (B,), or (1,) when ``size`` is None."""
-    if size is None:
-        return jnp.sum(lp).reshape(1)
-    frame = _plate_frame(site, plate)
-    axis = lp.ndim + frame.dim  # frame.dim counts from the right of the batch shape
-    if axis < 0 or lp.shape[axis] != size:
-        raise ValueError(f"site {site['name']!r}: log-density shape {lp.shape} has no plate axis of size {size}")
-    return jnp.moveaxis(lp, axis, -1).reshape(-1, size).sum(0)
-
-
-def per_datum_log_weight(model_trace: dict, guide_trace: dict, plate: str = DATA_PLATE) -> jnp.ndarray:
-    """log w = log p(x, z) - log q(z | x) per datum, (B,) (or (1,) when some site lies outside
-    ``plate``), from traces with ``log_prob`` filled in (masks applied) by
-    ``numpyro.infer.util.get_importance_trace``; sums over sites, scan steps and other dims."""
-    terms = weight_sites(model_trace, guide_trace)
-    size = data_size([s for s, _ in terms], plate)
-    total = jnp.zeros(1 if size is None else size)
-    for site, sign in terms:
-        total = total + sign * reduce_to_data(site["log_prob"], site, plate, size)
-    return total
-
-
-def importance_traces(
-    model: Callable, guide: Callable, params: Dict[str, Any], key: jax.Array, args: tuple, kwargs: dict
-):
-    """(model_trace, guide_trace) of one draw: the guide seeded with the second half of
-    ``random.split(key)``, the model (first half) replayed against it, both under
-    ``substitute(data=params)``, with per-site ``log_prob``."""
-    k_model, k_guide = random.split(key)
-    model_trace, guide_trace = get_importance_trace(seed(model, k_model), seed(guide, k_guide), args, kwargs, params)
-    check_model_guide_match(model_trace, guide_trace)
-    return model_trace, guide_trace
+from .traces import DATA_PLATE, importance_traces, per_datum_terms
 
 
 def log_weight(
@@ -120,9 +43,9 @@ def log_weight(
     kwargs: Optional[dict] = None,
     plate: str = DATA_PLATE,
 ) -> jnp.ndarray:
-    """One importance draw: per-datum log w, (B,) (see :func:`per_datum_log_weight`)."""
+    """One importance draw: per-datum log w, (B,) (see :func:`numpyro_air.traces.per_datum_terms`)."""
     model_trace, guide_trace = importance_traces(model, guide, params, key, args, kwargs or {})
-    return per_datum_log_weight(model_trace, guide_trace, plate)
+    return per_datum_terms(model_trace, guide_trace, plate)[0]
 
 
 # ----------------------------------------------------------------------------- chunked estimates

@@ -23,7 +23,7 @@ If any site lies outside ``plate`` (a global latent) or there is no such plate, 
 one datum (B = 1): per-datum bounds are only valid when the data are conditionally independent.
 Scaled sites (subsampling plates, ``handlers.scale``) are rejected: the weights need unscaled
 log-densities. Keys: particle k uses ``random.split(rng_key, K)[k]``, split again into
-(model key, guide key) as in :func:`numpyro_air.likelihood.importance_traces`.
+(model key, guide key) as in :func:`numpyro_air.traces.importance_traces`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from jax import random
 from jax.lax import stop_gradient
 from numpyro.infer.elbo import ELBO
 
-from .likelihood import DATA_PLATE, data_size, importance_traces, reduce_to_data, weight_sites
+from .traces import DATA_PLATE, importance_traces, mutable_values, per_datum_terms
 
 
 def leave_one_out_bounds(log_w: jnp.ndarray) -> jnp.ndarray:
@@ -102,19 +102,5 @@ class VIMCO_ELBO(ELBO):
     def _particle(self, key, param_map, model: Callable, guide: Callable, args: tuple, kwargs: dict):
         """(log w (B,), sum of non-reparameterised log q (B,), mutable state dict) of one draw."""
         model_trace, guide_trace = importance_traces(model, guide, param_map, key, args, kwargs)
-        terms = weight_sites(model_trace, guide_trace)
-        size = data_size([s for s, _ in terms], self.plate)
-        log_w = jnp.zeros(1 if size is None else size)
-        log_q_disc = jnp.zeros_like(log_w)
-        for site, sign in terms:
-            log_w = log_w + sign * reduce_to_data(site["log_prob"], site, self.plate, size)
-            if sign < 0 and not site["fn"].has_rsample:
-                # score function: log q of the stop-gradiented value (unscaled: scaling is rejected)
-                log_q_disc = log_q_disc + reduce_to_data(site["log_prob"], site, self.plate, size)
-        mutable = {
-            name: site["value"]
-            for tr in (model_trace, guide_trace)
-            for name, site in tr.items()
-            if site["type"] == "mutable"
-        }
-        return log_w, log_q_disc, mutable
+        log_w, log_q_disc = per_datum_terms(model_trace, guide_trace, self.plate)
+        return log_w, log_q_disc, mutable_values(model_trace, guide_trace)
