@@ -58,6 +58,18 @@ DEFAULT_BETA = 0.9
 DEFAULT_SIGNAL_STATS = "{}_signal_stats"
 
 
+def check_signal_decay(signal_decay: float) -> None:
+    """The running statistics' decay alpha must lie in [0, 1) (0: this batch's moments only)."""
+    if not (isinstance(signal_decay, (int, float)) and 0.0 <= float(signal_decay) < 1.0):
+        raise ValueError(f"signal_decay must be in [0, 1), got {signal_decay!r}")
+
+
+def check_loss_scale(loss_scale: float) -> None:
+    """The loss scale c must be a positive finite number."""
+    if not (isinstance(loss_scale, (int, float)) and float(loss_scale) > 0 and math.isfinite(loss_scale)):
+        raise ValueError(f"loss_scale must be a positive finite number, got {loss_scale!r}")
+
+
 def signal_stats_init(shape: Tuple[int, ...] = (), dtype=jnp.float32) -> Dict[str, jnp.ndarray]:
     """Initial running statistics of one discrete site's learning signal: ``{"mean": zeros(shape),
     "var": zeros(shape)}`` with shape (T,) for a site inside a scan of length T, () otherwise.
@@ -159,10 +171,8 @@ class NVIL_ELBO(ELBO):
         loss_scale: float = 1.0,
     ):
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
-        if not 0.0 <= float(signal_decay) < 1.0:
-            raise ValueError(f"signal_decay must be in [0, 1), got {signal_decay!r}")
-        if not (isinstance(loss_scale, (int, float)) and float(loss_scale) > 0 and math.isfinite(loss_scale)):
-            raise ValueError(f"loss_scale must be a positive finite number, got {loss_scale!r}")
+        check_signal_decay(signal_decay)
+        check_loss_scale(loss_scale)
         self.use_provenance = use_provenance
         self.normalize_signal = bool(normalize_signal)
         self.signal_decay = float(signal_decay)

@@ -13,7 +13,7 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.svi import SVIState, _make_loss_fn
 
 from .config import AIRConfig
-from .elbo import NVIL_ELBO, with_signal_stats
+from .elbo import NVIL_ELBO, check_loss_scale, check_signal_decay, with_signal_stats
 from .guide import guide
 from .model import model
 from .optim import make_optimizer
@@ -38,10 +38,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.num_particles is not None and self.num_particles < 1:
             raise ValueError(f"num_particles must be >= 1, got {self.num_particles!r}")
-        if not 0.0 < self.signal_decay < 1.0:
-            raise ValueError(f"signal_decay must be in (0, 1), got {self.signal_decay!r}")
-        if not (self.loss_scale > 0 and self.loss_scale < float("inf")):
-            raise ValueError(f"loss_scale must be positive and finite, got {self.loss_scale!r}")
+        check_signal_decay(self.signal_decay)
+        check_loss_scale(self.loss_scale)
         make_optimizer(self.learning_rate, self.baseline_learning_rate, self.clip_norm)  # validates
 
     @classmethod
@@ -129,8 +127,6 @@ def make_elbo(config: AIRConfig, optim: OptimConfig):
     estimator = config.presence_estimator
     optim = optim.for_estimator(estimator)
     if estimator == "vimco":
-        if optim.num_particles < 2:
-            raise ValueError(f"VIMCO needs num_particles >= 2, got {optim.num_particles}")
         return VIMCO_ELBO(num_particles=optim.num_particles)
     if estimator == "concrete":
         return Trace_ELBO(num_particles=optim.num_particles)

@@ -40,6 +40,12 @@ from numpyro.infer.elbo import ELBO
 from .traces import DATA_PLATE, importance_traces, mutable_values, per_datum_terms
 
 
+def check_vimco_particles(num_particles: int) -> None:
+    """VIMCO's leave-one-out signals need K >= 2 particles."""
+    if int(num_particles) < 2:
+        raise ValueError(f"VIMCO needs num_particles >= 2 (leave-one-out), got {num_particles!r}")
+
+
 def leave_one_out_bounds(log_w: jnp.ndarray) -> jnp.ndarray:
     """For log-weights (K, B), the bounds (K, B) with particle k's log-weight replaced by the mean
     of the other K - 1 log-weights: logsumexp_j(log w') - log K."""
@@ -62,8 +68,7 @@ class VIMCO_ELBO(ELBO):
     can_infer_discrete = True
 
     def __init__(self, num_particles: int = 4, plate: str = DATA_PLATE, vectorize_particles: bool = True):
-        if int(num_particles) < 2:
-            raise ValueError(f"VIMCO needs num_particles >= 2 (leave-one-out), got {num_particles!r}")
+        check_vimco_particles(num_particles)
         super().__init__(num_particles=int(num_particles), vectorize_particles=vectorize_particles)
         self.plate = plate
 

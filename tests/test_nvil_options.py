@@ -263,3 +263,22 @@ def test_air_normalised_nvil_trains_and_state_is_checkpointed():
         assert np.all(np.isfinite(np.asarray(leaf)))
     names = named_arrays(state)
     assert {"state/mutable_state/z_pres_signal_stats/mean", "state/mutable_state/z_pres_signal_stats/var"} <= set(names)
+
+
+@pytest.mark.parametrize("kw", BAD_OPTIONS + [dict(signal_decay=float("nan")), dict(loss_scale=-2.0)])
+def test_optim_config_refuses_what_the_estimator_refuses(kw):
+    """One rule per option: OptimConfig and NVIL_ELBO refuse the same values with the same message."""
+    from numpyro_air.svi import OptimConfig
+
+    with pytest.raises(ValueError) as from_elbo:
+        NVIL_ELBO(**kw)
+    with pytest.raises(ValueError) as from_config:
+        OptimConfig(**kw)
+    assert str(from_config.value) == str(from_elbo.value)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5, 0.99])
+def test_optim_config_accepts_what_the_estimator_accepts(decay):
+    from numpyro_air.svi import OptimConfig
+
+    assert NVIL_ELBO(signal_decay=decay).signal_decay == OptimConfig(signal_decay=decay).signal_decay == decay
