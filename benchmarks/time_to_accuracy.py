@@ -53,7 +53,7 @@ class Trainer:
         self.svi, self.tcfg, self.step = make_svi(recipe), tcfg, 0
         self.feed = Feeder(train_images, tcfg)
         self.states, _, _ = initial_states(self.svi, tcfg, jnp.asarray(to_float(train_images[: tcfg.batch_size])))
-        self.step_fn = make_step(self.svi, 1)
+        self.step_fn = make_step(self.svi, recipe.air, 1)
         self.pending, self.skipped, self.losses = [], 0, []
 
     def run(self, n: int) -> None:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from .config import AIRConfig
 from .data import to_float
 from .parallel import batch_sharding, replicated
 from .svi import make_update
@@ -47,15 +48,16 @@ def gather_images(data: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
     return batch.astype(jnp.float32) / 255.0 if data.dtype == jnp.uint8 else batch.astype(jnp.float32)
 
 
-def make_step(svi, num_seeds: int = 1, mesh: Optional[Mesh] = None) -> Callable:
-    """The jitted training step of K seeds (see the module docstring for the two signatures).
+def make_step(svi, config: AIRConfig, num_seeds: int = 1, mesh: Optional[Mesh] = None) -> Callable:
+    """The jitted training step of K seeds of ``svi`` (built by :func:`numpyro_air.svi.make_svi`
+    from ``config``; see the module docstring for the two signatures).
 
     ``t`` is the 1-based optimisation step (int32 array): the annealed prior reads it, so it
     never recompiles. Returns ``(states, StepInfo)`` with a leading seeds axis on every leaf.
     """
     if num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
-    update = over_seeds(make_update(svi), num_seeds)
+    update = over_seeds(make_update(svi, config), num_seeds)
     if mesh is None:
         return jax.jit(lambda states, data, idx, t: update(states, gather_images(data, idx), t))
     rep = replicated(mesh)

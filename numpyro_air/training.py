@@ -475,7 +475,7 @@ def train(
     _check_data(air, tcfg, train_set)
     mesh = _mesh(devices, tcfg.batch_size)
     run = start_run(air, opt, tcfg, (train_set, test_set), out_dir, save_base, data_desc or {}, load, log, mesh)
-    step_fn, actions = make_step(run.svi, K, mesh), periodic_actions(tcfg)
+    step_fn, actions = make_step(run.svi, air, K, mesh), periodic_actions(tcfg)
     feed = Feeder(np.asarray(train_set.images), tcfg, mesh)
     log(
         f"{'resumed at' if load is not None else 'starting'} step {run.step}: {K} seed(s), batch {tcfg.batch_size}, "
