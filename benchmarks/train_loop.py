@@ -8,9 +8,9 @@ Three ways to run ``--steps`` optimisation steps of K = ``--num-seeds`` seeds (o
 (a) bare: the jitted update, ``jax.jit(make_update(svi, config))`` (K > 1: its ``jax.vmap`` over the
     stacked states), fed a batch already on the device (a pool of 4 random batches), as
     ``svi_step.py`` and ``seeds.py`` time it;
-(b) step + Feeder: the loop's own step ``numpyro_air.step.make_step(svi, config, K)`` with the uint8 data set
+(b) step + BatchSource: the loop's own step ``numpyro_air.step.make_step(svi, config, K)`` with the uint8 data set
     (``--num-images`` random 50x50 canvases) on the device and each step's (K, B) indices from
-    ``numpyro_air.training.Feeder``: the host computes the indices and ships them, the step gathers
+    ``numpyro_air.step.BatchSource``: the host computes the indices and ships them, the step gathers
     and scales the batch on the device: exactly the loop's per-step call;
 (c) train(): the real ``numpyro_air.training.train`` on the same data set, evaluation, checkpoints,
     figures and the progress bar off. It writes a "train" row to ``metrics.jsonl`` every
@@ -75,18 +75,18 @@ def bare_runner(svi, air, K: int, batch: int, device, seed: int):
 
 
 def loop_runner(svi, air, tcfg, images: np.ndarray):
-    """(step, states, args_of) of the loop's step and its Feeder (data set on the device)."""
+    """(step, states, args_of) of the loop's step and its BatchSource (data set on the device)."""
     from numpyro_air.data import to_float
-    from numpyro_air.step import make_step
-    from numpyro_air.training import Feeder, initial_states
+    from numpyro_air.step import BatchSource, make_step
+    from numpyro_air.training import initial_states
 
-    feed = Feeder(images, tcfg)
+    batches = BatchSource(images, tcfg.batch_size, [tcfg.seed_of(k) for k in range(tcfg.num_seeds)])
     states, _, _ = initial_states(svi, tcfg, jnp.asarray(to_float(images[: tcfg.batch_size])))
-    return make_step(svi, air, tcfg.num_seeds), states, lambda i: (*feed(i), jnp.asarray(i + 1, jnp.int32))
+    return make_step(svi, air, tcfg.num_seeds), states, lambda i: (batches(i), jnp.asarray(i + 1, jnp.int32))
 
 
 def time_step_paths(svi, air, tcfg, images, device, steps: int, warmup: int, repeats: int) -> dict:
-    """Median seconds of ``steps`` steps for (a) bare and (b) step + Feeder, alternating."""
+    """Median seconds of ``steps`` steps for (a) bare and (b) step + BatchSource, alternating."""
     runners = {"bare": bare_runner(svi, air, tcfg.num_seeds, tcfg.batch_size, device, tcfg.seed),
                "step_feeder": loop_runner(svi, air, tcfg, images)}
     states, pos, out = {}, {}, {name: {"runs_sec": []} for name in runners}
@@ -169,7 +169,7 @@ def main(argv=None) -> dict:
 
 
 def _text(r: dict) -> str:
-    names = {"bare": "(a) bare step, pre-placed batch", "step_feeder": "(b) make_step + Feeder", "train": "(c) train() loop"}
+    names = {"bare": "(a) bare step, pre-placed batch", "step_feeder": "(b) make_step + BatchSource", "train": "(c) train() loop"}
     out = [f"device {r['device']} ({r['backend']}), cpu {r['cpu_model']}, nproc {r['nproc']}, jax {r['jax_version']}",
            f"tutorial recipe, batch {r['batch_size']} x {r['num_seeds']} seed(s), {r['num_images']} synthetic images, "
            f"{r['steps']} timed steps",

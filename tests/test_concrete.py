@@ -317,7 +317,7 @@ def test_training_step_uses_the_annealed_temperature_of_its_step():
     from numpyro.optim import SGD
 
     from numpyro_air.model import temperatures
-    from numpyro_air.step import make_step
+    from numpyro_air.step import DeviceRows, make_step
     from numpyro_air.svi import make_update
 
     cfg = AIRConfig(
@@ -346,5 +346,5 @@ def test_training_step_uses_the_annealed_temperature_of_its_step():
     step = make_step(svi, cfg, 2)  # the loop's step: 2 seeds, uint8 data set and (K, B) indices
     states = jax.tree.map(lambda a: jnp.stack([a, a]), state)
     data = jnp.zeros((6, cfg.image_size, cfg.image_size), jnp.uint8)
-    _, info = step(states, data, jnp.zeros((2, B), jnp.int32), jnp.asarray(4, jnp.int32))
+    _, info = step(states, DeviceRows(data, jnp.zeros((2, B), jnp.int32)), jnp.asarray(4, jnp.int32))
     np.testing.assert_allclose(info.loss, [-w0 * scheduled(4) / B] * 2, rtol=1e-5)

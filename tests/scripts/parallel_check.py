@@ -12,7 +12,7 @@ import numpy as np
 import numpyro_air as na
 from numpyro_air import parallel
 from numpyro_air.elbo import NVIL_ELBO
-from numpyro_air.step import make_step, sharded_batch
+from numpyro_air.step import DeviceRows, make_step, sharded_batch
 from numpyro_air.svi import OptimConfig, make_svi, make_update
 
 
@@ -71,7 +71,7 @@ for k in range(2):
     ldiffs.append(abs(float(i_k.loss) - float(i_m.loss[k])))
 out["seeds_devices_param_maxdiff"], out["seeds_devices_loss_diff"] = max(diffs), max(ldiffs)
 # vmapped seeds on one device equal the individual steps too
-s_v, i_v = make_step(svi, cfg, 2)(states, jnp.asarray(data), jnp.asarray(idx2), jnp.asarray(1))
+s_v, i_v = make_step(svi, cfg, 2)(states, DeviceRows(jnp.asarray(data), jnp.asarray(idx2)), jnp.asarray(1))
 out["seeds_vmap_param_maxdiff"] = max(
     maxdiff(svi.get_params(step1(jax.tree.map(lambda a: a[k], states), imgs[k], jnp.asarray(1))[0]),
             jax.tree.map(lambda a: a[k], svi.get_params(s_v))) for k in range(2))
