@@ -40,10 +40,10 @@ def time_seeds(k: int, batch: int, steps: int, warmup: int, device, seed: int = 
         svi = make_svi(cfg, OptimConfig(baseline_learning_rate=0.1))
         keys = jnp.stack([jax.random.PRNGKey(seed + i) for i in range(k)])
         states = jax.block_until_ready(jax.jit(jax.vmap(svi.init, in_axes=(0, None)))(keys, pool[0][0]))
-        step = jax.jit(jax.vmap(make_update(svi), in_axes=(0, 0, None)))
+        step = jax.jit(jax.vmap(make_update(svi, cfg), in_axes=(0, 0, None)))
         if not vmapped:
             states, pool = jax.tree.map(lambda a: a[0], states), [p[0] for p in pool]
-            step = jax.jit(make_update(svi))
+            step = jax.jit(make_update(svi, cfg))
         t0 = time.perf_counter()
         states, info = jax.block_until_ready(step(states, pool[0], jnp.asarray(1, jnp.int32)))
         compile_sec = time.perf_counter() - t0

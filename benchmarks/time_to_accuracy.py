@@ -8,7 +8,7 @@ Usage:  python benchmarks/time_to_accuracy.py [--preset tutorial|concrete|fast] 
 Trains ``numpyro_air.Recipe.tutorial()`` (``--preset tutorial``, Pyro's recipe) or
 ``Recipe.concrete()`` (``--preset concrete``) or ``Recipe.fast()`` (``--preset fast``) (one seed) on the cached multi-MNIST
 (``load_multi_mnist(MultiMNISTConfig())``: 60,000 training canvases of 0-2 digits) with the loop's
-own pieces: ``numpyro_air.step.make_step`` and ``numpyro_air.training.Feeder`` (data set on the
+own pieces: ``numpyro_air.step.make_step`` and ``numpyro_air.step.BatchSource`` (data set on the
 device, batch i of the seed's order at step i), reading back the losses every 100 steps as the
 loop does. Every ``--eval-every`` steps it blocks, stops the training clock and measures held-out
 count accuracy (``numpyro_air.inference.count_accuracy``: one guide sample per image, Pyro's
@@ -42,24 +42,24 @@ SYNC_EVERY = 100  # the loop's default progress_every: losses are read back (a d
 
 
 class Trainer:
-    """One seed of the tutorial recipe, stepped with the loop's step builder and Feeder."""
+    """One seed of the tutorial recipe, stepped with the loop's step builder and BatchSource."""
 
     def __init__(self, recipe, tcfg, train_images: np.ndarray):
         from numpyro_air import make_svi
         from numpyro_air.data import to_float
-        from numpyro_air.step import make_step
-        from numpyro_air.training import Feeder, initial_states
+        from numpyro_air.step import BatchSource, make_step
+        from numpyro_air.training import initial_states
 
         self.svi, self.tcfg, self.step = make_svi(recipe), tcfg, 0
-        self.feed = Feeder(train_images, tcfg)
+        self.batches = BatchSource(train_images, tcfg.batch_size, [tcfg.seed_of(0)])
         self.states, _, _ = initial_states(self.svi, tcfg, jnp.asarray(to_float(train_images[: tcfg.batch_size])))
-        self.step_fn = make_step(self.svi, 1)
+        self.step_fn = make_step(self.svi, recipe.air, 1)
         self.pending, self.skipped, self.losses = [], 0, []
 
     def run(self, n: int) -> None:
         """``n`` more steps; reads the losses back every SYNC_EVERY steps and blocks at the end."""
         for _ in range(n):
-            self.states, info = self.step_fn(self.states, *self.feed(self.step), jnp.asarray(self.step + 1, jnp.int32))
+            self.states, info = self.step_fn(self.states, self.batches(self.step), jnp.asarray(self.step + 1, jnp.int32))
             self.step += 1
             self.pending.append(info)
             if self.step % SYNC_EVERY == 0:
@@ -82,7 +82,7 @@ def evaluate(trainer: Trainer, air, images: np.ndarray, counts: np.ndarray, seed
     from numpyro_air.inference import count_accuracy
 
     t0 = time.perf_counter()
-    key = jax.random.fold_in(jax.random.PRNGKey(seed + 1_000_003), trainer.step)  # as training.evaluate_all
+    key = jax.random.fold_in(jax.random.PRNGKey(seed + 1_000_003), trainer.step)  # as training.eval_rows
     res = count_accuracy(trainer.params(), images, counts, key, air, greedy=False, batch_size=min(1000, len(images)))
     recent = [x for x in trainer.losses[-SYNC_EVERY:] if np.isfinite(x)]
     return {"accuracy": res["accuracy"], "confusion": res["confusion"], "eval_sec": time.perf_counter() - t0,

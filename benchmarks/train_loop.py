@@ -5,12 +5,12 @@ Usage:  python benchmarks/train_loop.py [--batch-size 64] [--steps 200] [--warmu
 
 Three ways to run ``--steps`` optimisation steps of K = ``--num-seeds`` seeds (one step = K x B images):
 
-(a) bare: the jitted update, ``jax.jit(make_update(svi))`` (K > 1: its ``jax.vmap`` over the
+(a) bare: the jitted update, ``jax.jit(make_update(svi, config))`` (K > 1: its ``jax.vmap`` over the
     stacked states), fed a batch already on the device (a pool of 4 random batches), as
     ``svi_step.py`` and ``seeds.py`` time it;
-(b) step + Feeder: the loop's own step ``numpyro_air.step.make_step(svi, K)`` with the uint8 data set
+(b) step + BatchSource: the loop's own step ``numpyro_air.step.make_step(svi, config, K)`` with the uint8 data set
     (``--num-images`` random 50x50 canvases) on the device and each step's (K, B) indices from
-    ``numpyro_air.training.Feeder``: the host computes the indices and ships them, the step gathers
+    ``numpyro_air.step.BatchSource``: the host computes the indices and ships them, the step gathers
     and scales the batch on the device: exactly the loop's per-step call;
 (c) train(): the real ``numpyro_air.training.train`` on the same data set, evaluation, checkpoints,
     figures and the progress bar off. It writes a "train" row to ``metrics.jsonl`` every
@@ -57,7 +57,7 @@ def _timed_run(step, state, args_of, start: int, steps: int):
     return time.perf_counter() - t0, state
 
 
-def bare_runner(svi, K: int, batch: int, device, seed: int):
+def bare_runner(svi, air, K: int, batch: int, device, seed: int):
     """(step, state, args_of) of the bare update fed a pool of 4 pre-placed batches."""
     from numpyro_air.svi import make_update
 
@@ -65,30 +65,30 @@ def bare_runner(svi, K: int, batch: int, device, seed: int):
     lead = (K,) if K > 1 else ()
     pool = [jax.device_put(rng.uniform(0, 1, lead + (batch, 50, 50)).astype(np.float32), device) for _ in range(4)]
     if K == 1:
-        step, state = jax.jit(make_update(svi)), jax.jit(svi.init)(jax.random.PRNGKey(seed), pool[0])
+        step, state = jax.jit(make_update(svi, air)), jax.jit(svi.init)(jax.random.PRNGKey(seed), pool[0])
     else:
-        step = jax.jit(jax.vmap(make_update(svi), in_axes=(0, 0, None)))
+        step = jax.jit(jax.vmap(make_update(svi, air), in_axes=(0, 0, None)))
         keys = jnp.stack([jax.random.PRNGKey(seed + k) for k in range(K)])
         state = jax.jit(jax.vmap(svi.init, in_axes=(0, None)))(keys, pool[0][0])
     state = jax.device_put(state, device)
     return step, state, lambda i: (pool[i % 4], jnp.asarray(i + 1, jnp.int32))
 
 
-def loop_runner(svi, tcfg, images: np.ndarray):
-    """(step, states, args_of) of the loop's step and its Feeder (data set on the device)."""
+def loop_runner(svi, air, tcfg, images: np.ndarray):
+    """(step, states, args_of) of the loop's step and its BatchSource (data set on the device)."""
     from numpyro_air.data import to_float
-    from numpyro_air.step import make_step
-    from numpyro_air.training import Feeder, initial_states
+    from numpyro_air.step import BatchSource, make_step
+    from numpyro_air.training import initial_states
 
-    feed = Feeder(images, tcfg)
+    batches = BatchSource(images, tcfg.batch_size, [tcfg.seed_of(k) for k in range(tcfg.num_seeds)])
     states, _, _ = initial_states(svi, tcfg, jnp.asarray(to_float(images[: tcfg.batch_size])))
-    return make_step(svi, tcfg.num_seeds), states, lambda i: (*feed(i), jnp.asarray(i + 1, jnp.int32))
+    return make_step(svi, air, tcfg.num_seeds), states, lambda i: (batches(i), jnp.asarray(i + 1, jnp.int32))
 
 
-def time_step_paths(svi, tcfg, images, device, steps: int, warmup: int, repeats: int) -> dict:
-    """Median seconds of ``steps`` steps for (a) bare and (b) step + Feeder, alternating."""
-    runners = {"bare": bare_runner(svi, tcfg.num_seeds, tcfg.batch_size, device, tcfg.seed),
-               "step_feeder": loop_runner(svi, tcfg, images)}
+def time_step_paths(svi, air, tcfg, images, device, steps: int, warmup: int, repeats: int) -> dict:
+    """Median seconds of ``steps`` steps for (a) bare and (b) step + BatchSource, alternating."""
+    runners = {"bare": bare_runner(svi, air, tcfg.num_seeds, tcfg.batch_size, device, tcfg.seed),
+               "step_feeder": loop_runner(svi, air, tcfg, images)}
     states, pos, out = {}, {}, {name: {"runs_sec": []} for name in runners}
     for name, (step, state, args_of) in runners.items():
         t0 = time.perf_counter()
@@ -154,7 +154,7 @@ def main(argv=None) -> dict:
     tcfg = TrainConfig(batch_size=args.batch_size, seed=args.seed, num_seeds=args.num_seeds)
     images = np.random.default_rng(args.seed).integers(0, 256, (args.num_images, 50, 50), dtype=np.uint8)
     with jax.default_device(device):
-        paths = time_step_paths(make_svi(recipe), tcfg, images, device, args.steps, args.warmup, args.repeats)
+        paths = time_step_paths(make_svi(recipe), recipe.air, tcfg, images, device, args.steps, args.warmup, args.repeats)
         paths["train"] = time_train(recipe.air, recipe.optim, tcfg, images, args.steps)
     bare = paths["bare"]["steps_per_sec"]
     for r in paths.values():
@@ -169,7 +169,7 @@ def main(argv=None) -> dict:
 
 
 def _text(r: dict) -> str:
-    names = {"bare": "(a) bare step, pre-placed batch", "step_feeder": "(b) make_step + Feeder", "train": "(c) train() loop"}
+    names = {"bare": "(a) bare step, pre-placed batch", "step_feeder": "(b) make_step + BatchSource", "train": "(c) train() loop"}
     out = [f"device {r['device']} ({r['backend']}), cpu {r['cpu_model']}, nproc {r['nproc']}, jax {r['jax_version']}",
            f"tutorial recipe, batch {r['batch_size']} x {r['num_seeds']} seed(s), {r['num_images']} synthetic images, "
            f"{r['steps']} timed steps",

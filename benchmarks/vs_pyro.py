@@ -16,7 +16,7 @@ What is timed, with the tutorial recipe (``Recipe.tutorial()``; Pyro's tutorial 
 ``--z-pres-prior 0.01 --scale-prior-sd 0.2 --predict-net 200 --bl-predict-net 200
 --decoder-output-use-sigmoid --decoder-output-bias -2 -blr 0.1``), on random 50x50 images in [0, 1]:
 
-- training step at each of ``--batch-sizes``: ours is the bare step ``jax.jit(make_update(svi))``
+- training step at each of ``--batch-sizes``: ours is the bare step ``jax.jit(make_update(svi, cfg))``
   fed a pre-placed batch, each step blocked (as ``svi_step.py``); Pyro's is ``svi.step(X,
   batch_size=B, z_pres_prior_p=...)`` with ``SVI(air.model, air.guide, Adam, TraceGraph_ELBO())``,
   the Adam learning rates per parameter as Pyro's ``main.py`` sets them (baseline params "bl_*":

@@ -6,7 +6,7 @@ What users call::
     recipe = air.Recipe.tutorial()                 # AIRConfig + OptimConfig of Pyro's tutorial
                                                    # (every named recipe: air.PRESETS["fast"], ...)
     svi = air.make_svi(recipe)                     # numpyro.infer.SVI with NVIL_ELBO
-    update = air.make_update(svi)                  # pure (state, images, step) -> (state, info)
+    update = air.make_update(svi, recipe.air)      # pure (state, images, step) -> (state, info)
     config, params = air.load_params("run/checkpoint.npz")
     out = air.infer(params, images, key, config)   # counts, boxes, presence, reconstructions
 """

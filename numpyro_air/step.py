@@ -5,27 +5,37 @@ SVI states stacked on a leading seeds axis (K, ...), also for K = 1; the one-see
 :func:`over_seeds` only (it runs the plain update on the squeezed state: on CPU a vmap of size 1
 was measured 30-40% slower than the plain step).
 
-Two ways to feed a step, chosen by :func:`make_step`:
+One signature, ``step(states, batch, t) -> (states, StepInfo)``, whatever the layout: ``batch``
+is what a :class:`BatchSource` gives for step ``t - 1``, and how the step reads its images from it
+is chosen when :func:`make_step` builds it:
 
-- one device (``mesh=None``): ``step(states, data, idx, t)``: ``data`` is the whole uint8 data
-  set (N, H, W) kept on the device and ``idx`` (K, B) int32 the images of step t for each seed;
-  the batch is gathered and scaled to [0, 1] inside the compiled step (no host batch);
-- a device mesh: ``step(states, images, t)`` with ``images`` (K, B, H, W) float32 sharded along
-  B; every process builds only its addressable part (:func:`sharded_batch`).
+- one device (``mesh=None``): ``batch`` is :class:`DeviceRows`: the whole uint8 data set (N, H, W)
+  kept on the device and the (K, B) int32 images of this step for each seed; the batch is gathered
+  and scaled to [0, 1] inside the compiled step (no host batch);
+- a device mesh: ``batch`` is the (K, B, H, W) float32 batch sharded along B; every process builds
+  only its addressable part (:func:`sharded_batch`).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from .data import to_float
+from .config import AIRConfig
+from .data import batch_indices, to_float
 from .parallel import batch_sharding, replicated
 from .svi import make_update
+
+
+class DeviceRows(NamedTuple):
+    """A step's batch as rows of a data set kept on one device (a pytree the step takes)."""
+
+    data: jax.Array  # (N, H, W) uint8 or float
+    idx: jax.Array  # (K, B) int32: the rows of each seed
 
 
 def over_seeds(update: Callable, num_seeds: int) -> Callable:
@@ -47,19 +57,47 @@ def gather_images(data: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
     return batch.astype(jnp.float32) / 255.0 if data.dtype == jnp.uint8 else batch.astype(jnp.float32)
 
 
-def make_step(svi, num_seeds: int = 1, mesh: Optional[Mesh] = None) -> Callable:
-    """The jitted training step of K seeds (see the module docstring for the two signatures).
+def make_step(svi, config: AIRConfig, num_seeds: int = 1, mesh: Optional[Mesh] = None) -> Callable:
+    """The jitted training step ``step(states, batch, t)`` of K seeds of ``svi`` (built by
+    :func:`numpyro_air.svi.make_svi` from ``config``); ``batch`` as the module docstring says.
 
     ``t`` is the 1-based optimisation step (int32 array): the annealed prior reads it, so it
     never recompiles. Returns ``(states, StepInfo)`` with a leading seeds axis on every leaf.
     """
     if num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
-    update = over_seeds(make_update(svi), num_seeds)
+    update = over_seeds(make_update(svi, config), num_seeds)
     if mesh is None:
-        return jax.jit(lambda states, data, idx, t: update(states, gather_images(data, idx), t))
+
+        def step(states, batch: DeviceRows, t):
+            if not isinstance(batch, DeviceRows):
+                raise TypeError(f"a one-device step takes DeviceRows (see BatchSource), got {type(batch).__name__}")
+            return update(states, gather_images(batch.data, batch.idx), t)
+
+        return jax.jit(step)
     rep = replicated(mesh)
     return jax.jit(update, in_shardings=(rep, batch_sharding(mesh), rep), out_shardings=(rep, rep))
+
+
+class BatchSource:
+    """The ``batch`` argument of step i for the step :func:`make_step` builds with the same
+    ``mesh``: batch i of seed k holds the images ``batch_indices(N, batch_size, seeds[k], i)``
+    (``batch_at_step``), so a step's batch is a pure function of (seed, step). Without a mesh the
+    data set is put on the device once and each step ships only its indices."""
+
+    def __init__(self, images: np.ndarray, batch_size: int, seeds: Sequence[int], mesh: Optional[Mesh] = None):
+        self.images, self.batch_size, self.seeds, self.mesh = np.asarray(images), batch_size, tuple(seeds), mesh
+        self.data = None if mesh is not None else jax.device_put(self.images)
+
+    def indices(self, i: int) -> np.ndarray:
+        """(K, B) indices of the images of step i (0-based) of each seed."""
+        return np.stack([batch_indices(len(self.images), self.batch_size, seed, i) for seed in self.seeds])
+
+    def __call__(self, i: int):
+        idx = self.indices(i)
+        if self.mesh is None:
+            return DeviceRows(self.data, jnp.asarray(idx, jnp.int32))
+        return sharded_batch(self.images, idx, self.mesh)
 
 
 def sharded_batch(data: np.ndarray, idx: np.ndarray, mesh: Mesh) -> jax.Array:

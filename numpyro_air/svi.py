@@ -10,7 +10,7 @@ from typing import Callable, Mapping, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 from numpyro.infer import SVI, Trace_ELBO
-from numpyro.infer.svi import SVIState, _make_loss_fn
+from numpyro.infer.svi import SVIState
 
 from .config import AIRConfig
 from .elbo import NVIL_ELBO, check_loss_scale, check_signal_decay, with_signal_stats
@@ -140,12 +140,14 @@ def _sum_leaves(tree) -> jnp.ndarray:
     return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(tree))
 
 
-def make_update(svi: SVI) -> Callable[[SVIState, jnp.ndarray, jnp.ndarray], tuple]:
+def make_update(svi: SVI, config: AIRConfig) -> Callable[[SVIState, jnp.ndarray, jnp.ndarray], tuple]:
     """Pure (un-jitted) step ``(state, images (B,H,H), step) -> (state, StepInfo)`` for an SVI
-    built by :func:`make_svi` (its ``config`` static keyword gives the annealed prior). Compose it
-    with ``jax.jit`` / ``jax.vmap`` yourself, or use :func:`numpyro_air.step.make_step`.
+    built by :func:`make_svi` from ``config`` (which gives the annealed prior and temperature).
+    Compose it with ``jax.jit`` / ``jax.vmap`` yourself, or use :func:`numpyro_air.step.make_step`.
 
-    Same arithmetic and RNG use as ``svi.update``, plus:
+    Same arithmetic and RNG use as ``svi.update``, on NumPyro's public API only (the ELBO's
+    ``loss`` / ``loss_with_mutable_state``, ``svi.constrain_fn``, the optimiser's ``get_params``
+    and ``update``), plus:
 
     - ``step`` is the 1-based optimisation step as an array: the annealed z_pres prior is
       computed from it inside the trace, so changing it never recompiles;
@@ -155,30 +157,34 @@ def make_update(svi: SVI) -> Callable[[SVIState, jnp.ndarray, jnp.ndarray], tupl
       through a sum; a norm would first write a squared copy of every gradient), so the select
       fuses into the optimiser's element-wise update instead of costing another pass.
     """
-
-    config = svi.static_kwargs.get("config")
     if not isinstance(config, AIRConfig):
-        raise ValueError("make_update needs an SVI built by make_svi (static keyword `config` missing)")
+        raise TypeError(f"make_update needs the AIRConfig the SVI was built from, got {type(config).__name__}")
+    if "config" in svi.static_kwargs and svi.static_kwargs["config"] != config:
+        raise ValueError("make_update: `config` differs from the AIRConfig the SVI's model and guide run with")
+    elbo, model_fn, guide_fn, static = svi.loss, svi.model, svi.guide, svi.static_kwargs
+
+    def loss_fn(rng_key, images, kwargs, mutable_state):
+        """``params -> (-ELBO, new mutable state)`` at unconstrained ``params``, as NumPyro's SVI
+        evaluates it: the mutable state enters the parameter map without gradient."""
+
+        def loss(params):
+            params = svi.constrain_fn(params)
+            if not jax.tree.leaves(mutable_state):
+                return elbo.loss(rng_key, params, model_fn, guide_fn, images, **kwargs, **static), None
+            params = {**params, **jax.lax.stop_gradient(mutable_state)}
+            out = elbo.loss_with_mutable_state(rng_key, params, model_fn, guide_fn, images, **kwargs, **static)
+            return out["loss"], out["mutable_state"]
+
+        return loss
 
     def update(state: SVIState, images: jnp.ndarray, step: jnp.ndarray):
-        prior = z_pres_prior_probs(config, step)
-        kwargs = {"z_pres_prior": prior}
+        kwargs = {"z_pres_prior": z_pres_prior_probs(config, step)}
         if config.relaxed_presence:
             kwargs["temperature"] = concrete_temperature(config, step)
         rng_key, rng_key_step = jax.random.split(state.rng_key)
         params = svi.optim.get_params(state.optim_state)
-        loss_fn = _make_loss_fn(
-            svi.loss,
-            rng_key_step,
-            svi.constrain_fn,
-            svi.model,
-            svi.guide,
-            (images,),
-            kwargs,
-            svi.static_kwargs,
-            mutable_state=state.mutable_state,
-        )
-        (loss, mutable_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        loss_of = loss_fn(rng_key_step, images, kwargs, state.mutable_state)
+        (loss, mutable_state), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
         ok = jnp.isfinite(loss) & jnp.isfinite(_sum_leaves(grads))
         optim_state = svi.optim.update(grads, state.optim_state, value=loss)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731

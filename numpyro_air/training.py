@@ -1,11 +1,13 @@
 """Training loop: K seeds of JIT-compiled SVI steps, periodic actions, and no lost work.
 
 :func:`train` is a flat loop over pieces with one job each: :func:`initial_states` (fresh or
-restored from a checkpoint), :func:`numpyro_air.step.make_step` (one builder for one seed, K
-vmapped seeds and sharded devices), a :class:`MetricsLog`, and periodic actions as a list of
-``(every, action)``. SIGINT / SIGTERM stop the loop after the current step with a checkpoint
-(:class:`TrainingInterrupted`); any other exception writes a checkpoint of the last good state
-before it propagates. Only process 0 writes files.
+restored from a checkpoint), :func:`numpyro_air.step.make_step` and its
+:class:`~numpyro_air.step.BatchSource` (one step signature for one seed, K vmapped seeds and
+sharded devices), a :class:`MetricsLog`, and periodic actions as a list of ``(every, action)``.
+The loop's state lives in local variables (a :class:`Snapshot` the actions read); the actions
+return rows for the metrics log instead of changing shared state. SIGINT / SIGTERM stop the loop
+after the current step with a checkpoint (:class:`TrainingInterrupted`); any other exception
+writes a checkpoint of the last good state before it propagates. Only process 0 writes files.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +40,9 @@ from .checkpoint import (
     seed_file,
 )
 from .config import AIRConfig
-from .data import batch_indices, to_float
+from .data import to_float
 from .evaluation import accuracy_summary, evaluate, save_figures
-from .step import make_step, sharded_batch
+from .step import BatchSource, make_step
 from .svi import OptimConfig, make_svi
 
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -225,32 +227,12 @@ def stop_on_signals(signums=(signal.SIGINT, signal.SIGTERM)) -> Iterator[list]:
             signal.signal(s, handler)
 
 
-class Feeder:
-    """The arguments of step i after the states: ``(data, idx (K, B))`` with the uint8 data set
-    kept on the device, or a sharded (K, B, H, W) batch on a mesh. Batch i of seed k is
-    ``batch_at_step(images, B, seed_k, i)``."""
-
-    def __init__(self, images: np.ndarray, tcfg: TrainConfig, mesh=None):
-        self.images, self.tcfg, self.mesh = images, tcfg, mesh
-        self.data = None if mesh is not None else jax.device_put(images)
-
-    def indices(self, i: int) -> np.ndarray:
-        B = self.tcfg.batch_size
-        return np.stack([batch_indices(len(self.images), B, self.tcfg.seed_of(k), i) for k in range(self.tcfg.num_seeds)])
-
-    def __call__(self, i: int) -> tuple:
-        idx = self.indices(i)
-        if self.mesh is None:
-            return self.data, jnp.asarray(idx, jnp.int32)
-        return (sharded_batch(self.images, idx, self.mesh),)
+# ----------------------------------------------------------------------------- periodic actions
 
 
-# ----------------------------------------------------------------------------- the loop
-
-
-@dataclass
-class Run:
-    """What the periodic actions read and write: configs, data, files, the current states."""
+@dataclass(frozen=True)
+class Setup:
+    """What a run reads and never changes: configs, the SVI, data sets and where files go."""
 
     air: AIRConfig
     opt: OptimConfig
@@ -262,113 +244,114 @@ class Run:
     save_base: Path
     data_desc: dict
     log: Callable[[str], None]
-    metrics: MetricsLog
-    states: Any = None
-    step: int = 0
-    wall_offset: float = 0.0
-    t0: float = dataclasses.field(default_factory=time.time)
-    pending: list = dataclasses.field(default_factory=list)
-    last_elbo: list = dataclasses.field(default_factory=list)
-    last_eval: list = dataclasses.field(default_factory=list)
-    writer: bool = True  # process 0
-    bar: Any = None
+    writer: bool  # process 0 writes the files
 
-    def close(self) -> None:
-        """Log what is pending, close the progress bar and the metrics log."""
-        if self.pending:
-            log_progress(self)
-        if self.bar is not None:
-            self.bar.close()
-        self.metrics.close()
-
-    def wall(self) -> float:
-        return self.wall_offset + time.time() - self.t0
-
-    def params(self, k: int):
-        return seed_slice(_local(self.svi.get_params(self.states)), k)
+    def params(self, states, k: int):
+        return seed_slice(_local(self.svi.get_params(states)), k)
 
 
-def log_progress(run: Run) -> None:
-    """Mean -loss (= +ELBO per image) and skipped steps per seed over the last window."""
+class Snapshot(NamedTuple):
+    """What a periodic action reads of the loop after a step (the loop's own variables)."""
+
+    states: Any  # SVI states stacked on a seeds axis
+    step: int
+    wall: Callable[[], float]  # seconds of training so far, resumed runs included
+    pending: tuple  # StepInfo of every step since the last "train" rows
+    last: dict  # kind -> the latest rows of that kind written ("train", "eval"); never changed in place
+
+
+def progress_rows(run: Setup, at: Snapshot) -> List[dict]:
+    """Per seed: mean -loss (= +ELBO per image) and skipped steps over the pending steps."""
     K = run.tcfg.num_seeds
-    losses = np.concatenate([np.asarray(_local(p.loss)).reshape(-1, K) for p in run.pending])  # (n, K)
-    skipped = np.concatenate([np.asarray(_local(p.skipped)).reshape(-1, K) for p in run.pending]).sum(0)
-    run.pending.clear()
+    losses = np.concatenate([np.asarray(_local(p.loss)).reshape(-1, K) for p in at.pending])  # (n, K)
+    skipped = np.concatenate([np.asarray(_local(p.skipped)).reshape(-1, K) for p in at.pending]).sum(0)
     with np.errstate(all="ignore"):
-        run.last_elbo = [float(e) for e in -np.nanmean(losses, axis=0)]
-    for k in range(K):
-        run.metrics.write(
-            {
-                "kind": "train",
-                "step": run.step,
-                "wall_time": run.wall(),
-                "seed": run.tcfg.seed_of(k),
-                "elbo": run.last_elbo[k],
-                "skipped": int(skipped[k]),
-            }
-        )
-    if run.bar is not None:
-        run.bar.set_postfix_str(
-            "elbo/img="
-            + ",".join(f"{e:.1f}" for e in run.last_elbo)
-            + (f" skipped={int(skipped.sum())}" if skipped.sum() else "")
-        )
-        run.bar.update(run.step - run.bar.n)
+        elbo = [float(e) for e in -np.nanmean(losses, axis=0)]
+    return [
+        {"kind": "train", "step": at.step, "wall_time": at.wall(), "seed": run.tcfg.seed_of(k), "elbo": elbo[k],
+         "skipped": int(skipped[k])}
+        for k in range(K)
+    ]
 
 
-def evaluate_all(run: Run) -> None:
+def eval_rows(run: Setup, at: Snapshot) -> List[dict]:
     """Held-out (and training-image) count accuracy of every seed, logged."""
-    run.last_eval = []
+    rows = []
     for k in range(run.tcfg.num_seeds):
         seed = run.tcfg.seed_of(k)
-        key = jax.random.fold_in(jax.random.PRNGKey(seed + 1_000_003), run.step)
-        res = evaluate(run.params(k), run.tcfg, run.air, run.test_set, run.train_set, key)
-        elbo = run.last_elbo[k] if run.last_elbo else None
-        rec = {"kind": "eval", "step": run.step, "wall_time": run.wall(), "seed": seed, "elbo": elbo, **res}
-        run.metrics.write(rec)
-        run.last_eval.append(rec)
+        key = jax.random.fold_in(jax.random.PRNGKey(seed + 1_000_003), at.step)
+        res = evaluate(run.params(at.states, k), run.tcfg, run.air, run.test_set, run.train_set, key)
+        elbo = at.last["train"][k]["elbo"] if "train" in at.last else None
+        rows.append({"kind": "eval", "step": at.step, "wall_time": at.wall(), "seed": seed, "elbo": elbo, **res})
         run.log(
-            f"step={run.step} seed={seed} test_acc={res.get('test_accuracy', float('nan')):.4f} "
+            f"step={at.step} seed={seed} test_acc={res.get('test_accuracy', float('nan')):.4f} "
             f"(greedy {res.get('test_accuracy_greedy', float('nan')):.4f}) "
             f"train_acc={res['train_accuracy']:.4f} test_confusion={res.get('test_confusion')}"
         )
+    return rows
 
 
-def save_all(run: Run, states=None, step: Optional[int] = None) -> Path:
-    """Per-seed checkpoints of ``states`` (default: the current ones) at ``step``."""
-    states = run.states if states is None else states
-    step = run.step if step is None else step
+def save_all(run: Setup, at: Snapshot) -> List[dict]:
+    """Per-seed checkpoints of the states at ``at.step`` (no rows)."""
     K = run.tcfg.num_seeds
     if run.writer:
-        local = _local(states)
+        local = _local(at.states)
         # last seed first: after a resume from index-named files (older versions), the file seed s
         # replaces held seed tcfg.seed + s, a later seed, which by then is saved under its own name
         for k in reversed(range(K)):
-            meta = run_meta(run.air, run.opt, run.tcfg, run.data_desc, k, step) | {"wall_time": run.wall()}
+            meta = run_meta(run.air, run.opt, run.tcfg, run.data_desc, k, at.step) | {"wall_time": at.wall()}
             save_checkpoint(checkpoint_path(run.save_base, run.tcfg, k), seed_slice(local, k), meta)
-    return run.save_base
+    return []
 
 
-def figures_all(run: Run, final: bool = False) -> None:
+def figures_all(run: Setup, at: Snapshot, final: bool = False) -> List[dict]:
     """Boxes, reconstructions and prior samples of every seed (under viz/stepNNNNNNN unless final)."""
     if not run.writer:
-        return
+        return []
     ds = run.test_set if run.test_set is not None else run.train_set
     images = to_float(ds.images[:16])
-    d = run.out_dir if final else run.out_dir / "viz" / f"step{run.step:07d}"
+    d = run.out_dir if final else run.out_dir / "viz" / f"step{at.step:07d}"
     for k in range(run.tcfg.num_seeds):
         tag = "" if run.tcfg.num_seeds == 1 else f"_seed{run.tcfg.seed_of(k)}"
-        save_figures(run.params(k), run.air, images, ds.counts[:16], jax.random.PRNGKey(run.step), d, tag)
+        save_figures(run.params(at.states, k), run.air, images, ds.counts[:16], jax.random.PRNGKey(at.step), d, tag)
+    return []
 
 
 def periodic_actions(tcfg: TrainConfig) -> List[tuple]:
-    """(every, action) pairs run after each step whose number is a multiple of ``every``."""
+    """(every, action) pairs run in this order after each step whose number is a multiple of
+    ``every``; ``action(run, snapshot)`` returns the rows it adds to the metrics log."""
     return [
-        (tcfg.progress_every, log_progress),
-        (tcfg.eval_every, evaluate_all),
+        (tcfg.progress_every, progress_rows),
+        (tcfg.eval_every, eval_rows),
         (tcfg.save_every, save_all),
         (tcfg.viz_every, figures_all),
     ]
+
+
+class Records:
+    """Where rows go: the metrics log, and the progress bar for "train" rows."""
+
+    def __init__(self, metrics: MetricsLog, bar):
+        self.metrics, self.bar = metrics, bar
+
+    def write(self, rows: List[dict]) -> dict:
+        """Write ``rows``; return them grouped by kind."""
+        by_kind: dict = {}
+        for row in rows:
+            self.metrics.write(row)
+            by_kind.setdefault(row["kind"], []).append(row)
+        train = by_kind.get("train")
+        if train:
+            skipped = sum(r["skipped"] for r in train)
+            self.bar.set_postfix_str(
+                "elbo/img=" + ",".join(f"{r['elbo']:.1f}" for r in train) + (f" skipped={skipped}" if skipped else "")
+            )
+            self.bar.update(train[0]["step"] - self.bar.n)
+        return by_kind
+
+    def close(self) -> None:
+        self.bar.close()
+        self.metrics.close()
 
 
 def _prepare_out_dir(out_dir: Path, save_base: Path, tcfg: TrainConfig, load, overwrite: bool) -> None:
@@ -404,24 +387,34 @@ def _mesh(devices, batch_size: int):
     return mesh
 
 
-def finish(run: Run) -> dict:
+def recorded(at: Snapshot, new: dict) -> Snapshot:
+    """``at`` after rows ``new`` (kind -> rows) were written: "train" rows summarise the pending steps."""
+    return at._replace(pending=() if "train" in new else at.pending, last=at.last | new)
+
+
+def flush(run: Setup, at: Snapshot, records: Records) -> Snapshot:
+    """Write the rows of the steps still pending (a run ending or stopping between rows)."""
+    return recorded(at, records.write(progress_rows(run, at))) if at.pending else at
+
+
+def finish(run: Setup, at: Snapshot, records: Records) -> dict:
     """Final checkpoint, evaluation, figures, curves and ``summary.json``."""
-    if run.pending:
-        log_progress(run)
-    save_all(run)
-    if not run.last_eval or run.last_eval[0]["step"] != run.step:
-        evaluate_all(run)
-    figures_all(run, final=True)
-    run.close()
+    at = flush(run, at, records)
+    save_all(run, at)
+    if not at.last.get("eval") or at.last["eval"][0]["step"] != at.step:
+        at = recorded(at, records.write(eval_rows(run, at)))
+    figures_all(run, at, final=True)
+    records.close()
+    final = at.last["eval"]
     summary = {
-        "steps": run.step,
-        "wall_time_sec": run.wall(),
-        "final": [{k: r[k] for k in r if "confusion" not in k and k != "kind"} for r in run.last_eval],
-        "seeds_reaching": accuracy_summary([r.get("test_accuracy", r["train_accuracy"]) for r in run.last_eval]),
+        "steps": at.step,
+        "wall_time_sec": at.wall(),
+        "final": [{k: r[k] for k in r if "confusion" not in k and k != "kind"} for r in final],
+        "seeds_reaching": accuracy_summary([r.get("test_accuracy", r["train_accuracy"]) for r in final]),
     }
     if run.writer:
-        viz.save_curves(viz.read_jsonl(run.metrics.path), run.out_dir)
-        for r in run.last_eval:
+        viz.save_curves(viz.read_jsonl(records.metrics.path), run.out_dir)
+        for r in final:
             tag = "" if run.tcfg.num_seeds == 1 else f"_seed{r['seed']}"
             for split in ("test", "train"):
                 if f"{split}_confusion" in r:
@@ -434,33 +427,15 @@ def finish(run: Run) -> dict:
     return summary
 
 
-def start_run(air, opt, tcfg, datasets, out_dir: Path, save_base: Path, data_desc: dict, load, log, mesh) -> Run:
-    """The SVI, its states (fresh or restored, replicated over ``mesh``) and the metrics log."""
-    svi = make_svi(air, opt)
-    example = jnp.asarray(to_float(datasets[0].images[: tcfg.batch_size]))  # shapes for init
-    meta_of = lambda k, step: run_meta(air, opt, tcfg, data_desc, k, step)
-    states, start, wall_offset = initial_states(svi, tcfg, example, load, meta_of)
+def start(run: Setup, load, mesh) -> Snapshot:
+    """The states (fresh or restored, replicated over ``mesh``) and the wall clock of the run."""
+    example = jnp.asarray(to_float(run.train_set.images[: run.tcfg.batch_size]))  # shapes for init
+    meta_of = lambda k, step: run_meta(run.air, run.opt, run.tcfg, run.data_desc, k, step)  # noqa: E731
+    states, step, wall_offset = initial_states(run.svi, run.tcfg, example, load, meta_of)
     if mesh is not None:
         states = jax.device_put(states, parallel.replicated(mesh))
-    writer = jax.process_index() == 0
-    metrics = MetricsLog(out_dir / "metrics.jsonl", start if load is not None else None, writer)
-    return Run(
-        air=air,
-        opt=opt,
-        tcfg=tcfg,
-        svi=svi,
-        train_set=datasets[0],
-        test_set=datasets[1],
-        out_dir=out_dir,
-        save_base=save_base,
-        data_desc=data_desc,
-        log=log,
-        metrics=metrics,
-        states=states,
-        step=start,
-        wall_offset=wall_offset,
-        writer=writer,
-    )
+    t0 = time.time()
+    return Snapshot(states, step, lambda: wall_offset + time.time() - t0, pending=(), last={})
 
 
 def train(
@@ -494,30 +469,36 @@ def train(
     _prepare_out_dir(out_dir, save_base, tcfg, load, overwrite)
     _check_data(air, tcfg, train_set)
     mesh = _mesh(devices, tcfg.batch_size)
-    run = start_run(air, opt, tcfg, (train_set, test_set), out_dir, save_base, data_desc or {}, load, log, mesh)
-    step_fn, actions = make_step(run.svi, K, mesh), periodic_actions(tcfg)
-    feed = Feeder(np.asarray(train_set.images), tcfg, mesh)
+    writer = jax.process_index() == 0
+    run = Setup(air, opt, tcfg, make_svi(air, opt), train_set, test_set, out_dir, save_base, data_desc or {}, log, writer)
+    at = start(run, load, mesh)
+    step_fn, actions = make_step(run.svi, air, K, mesh), periodic_actions(tcfg)
+    batches = BatchSource(train_set.images, tcfg.batch_size, [tcfg.seed_of(k) for k in range(K)], mesh)
+    metrics = MetricsLog(out_dir / "metrics.jsonl", at.step if load is not None else None, writer)
     log(
-        f"{'resumed at' if load is not None else 'starting'} step {run.step}: {K} seed(s), batch {tcfg.batch_size}, "
+        f"{'resumed at' if load is not None else 'starting'} step {at.step}: {K} seed(s), batch {tcfg.batch_size}, "
         f"{1 if mesh is None else mesh.devices.size} device(s), {jax.process_count()} process(es)"
     )
-    run.bar = tqdm(total=tcfg.num_steps, initial=run.step, disable=not (progress and run.writer), dynamic_ncols=True)
+    bar = tqdm(total=tcfg.num_steps, initial=at.step, disable=not (progress and writer), dynamic_ncols=True)
+    records = Records(metrics, bar)
     with stop_on_signals() as stop:
         try:
-            for i in range(run.step, tcfg.num_steps):
-                run.states, info = step_fn(run.states, *feed(i), jnp.asarray(i + 1, jnp.int32))
-                run.step = i + 1
-                run.pending.append(info)
+            for i in range(at.step, tcfg.num_steps):
+                states, info = step_fn(at.states, batches(i), jnp.asarray(i + 1, jnp.int32))
+                at = at._replace(states=states, step=i + 1, pending=at.pending + (info,))
                 for every, action in actions:
-                    if every and run.step % every == 0:
-                        action(run)
+                    if every and at.step % every == 0:
+                        at = recorded(at, records.write(action(run, at)))
                 if stop:
-                    raise TrainingInterrupted(stop[0], run.step, save_all(run))
+                    save_all(run, at)
+                    raise TrainingInterrupted(stop[0], at.step, run.save_base)
         except TrainingInterrupted:
-            run.close()
+            flush(run, at, records)
+            records.close()
             raise
         except BaseException:
-            save_all(run)  # run.states/run.step are those of the last step that returned
-            run.close()
+            save_all(run, at)  # the states and step of the last step that returned
+            flush(run, at, records)
+            records.close()
             raise
-    return finish(run)
+    return finish(run, at, records)

@@ -317,7 +317,7 @@ def test_training_step_uses_the_annealed_temperature_of_its_step():
     from numpyro.optim import SGD
 
     from numpyro_air.model import temperatures
-    from numpyro_air.step import make_step
+    from numpyro_air.step import DeviceRows, make_step
     from numpyro_air.svi import make_update
 
     cfg = AIRConfig(
@@ -336,15 +336,15 @@ def test_training_step_uses_the_annealed_temperature_of_its_step():
     svi = SVI(probe_model, probe_guide, SGD(lr), Trace_ELBO(), config=cfg)
     x = jnp.zeros((B, cfg.image_size, cfg.image_size))
     state = svi.init(jax.random.PRNGKey(0), x)
-    update = jax.jit(make_update(svi))
+    update = jax.jit(make_update(svi, cfg))
     for s in (1, 4, 8, 20):
         new, info = update(state, x, jnp.asarray(s, jnp.int32))
         assert float(info.loss) == pytest.approx(-w0 * scheduled(s) / B, rel=1e-5), s
         assert float(svi.get_params(new)["w"]) == pytest.approx(w0 + lr * scheduled(s), rel=1e-5), s  # gradient -T
     assert update._cache_size() == 1
     assert abs(scheduled(4) - cfg.concrete_temperature) > 1.0  # the initial temperature would give another loss
-    step = make_step(svi, 2)  # the loop's step: 2 seeds, uint8 data set and (K, B) indices
+    step = make_step(svi, cfg, 2)  # the loop's step: 2 seeds, uint8 data set and (K, B) indices
     states = jax.tree.map(lambda a: jnp.stack([a, a]), state)
     data = jnp.zeros((6, cfg.image_size, cfg.image_size), jnp.uint8)
-    _, info = step(states, data, jnp.zeros((2, B), jnp.int32), jnp.asarray(4, jnp.int32))
+    _, info = step(states, DeviceRows(data, jnp.zeros((2, B), jnp.int32)), jnp.asarray(4, jnp.int32))
     np.testing.assert_allclose(info.loss, [-w0 * scheduled(4) / B] * 2, rtol=1e-5)

@@ -67,7 +67,7 @@ def test_finite_loss_with_nan_gradient_is_skipped():
     state0 = jax.jit(svi.init)(jax.random.PRNGKey(0), batch(False, 0))
     params0 = svi.get_params(state0)
     assert "probe" in params0 and all(np.all(np.isfinite(a)) for a in leaves(params0))
-    update = jax.jit(make_update(svi))
+    update = jax.jit(make_update(svi, CFG))
     step = jnp.asarray(1, jnp.int32)
 
     # precondition: on the poisoned batch the loss itself is finite, only the gradient is NaN

@@ -405,17 +405,17 @@ def test_resume_on_other_data_is_refused(tmp_path, full_run, datasets):
     assert not (tmp_path / "x" / "checkpoint.npz").exists()
 
 
-def test_feeder_reshuffles_every_epoch():
-    """The loop's on-device Feeder: the indices of each epoch (steps e*S .. e*S + S - 1) are a
+def test_batch_source_reshuffles_every_epoch():
+    """The loop's on-device BatchSource: the indices of each epoch (steps e*S .. e*S + S - 1) are a
     permutation of all examples, a different one every epoch and for every seed, and equal
     ``batch_indices`` (hence ``batch_at_step``) of that seed and step."""
     from numpyro_air.data import batch_indices
-    from numpyro_air.training import Feeder
+    from numpyro_air.step import BatchSource
 
     N, B = 24, 4  # 6 steps per epoch, no ragged tail: an epoch visits every example once
     images = np.arange(N * 2 * 2, dtype=np.uint8).reshape(N, 2, 2)
     tc = TrainConfig(num_steps=18, batch_size=B, seed=5, num_seeds=2)
-    feed = Feeder(images, tc)
+    feed = BatchSource(images, tc.batch_size, [tc.seed_of(k) for k in range(tc.num_seeds)])
     S = N // B
     epochs = [np.concatenate([feed.indices(i) for i in range(e * S, (e + 1) * S)], axis=1) for e in range(3)]  # (K, N)
     for order in epochs:
@@ -463,3 +463,34 @@ def test_resumed_metrics_log_drops_rows_after_the_checkpoint(tmp_path):
     assert resumed == [(1, -1), (2, -2), (3, -3), (4, 40.0), (5, 50.0)]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [2]
     assert not path.with_name(path.name + ".tmp").exists()
+
+
+def test_loop_compiles_its_step_once_and_a_failing_action_logs_each_row_once(tmp_path, datasets, monkeypatch):
+    """Across steps, periodic actions and an evaluation in between, the loop traces its step once.
+    An action failing after another wrote rows at the same step (progress, then evaluation, at
+    step 4) leaves each row once, and the checkpoint of that step."""
+    import numpyro_air.step as step_mod
+    import numpyro_air.training as training
+
+    traces, evaluations = [], []
+    real_update, real_evaluate = step_mod.make_update, training.evaluate
+
+    def counting_update(svi, config):
+        update = real_update(svi, config)
+        return lambda *args: (traces.append(1), update(*args))[1]
+
+    def evaluate_then_fail(*args, **kwargs):
+        evaluations.append(1)
+        if len(evaluations) == 2:
+            raise RuntimeError("evaluation failed")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(step_mod, "make_update", counting_update)
+    monkeypatch.setattr(training, "evaluate", evaluate_then_fail)
+    out = tmp_path / "fail4"
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        run(out, 6, datasets, progress_every=2, eval_every=2)
+    assert len(traces) == 1
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in rows] == [("train", 2), ("eval", 2), ("train", 4)]
+    assert read_checkpoint(out / "checkpoint.npz")[0]["step"] == 4

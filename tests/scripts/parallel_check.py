@@ -12,7 +12,7 @@ import numpy as np
 import numpyro_air as na
 from numpyro_air import parallel
 from numpyro_air.elbo import NVIL_ELBO
-from numpyro_air.step import make_step, sharded_batch
+from numpyro_air.step import DeviceRows, make_step, sharded_batch
 from numpyro_air.svi import OptimConfig, make_svi, make_update
 
 
@@ -49,19 +49,19 @@ out["grad_maxdiff"], out["grad_maxabs"] = maxdiff(g1, g2), maxabs(g1)
 out["x_sharding_devices"] = len(x_sh.sharding.device_set)
 
 # one full SVI step: single seed
-step1 = jax.jit(make_update(svi))
+step1 = jax.jit(make_update(svi, cfg))
 s_a, i_a = step1(state0, imgs[0], jnp.asarray(1))
 # the loop's builder: one seed (leading seeds axis of size 1), batch built per device by callback
 data = np.asarray(imgs).reshape(2 * B, 20, 20)
 idx = np.arange(B)[None]
-sh_step = make_step(svi, 1, mesh)
+sh_step = make_step(svi, cfg, 1, mesh)
 one = jax.tree.map(lambda a: a[None], state0)
 s_b, i_b = sh_step(jax.device_put(one, parallel.replicated(mesh)), sharded_batch(data, idx, mesh), jnp.asarray(1))
 out["step_loss_single"], out["step_loss_sharded"] = float(i_a.loss), float(i_b.loss[0])
 out["step_param_maxdiff"] = maxdiff(svi.get_params(s_a), jax.tree.map(lambda a: a[0], svi.get_params(s_b)))
 
 # K = 2 seeds x 2 devices vs each seed alone on one device
-multi = make_step(svi, 2, mesh)
+multi = make_step(svi, cfg, 2, mesh)
 idx2 = np.arange(2 * B).reshape(2, B)
 s_m, i_m = multi(jax.device_put(states, parallel.replicated(mesh)), sharded_batch(data, idx2, mesh), jnp.asarray(1))
 diffs, ldiffs = [], []
@@ -71,7 +71,7 @@ for k in range(2):
     ldiffs.append(abs(float(i_k.loss) - float(i_m.loss[k])))
 out["seeds_devices_param_maxdiff"], out["seeds_devices_loss_diff"] = max(diffs), max(ldiffs)
 # vmapped seeds on one device equal the individual steps too
-s_v, i_v = make_step(svi, 2)(states, jnp.asarray(data), jnp.asarray(idx2), jnp.asarray(1))
+s_v, i_v = make_step(svi, cfg, 2)(states, DeviceRows(jnp.asarray(data), jnp.asarray(idx2)), jnp.asarray(1))
 out["seeds_vmap_param_maxdiff"] = max(
     maxdiff(svi.get_params(step1(jax.tree.map(lambda a: a[k], states), imgs[k], jnp.asarray(1))[0]),
             jax.tree.map(lambda a: a[k], svi.get_params(s_v))) for k in range(2))
