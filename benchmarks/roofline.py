@@ -163,7 +163,8 @@ def build_bare_step(batch: int, device, seed: int = 0):
     the tutorial recipe, its state on ``device`` and 4 random (B, 50, 50) batches already there,
     as ``svi_step.py`` builds them."""
     from numpyro_air import AIRConfig
-    from numpyro_air.svi import OptimConfig, make_svi, make_update
+    from numpyro_air.recipes import OptimConfig
+    from numpyro_air.svi import make_svi, make_update
 
     cfg = AIRConfig.tutorial()
     rng = np.random.default_rng(seed)

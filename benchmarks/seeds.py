@@ -31,7 +31,8 @@ from machine import pick_device as _pick_device
 def time_seeds(k: int, batch: int, steps: int, warmup: int, device, seed: int = 0, vmapped: bool = True) -> dict:
     """Median step time of K vmapped seeds (``vmapped=False``, K = 1: the plain training step)."""
     from numpyro_air import AIRConfig
-    from numpyro_air.svi import OptimConfig, make_svi, make_update
+    from numpyro_air.recipes import OptimConfig
+    from numpyro_air.svi import make_svi, make_update
 
     cfg = AIRConfig.tutorial()
     rng = np.random.default_rng(seed)

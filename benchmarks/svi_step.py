@@ -136,7 +136,8 @@ def main(argv=None) -> dict:
         ap.error("--batch-size and --steps must be >= 1, --warmup >= 0")
 
     from numpyro_air import AIRConfig
-    from numpyro_air.svi import OptimConfig, make_svi, make_update
+    from numpyro_air.recipes import OptimConfig
+    from numpyro_air.svi import make_svi, make_update
 
     device = _pick_device(args.device)
     est = args.estimator.replace("-normalised", "")

@@ -35,7 +35,8 @@ from numpyro_air.elbo import NVIL_ELBO, with_signal_stats
 from numpyro_air.guide import guide
 from numpyro_air.model import model
 from numpyro_air.prior import z_pres_prior_probs
-from numpyro_air.svi import OptimConfig, make_svi
+from numpyro_air.recipes import OptimConfig
+from numpyro_air.svi import make_svi
 
 STATS = "z_pres_signal_stats"
 HUGE = 1e30  # a running variance that makes a step's normalised weight ~1e-15 of its signal

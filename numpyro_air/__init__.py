@@ -24,8 +24,9 @@ from .model import model
 from .pretrained_model import heldout_scenes, pretrained
 from .prior import z_pres_prior_probs
 from .pyro_compat import from_pyro_state_dict, to_pyro_state_dict
+from .recipes import PRESETS, OptimConfig, Recipe
 from .step import make_step
-from .svi import PRESETS, OptimConfig, Recipe, StepInfo, make_svi, make_update
+from .svi import StepInfo, make_svi, make_update
 from .transform import bounding_boxes, image_to_window, window_to_image
 from .vimco import VIMCO_ELBO
 

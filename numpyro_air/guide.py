@@ -6,7 +6,7 @@ Parameter sites (all registered *before* the scan; NumPyro cannot register param
 (:attr:`AIRConfig.uses_baseline_nets`) ``bl_embed$params`` (optional), ``bl_rnn$params``,
 ``bl_predict$params``, ``bl_h_init``, ``bl_c_init``; with ``guide_input="difference"`` (DAIR)
 the model's ``decode$params`` (one set of decoder weights, shared with the model through the
-site name). Every baseline parameter name starts with ``bl_`` (see :func:`is_baseline_param`).
+site name). Every baseline parameter name starts with ``bl_`` (see :mod:`numpyro_air.sites`).
 """
 
 from __future__ import annotations
@@ -33,10 +33,8 @@ from .model import (
     validate_images,
 )
 from .nets import AIRLSTM, MLP, BaselinePredict, Encoder, Predict
+from .sites import BASELINE_PREFIX, BASELINE_SITE
 from .transform import image_to_window
-
-BASELINE_PREFIX = "bl_"
-BASELINE_SITE = "z_pres_baseline"
 
 State = Tuple[jnp.ndarray, jnp.ndarray]
 
@@ -78,11 +76,6 @@ class GuideNets(NamedTuple):
     bl_rnn: Optional[RecurrentNet]
     bl_predict: Optional[Callable]
     decode: Optional[Callable]  # DAIR only: the model's decoder, parameters detached
-
-
-def is_baseline_param(name: str) -> bool:
-    """True for parameter sites that belong to the baseline networks (own learning rate)."""
-    return name.startswith(BASELINE_PREFIX)
 
 
 def _recurrent_net(prefix: str, config: AIRConfig, num_pixels: int) -> RecurrentNet:

@@ -7,7 +7,7 @@ from typing import Optional
 import jax
 import optax
 
-from .guide import is_baseline_param
+from .sites import is_baseline_param
 
 
 def param_labels(params: dict) -> dict:

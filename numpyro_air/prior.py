@@ -7,11 +7,13 @@ step that receives ``step`` as an array never recompiles when it changes.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import numpy as np
 
-from .config import AIRConfig
+if TYPE_CHECKING:  # annotations only: the prior is read from any config-like object
+    from .config import AIRConfig
 
 
 def make_prior(k: float, num_steps: int = 3) -> np.ndarray:

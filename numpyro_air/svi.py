@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Callable, Mapping, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -13,90 +10,13 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.svi import SVIState
 
 from .config import AIRConfig
-from .elbo import NVIL_ELBO, check_loss_scale, check_signal_decay, with_signal_stats
+from .elbo import NVIL_ELBO, with_signal_stats
 from .guide import guide
 from .model import model
 from .optim import make_optimizer
 from .prior import concrete_temperature, z_pres_prior_probs
+from .recipes import OptimConfig, Recipe
 from .vimco import VIMCO_ELBO
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """Optimisation settings (Pyro defaults: lr 1e-4, baseline lr 1e-3, no clipping)."""
-
-    learning_rate: float = 1e-4
-    baseline_learning_rate: float = 1e-3
-    clip_norm: Optional[float] = None
-    num_particles: Optional[int] = None  # ELBO particles, VIMCO's K (>= 2); None: the estimator's default
-    # NVIL only: centre and normalise the learning signal with running statistics (NVIL paper),
-    # their decay, and Pyro's loss scale N/B (60000/64 reproduces Pyro's baseline-loss magnitudes)
-    normalize_signal: bool = False
-    signal_decay: float = 0.9
-    loss_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.num_particles is not None and self.num_particles < 1:
-            raise ValueError(f"num_particles must be >= 1, got {self.num_particles!r}")
-        check_signal_decay(self.signal_decay)
-        check_loss_scale(self.loss_scale)
-        make_optimizer(self.learning_rate, self.baseline_learning_rate, self.clip_norm)  # validates
-
-    @classmethod
-    def tutorial(cls, **overrides) -> "OptimConfig":
-        """The Pyro tutorial's optimiser settings (``-blr 0.1``; lr 1e-4)."""
-        return cls(**({"baseline_learning_rate": 0.1} | overrides))
-
-    def for_estimator(self, estimator: str) -> "OptimConfig":
-        """This config with ``num_particles`` set: ``None`` becomes the estimator's default, the
-        default K of :class:`VIMCO_ELBO` for "vimco" and one particle for "nvil" and "concrete"."""
-        if self.num_particles is not None:
-            return self
-        return dataclasses.replace(self, num_particles=VIMCO_ELBO().num_particles if estimator == "vimco" else 1)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A model configuration with the optimiser settings it is meant to train with."""
-
-    air: AIRConfig
-    optim: OptimConfig
-
-    @classmethod
-    def pyro_default(cls) -> "Recipe":
-        """Pyro's ``main.py`` defaults, :class:`AIRConfig` and :class:`OptimConfig` as they are
-        (they do not learn well, pyro#637; ``--preset pyro-default``, the CLI's default)."""
-        return cls(AIRConfig(), OptimConfig())
-
-    @classmethod
-    def tutorial(cls) -> "Recipe":
-        """Pyro's working tutorial recipe: :meth:`AIRConfig.tutorial` + baseline lr 0.1 (leaving the
-        baseline lr at Pyro's CLI default 1e-3 is what kept Pyro users at ~76%, pyro#1374)."""
-        return cls(AIRConfig.tutorial(), OptimConfig.tutorial())
-
-    @classmethod
-    def concrete(cls) -> "Recipe":
-        """The tutorial networks with relaxed (Concrete, temperature 1) presence and a pathwise
-        gradient: the best recipe of the estimators head to head (``--preset concrete``)."""
-        return cls(AIRConfig.tutorial(presence_estimator="concrete"), OptimConfig.tutorial())
-
-    @classmethod
-    def fast(cls) -> "Recipe":
-        """:meth:`concrete` with three times the learning rate (3e-4): the quickest to 95% held-out
-        count accuracy on the CPU (``--preset fast``; ``benchmarks/time_to_accuracy.py``)."""
-        base = cls.concrete()
-        return cls(base.air, dataclasses.replace(base.optim, learning_rate=3e-4))
-
-
-# Every named recipe, for Python (``make_svi(PRESETS["fast"])``) and ``numpyro-air train --preset``.
-PRESETS: Mapping[str, Recipe] = MappingProxyType(
-    {
-        "pyro-default": Recipe.pyro_default(),
-        "tutorial": Recipe.tutorial(),
-        "concrete": Recipe.concrete(),
-        "fast": Recipe.fast(),
-    }
-)
 
 
 class StepInfo(NamedTuple):

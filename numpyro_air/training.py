@@ -42,8 +42,9 @@ from .checkpoint import (
 from .config import AIRConfig
 from .data import to_float
 from .evaluation import accuracy_summary, evaluate, save_figures
+from .recipes import OptimConfig
 from .step import BatchSource, make_step
-from .svi import OptimConfig, make_svi
+from .svi import make_svi
 
 CHECKPOINT_NAME = "checkpoint.npz"
 

@@ -17,10 +17,11 @@ from test_dair import np_decode, np_place
 from numpyro_air import inference
 from numpyro_air.config import AIRConfig
 from numpyro_air.distributions import relaxed_presence_logit
-from numpyro_air.guide import guide, is_baseline_param
+from numpyro_air.guide import guide
 from numpyro_air.inference import hard_presence, relaxed_counts
 from numpyro_air.model import latent_sites, model, presence_site
 from numpyro_air.prior import count_distribution, make_prior
+from numpyro_air.sites import is_baseline_param
 
 TINY = dict(image_size=8, window_size=4, z_what_size=2, rnn_hidden_size=8, encoder_net=(4,), decoder_net=(4,))
 CONFIG = AIRConfig(**SMALL, presence_estimator="concrete")

@@ -197,7 +197,7 @@ def test_baseline_loss_never_reaches_the_guide_through_the_residual(images, setu
     latents, decoder) is exactly zero, while the baseline's own parameters do get one. The
     presences are pinned to PATTERN so objects are drawn and the residual depends on the guide's
     sampled z_what / z_where (hence on its parameters)."""
-    from numpyro_air.guide import is_baseline_param
+    from numpyro_air.sites import is_baseline_param
 
     params, latents = setup
     pinned = handlers.substitute(guide, data={"z_pres": jnp.asarray(latents["z_pres"])})

@@ -28,9 +28,9 @@ from numpyro.primitives import mutable
 from numpyro_air import AIRConfig
 from numpyro_air.elbo import NVIL_ELBO
 from numpyro_air.guide import guide as air_guide
-from numpyro_air.guide import is_baseline_param
 from numpyro_air.model import model as air_model
 from numpyro_air.optim import make_optimizer, param_labels
+from numpyro_air.sites import is_baseline_param
 
 # ----------------------------------------------------------------------------- the toy chain
 # guide  q: z_t ~ Bern(logits = theta_t + C * z_{t-1})          (z_{-1} = 0)

@@ -268,7 +268,7 @@ def test_air_normalised_nvil_trains_and_state_is_checkpointed():
 @pytest.mark.parametrize("kw", BAD_OPTIONS + [dict(signal_decay=float("nan")), dict(loss_scale=-2.0)])
 def test_optim_config_refuses_what_the_estimator_refuses(kw):
     """One rule per option: OptimConfig and NVIL_ELBO refuse the same values with the same message."""
-    from numpyro_air.svi import OptimConfig
+    from numpyro_air.recipes import OptimConfig
 
     with pytest.raises(ValueError) as from_elbo:
         NVIL_ELBO(**kw)
@@ -279,6 +279,6 @@ def test_optim_config_refuses_what_the_estimator_refuses(kw):
 
 @pytest.mark.parametrize("decay", [0.0, 0.5, 0.99])
 def test_optim_config_accepts_what_the_estimator_accepts(decay):
-    from numpyro_air.svi import OptimConfig
+    from numpyro_air.recipes import OptimConfig
 
     assert NVIL_ELBO(signal_decay=decay).signal_decay == OptimConfig(signal_decay=decay).signal_decay == decay

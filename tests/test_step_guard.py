@@ -21,7 +21,8 @@ from numpyro.infer import SVI
 
 from numpyro_air.config import AIRConfig
 from numpyro_air.prior import z_pres_prior_probs
-from numpyro_air.svi import OptimConfig, make_svi, make_update
+from numpyro_air.recipes import OptimConfig
+from numpyro_air.svi import make_svi, make_update
 
 B = 4
 CFG = AIRConfig(image_size=12, window_size=6, z_what_size=4, rnn_hidden_size=16, encoder_net=(8,),

@@ -14,7 +14,8 @@ import pytest
 
 import numpyro_air.svi as svi_mod
 from numpyro_air import AIRConfig, z_pres_prior_probs
-from numpyro_air.svi import OptimConfig, StepInfo, make_svi, make_update
+from numpyro_air.recipes import OptimConfig
+from numpyro_air.svi import StepInfo, make_svi, make_update
 
 B = 8
 CFG = AIRConfig.tutorial(

@@ -17,7 +17,7 @@ import pytest
 from numpyro_air import AIRConfig, inference, load_params
 from numpyro_air.checkpoint import CheckpointError, read_checkpoint, read_npz, save_checkpoint
 from numpyro_air.data import generate_multi_mnist, save_eval_npz
-from numpyro_air.svi import OptimConfig
+from numpyro_air.recipes import OptimConfig
 from numpyro_air.training import TrainConfig, accuracy_summary, train
 
 ROOT = Path(__file__).resolve().parents[1]

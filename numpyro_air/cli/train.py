@@ -111,7 +111,7 @@ class _PresetDefaults:
         self.group = group
 
     def __getattr__(self, field: str) -> str:
-        from numpyro_air.svi import PRESETS
+        from numpyro_air.recipes import PRESETS
 
         names_by_value: dict = {}
         for name, recipe in PRESETS.items():
@@ -129,7 +129,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if "{" not in text:
             return text
         from numpyro_air.data import MultiMNISTConfig
-        from numpyro_air.svi import PRESETS, OptimConfig
+        from numpyro_air.recipes import PRESETS, OptimConfig
         from numpyro_air.training import CHECKPOINT_NAME, TrainConfig
 
         return text.format(
@@ -238,7 +238,7 @@ def configs_from_args(args: argparse.Namespace):
     """(AIRConfig, OptimConfig, TrainConfig, MultiMNISTConfig): the ``--preset`` recipe and the
     dataclasses' defaults, with the fields of the flags given replaced."""
     from numpyro_air.data import MultiMNISTConfig
-    from numpyro_air.svi import PRESETS
+    from numpyro_air.recipes import PRESETS
     from numpyro_air.training import TrainConfig
 
     d = vars(args)

@@ -12,8 +12,9 @@ import numpy as np
 import numpyro_air as na
 from numpyro_air import parallel
 from numpyro_air.elbo import NVIL_ELBO
+from numpyro_air.recipes import OptimConfig
 from numpyro_air.step import DeviceRows, make_step, sharded_batch
-from numpyro_air.svi import OptimConfig, make_svi, make_update
+from numpyro_air.svi import make_svi, make_update
 
 
 def maxdiff(a, b):
