@@ -38,16 +38,23 @@ def main() -> None:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    print(f"machine: processor={platform.processor()!r} cpu={_cpu_model()!r} "
-          f"nproc={usable} cpu_count={os.cpu_count()} python={platform.python_version()}")
+    print(
+        f"machine: processor={platform.processor()!r} cpu={_cpu_model()!r} "
+        f"nproc={usable} cpu_count={os.cpu_count()} python={platform.python_version()}"
+    )
 
     t0 = time.perf_counter()
     x_train, y_train, x_test, y_test = load_mnist()
     t_mnist = time.perf_counter() - t0
 
     root = _seed_sequence(cfg.seed)
-    kw = dict(max_digits=cfg.max_digits, canvas_size=cfg.canvas_size, scale_mean=cfg.scale_mean,
-              scale_sd=cfg.scale_sd, progress=args.progress)
+    kw = dict(
+        max_digits=cfg.max_digits,
+        canvas_size=cfg.canvas_size,
+        scale_mean=cfg.scale_mean,
+        scale_sd=cfg.scale_sd,
+        progress=args.progress,
+    )
     t0 = time.perf_counter()
     train = generate_multi_mnist(x_train, y_train, cfg.num_train, seed=_child(root, 0), desc="train", **kw)
     test = generate_multi_mnist(x_test, y_test, cfg.num_test, seed=_child(root, 1), desc="test", **kw)
@@ -66,9 +73,11 @@ def main() -> None:
 
     counts = np.bincount(np.concatenate([train.counts, test.counts]), minlength=cfg.max_digits + 1)
     print(f"load_mnist: {t_mnist:.2f} s")
-    print(f"generated {n} images ({len(train)} train + {len(test)} test, "
-          f"{cfg.canvas_size}x{cfg.canvas_size}, counts {counts.tolist()}) in {t_gen:.2f} s "
-          f"({n / t_gen:.0f} images/s, single process)")
+    print(
+        f"generated {n} images ({len(train)} train + {len(test)} test, "
+        f"{cfg.canvas_size}x{cfg.canvas_size}, counts {counts.tolist()}) in {t_gen:.2f} s "
+        f"({n / t_gen:.0f} images/s, single process)"
+    )
     print(f"cache write: {t_write:.2f} s ({size_mb:.1f} MB compressed), cache read+verify: {t_read:.2f} s")
 
 

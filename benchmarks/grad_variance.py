@@ -76,8 +76,12 @@ def check_estimator(name: str, config, where: str) -> None:
 
 def share_params(params: dict, ref: dict) -> dict:
     """``params`` with every site that ``ref`` has with the same structure and shapes taken from ``ref``."""
-    same = lambda a, b: jax.tree.structure(a) == jax.tree.structure(b) and all(  # noqa: E731
-        x.shape == y.shape for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    same = lambda a, b: (
+        jax.tree.structure(a) == jax.tree.structure(b)
+        and all(  # noqa: E731
+            x.shape == y.shape for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+        )
+    )
     return {k: ref[k] if k in ref and same(v, ref[k]) else v for k, v in params.items()}
 
 
@@ -113,8 +117,7 @@ def loss_fn(svi, params: dict, mutable, images, step: int):
         p = {**params, PREDICT: predict}
         if not jax.tree.leaves(mutable):
             return svi.loss.loss(key, p, svi.model, svi.guide, images, **kw), mutable
-        out = svi.loss.loss_with_mutable_state(key, {**p, **jax.lax.stop_gradient(mutable)}, svi.model, svi.guide,
-                                               images, **kw)
+        out = svi.loss.loss_with_mutable_state(key, {**p, **jax.lax.stop_gradient(mutable)}, svi.model, svi.guide, images, **kw)
         return out["loss"], out["mutable_state"]
 
     return f
@@ -186,7 +189,7 @@ def fresh_rows(args, images, keys) -> list:
 def trained_row(name: str, path: str, args, images, keys) -> dict:
     """Row at the parameters (and mutable state, if any) of checkpoint ``path``."""
     import numpyro_air as air
-    from numpyro_air.checkpoint import read_npz
+    from numpyro_air.train.checkpoint import read_npz
 
     config, params = air.load_params(path)
     check_estimator(name, config, path)
@@ -210,8 +213,10 @@ def parse_checkpoints(pairs, ap) -> dict:
 
 def print_table(res: dict) -> None:
     """The rows as a fixed-width table."""
-    print(f"device {res['device']} ({res['cpu_model']}, nproc {res['nproc']}); {res['draws']} draws, "
-          f"K = {res['particles']} samples per image, batch {res['batch_size']} test images")
+    print(
+        f"device {res['device']} ({res['cpu_model']}, nproc {res['nproc']}); {res['draws']} draws, "
+        f"K = {res['particles']} samples per image, batch {res['batch_size']} test images"
+    )
     head = ("estimator", "params", "total var", "||mean||^2", "var/||m||^2", "pres var", "pres ||m||^2", "pres ratio")
     print(f"{head[0]:<16} {head[1]:<8}" + "".join(f" {h:>12}" for h in head[2:]))
     for r in res["rows"]:
@@ -249,10 +254,20 @@ def main(argv=None) -> dict:
         keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(args.seed), 1), args.draws)
         rows = fresh_rows(args, images, keys)
         rows += [trained_row(n, ckpts[n], args, images, keys) for n in args.estimators if n in ckpts]
-    res = {"draws": args.draws, "particles": args.particles, "batch_size": args.batch_size, "seed": args.seed,
-           "stat_warmup": args.stat_warmup, "device": str(device), "backend": device.platform,
-           "device_kind": getattr(device, "device_kind", None), "cpu_model": _cpu_model(), "nproc": _nproc(),
-           "jax_version": jax.__version__, "rows": rows}
+    res = {
+        "draws": args.draws,
+        "particles": args.particles,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "stat_warmup": args.stat_warmup,
+        "device": str(device),
+        "backend": device.platform,
+        "device_kind": getattr(device, "device_kind", None),
+        "cpu_model": _cpu_model(),
+        "nproc": _nproc(),
+        "jax_version": jax.__version__,
+        "rows": rows,
+    }
     if args.json:
         print(json.dumps(res))
     else:

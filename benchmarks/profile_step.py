@@ -51,9 +51,17 @@ from roofline import build_bare_step  # noqa: E402
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (.+?) ([a-z][a-z0-9\-_]*)\(")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
-CATEGORIES = ("matmul", "optimiser (+ fused NaN-guard select)", "NaN guard (gradient sums)", "element-wise (forward/backward)",
-              "reductions",
-              "copies / transposes / slices", "RNG", "scan loop", "other")
+CATEGORIES = (
+    "matmul",
+    "optimiser (+ fused NaN-guard select)",
+    "NaN guard (gradient sums)",
+    "element-wise (forward/backward)",
+    "reductions",
+    "copies / transposes / slices",
+    "RNG",
+    "scan loop",
+    "other",
+)
 
 
 def hlo_instructions(hlo_text: str) -> dict:
@@ -74,8 +82,13 @@ def hlo_instructions(hlo_text: str) -> dict:
         src = re.search(r'op_name="([^"]*)"', line)
         calls = _CALLS.search(line)
         kind = re.search(r'"kind":"([^"]+)"', line)
-        instrs[name] = {"op": op, "shape": shape, "op_name": src.group(1) if src else "",
-                        "calls": calls.group(1) if calls else None, "kind": kind.group(1) if kind else ""}
+        instrs[name] = {
+            "op": op,
+            "shape": shape,
+            "op_name": src.group(1) if src else "",
+            "calls": calls.group(1) if calls else None,
+            "kind": kind.group(1) if kind else "",
+        }
     for v in instrs.values():
         v["body_ops"] = sorted(bodies.get(v["calls"], ())) if v["calls"] else []
     return instrs
@@ -91,9 +104,25 @@ def categorize(ins: dict, forward_only: bool = False) -> str:
         return "matmul"
     if "threefry" in src or body & {"rng-bit-generator", "rng"}:
         return "RNG"
-    if body <= {"copy", "transpose", "bitcast", "slice", "dynamic-slice", "dynamic-update-slice", "concatenate",
-                "broadcast", "reshape", "parameter", "tuple", "get-tuple-element", "pad", "reverse", "fusion",
-                "constant", "iota"}:
+    if body <= {
+        "copy",
+        "transpose",
+        "bitcast",
+        "slice",
+        "dynamic-slice",
+        "dynamic-update-slice",
+        "concatenate",
+        "broadcast",
+        "reshape",
+        "parameter",
+        "tuple",
+        "get-tuple-element",
+        "pad",
+        "reverse",
+        "fusion",
+        "constant",
+        "iota",
+    }:
         return "copies / transposes / slices"
     after_grad = not forward_only and bool(src) and "jvp(" not in src and "transpose(" not in src
     if after_grad and ("reduce" in body or "is_finite" in src):
@@ -104,8 +133,29 @@ def categorize(ins: dict, forward_only: bool = False) -> str:
         return "optimiser (+ fused NaN-guard select)"
     if op in ("reduce",):
         return "reductions"
-    if op in ("fusion", "add", "multiply", "select", "subtract", "divide", "exponential", "log", "tanh", "maximum",
-              "minimum", "compare", "negate", "logistic", "sqrt", "rsqrt", "power", "convert", "and", "or", "not"):
+    if op in (
+        "fusion",
+        "add",
+        "multiply",
+        "select",
+        "subtract",
+        "divide",
+        "exponential",
+        "log",
+        "tanh",
+        "maximum",
+        "minimum",
+        "compare",
+        "negate",
+        "logistic",
+        "sqrt",
+        "rsqrt",
+        "power",
+        "convert",
+        "and",
+        "or",
+        "not",
+    ):
         return "element-wise (forward/backward)"
     return "other"
 
@@ -153,8 +203,9 @@ def summarize(events: list, instrs: dict, steps: int, top: int, forward_only: bo
         "wall_ms_per_step": float(np.median(steps_ev)) / 1e3 if steps_ev else None,
         "self_ms_per_step": round(sum(per_cat.values()), 3),
         "by_category_ms": {c: round(per_cat.get(c, 0.0), 3) for c in CATEGORIES},
-        "top_ops": [{"ms": round(ms, 3), "name": n, "category": c, "shape": s, "source": src[-90:]}
-                    for ms, n, c, s, src in per_op[:top]],
+        "top_ops": [
+            {"ms": round(ms, 3), "name": n, "category": c, "shape": s, "source": src[-90:]} for ms, n, c, s, src in per_op[:top]
+        ],
     }
 
 
@@ -165,7 +216,7 @@ def build_infer(batch: int, device):
 
     config, params = pretrained()
     images = np.asarray(heldout_scenes(4 * batch).images, np.float32) / 255.0
-    pool = [jax.device_put(images[k * batch:(k + 1) * batch], device) for k in range(4)]
+    pool = [jax.device_put(images[k * batch : (k + 1) * batch], device) for k in range(4)]
     params = jax.device_put(params, device)
     key = jax.random.PRNGKey(0)
 
@@ -205,11 +256,19 @@ def main(argv=None) -> dict:
             with jax.profiler.StepTraceAnnotation("air_step", step_num=i):
                 state, _ = jax.block_until_ready(step(state, pool[i % 4], ids[i + 3]))
     out = summarize(read_trace(trace_dir), hlo_instructions(hlo), a.steps, a.top, forward_only=a.infer)
-    out.update({"what": "infer(reconstruct=False)" if a.infer else "training step",
-                "batch_size": a.batch_size, "steps": a.steps, "device": str(device), "cpu": cpu_model(),
-                "cores": nproc(), "jax": jax.__version__, "date": time.strftime("%Y-%m-%d %H:%M")})
-    print(f"{out['what']}: {out['device']} ({out['cpu']}, {out['cores']} cores), batch {a.batch_size}, "
-          f"{a.steps} profiled calls")
+    out.update(
+        {
+            "what": "infer(reconstruct=False)" if a.infer else "training step",
+            "batch_size": a.batch_size,
+            "steps": a.steps,
+            "device": str(device),
+            "cpu": cpu_model(),
+            "cores": nproc(),
+            "jax": jax.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        }
+    )
+    print(f"{out['what']}: {out['device']} ({out['cpu']}, {out['cores']} cores), batch {a.batch_size}, {a.steps} profiled calls")
     wall, total = out["wall_ms_per_step"], out["self_ms_per_step"]
     print(f"wall per step (profiled) {wall or float('nan'):.1f} ms; summed self time of HLO ops {total:.1f} ms")
     for c, ms in out["by_category_ms"].items():

@@ -75,7 +75,7 @@ def _forward_products(cfg, B: int) -> list:
         mlp("baseline predict", (H,) + tuple(cfg.bl_predict_net) + (1,))
     mlp("encoder", (w * w,) + tuple(cfg.encoder_net) + (2 * z,))
     mlp("decoder", (z,) + tuple(cfg.decoder_net) + (w * w,))
-    # separable STN (numpyro_air.transform._sample): rows then columns, batched over images
+    # separable STN (numpyro_air.core.transform._sample): rows then columns, batched over images
     out += [
         ("STN image->window rows", (B, w, P, P), T, False, True),
         ("STN image->window cols", (B, w, P, w), T, False, True),
@@ -97,11 +97,23 @@ def step_matmuls(cfg, B: int) -> list:
     """
     rows = []
     for name, (b, m, k, n), count, data_input, highest in _forward_products(cfg, B):
-        for pss, shape, counted in (("fwd", (b, m, k, n), True), ("dX", (b, m, n, k), not data_input),
-                                    ("dW", (b, k, m, n), True)):
+        for pss, shape, counted in (
+            ("fwd", (b, m, k, n), True),
+            ("dX", (b, m, n, k), not data_input),
+            ("dW", (b, k, m, n), True),
+        ):
             flops = count * 2 * math.prod(shape) if counted else 0
-            rows.append({"name": name, "pass": pss, "shape": shape, "count": count, "counted": counted,
-                         "highest": highest, "flops": flops})
+            rows.append(
+                {
+                    "name": name,
+                    "pass": pss,
+                    "shape": shape,
+                    "count": count,
+                    "counted": counted,
+                    "highest": highest,
+                    "flops": flops,
+                }
+            )
     return rows
 
 
@@ -163,8 +175,8 @@ def build_bare_step(batch: int, device, seed: int = 0):
     the tutorial recipe, its state on ``device`` and 4 random (B, 50, 50) batches already there,
     as ``svi_step.py`` builds them."""
     from numpyro_air import AIRConfig
-    from numpyro_air.recipes import OptimConfig
-    from numpyro_air.svi import make_svi, make_update
+    from numpyro_air.train.recipes import OptimConfig
+    from numpyro_air.train.svi import make_svi, make_update
 
     cfg = AIRConfig.tutorial()
     rng = np.random.default_rng(seed)
@@ -286,12 +298,34 @@ def hlo_summary(hlo_text: str, top: int = 12) -> dict:
                 dots[f"{where}: {_dot_label(line, shapes)}"] += 1
             elif op == "copy" and _DEF.match(line).group(2):
                 copy_bytes[where] += _shape_bytes(_DEF.match(line).group(2))
-    categories = ("dot", "fusion", "while", "copy", "transpose", "custom-call", "reduce", "broadcast", "dynamic-slice",
-                  "dynamic-update-slice", "gather", "scatter", "convolution")
-    table = {w: {c: n.get(c, 0) for c in categories} | {"other": sum(v for k, v in n.items() if k not in categories),
-                                                         "total": sum(n.values())} for w, n in counts.items()}
-    return {"by_location": table, "copy_bytes": dict(copy_bytes), "fusion_kinds": dict(fusion_kinds),
-            "top_dots": dots.most_common(top), "computations": len(comps), "hlo_chars": len(hlo_text)}
+    categories = (
+        "dot",
+        "fusion",
+        "while",
+        "copy",
+        "transpose",
+        "custom-call",
+        "reduce",
+        "broadcast",
+        "dynamic-slice",
+        "dynamic-update-slice",
+        "gather",
+        "scatter",
+        "convolution",
+    )
+    table = {
+        w: {c: n.get(c, 0) for c in categories}
+        | {"other": sum(v for k, v in n.items() if k not in categories), "total": sum(n.values())}
+        for w, n in counts.items()
+    }
+    return {
+        "by_location": table,
+        "copy_bytes": dict(copy_bytes),
+        "fusion_kinds": dict(fusion_kinds),
+        "top_dots": dots.most_common(top),
+        "computations": len(comps),
+        "hlo_chars": len(hlo_text),
+    }
 
 
 # ----------------------------------------------------------------------------- main
@@ -315,9 +349,13 @@ def floor_report(rows: list, seconds: dict, params: int, bandwidth: float) -> di
         r["shape"] = list(r["shape"])
     matmul_floor = sum(r["floor_sec"] for r in rows)
     adam_bytes = 7 * 4 * params
-    return {"matmul_flops_per_step": sum(r["flops"] for r in rows), "matmul_floor_sec": matmul_floor,
-            "adam_bytes_per_step": adam_bytes, "adam_floor_sec": adam_bytes / bandwidth,
-            "floor_sec": matmul_floor + adam_bytes / bandwidth}
+    return {
+        "matmul_flops_per_step": sum(r["flops"] for r in rows),
+        "matmul_floor_sec": matmul_floor,
+        "adam_bytes_per_step": adam_bytes,
+        "adam_floor_sec": adam_bytes / bandwidth,
+        "floor_sec": matmul_floor + adam_bytes / bandwidth,
+    }
 
 
 def main(argv=None) -> dict:
@@ -348,15 +386,31 @@ def main(argv=None) -> dict:
         stream = stream_bandwidth(device, args.stream_mb, args.repeats)
         params = param_count(svi, pool[0])
         times, compile_sec, state = time_bare_step(step_fn, state, pool, args.steps, args.warmup, device)
-    res = {"batch_size": B, "config": "AIRConfig.tutorial()", "device": str(device), "backend": device.platform,
-           "device_kind": getattr(device, "device_kind", None), "cpu_model": _cpu_model(), "nproc": _nproc(),
-           "jax_version": jax.__version__, "param_count": params, "stream": stream, "matmuls": rows}
+    res = {
+        "batch_size": B,
+        "config": "AIRConfig.tutorial()",
+        "device": str(device),
+        "backend": device.platform,
+        "device_kind": getattr(device, "device_kind", None),
+        "cpu_model": _cpu_model(),
+        "nproc": _nproc(),
+        "jax_version": jax.__version__,
+        "param_count": params,
+        "stream": stream,
+        "matmuls": rows,
+    }
     res |= floor_report(rows, seconds, params, stream["bytes_per_sec"])
     sec = statistics.median(times)
-    res |= {"step_sec_median": sec, "step_sec_min": min(times), "step_compile_sec": compile_sec, "steps": args.steps,
-            "warmup": args.warmup, "fraction_of_floor_reached": res["floor_sec"] / sec,
-            "achieved_matmul_gflops_per_sec": res["matmul_flops_per_step"] / sec / 1e9,
-            "svi_step_analytic_train_flops": flops_report(cfg, B)["analytic_train_flops_per_step"]}
+    res |= {
+        "step_sec_median": sec,
+        "step_sec_min": min(times),
+        "step_compile_sec": compile_sec,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "fraction_of_floor_reached": res["floor_sec"] / sec,
+        "achieved_matmul_gflops_per_sec": res["matmul_flops_per_step"] / sec / 1e9,
+        "svi_step_analytic_train_flops": flops_report(cfg, B)["analytic_train_flops_per_step"],
+    }
     if args.hlo_summary:
         res["hlo_summary"] = hlo_summary(step_fn.lower(state, pool[0], jnp.int32(1)).compile().as_text())
     if args.profile:
@@ -366,24 +420,29 @@ def main(argv=None) -> dict:
 
 
 def _text(r: dict) -> str:
-    out = [f"device {r['device']} ({r['backend']}), cpu {r['cpu_model']}, nproc {r['nproc']}, jax {r['jax_version']}",
-           f"AIR training step, tutorial config, batch {r['batch_size']}: every matmul at its measured speed",
-           f"{'matmul':<30} {'pass':<4} {'shape (batch x m x k x n)':<26} {'count':>5} {'GFLOP':>7} {'GFLOP/s':>8} "
-           f"{'floor ms':>8}"]
+    out = [
+        f"device {r['device']} ({r['backend']}), cpu {r['cpu_model']}, nproc {r['nproc']}, jax {r['jax_version']}",
+        f"AIR training step, tutorial config, batch {r['batch_size']}: every matmul at its measured speed",
+        f"{'matmul':<30} {'pass':<4} {'shape (batch x m x k x n)':<26} {'count':>5} {'GFLOP':>7} {'GFLOP/s':>8} {'floor ms':>8}",
+    ]
     for m in r["matmuls"]:
         shape = " x ".join(map(str, m["shape"]))
         gf = f"{m['flops'] / 1e9:7.3f}" if m["counted"] else "  (data)"
-        out.append(f"{m['name']:<30} {m['pass']:<4} {shape:<26} {m['count']:>5} {gf:>7} {m['gflops_per_sec']:>8.1f} "
-                   f"{m['floor_sec'] * 1e3:>8.2f}")
+        out.append(
+            f"{m['name']:<30} {m['pass']:<4} {shape:<26} {m['count']:>5} {gf:>7} {m['gflops_per_sec']:>8.1f} "
+            f"{m['floor_sec'] * 1e3:>8.2f}"
+        )
     s = r["stream"]
-    out += [f"matmuls: {r['matmul_flops_per_step'] / 1e9:.2f} GFLOP per step (svi_step.py analytic: "
-            f"{r['svi_step_analytic_train_flops'] / 1e9:.2f}), floor {r['matmul_floor_sec'] * 1e3:.1f} ms",
-            f"bandwidth: {s['bytes_per_sec'] / 1e9:.1f} GB/s (a*0.5+b, {s['array_bytes'] / 1e6:.0f} MB arrays); Adam over "
-            f"{r['param_count'] / 1e6:.2f} M params moves {r['adam_bytes_per_step'] / 1e6:.0f} MB: "
-            f"floor {r['adam_floor_sec'] * 1e3:.1f} ms",
-            f"step floor {r['floor_sec'] * 1e3:.1f} ms; measured bare step median {r['step_sec_median'] * 1e3:.1f} ms "
-            f"(min {r['step_sec_min'] * 1e3:.1f}, {r['steps']} steps): {100 * r['fraction_of_floor_reached']:.0f}% of the "
-            f"floor's speed; matmuls run at {r['achieved_matmul_gflops_per_sec']:.1f} GFLOP/s over the whole step"]
+    out += [
+        f"matmuls: {r['matmul_flops_per_step'] / 1e9:.2f} GFLOP per step (svi_step.py analytic: "
+        f"{r['svi_step_analytic_train_flops'] / 1e9:.2f}), floor {r['matmul_floor_sec'] * 1e3:.1f} ms",
+        f"bandwidth: {s['bytes_per_sec'] / 1e9:.1f} GB/s (a*0.5+b, {s['array_bytes'] / 1e6:.0f} MB arrays); Adam over "
+        f"{r['param_count'] / 1e6:.2f} M params moves {r['adam_bytes_per_step'] / 1e6:.0f} MB: "
+        f"floor {r['adam_floor_sec'] * 1e3:.1f} ms",
+        f"step floor {r['floor_sec'] * 1e3:.1f} ms; measured bare step median {r['step_sec_median'] * 1e3:.1f} ms "
+        f"(min {r['step_sec_min'] * 1e3:.1f}, {r['steps']} steps): {100 * r['fraction_of_floor_reached']:.0f}% of the "
+        f"floor's speed; matmuls run at {r['achieved_matmul_gflops_per_sec']:.1f} GFLOP/s over the whole step",
+    ]
     if "hlo_summary" in r:
         out += _hlo_text(r["hlo_summary"])
     if "profile_files" in r:
@@ -394,8 +453,10 @@ def _text(r: dict) -> str:
 def _hlo_text(h: dict) -> list:
     cols = list(h["by_location"])
     cats = [c for c in next(iter(h["by_location"].values())) if any(h["by_location"][w][c] for w in cols)]
-    out = ["optimized HLO of the step: operations by opcode and where they sit",
-           f"{'opcode':<22}" + "".join(f"{w:>15}" for w in cols)]
+    out = [
+        "optimized HLO of the step: operations by opcode and where they sit",
+        f"{'opcode':<22}" + "".join(f"{w:>15}" for w in cols),
+    ]
     out += [f"{c:<22}" + "".join(f"{h['by_location'][w][c]:>15}" for w in cols) for c in cats]
     out.append("bytes written by copy ops: " + ", ".join(f"{w} {b / 1e6:.2f} MB" for w, b in h["copy_bytes"].items()))
     out.append("fusion kinds: " + ", ".join(f"{k} {v}" for k, v in sorted(h["fusion_kinds"].items())))

@@ -31,8 +31,8 @@ from machine import pick_device as _pick_device
 def time_seeds(k: int, batch: int, steps: int, warmup: int, device, seed: int = 0, vmapped: bool = True) -> dict:
     """Median step time of K vmapped seeds (``vmapped=False``, K = 1: the plain training step)."""
     from numpyro_air import AIRConfig
-    from numpyro_air.recipes import OptimConfig
-    from numpyro_air.svi import make_svi, make_update
+    from numpyro_air.train.recipes import OptimConfig
+    from numpyro_air.train.svi import make_svi, make_update
 
     cfg = AIRConfig.tutorial()
     rng = np.random.default_rng(seed)
@@ -55,8 +55,13 @@ def time_seeds(k: int, batch: int, steps: int, warmup: int, device, seed: int = 
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     sec = statistics.median(times)
-    return {"num_seeds": k, "sec_per_step": sec, "images_per_sec": k * batch / sec, "compile_sec": compile_sec,
-            "finite": bool(np.all(np.isfinite(np.asarray(info.loss))))}
+    return {
+        "num_seeds": k,
+        "sec_per_step": sec,
+        "images_per_sec": k * batch / sec,
+        "compile_sec": compile_sec,
+        "finite": bool(np.all(np.isfinite(np.asarray(info.loss)))),
+    }
 
 
 def main(argv=None) -> dict:
@@ -76,9 +81,18 @@ def main(argv=None) -> dict:
     for r in rows:
         # K x (one seed's plain, un-vmapped step) / (K-seed step): 1.0 = K seeds for the price of one
         r["efficiency"] = r["num_seeds"] * single["sec_per_step"] / r["sec_per_step"]
-    res = {"single_seed_plain_step": single, "batch_size": args.batch_size, "device": str(device), "backend": device.platform,
-           "device_kind": getattr(device, "device_kind", None), "cpu_model": _cpu_model(), "nproc": _nproc(),
-           "jax_version": jax.__version__, "steps": args.steps, "rows": rows}
+    res = {
+        "single_seed_plain_step": single,
+        "batch_size": args.batch_size,
+        "device": str(device),
+        "backend": device.platform,
+        "device_kind": getattr(device, "device_kind", None),
+        "cpu_model": _cpu_model(),
+        "nproc": _nproc(),
+        "jax_version": jax.__version__,
+        "steps": args.steps,
+        "rows": rows,
+    }
     if args.json:
         print(json.dumps(res))
     else:
@@ -86,8 +100,10 @@ def main(argv=None) -> dict:
         print(f"one seed, plain (un-vmapped) step: {single['sec_per_step']:.4f} s/step, {single['images_per_sec']:.0f} images/s")
         print(f"{'K':>3} {'s/step':>9} {'images/s':>9} {'efficiency':>10} {'compile s':>9}")
         for r in rows:
-            print(f"{r['num_seeds']:>3} {r['sec_per_step']:>9.4f} {r['images_per_sec']:>9.0f} "
-                  f"{r['efficiency']:>10.2f} {r['compile_sec']:>9.1f}")
+            print(
+                f"{r['num_seeds']:>3} {r['sec_per_step']:>9.4f} {r['images_per_sec']:>9.0f} "
+                f"{r['efficiency']:>10.2f} {r['compile_sec']:>9.1f}"
+            )
     return res
 
 

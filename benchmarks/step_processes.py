@@ -6,8 +6,8 @@ CPU), optionally against another source tree, interleaved.
 
 Each measurement is a fresh ``python benchmarks/svi_step.py --json`` process (compile, warm-up,
 median of ``--steps`` blocked steps). With ``--baseline-src DIR`` (e.g. a ``git worktree`` of an
-older commit) the same is run with ``PYTHONPATH=DIR`` so that ``numpyro_air`` is imported from
-there, alternating with the current tree. Prints every process's median, the median over
+older commit) that tree's own ``benchmarks/svi_step.py`` is run with ``PYTHONPATH=DIR`` so that
+``numpyro_air`` is imported from there, alternating with the current tree. Prints every process's median, the median over
 processes and the fastest process, per tree.
 """
 
@@ -29,7 +29,9 @@ def one(batch: int, steps: int, src: str | None) -> float:
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, str(HERE / "svi_step.py"), "--batch-size", str(batch), "--steps", str(steps), "--json"]
+    # each tree is timed by its own svi_step.py (the API it calls may differ between versions)
+    script = Path(src) / "benchmarks" / "svi_step.py" if src else HERE / "svi_step.py"
+    cmd = [sys.executable, str(script), "--batch-size", str(batch), "--steps", str(steps), "--json"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["sec_per_step"]
 
@@ -41,6 +43,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--baseline-src", help="source tree imported for the baseline (PYTHONPATH)")
     ap.add_argument("--json", action="store_true", help="also write results/cpu_step_processes_b<B>.json")
+    ap.add_argument("--json-name", help="file name under results/ for --json (default cpu_step_processes_b<B>.json)")
     a = ap.parse_args(argv)
     trees = {"current": None} | ({"baseline": a.baseline_src} if a.baseline_src else {})
     times = {k: [] for k in trees}
@@ -48,14 +51,25 @@ def main(argv=None) -> dict:
         for name, src in trees.items():
             times[name].append(one(a.batch_size, a.steps, src))
             print(f"process {i + 1}/{a.processes} {name:8s} {1e3 * times[name][-1]:6.1f} ms", flush=True)
-    out = {"batch_size": a.batch_size, "steps": a.steps, "date": time.strftime("%Y-%m-%d %H:%M"),
-           "trees": {k: {"src": trees[k] or "this checkout", "ms_per_process": [round(1e3 * t, 2) for t in v],
-                         "median_ms": round(1e3 * statistics.median(v), 2), "best_ms": round(1e3 * min(v), 2)}
-                     for k, v in times.items()}}
+    out = {
+        "batch_size": a.batch_size,
+        "steps": a.steps,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "trees": {
+            k: {
+                "src": trees[k] or "this checkout",
+                "ms_per_process": [round(1e3 * t, 2) for t in v],
+                "median_ms": round(1e3 * statistics.median(v), 2),
+                "best_ms": round(1e3 * min(v), 2),
+            }
+            for k, v in times.items()
+        },
+    }
     for k, v in out["trees"].items():
         print(f"{k}: median over processes {v['median_ms']} ms, fastest process {v['best_ms']} ms; all {v['ms_per_process']}")
     if a.json:
-        (HERE / "results" / f"cpu_step_processes_b{a.batch_size}.json").write_text(json.dumps(out, indent=1))
+        name = a.json_name or f"cpu_step_processes_b{a.batch_size}.json"
+        (HERE / "results" / name).write_text(json.dumps(out, indent=1))
     return out
 
 

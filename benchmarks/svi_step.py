@@ -121,8 +121,12 @@ def _minor_faults() -> int:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--estimator", choices=("nvil", "nvil-normalised", "vimco", "concrete"), default="nvil",
-                    help="z_pres estimator of the step (tutorial networks otherwise)")
+    ap.add_argument(
+        "--estimator",
+        choices=("nvil", "nvil-normalised", "vimco", "concrete"),
+        default="nvil",
+        help="z_pres estimator of the step (tutorial networks otherwise)",
+    )
     ap.add_argument("--dair", action="store_true", help="DAIR guide input (image minus reconstruction so far)")
     ap.add_argument("--particles", type=int, default=None, help="ELBO particles (VIMCO's K; default: the estimator's)")
     ap.add_argument("--steps", type=int, default=50, help="timed steps (median reported)")
@@ -136,8 +140,8 @@ def main(argv=None) -> dict:
         ap.error("--batch-size and --steps must be >= 1, --warmup >= 0")
 
     from numpyro_air import AIRConfig
-    from numpyro_air.recipes import OptimConfig
-    from numpyro_air.svi import make_svi, make_update
+    from numpyro_air.train.recipes import OptimConfig
+    from numpyro_air.train.svi import make_svi, make_update
 
     device = _pick_device(args.device)
     est = args.estimator.replace("-normalised", "")
@@ -150,8 +154,12 @@ def main(argv=None) -> dict:
         pool = [jax.device_put(rng.uniform(0, 1, shape).astype(np.float32), device) for _ in range(4)]
         n_total = 1 + args.warmup + args.steps
         step_ids = [jax.device_put(np.int32(i), device) for i in range(1, n_total + 1)]
-        optim = OptimConfig(learning_rate=1e-4, baseline_learning_rate=0.1, num_particles=particles,
-                            normalize_signal=args.estimator == "nvil-normalised")  # tutorial lrs
+        optim = OptimConfig(
+            learning_rate=1e-4,
+            baseline_learning_rate=0.1,
+            num_particles=particles,
+            normalize_signal=args.estimator == "nvil-normalised",
+        )  # tutorial lrs
         svi = make_svi(cfg, optim)
         # commit the state to the device like the step's outputs, so the jit dispatch cache keeps
         # one entry (an uncommitted first state adds a second entry, though no retrace)
@@ -232,14 +240,18 @@ def main(argv=None) -> dict:
 
 
 def _print_text(r: dict, cfg) -> None:
-    print(f"device: {r['device']} ({r['backend']}), cpu: {r['cpu_model']}, nproc {r['nproc']}, "
-          f"load {r['loadavg_1min']}, jax {r['jax_version']}")
+    print(
+        f"device: {r['device']} ({r['backend']}), cpu: {r['cpu_model']}, nproc {r['nproc']}, "
+        f"load {r['loadavg_1min']}, jax {r['jax_version']}"
+    )
     print(f"AIR step, tutorial config, batch {r['batch_size']}:")
     print(f"  compile (trace {r['trace_sec']:.2f} s + XLA): {r['compile_sec']:.2f} s; first call {r['first_call_sec']:.2f} s")
-    print(f"  median {r['sec_per_step'] * 1e3:.1f} ms/step over {r['steps']} steps (min {r['sec_per_step_min'] * 1e3:.1f}, "
-          f"max {r['sec_per_step_max'] * 1e3:.1f}) -> {r['images_per_sec']:.0f} images/s; "
-          f"skipped {r['skipped_steps']}, jit cache entries {r['jit_cache_entries']}, "
-          f"{r['minor_page_faults_per_step']:.0f} minor page faults per step")
+    print(
+        f"  median {r['sec_per_step'] * 1e3:.1f} ms/step over {r['steps']} steps (min {r['sec_per_step_min'] * 1e3:.1f}, "
+        f"max {r['sec_per_step_max'] * 1e3:.1f}) -> {r['images_per_sec']:.0f} images/s; "
+        f"skipped {r['skipped_steps']}, jit cache entries {r['jit_cache_entries']}, "
+        f"{r['minor_page_faults_per_step']:.0f} minor page faults per step"
+    )
     if "fwd_macs_per_image" in r:
         T = cfg.num_steps
         fwd = r["fwd_macs_per_image"]
@@ -247,19 +259,25 @@ def _print_text(r: dict, cfg) -> None:
         for k, m in r["components_fwd_macs_per_image"].items():
             print(f"    {k:<42s} {m / 1e6:8.3f} M  {100 * m / fwd:5.1f}%  ({r['components_frequency'][k]})")
         print(f"    {'total':<42s} {fwd / 1e6:8.3f} M")
-        print(f"  image projection: {100 * r['image_projection_share_of_fwd']:.0f}% of the forward pass, once per image; "
-              f"recomputed at each of the {T} steps the forward would be "
-              f"{r['fwd_macs_per_image_if_projection_recomputed_each_step'] / 1e6:.2f} M MACs "
-              f"({r['fwd_macs_per_image_if_projection_recomputed_each_step'] / fwd:.2f}x)")
+        print(
+            f"  image projection: {100 * r['image_projection_share_of_fwd']:.0f}% of the forward pass, once per image; "
+            f"recomputed at each of the {T} steps the forward would be "
+            f"{r['fwd_macs_per_image_if_projection_recomputed_each_step'] / 1e6:.2f} M MACs "
+            f"({r['fwd_macs_per_image_if_projection_recomputed_each_step'] / fwd:.2f}x)"
+        )
         xla = r["xla_flops_per_step"]
-        print(f"  train FLOPs per step: analytic ~{r['analytic_train_flops_per_step'] / 1e9:.2f} G "
-              f"(~{r['analytic_train_flops_per_step_if_recomputed'] / 1e9:.2f} G if recomputed T times); "
-              f"achieved ~{r['achieved_gflops_analytic']:.1f} GFLOP/s")
+        print(
+            f"  train FLOPs per step: analytic ~{r['analytic_train_flops_per_step'] / 1e9:.2f} G "
+            f"(~{r['analytic_train_flops_per_step_if_recomputed'] / 1e9:.2f} G if recomputed T times); "
+            f"achieved ~{r['achieved_gflops_analytic']:.1f} GFLOP/s"
+        )
         if xla:
-            print(f"  XLA cost_analysis: {xla / 1e9:.2f} G per step; it counts the scan body once, not {T} times: "
-                  f"the analytic count done the same way is {r['analytic_train_flops_per_step_scan_body_once'] / 1e9:.2f} G "
-                  f"(ratio {r['analytic_scan_body_once_over_xla']:.2f}; the analytic count leaves out element-wise work and "
-                  f"Adam's per-parameter update, and XLA's count is backend-dependent)")
+            print(
+                f"  XLA cost_analysis: {xla / 1e9:.2f} G per step; it counts the scan body once, not {T} times: "
+                f"the analytic count done the same way is {r['analytic_train_flops_per_step_scan_body_once'] / 1e9:.2f} G "
+                f"(ratio {r['analytic_scan_body_once_over_xla']:.2f}; the analytic count leaves out element-wise work and "
+                f"Adam's per-parameter update, and XLA's count is backend-dependent)"
+            )
         else:
             print(f"  XLA cost_analysis: {r.get('xla_flops_note', 'n/a')}")
 

@@ -8,10 +8,10 @@ Usage:  python benchmarks/time_to_accuracy.py [--preset tutorial|concrete|fast] 
 Trains ``numpyro_air.Recipe.tutorial()`` (``--preset tutorial``, Pyro's recipe) or
 ``Recipe.concrete()`` (``--preset concrete``) or ``Recipe.fast()`` (``--preset fast``) (one seed) on the cached multi-MNIST
 (``load_multi_mnist(MultiMNISTConfig())``: 60,000 training canvases of 0-2 digits) with the loop's
-own pieces: ``numpyro_air.step.make_step`` and ``numpyro_air.step.BatchSource`` (data set on the
+own pieces: ``numpyro_air.train.step.make_step`` and ``numpyro_air.train.step.BatchSource`` (data set on the
 device, batch i of the seed's order at step i), reading back the losses every 100 steps as the
 loop does. Every ``--eval-every`` steps it blocks, stops the training clock and measures held-out
-count accuracy (``numpyro_air.inference.count_accuracy``: one guide sample per image, Pyro's
+count accuracy (``numpyro_air.analysis.inference.count_accuracy``: one guide sample per image, Pyro's
 metric) on the first ``--eval-images`` images of the held-out split (a fixed subset; with 2,000
 images one accuracy has a standard error of about 0.5 points at 95%).
 
@@ -47,8 +47,8 @@ class Trainer:
     def __init__(self, recipe, tcfg, train_images: np.ndarray):
         from numpyro_air import make_svi
         from numpyro_air.data import to_float
-        from numpyro_air.step import BatchSource, make_step
-        from numpyro_air.training import initial_states
+        from numpyro_air.train.loop import initial_states
+        from numpyro_air.train.step import BatchSource, make_step
 
         self.svi, self.tcfg, self.step = make_svi(recipe), tcfg, 0
         self.batches = BatchSource(train_images, tcfg.batch_size, [tcfg.seed_of(0)])
@@ -79,21 +79,25 @@ class Trainer:
 
 def evaluate(trainer: Trainer, air, images: np.ndarray, counts: np.ndarray, seed: int) -> dict:
     """Held-out count accuracy (one guide sample per image) and the seconds it took."""
-    from numpyro_air.inference import count_accuracy
+    from numpyro_air.analysis.inference import count_accuracy
 
     t0 = time.perf_counter()
     key = jax.random.fold_in(jax.random.PRNGKey(seed + 1_000_003), trainer.step)  # as training.eval_rows
     res = count_accuracy(trainer.params(), images, counts, key, air, greedy=False, batch_size=min(1000, len(images)))
     recent = [x for x in trainer.losses[-SYNC_EVERY:] if np.isfinite(x)]
-    return {"accuracy": res["accuracy"], "confusion": res["confusion"], "eval_sec": time.perf_counter() - t0,
-            "elbo_per_image": -float(np.mean(recent)) if recent else None}
+    return {
+        "accuracy": res["accuracy"],
+        "confusion": res["confusion"],
+        "eval_sec": time.perf_counter() - t0,
+        "elbo_per_image": -float(np.mean(recent)) if recent else None,
+    }
 
 
 def train_to_targets(args, log) -> dict:
     """The training run: evaluations every ``args.eval_every`` steps, targets' steps and seconds."""
     from numpyro_air import Recipe, load_multi_mnist
     from numpyro_air.data import MultiMNISTConfig, to_float
-    from numpyro_air.training import TrainConfig
+    from numpyro_air.train.loop import TrainConfig
 
     recipe = getattr(Recipe, args.preset)()
     train_set, test_set = load_multi_mnist(MultiMNISTConfig(), progress=False)
@@ -112,23 +116,36 @@ def train_to_targets(args, log) -> dict:
         ev = evaluate(trainer, recipe.air, eval_images, eval_counts, args.seed)
         eval_sec += ev["eval_sec"]
         evals.append({"step": trainer.step, "train_sec": train_sec, **ev, "skipped_steps": trainer.skipped})
-        log(f"step {trainer.step}: accuracy {ev['accuracy']:.4f}, elbo/img {ev['elbo_per_image']}, "
-            f"train {train_sec:.1f} s, eval {ev['eval_sec']:.1f} s")
+        log(
+            f"step {trainer.step}: accuracy {ev['accuracy']:.4f}, elbo/img {ev['elbo_per_image']}, "
+            f"train {train_sec:.1f} s, eval {ev['eval_sec']:.1f} s"
+        )
         for t in args.targets:
             if reached[t] is None and ev["accuracy"] >= t:
                 reached[t] = {"step": trainer.step, "train_sec": train_sec}
         if args.stop_at and reached[max(args.targets)] is not None:
             break
-    return {"steps": trainer.step, "train_sec": train_sec, "compile_sec": compile_sec, "eval_sec": eval_sec,
-            "skipped_steps": trainer.skipped, "reached": {str(t): r for t, r in reached.items()}, "evals": evals,
-            "num_train_images": len(train_set), "eval_images": int(len(eval_counts))}
+    return {
+        "steps": trainer.step,
+        "train_sec": train_sec,
+        "compile_sec": compile_sec,
+        "eval_sec": eval_sec,
+        "skipped_steps": trainer.skipped,
+        "reached": {str(t): r for t, r in reached.items()},
+        "evals": evals,
+        "num_train_images": len(train_set),
+        "eval_images": int(len(eval_counts)),
+    }
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", choices=("tutorial", "concrete", "fast"), default="tutorial",
-                    help="Recipe.tutorial() (Pyro's recipe), Recipe.concrete() (relaxed presence) or "
-                         "Recipe.fast() (concrete, lr 3e-4)")
+    ap.add_argument(
+        "--preset",
+        choices=("tutorial", "concrete", "fast"),
+        default="tutorial",
+        help="Recipe.tutorial() (Pyro's recipe), Recipe.concrete() (relaxed presence) or Recipe.fast() (concrete, lr 3e-4)",
+    )
     ap.add_argument("--max-steps", type=int, default=12000)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-images", type=int, default=2000, help="first N images of the held-out split")
@@ -149,20 +166,32 @@ def main(argv=None) -> dict:
     device = _pick_device(args.device)
     with jax.default_device(device):
         res = train_to_targets(args, log)
-    res |= {"recipe": f"Recipe.{args.preset}()", "batch_size": args.batch_size, "seed": args.seed, "max_steps": args.max_steps,
-            "eval_every": args.eval_every, "targets": args.targets, "device": str(device), "backend": device.platform,
-            "device_kind": getattr(device, "device_kind", None), "cpu_model": _cpu_model(), "nproc": _nproc(),
-            "jax_version": jax.__version__}
+    res |= {
+        "recipe": f"Recipe.{args.preset}()",
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "max_steps": args.max_steps,
+        "eval_every": args.eval_every,
+        "targets": args.targets,
+        "device": str(device),
+        "backend": device.platform,
+        "device_kind": getattr(device, "device_kind", None),
+        "cpu_model": _cpu_model(),
+        "nproc": _nproc(),
+        "jax_version": jax.__version__,
+    }
     print(json.dumps(res) if args.json else _text(res))
     return res
 
 
 def _text(r: dict) -> str:
-    out = [f"device {r['device']} ({r['backend']}), cpu {r['cpu_model']}, nproc {r['nproc']}, jax {r['jax_version']}",
-           f"{r['recipe']}, batch {r['batch_size']}, seed {r['seed']}: {r['steps']} steps, training "
-           f"{r['train_sec']:.1f} s (first step incl. compile {r['compile_sec']:.1f} s), evaluation {r['eval_sec']:.1f} s "
-           f"on {r['eval_images']} held-out images, {r['skipped_steps']} skipped steps",
-           f"{'target':>7} {'step':>7} {'train s':>9}"]
+    out = [
+        f"device {r['device']} ({r['backend']}), cpu {r['cpu_model']}, nproc {r['nproc']}, jax {r['jax_version']}",
+        f"{r['recipe']}, batch {r['batch_size']}, seed {r['seed']}: {r['steps']} steps, training "
+        f"{r['train_sec']:.1f} s (first step incl. compile {r['compile_sec']:.1f} s), evaluation {r['eval_sec']:.1f} s "
+        f"on {r['eval_images']} held-out images, {r['skipped_steps']} skipped steps",
+        f"{'target':>7} {'step':>7} {'train s':>9}",
+    ]
     for t, hit in r["reached"].items():
         out.append(f"{float(t):>7.2f} " + (f"{hit['step']:>7} {hit['train_sec']:>9.1f}" if hit else f"{'not reached':>17}"))
     return "\n".join(out)

@@ -8,11 +8,11 @@ Three ways to run ``--steps`` optimisation steps of K = ``--num-seeds`` seeds (o
 (a) bare: the jitted update, ``jax.jit(make_update(svi, config))`` (K > 1: its ``jax.vmap`` over the
     stacked states), fed a batch already on the device (a pool of 4 random batches), as
     ``svi_step.py`` and ``seeds.py`` time it;
-(b) step + BatchSource: the loop's own step ``numpyro_air.step.make_step(svi, config, K)`` with the uint8 data set
+(b) step + BatchSource: the loop's own step ``numpyro_air.train.step.make_step(svi, config, K)`` with the uint8 data set
     (``--num-images`` random 50x50 canvases) on the device and each step's (K, B) indices from
-    ``numpyro_air.step.BatchSource``: the host computes the indices and ships them, the step gathers
+    ``numpyro_air.train.step.BatchSource``: the host computes the indices and ships them, the step gathers
     and scales the batch on the device: exactly the loop's per-step call;
-(c) train(): the real ``numpyro_air.training.train`` on the same data set, evaluation, checkpoints,
+(c) train(): the real ``numpyro_air.train.loop.train`` on the same data set, evaluation, checkpoints,
     figures and the progress bar off. It writes a "train" row to ``metrics.jsonl`` every
     ``progress_every`` steps, after reading back that window's losses (a device sync), with the
     wall time since the run started. Steps/s = (last row's step - first row's step) / (difference
@@ -59,7 +59,7 @@ def _timed_run(step, state, args_of, start: int, steps: int):
 
 def bare_runner(svi, air, K: int, batch: int, device, seed: int):
     """(step, state, args_of) of the bare update fed a pool of 4 pre-placed batches."""
-    from numpyro_air.svi import make_update
+    from numpyro_air.train.svi import make_update
 
     rng = np.random.default_rng(seed)
     lead = (K,) if K > 1 else ()
@@ -77,8 +77,8 @@ def bare_runner(svi, air, K: int, batch: int, device, seed: int):
 def loop_runner(svi, air, tcfg, images: np.ndarray):
     """(step, states, args_of) of the loop's step and its BatchSource (data set on the device)."""
     from numpyro_air.data import to_float
-    from numpyro_air.step import BatchSource, make_step
-    from numpyro_air.training import initial_states
+    from numpyro_air.train.loop import initial_states
+    from numpyro_air.train.step import BatchSource, make_step
 
     batches = BatchSource(images, tcfg.batch_size, [tcfg.seed_of(k) for k in range(tcfg.num_seeds)])
     states, _, _ = initial_states(svi, tcfg, jnp.asarray(to_float(images[: tcfg.batch_size])))
@@ -87,8 +87,10 @@ def loop_runner(svi, air, tcfg, images: np.ndarray):
 
 def time_step_paths(svi, air, tcfg, images, device, steps: int, warmup: int, repeats: int) -> dict:
     """Median seconds of ``steps`` steps for (a) bare and (b) step + BatchSource, alternating."""
-    runners = {"bare": bare_runner(svi, air, tcfg.num_seeds, tcfg.batch_size, device, tcfg.seed),
-               "step_feeder": loop_runner(svi, air, tcfg, images)}
+    runners = {
+        "bare": bare_runner(svi, air, tcfg.num_seeds, tcfg.batch_size, device, tcfg.seed),
+        "step_feeder": loop_runner(svi, air, tcfg, images),
+    }
     states, pos, out = {}, {}, {name: {"runs_sec": []} for name in runners}
     for name, (step, state, args_of) in runners.items():
         t0 = time.perf_counter()
@@ -107,13 +109,21 @@ def time_step_paths(svi, air, tcfg, images, device, steps: int, warmup: int, rep
 
 
 def time_train(air, opt, tcfg, images: np.ndarray, steps: int) -> dict:
-    """Steps/s of ``numpyro_air.training.train`` between its first and last "train" log rows."""
-    from numpyro_air.training import train
+    """Steps/s of ``numpyro_air.train.loop.train`` between its first and last "train" log rows."""
+    from numpyro_air.train.loop import train
 
     every = max(1, min(100, steps // 4))
     windows = -(-steps // every)  # ceil
-    tcfg = dataclasses.replace(tcfg, num_steps=every * (windows + 1), progress_every=every, eval_every=0, save_every=0,
-                               viz_every=0, eval_train_images=min(len(images), 256), eval_batch_size=256)
+    tcfg = dataclasses.replace(
+        tcfg,
+        num_steps=every * (windows + 1),
+        progress_every=every,
+        eval_every=0,
+        save_every=0,
+        viz_every=0,
+        eval_train_images=min(len(images), 256),
+        eval_batch_size=256,
+    )
     data = SimpleNamespace(images=images, counts=np.zeros(len(images), np.int32))
     with tempfile.TemporaryDirectory(prefix="train_loop_") as out:
         t0 = time.perf_counter()
@@ -123,10 +133,16 @@ def time_train(air, opt, tcfg, images: np.ndarray, steps: int) -> dict:
     rows = [r for r in rows if r.get("kind") == "train" and r.get("seed") == tcfg.seed_of(0)]
     first, last = rows[0], rows[-1]
     timed = last["step"] - first["step"]
-    return {"num_steps": tcfg.num_steps, "progress_every": every, "timed_steps": timed,
-            "timed_sec": last["wall_time"] - first["wall_time"], "first_window_sec": first["wall_time"],
-            "steps_per_sec": timed / (last["wall_time"] - first["wall_time"]), "total_call_sec": total,
-            "skipped_steps": int(sum(r.get("skipped", 0) for r in rows))}
+    return {
+        "num_steps": tcfg.num_steps,
+        "progress_every": every,
+        "timed_steps": timed,
+        "timed_sec": last["wall_time"] - first["wall_time"],
+        "first_window_sec": first["wall_time"],
+        "steps_per_sec": timed / (last["wall_time"] - first["wall_time"]),
+        "total_call_sec": total,
+        "skipped_steps": int(sum(r.get("skipped", 0) for r in rows)),
+    }
 
 
 def main(argv=None) -> dict:
@@ -147,7 +163,7 @@ def main(argv=None) -> dict:
         ap.error("--num-images must be >= --batch-size")
 
     from numpyro_air import Recipe, make_svi
-    from numpyro_air.training import TrainConfig
+    from numpyro_air.train.loop import TrainConfig
 
     device = _pick_device(args.device)
     recipe = Recipe.tutorial()
@@ -160,26 +176,44 @@ def main(argv=None) -> dict:
     for r in paths.values():
         r["images_per_sec"] = r["steps_per_sec"] * args.batch_size * args.num_seeds
         r["ratio_to_bare"] = r["steps_per_sec"] / bare
-    res = {"paths": paths, "batch_size": args.batch_size, "num_seeds": args.num_seeds, "num_images": args.num_images,
-           "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "config": "Recipe.tutorial()",
-           "device": str(device), "backend": device.platform, "device_kind": getattr(device, "device_kind", None),
-           "cpu_model": _cpu_model(), "nproc": _nproc(), "jax_version": jax.__version__}
+    res = {
+        "paths": paths,
+        "batch_size": args.batch_size,
+        "num_seeds": args.num_seeds,
+        "num_images": args.num_images,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "config": "Recipe.tutorial()",
+        "device": str(device),
+        "backend": device.platform,
+        "device_kind": getattr(device, "device_kind", None),
+        "cpu_model": _cpu_model(),
+        "nproc": _nproc(),
+        "jax_version": jax.__version__,
+    }
     print(json.dumps(res) if args.json else _text(res))
     return res
 
 
 def _text(r: dict) -> str:
     names = {"bare": "(a) bare step, pre-placed batch", "step_feeder": "(b) make_step + BatchSource", "train": "(c) train() loop"}
-    out = [f"device {r['device']} ({r['backend']}), cpu {r['cpu_model']}, nproc {r['nproc']}, jax {r['jax_version']}",
-           f"tutorial recipe, batch {r['batch_size']} x {r['num_seeds']} seed(s), {r['num_images']} synthetic images, "
-           f"{r['steps']} timed steps",
-           f"{'path':<34} {'steps/s':>8} {'images/s':>9} {'ms/step':>8} {'vs bare':>8}"]
+    out = [
+        f"device {r['device']} ({r['backend']}), cpu {r['cpu_model']}, nproc {r['nproc']}, jax {r['jax_version']}",
+        f"tutorial recipe, batch {r['batch_size']} x {r['num_seeds']} seed(s), {r['num_images']} synthetic images, "
+        f"{r['steps']} timed steps",
+        f"{'path':<34} {'steps/s':>8} {'images/s':>9} {'ms/step':>8} {'vs bare':>8}",
+    ]
     for key, p in r["paths"].items():
-        out.append(f"{names[key]:<34} {p['steps_per_sec']:>8.2f} {p['images_per_sec']:>9.0f} "
-                   f"{1e3 / p['steps_per_sec']:>8.1f} {p['ratio_to_bare']:>8.2f}")
+        out.append(
+            f"{names[key]:<34} {p['steps_per_sec']:>8.2f} {p['images_per_sec']:>9.0f} "
+            f"{1e3 / p['steps_per_sec']:>8.1f} {p['ratio_to_bare']:>8.2f}"
+        )
     t = r["paths"]["train"]
-    out.append(f"train(): {t['timed_steps']} steps between its first and last log rows (every {t['progress_every']}); "
-               f"first window incl. compile {t['first_window_sec']:.1f} s, whole call {t['total_call_sec']:.1f} s")
+    out.append(
+        f"train(): {t['timed_steps']} steps between its first and last log rows (every {t['progress_every']}); "
+        f"first window incl. compile {t['first_window_sec']:.1f} s, whole call {t['total_call_sec']:.1f} s"
+    )
     return "\n".join(out)
 
 

@@ -26,7 +26,7 @@ What is timed, with the tutorial recipe (``Recipe.tutorial()``; Pyro's tutorial 
   ``torch.no_grad()``.
 
 Pyro's ``AIR`` is built with the keyword arguments derived from our ``AIRConfig.tutorial()`` and
-its z_pres prior from ours (``numpyro_air.prior.z_pres_prior_probs``), so both sides run the same
+its z_pres prior from ours (``numpyro_air.core.prior.z_pres_prior_probs``), so both sides run the same
 networks and prior. Each measurement runs in a fresh child process of the right interpreter (this
 script with ``--child``), which prints one JSON line with the median seconds of its timed calls;
 the children alternate ours, Pyro, ours, Pyro, ... for each task in each of ``--rounds`` rounds, and
@@ -51,8 +51,17 @@ from machine import nproc as _nproc
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_PYRO_PYTHON = HERE.parent / ".venv-pyro" / "bin" / "python"
-_TORCH_NL = {"relu": "ReLU", "elu": "ELU", "leaky_relu": "LeakyReLU", "tanh": "Tanh", "sigmoid": "Sigmoid",
-             "softplus": "Softplus", "gelu": "GELU", "silu": "SiLU", "selu": "SELU"}
+_TORCH_NL = {
+    "relu": "ReLU",
+    "elu": "ELU",
+    "leaky_relu": "LeakyReLU",
+    "tanh": "Tanh",
+    "sigmoid": "Sigmoid",
+    "softplus": "Softplus",
+    "gelu": "GELU",
+    "silu": "SiLU",
+    "selu": "SELU",
+}
 
 
 # ----------------------------------------------------------------------------- children
@@ -122,41 +131,81 @@ def pyro_child(a) -> dict:
         def call():
             with torch.no_grad():
                 poutine.trace(air.guide).get_trace(images, a.batch_size)
-    return _median_times(call, a.steps, a.warmup) | {"torch_version": torch.__version__, "pyro_version": pyro.__version__,
-                                                      "torch_threads": torch.get_num_threads()}
+
+    return _median_times(call, a.steps, a.warmup) | {
+        "torch_version": torch.__version__,
+        "pyro_version": pyro.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 # ----------------------------------------------------------------------------- parent
 def pyro_settings() -> dict:
     """Pyro AIR keyword arguments, z_pres prior and learning rates of our tutorial recipe."""
     from numpyro_air import Recipe
-    from numpyro_air.prior import z_pres_prior_probs
+    from numpyro_air.core.prior import z_pres_prior_probs
 
     recipe = Recipe.tutorial()
     c = recipe.air
-    kwargs = dict(num_steps=c.num_steps, x_size=c.image_size, window_size=c.window_size, z_what_size=c.z_what_size,
-                  rnn_hidden_size=c.rnn_hidden_size, encoder_net=list(c.encoder_net), decoder_net=list(c.decoder_net),
-                  predict_net=list(c.predict_net), embed_net=None if c.embed_net is None else list(c.embed_net),
-                  bl_predict_net=list(c.bl_predict_net), non_linearity=_TORCH_NL[c.non_linearity],
-                  decoder_output_bias=c.decoder_output_bias, decoder_output_use_sigmoid=c.decoder_output_use_sigmoid,
-                  use_masking=c.use_masking, use_baselines=c.use_baselines, baseline_scalar=c.baseline_scalar,
-                  scale_prior_mean=c.scale_prior_mean, scale_prior_sd=c.scale_prior_sd, pos_prior_mean=c.pos_prior_mean,
-                  pos_prior_sd=c.pos_prior_sd, likelihood_sd=c.likelihood_sd)
+    kwargs = dict(
+        num_steps=c.num_steps,
+        x_size=c.image_size,
+        window_size=c.window_size,
+        z_what_size=c.z_what_size,
+        rnn_hidden_size=c.rnn_hidden_size,
+        encoder_net=list(c.encoder_net),
+        decoder_net=list(c.decoder_net),
+        predict_net=list(c.predict_net),
+        embed_net=None if c.embed_net is None else list(c.embed_net),
+        bl_predict_net=list(c.bl_predict_net),
+        non_linearity=_TORCH_NL[c.non_linearity],
+        decoder_output_bias=c.decoder_output_bias,
+        decoder_output_use_sigmoid=c.decoder_output_use_sigmoid,
+        use_masking=c.use_masking,
+        use_baselines=c.use_baselines,
+        baseline_scalar=c.baseline_scalar,
+        scale_prior_mean=c.scale_prior_mean,
+        scale_prior_sd=c.scale_prior_sd,
+        pos_prior_mean=c.pos_prior_mean,
+        pos_prior_sd=c.pos_prior_sd,
+        likelihood_sd=c.likelihood_sd,
+    )
     probs = [float(p) for p in z_pres_prior_probs(c, 1)]
-    return {"air_kwargs": kwargs, "z_pres_probs": probs,
-            "lrs": [recipe.optim.learning_rate, recipe.optim.baseline_learning_rate]}
+    return {"air_kwargs": kwargs, "z_pres_probs": probs, "lrs": [recipe.optim.learning_rate, recipe.optim.baseline_learning_rate]}
 
 
 def run_child(side: str, task: str, batch: int, args, settings: dict) -> dict:
     """One child process; its JSON line, or an ``error`` entry."""
     python = sys.executable if side == "ours" else str(args.pyro_python)
-    cmd = [python, str(Path(__file__).resolve()), "--child", side, "--task", task, "--batch-size", str(batch),
-           "--seed", str(args.seed), "--warmup", str(args.warmup),
-           "--steps", str(args.steps if task == "train" else args.infer_steps)]
+    cmd = [
+        python,
+        str(Path(__file__).resolve()),
+        "--child",
+        side,
+        "--task",
+        task,
+        "--batch-size",
+        str(batch),
+        "--seed",
+        str(args.seed),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps if task == "train" else args.infer_steps),
+    ]
     if side == "pyro":
-        cmd += ["--pyro-air-dir", str(args.pyro_air_dir), "--air-kwargs", json.dumps(settings["air_kwargs"]),
-                "--z-pres-probs", *map(str, settings["z_pres_probs"]), "--lrs", *map(str, settings["lrs"]),
-                "--torch-threads", str(args.torch_threads or 0)]
+        cmd += [
+            "--pyro-air-dir",
+            str(args.pyro_air_dir),
+            "--air-kwargs",
+            json.dumps(settings["air_kwargs"]),
+            "--z-pres-probs",
+            *map(str, settings["z_pres_probs"]),
+            "--lrs",
+            *map(str, settings["lrs"]),
+            "--torch-threads",
+            str(args.torch_threads or 0),
+        ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -171,10 +220,21 @@ def summarise(runs: list, tasks: list, sides: list) -> list:
     for task, batch in tasks:
         row = {"task": task, "batch_size": batch}
         for side in sides:
-            ok = [r["sec_median"] for r in runs if (r["side"], r["task"], r["batch_size"]) == (side, task, batch)
-                  and "sec_median" in r]
-            row[side] = {"best_sec": min(ok), "median_sec": statistics.median(ok), "runs": len(ok),
-                         "images_per_sec_best": batch / min(ok)} if ok else None
+            ok = [
+                r["sec_median"]
+                for r in runs
+                if (r["side"], r["task"], r["batch_size"]) == (side, task, batch) and "sec_median" in r
+            ]
+            row[side] = (
+                {
+                    "best_sec": min(ok),
+                    "median_sec": statistics.median(ok),
+                    "runs": len(ok),
+                    "images_per_sec_best": batch / min(ok),
+                }
+                if ok
+                else None
+            )
         if row.get("ours") and row.get("pyro"):
             row["pyro_over_ours_best"] = row["pyro"]["best_sec"] / row["ours"]["best_sec"]
             row["pyro_over_ours_median"] = row["pyro"]["median_sec"] / row["ours"]["median_sec"]
@@ -228,31 +288,43 @@ def main(argv=None) -> dict:
     for rnd in range(args.rounds):
         for task, batch in tasks:
             for side in args.sides:
-                r = run_child(side, task, batch, args, settings) | {"side": side, "task": task, "batch_size": batch,
-                                                                      "round": rnd}
+                r = run_child(side, task, batch, args, settings) | {"side": side, "task": task, "batch_size": batch, "round": rnd}
                 runs.append(r)
-                log(f"round {rnd} {side:>4} {task} batch {batch}: " +
-                    (f"{r['sec_median'] * 1e3:.1f} ms median" if "sec_median" in r else r["error"]))
-    res = {"rows": summarise(runs, tasks, args.sides), "runs": runs, "settings": settings, "cpu_model": _cpu_model(),
-           "nproc": _nproc(), "loadavg_1min": os.getloadavg()[0], "python": sys.version.split()[0],
-           "jax_version": next((r.get("jax_version") for r in runs if "jax_version" in r), None),
-           "device": "cpu (both sides: default JAX device / torch CPU)",
-           "torch_version": next((r.get("torch_version") for r in runs if "torch_version" in r), None),
-           "pyro_version": next((r.get("pyro_version") for r in runs if "pyro_version" in r), None)}
+                log(
+                    f"round {rnd} {side:>4} {task} batch {batch}: "
+                    + (f"{r['sec_median'] * 1e3:.1f} ms median" if "sec_median" in r else r["error"])
+                )
+    res = {
+        "rows": summarise(runs, tasks, args.sides),
+        "runs": runs,
+        "settings": settings,
+        "cpu_model": _cpu_model(),
+        "nproc": _nproc(),
+        "loadavg_1min": os.getloadavg()[0],
+        "python": sys.version.split()[0],
+        "jax_version": next((r.get("jax_version") for r in runs if "jax_version" in r), None),
+        "device": "cpu (both sides: default JAX device / torch CPU)",
+        "torch_version": next((r.get("torch_version") for r in runs if "torch_version" in r), None),
+        "pyro_version": next((r.get("pyro_version") for r in runs if "pyro_version" in r), None),
+    }
     print(json.dumps(res) if args.json else _text(res))
     return res
 
 
 def _text(r: dict) -> str:
-    out = [f"cpu {r['cpu_model']}, nproc {r['nproc']}, jax {r['jax_version']}, torch {r['torch_version']}, "
-           f"pyro {r['pyro_version']}, load {r['loadavg_1min']:.2f}",
-           f"{'task':<6} {'batch':>5} {'ours best ms':>12} {'ours med ms':>11} {'Pyro best ms':>12} {'Pyro med ms':>11} "
-           f"{'Pyro/ours':>9}"]
+    out = [
+        f"cpu {r['cpu_model']}, nproc {r['nproc']}, jax {r['jax_version']}, torch {r['torch_version']}, "
+        f"pyro {r['pyro_version']}, load {r['loadavg_1min']:.2f}",
+        f"{'task':<6} {'batch':>5} {'ours best ms':>12} {'ours med ms':>11} {'Pyro best ms':>12} {'Pyro med ms':>11} "
+        f"{'Pyro/ours':>9}",
+    ]
     for row in r["rows"]:
         cell = lambda s, k: f"{row[s][k] * 1e3:.1f}" if row.get(s) else "-"  # noqa: E731
         ratio = f"{row['pyro_over_ours_best']:.2f}x" if "pyro_over_ours_best" in row else "-"
-        out.append(f"{row['task']:<6} {row['batch_size']:>5} {cell('ours', 'best_sec'):>12} {cell('ours', 'median_sec'):>11} "
-                   f"{cell('pyro', 'best_sec'):>12} {cell('pyro', 'median_sec'):>11} {ratio:>9}")
+        out.append(
+            f"{row['task']:<6} {row['batch_size']:>5} {cell('ours', 'best_sec'):>12} {cell('ours', 'median_sec'):>11} "
+            f"{cell('pyro', 'best_sec'):>12} {cell('pyro', 'median_sec'):>11} {ratio:>9}"
+        )
     errors = [f"{x['side']} {x['task']} {x['batch_size']}: {x['error']}" for x in r["runs"] if "error" in x]
     return "\n".join(out + (["errors:"] + errors if errors else []))
 

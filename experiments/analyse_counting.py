@@ -26,10 +26,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from numpyro_air.checkpoint import load_params
+from numpyro_air.analysis.inference import infer_batched
+from numpyro_air.analysis.metrics import box_centres, box_iou, localisation
 from numpyro_air.data import load_eval_npz
-from numpyro_air.inference import infer_batched
-from numpyro_air.metrics import box_centres, box_iou, localisation
+from numpyro_air.train.checkpoint import load_params
 
 
 def crowding(boxes: np.ndarray) -> dict:
@@ -61,10 +61,14 @@ def analyse(params, config, images: np.ndarray, counts: np.ndarray, boxes, key) 
     under = (counts == top) & (res["counts"] < top)
     exact = (counts == top) & (res["counts"] == top)
     out["most_digits"] = int(top)
-    out["undercounted"] = {"images": int(under.sum()),
-                           "unexplained_fraction_mean": float(unexplained[under].mean()) if under.any() else None}
-    out["counted_correctly"] = {"images": int(exact.sum()),
-                                "unexplained_fraction_mean": float(unexplained[exact].mean()) if exact.any() else None}
+    out["undercounted"] = {
+        "images": int(under.sum()),
+        "unexplained_fraction_mean": float(unexplained[under].mean()) if under.any() else None,
+    }
+    out["counted_correctly"] = {
+        "images": int(exact.sum()),
+        "unexplained_fraction_mean": float(unexplained[exact].mean()) if exact.any() else None,
+    }
     if boxes is not None and under.any():
         within = []
         for i in np.flatnonzero(under):
@@ -72,13 +76,15 @@ def analyse(params, config, images: np.ndarray, counts: np.ndarray, boxes, key) 
             within.append(int(round(loc["matched_within_radius"] * counts[i])))
         out["undercounted"]["true_digits_found_within_3px"] = np.bincount(within, minlength=top + 1).tolist()
         out["undercounted"]["largest_window_pixels_mean"] = float(
-            np.where(res["z_pres"][under] > 0, res["boxes"][under][..., 2], 0).max(1).mean())
+            np.where(res["z_pres"][under] > 0, res["boxes"][under][..., 2], 0).max(1).mean()
+        )
     if boxes is not None:
         for name, m in (("undercounted", under), ("counted_correctly", exact)):
             if m.any():
                 out[name] |= crowding(boxes[m, :top])
-    out["counted_correctly_largest_window_pixels_mean"] = float(
-        np.where(res["z_pres"][exact] > 0, res["boxes"][exact][..., 2], 0).max(1).mean()) if exact.any() else None
+    out["counted_correctly_largest_window_pixels_mean"] = (
+        float(np.where(res["z_pres"][exact] > 0, res["boxes"][exact][..., 2], 0).max(1).mean()) if exact.any() else None
+    )
     return out
 
 

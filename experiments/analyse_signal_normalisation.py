@@ -29,14 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from numpyro_air.checkpoint import config_from_meta, read_checkpoint, restore_into
+from numpyro_air.core.guide import guide
+from numpyro_air.core.model import model
+from numpyro_air.core.prior import z_pres_prior_probs
 from numpyro_air.data import load_multi_mnist, to_float
-from numpyro_air.elbo import NVIL_ELBO, with_signal_stats
-from numpyro_air.guide import guide
-from numpyro_air.model import model
-from numpyro_air.prior import z_pres_prior_probs
-from numpyro_air.recipes import OptimConfig
-from numpyro_air.svi import make_svi
+from numpyro_air.estimators.nvil import NVIL_ELBO, with_signal_stats
+from numpyro_air.train.checkpoint import config_from_meta, read_checkpoint, restore_into
+from numpyro_air.train.recipes import OptimConfig
+from numpyro_air.train.svi import make_svi
 
 STATS = "z_pres_signal_stats"
 HUGE = 1e30  # a running variance that makes a step's normalised weight ~1e-15 of its signal

@@ -28,8 +28,8 @@ def main(argv=None) -> Path:
     from matplotlib.figure import Figure
 
     from numpyro_air import infer, load_params
+    from numpyro_air.analysis.figures import draw_boxes
     from numpyro_air.data import load_eval_npz
-    from numpyro_air.viz import draw_boxes
 
     ev = load_eval_npz(args.data)
     images = ev.images[np.flatnonzero(ev.counts == args.count)[: args.num]]

@@ -20,16 +20,18 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from numpyro_air.checkpoint import export_params, load_params, read_npz
+from numpyro_air.analysis.inference import count_accuracy
 from numpyro_air.data import load_eval_npz
-from numpyro_air.inference import count_accuracy
 from numpyro_air.pretrained_model import MANIFEST_FILE, WEIGHTS_FILE, file_sha256, heldout_scenes
+from numpyro_air.train.checkpoint import export_params, load_params, read_npz
 
 
 def accuracies(params, config, images, counts) -> dict:
     key = jax.random.PRNGKey(0)
-    return {name: count_accuracy(params, images, counts, key, config, greedy, batch_size=1000)["accuracy"]
-            for name, greedy in (("one_sample", False), ("most_probable_path", True))}
+    return {
+        name: count_accuracy(params, images, counts, key, config, greedy, batch_size=1000)["accuracy"]
+        for name, greedy in (("one_sample", False), ("most_probable_path", True))
+    }
 
 
 def main(argv=None) -> dict:
@@ -49,10 +51,19 @@ def main(argv=None) -> dict:
     export_params(a.checkpoint, dst, dtype=np.float16, overwrite=True)
     dst.chmod(0o644)  # a package file, readable by every user
     ev, scenes = load_eval_npz(a.data), heldout_scenes()
-    sets = {"eval_file": (np.asarray(ev.images, np.float32), ev.counts),
-            "heldout_scenes_1000": (scenes.images_float(), scenes.counts)}
-    result = {"sha256": file_sha256(dst), "bytes": dst.stat().st_size, "source": str(a.checkpoint),
-              "seed": meta.get("seed"), "step": meta.get("step"), "eval_file": str(a.data), "accuracy": {}}
+    sets = {
+        "eval_file": (np.asarray(ev.images, np.float32), ev.counts),
+        "heldout_scenes_1000": (scenes.images_float(), scenes.counts),
+    }
+    result = {
+        "sha256": file_sha256(dst),
+        "bytes": dst.stat().st_size,
+        "source": str(a.checkpoint),
+        "seed": meta.get("seed"),
+        "step": meta.get("step"),
+        "eval_file": str(a.data),
+        "accuracy": {},
+    }
     for dtype_name, path in (("float32_checkpoint", a.checkpoint), ("float16_file", dst)):
         config, params = load_params(path)
         result["accuracy"][dtype_name] = {k: accuracies(params, config, *v) for k, v in sets.items()}

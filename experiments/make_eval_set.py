@@ -86,8 +86,14 @@ def make_eval_set(
     for i in range(_MAX_CHUNKS):
         ss = np.random.SeedSequence(seed, spawn_key=(EVAL_STREAM, i))
         chunk = generate_multi_mnist(
-            digits, digit_labels, size, max_digits=max_digits, canvas_size=canvas_size, seed=ss,
-            progress=progress, desc=f"eval set chunk {i}",
+            digits,
+            digit_labels,
+            size,
+            max_digits=max_digits,
+            canvas_size=canvas_size,
+            seed=ss,
+            progress=progress,
+            desc=f"eval set chunk {i}",
         )
         chunks.append(chunk)
         have += np.bincount(chunk.counts, minlength=classes)
@@ -125,16 +131,23 @@ def main(argv: Sequence[str] | None = None) -> Path:
     try:
         _, _, x_test, y_test = load_mnist(args.mnist)
         ds = make_eval_set(
-            x_test, y_test, max_digits=args.max_digits, per_count=args.per_count,
-            canvas_size=args.canvas_size, seed=args.seed, progress=sys.stderr.isatty(),
+            x_test,
+            y_test,
+            max_digits=args.max_digits,
+            per_count=args.per_count,
+            canvas_size=args.canvas_size,
+            seed=args.seed,
+            progress=sys.stderr.isatty(),
         )
     except (DataError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     path = save_eval_npz(out, ds)
     hist = np.bincount(ds.counts, minlength=args.max_digits + 1)
     per = ", ".join(f"{c}: {n}" for c, n in enumerate(hist.tolist()))
-    print(f"wrote {len(ds)} images ({per} per count; {args.canvas_size}x{args.canvas_size}, "
-          f"MNIST test digits, seed {args.seed}) to {path}")
+    print(
+        f"wrote {len(ds)} images ({per} per count; {args.canvas_size}x{args.canvas_size}, "
+        f"MNIST test digits, seed {args.seed}) to {path}"
+    )
     return path
 
 

@@ -19,12 +19,12 @@ import sys
 from jax.lax import stop_gradient
 from numpyro.infer import SVI
 
-import numpyro_air.training as training
+import numpyro_air.train.loop as training
 from numpyro_air.cli import main as cli_main
-from numpyro_air.elbo import NVIL_ELBO, with_signal_stats
-from numpyro_air.guide import guide
-from numpyro_air.model import model
-from numpyro_air.optim import make_optimizer
+from numpyro_air.core.guide import guide
+from numpyro_air.core.model import model
+from numpyro_air.estimators.nvil import NVIL_ELBO, with_signal_stats
+from numpyro_air.train.optim import make_optimizer
 
 
 class FixedDivisorNVIL(NVIL_ELBO):

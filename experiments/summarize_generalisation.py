@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from numpyro_air import viz
+from numpyro_air.analysis import figures as viz
 
 
 def evaluation(run: Path, split: str, seed: int, k: int):
@@ -38,11 +38,13 @@ def rows(name: str, run: Path) -> list:
             continue
         per = " / ".join(f"{100 * g['accuracy_by_count'][c]['accuracy']:.1f}" for c in ("0", "1", "2"))
         loc = g["localisation"]
-        out.append(f"| {name} | {seed} | {h['step']} | {100 * h['count_accuracy']:.2f}% | "
-                   f"{100 * h['count_accuracy_greedy']:.2f}% | "
-                   f"{per} / **{100 * g['accuracy_by_count']['3']['accuracy']:.1f}%** | "
-                   f"{100 * g['accuracy_by_count_greedy']['3']['accuracy']:.1f}% | {loc['mean_centre_error']:.2f} | "
-                   f"{100 * loc['matched_within_radius']:.1f}% | {loc['mean_iou']:.3f} |")
+        out.append(
+            f"| {name} | {seed} | {h['step']} | {100 * h['count_accuracy']:.2f}% | "
+            f"{100 * h['count_accuracy_greedy']:.2f}% | "
+            f"{per} / **{100 * g['accuracy_by_count']['3']['accuracy']:.1f}%** | "
+            f"{100 * g['accuracy_by_count_greedy']['3']['accuracy']:.1f}% | {loc['mean_centre_error']:.2f} | "
+            f"{100 * loc['matched_within_radius']:.1f}% | {loc['mean_iou']:.3f} |"
+        )
     return out
 
 
@@ -51,8 +53,11 @@ def main(argv=None) -> str:
     ap.add_argument("runs", nargs="+", help="NAME=RUN_DIR")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
-    lines = ["| model | seed | step | 0-2 held-out (10k) | greedy | 0-3 set: 0 / 1 / 2 / **3** digits | 3 digits, greedy "
-             "| centre error (px) | matched within 3 px | mean IoU |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | seed | step | 0-2 held-out (10k) | greedy | 0-3 set: 0 / 1 / 2 / **3** digits | 3 digits, greedy "
+        "| centre error (px) | matched within 3 px | mean IoU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for spec in a.runs:
         name, _, path = spec.partition("=")
         lines += rows(name, Path(path))

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from numpyro_air import viz
+from numpyro_air.analysis import figures as viz
 
 THRESHOLDS = (0.90, 0.95)
 
@@ -65,8 +65,10 @@ def markdown(summaries: dict, steps: Sequence[int]) -> str:
     for name, s in summaries.items():
         for seed, v in s["seeds"].items():
             accs = " | ".join(fmt(v["accuracy_at"][st]) for st in steps)
-            lines.append(f"| {name} | {seed} | {accs} | {fmt(v['steps_to']['90%'])} | {fmt(v['steps_to']['95%'])} | "
-                         f"{fmt(v['final_accuracy'])} ({v['final_step']}) | {fmt(v['final_elbo'])} |")
+            lines.append(
+                f"| {name} | {seed} | {accs} | {fmt(v['steps_to']['90%'])} | {fmt(v['steps_to']['95%'])} | "
+                f"{fmt(v['final_accuracy'])} ({v['final_step']}) | {fmt(v['final_elbo'])} |"
+            )
         means = " | ".join(fmt(s["mean_accuracy_at"][st]) for st in steps)
         lines.append(f"| {name} | mean | {means} | | | seeds >= 95%: {s['seeds_reaching_95%']} | |")
     return "\n".join(lines) + "\n"

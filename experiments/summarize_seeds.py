@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from summarize_runs import run_summary  # noqa: E402
 
-from numpyro_air import viz  # noqa: E402
+from numpyro_air.analysis import figures as viz  # noqa: E402
 
 THRESHOLDS = (0.95, 0.98, 0.987)
 
@@ -53,45 +53,69 @@ def summarize(run: Path, pattern: str) -> dict:
     rows = {}
     for seed in seeds:
         v, ev = s["seeds"][seed], iwae.get(seed, {})
-        rows[seed] = {"step": v["final_step"], "accuracy": v["final_accuracy"], "accuracy_greedy": v["final_accuracy_greedy"],
-                      "elbo_heldout": ev.get("elbo"), "iwae_heldout": ev.get("log_likelihood_iwae"),
-                      "iwae_samples": ev.get("iwae_samples"), "iwae_images": ev.get("iwae_images"),
-                      "steps_to": v["steps_to"]}
-    stat = lambda key: (float(np.mean([r[key] for r in rows.values() if r[key] is not None] or [np.nan])),  # noqa: E731
-                        float(np.std([r[key] for r in rows.values() if r[key] is not None] or [np.nan], ddof=1))
-                        if sum(r[key] is not None for r in rows.values()) > 1 else None)
+        rows[seed] = {
+            "step": v["final_step"],
+            "accuracy": v["final_accuracy"],
+            "accuracy_greedy": v["final_accuracy_greedy"],
+            "elbo_heldout": ev.get("elbo"),
+            "iwae_heldout": ev.get("log_likelihood_iwae"),
+            "iwae_samples": ev.get("iwae_samples"),
+            "iwae_images": ev.get("iwae_images"),
+            "steps_to": v["steps_to"],
+        }
+    stat = lambda key: (
+        float(np.mean([r[key] for r in rows.values() if r[key] is not None] or [np.nan])),  # noqa: E731
+        float(np.std([r[key] for r in rows.values() if r[key] is not None] or [np.nan], ddof=1))
+        if sum(r[key] is not None for r in rows.values()) > 1
+        else None,
+    )
     trains = [r for r in records if r.get("kind") == "train"]
     last = max(trains, key=lambda r: r["wall_time"])
     first = min(trains, key=lambda r: r["wall_time"])
     summary = {
-        "run": str(run), "seeds": rows,
+        "run": str(run),
+        "seeds": rows,
         "mean_sd": {k: stat(k) for k in ("accuracy", "accuracy_greedy", "elbo_heldout", "iwae_heldout")},
-        "seeds_reaching": {f"{t:.1%}".replace(".0%", "%"): {m: sum((r[k] or 0) >= t for r in rows.values())
-                                                        for m, k in (("one_sample", "accuracy"), ("greedy", "accuracy_greedy"))}
-                           for t in THRESHOLDS},
-        "steps": last["step"], "wall_minutes_incl_eval": last["wall_time"] / 60,
+        "seeds_reaching": {
+            f"{t:.1%}".replace(".0%", "%"): {
+                m: sum((r[k] or 0) >= t for r in rows.values())
+                for m, k in (("one_sample", "accuracy"), ("greedy", "accuracy_greedy"))
+            }
+            for t in THRESHOLDS
+        },
+        "steps": last["step"],
+        "wall_minutes_incl_eval": last["wall_time"] / 60,
         "steps_per_s_incl_eval": (last["step"] - first["step"]) / max(last["wall_time"] - first["wall_time"], 1e-9),
     }
     return summary
 
 
 def markdown(s: dict) -> str:
-    lines = ["| seed | step | held-out accuracy (one sample) | most probable path | ELBO | IWAE-100 | first eval >= 95% "
-             "| >= 98% |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| seed | step | held-out accuracy (one sample) | most probable path | ELBO | IWAE-100 | first eval >= 95% | >= 98% |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for seed, r in s["seeds"].items():
-        lines.append(f"| {seed} | {r['step']} | {_fmt(r['accuracy'])} | {_fmt(r['accuracy_greedy'])} | "
-                     f"{_fmt(r['elbo_heldout'], '.1f')} | {_fmt(r['iwae_heldout'], '.1f')} | "
-                     f"{r['steps_to']['95%'] or '-'} | {r['steps_to']['98%'] or '-'} |")
+        lines.append(
+            f"| {seed} | {r['step']} | {_fmt(r['accuracy'])} | {_fmt(r['accuracy_greedy'])} | "
+            f"{_fmt(r['elbo_heldout'], '.1f')} | {_fmt(r['iwae_heldout'], '.1f')} | "
+            f"{r['steps_to']['95%'] or '-'} | {r['steps_to']['98%'] or '-'} |"
+        )
     m = s["mean_sd"]
     pm = lambda k, spec: f"{_fmt(m[k][0], spec)} +- {_fmt(m[k][1], spec)}"  # noqa: E731
-    lines.append(f"| **mean +- sd** | | {pm('accuracy', '.2%')} | {pm('accuracy_greedy', '.2%')} | {pm('elbo_heldout', '.1f')} | "
-                 f"{pm('iwae_heldout', '.1f')} | | |")
-    reach = "; ".join(f">= {t}: {v['one_sample']} (one sample) / {v['greedy']} (most probable path)"
-                      for t, v in s["seeds_reaching"].items())
-    lines += ["", f"Seeds reaching {reach} of {len(s['seeds'])}.",
-              f"{s['steps']} steps; {s['wall_minutes_incl_eval']:.1f} wall minutes including evaluations "
-              f"({s['steps_per_s_incl_eval']:.2f} steps/s for all seeds together)."]
+    lines.append(
+        f"| **mean +- sd** | | {pm('accuracy', '.2%')} | {pm('accuracy_greedy', '.2%')} | {pm('elbo_heldout', '.1f')} | "
+        f"{pm('iwae_heldout', '.1f')} | | |"
+    )
+    reach = "; ".join(
+        f">= {t}: {v['one_sample']} (one sample) / {v['greedy']} (most probable path)" for t, v in s["seeds_reaching"].items()
+    )
+    lines += [
+        "",
+        f"Seeds reaching {reach} of {len(s['seeds'])}.",
+        f"{s['steps']} steps; {s['wall_minutes_incl_eval']:.1f} wall minutes including evaluations "
+        f"({s['steps_per_s_incl_eval']:.2f} steps/s for all seeds together).",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -11,26 +11,26 @@ What users call::
     out = air.infer(params, images, key, config)   # counts, boxes, presence, reconstructions
 """
 
-from . import inference
-from .checkpoint import export_params, load_params
-from .config import AIRConfig
+from .analysis import inference
+from .analysis.inference import decode_windows, infer
+from .analysis.likelihood import elbo_per_image, log_marginal_likelihood
+from .analysis.metrics import accuracy_by_count, localisation
+from .core.config import AIRConfig
+from .core.guide import guide
+from .core.model import model
+from .core.prior import z_pres_prior_probs
+from .core.transform import bounding_boxes, image_to_window, window_to_image
 from .data import load_multi_mnist
-from .elbo import NVIL_ELBO
-from .guide import guide
-from .inference import decode_windows, infer
-from .likelihood import elbo_per_image, log_marginal_likelihood
-from .metrics import accuracy_by_count, localisation
-from .model import model
+from .estimators.nvil import NVIL_ELBO
+from .estimators.vimco import VIMCO_ELBO
 from .pretrained_model import heldout_scenes, pretrained
-from .prior import z_pres_prior_probs
 from .pyro_compat import from_pyro_state_dict, to_pyro_state_dict
-from .recipes import PRESETS, OptimConfig, Recipe
-from .step import make_step
-from .svi import StepInfo, make_svi, make_update
-from .transform import bounding_boxes, image_to_window, window_to_image
-from .vimco import VIMCO_ELBO
+from .train.checkpoint import export_params, load_params
+from .train.recipes import PRESETS, OptimConfig, Recipe
+from .train.step import make_step
+from .train.svi import StepInfo, make_svi, make_update
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "AIRConfig",

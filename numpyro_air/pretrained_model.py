@@ -23,8 +23,8 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from .checkpoint import CheckpointError, load_params
-from .config import AIRConfig
+from .core.config import AIRConfig
+from .train.checkpoint import CheckpointError, load_params
 
 WEIGHTS_FILE = "air_multi_mnist.npz"
 MANIFEST_FILE = "air_multi_mnist.json"
@@ -59,7 +59,7 @@ def manifest() -> dict:
 def pretrained(dtype: Any = np.float32, verify: bool = True) -> Tuple[AIRConfig, dict]:
     """``(AIRConfig, params)`` of the shipped pretrained model, cast to ``dtype`` (float32 by
     default; the file stores float16). ``verify`` checks the file's SHA-256 against the manifest
-    and raises :class:`~numpyro_air.checkpoint.CheckpointError` naming the file on a mismatch."""
+    and raises :class:`~numpyro_air.train.checkpoint.CheckpointError` naming the file on a mismatch."""
     path = weights_dir() / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"pretrained weights {path} are missing (broken installation?)")

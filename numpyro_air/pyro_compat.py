@@ -8,7 +8,7 @@ Layout of Pyro's AIR state dict (own parameters first, then child modules in cre
 
 - ``z_where_loc_prior`` / ``z_where_scale_prior`` (3,): fixed (``requires_grad=False``) prior of
   z_where, ``[scale_prior_mean, pos_prior_mean, pos_prior_mean]`` and ``[scale_prior_sd, pos_prior_sd,
-  pos_prior_sd]``; they come from the config (:func:`numpyro_air.model.prior_loc_scale`), not from
+  pos_prior_sd]``; they come from the config (:func:`numpyro_air.core.model.prior_loc_scale`), not from
   our params.
 - ``h_init``, ``c_init``, ``bl_h_init``, ``bl_c_init`` (1, H); ``z_where_init`` (1, 3); ``z_what_init``
   (1, Z): identical in both layouts.
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
-from .config import AIRConfig
+from .core.config import AIRConfig
 
 Shape = tuple[int, ...]
 Path = tuple[str, ...]
@@ -225,9 +225,7 @@ def _check_buffers(d: Mapping[str, np.ndarray], config: AIRConfig) -> None:
     for name, want in _prior_buffers(config).items():
         got = np.asarray(d[name], np.float32)
         if not np.allclose(got, want, rtol=1e-6, atol=1e-7):
-            raise ValueError(
-                f"Pyro state dict: buffer {name!r} = {got.tolist()} disagrees with the config ({want.tolist()})"
-            )
+            raise ValueError(f"Pyro state dict: buffer {name!r} = {got.tolist()} disagrees with the config ({want.tolist()})")
 
 
 def _unflatten(flat: Mapping[Path, np.ndarray]) -> dict:

@@ -19,7 +19,7 @@ import pytest
 from numpyro.infer import SVI, Trace_ELBO
 
 import numpyro_air
-from numpyro_air.checkpoint import (
+from numpyro_air.train.checkpoint import (
     SCHEMA_VERSION,
     CheckpointError,
     load_params,
@@ -31,7 +31,7 @@ from numpyro_air.checkpoint import (
     seed_file,
     seed_files,
 )
-from numpyro_air.training import TrainConfig, _prepare_out_dir, checkpoint_path, initial_states
+from numpyro_air.train.loop import TrainConfig, _prepare_out_dir, checkpoint_path, initial_states
 
 WEIGHTS = Path(numpyro_air.__file__).parent / "weights" / "air_multi_mnist.npz"
 
@@ -83,10 +83,19 @@ def test_per_seed_files_are_named_by_seed(tmp_path):
     base = tmp_path / "checkpoint.npz"
     tcfg = TrainConfig(seed=1, num_seeds=3)  # seeds 1, 2, 3
     assert [checkpoint_path(base, tcfg, k).name for k in range(3)] == [
-        "checkpoint_seed1.npz", "checkpoint_seed2.npz", "checkpoint_seed3.npz"]
+        "checkpoint_seed1.npz",
+        "checkpoint_seed2.npz",
+        "checkpoint_seed3.npz",
+    ]
     assert checkpoint_path(base, TrainConfig(seed=4), 0) == base  # one seed: the base name
-    for name in ("checkpoint_seed10.npz", "checkpoint_seed2.npz", "checkpoint_seed1.npz", "checkpoint_seedx.npz",
-                 "other_seed1.npz", "checkpoint_seed3.npz.abc.tmp"):
+    for name in (
+        "checkpoint_seed10.npz",
+        "checkpoint_seed2.npz",
+        "checkpoint_seed1.npz",
+        "checkpoint_seedx.npz",
+        "other_seed1.npz",
+        "checkpoint_seed3.npz.abc.tmp",
+    ):
         (tmp_path / name).write_bytes(b"")
     assert [p.name for p in seed_files(base)] == ["checkpoint_seed1.npz", "checkpoint_seed2.npz", "checkpoint_seed10.npz"]
 

@@ -14,14 +14,14 @@ from numpyro.infer import Trace_ELBO
 from numpyro.infer.util import log_density
 from test_dair import np_decode, np_place
 
-from numpyro_air import inference
-from numpyro_air.config import AIRConfig
-from numpyro_air.distributions import relaxed_presence_logit
-from numpyro_air.guide import guide
-from numpyro_air.inference import hard_presence, relaxed_counts
-from numpyro_air.model import latent_sites, model, presence_site
-from numpyro_air.prior import count_distribution, make_prior
-from numpyro_air.sites import is_baseline_param
+from numpyro_air.analysis import inference
+from numpyro_air.analysis.inference import hard_presence, relaxed_counts
+from numpyro_air.core.config import AIRConfig
+from numpyro_air.core.distributions import relaxed_presence_logit
+from numpyro_air.core.guide import guide
+from numpyro_air.core.model import latent_sites, model, presence_site
+from numpyro_air.core.prior import count_distribution, make_prior
+from numpyro_air.core.sites import is_baseline_param
 
 TINY = dict(image_size=8, window_size=4, z_what_size=2, rnn_hidden_size=8, encoder_net=(4,), decoder_net=(4,))
 CONFIG = AIRConfig(**SMALL, presence_estimator="concrete")
@@ -111,9 +111,7 @@ def np_log_joint(images, y, zw, zwhat, dec_params, config, probs, prior_temp):
 
 
 def test_model_log_joint_matches_numpy():
-    config = AIRConfig.tutorial(
-        **TINY, presence_estimator="concrete", concrete_temperature=0.7, concrete_prior_temperature=0.5
-    )
+    config = AIRConfig.tutorial(**TINY, presence_estimator="concrete", concrete_temperature=0.7, concrete_prior_temperature=0.5)
     rng = np.random.default_rng(5)
     T, B, H = config.num_steps, 3, config.image_size
     images = make_scenes(B, H, seed=2)
@@ -176,7 +174,7 @@ def test_relaxed_presence_is_the_binary_concrete_at_its_temperature(temperature)
     logit-space sample y, and the running product with the previous presence."""
     from scipy import stats
 
-    from numpyro_air.model import sample_presence
+    from numpyro_air.core.model import sample_presence
 
     n = 3000
     logits = jnp.asarray(np.tile([-1.5, 0.0, 2.0], n // 3), jnp.float32)
@@ -289,10 +287,11 @@ def test_infer_and_sample_prior_with_concrete(guide_params, images):
 def test_temperature_schedule_is_exponential_and_validated():
     """concrete_temperature(config, step): T0 at step 0, T_to after the anneal, geometric between
     (T0 (T_to / T0)^(step / N)), clamped after; a traced step (no recompilation)."""
-    from numpyro_air.prior import concrete_temperature
+    from numpyro_air.core.prior import concrete_temperature
 
-    cfg = AIRConfig(presence_estimator="concrete", concrete_temperature=2.0, concrete_temperature_to=0.5,
-                    concrete_anneal_steps=100)
+    cfg = AIRConfig(
+        presence_estimator="concrete", concrete_temperature=2.0, concrete_temperature_to=0.5, concrete_anneal_steps=100
+    )
     for step, want in ((0, 2.0), (50, 2.0 * 0.25**0.5), (100, 0.5), (400, 0.5)):
         assert float(concrete_temperature(cfg, step)) == pytest.approx(want, rel=1e-5)
     f = jax.jit(lambda s: concrete_temperature(cfg, s))
@@ -300,7 +299,8 @@ def test_temperature_schedule_is_exponential_and_validated():
     f(jnp.int32(75))
     assert f._cache_size() == 1
     assert float(concrete_temperature(AIRConfig(presence_estimator="concrete", concrete_temperature=0.7), 10**6)) == (
-        pytest.approx(0.7))
+        pytest.approx(0.7)
+    )
     with pytest.raises(ValueError, match="set together"):
         AIRConfig(presence_estimator="concrete", concrete_temperature_to=0.5)
     with pytest.raises(ValueError, match="concrete_temperature_to"):
@@ -317,9 +317,9 @@ def test_training_step_uses_the_annealed_temperature_of_its_step():
     from numpyro.infer import SVI, Trace_ELBO
     from numpyro.optim import SGD
 
-    from numpyro_air.model import temperatures
-    from numpyro_air.step import DeviceRows, make_step
-    from numpyro_air.svi import make_update
+    from numpyro_air.core.model import temperatures
+    from numpyro_air.train.step import DeviceRows, make_step
+    from numpyro_air.train.svi import make_update
 
     cfg = AIRConfig(
         **TINY, presence_estimator="concrete", concrete_temperature=2.0, concrete_temperature_to=0.25, concrete_anneal_steps=8

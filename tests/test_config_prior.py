@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from numpyro_air import AIRConfig, z_pres_prior_probs
-from numpyro_air.prior import count_distribution, exp_decay, lin_decay, make_prior
+from numpyro_air.core.prior import count_distribution, exp_decay, lin_decay, make_prior
 
 # ----------------------------------------------------------------------------- reference (Pyro)
 
@@ -144,9 +144,7 @@ def test_variant_fields_defaults_and_roundtrip():
         None,
     )
     assert not c.relaxed_presence and c.uses_baseline_nets and c.prior_temperature_ratio == 1.0
-    v = AIRConfig(
-        guide_input="difference", presence_estimator="concrete", concrete_temperature=2, concrete_prior_temperature=0.5
-    )
+    v = AIRConfig(guide_input="difference", presence_estimator="concrete", concrete_temperature=2, concrete_prior_temperature=0.5)
     assert AIRConfig.from_dict(v.to_dict()) == v and v.to_dict()["guide_input"] == "difference"
     assert isinstance(v.concrete_temperature, float) and v.prior_temperature_ratio == 0.25
     assert v.relaxed_presence and not v.uses_baseline_nets
@@ -218,15 +216,20 @@ def test_lin_annealing_hand_values():
     np.testing.assert_allclose(z_pres_prior_probs(c, 850), p - 0.75 * (p - 0.1), rtol=1e-6)
     np.testing.assert_allclose(z_pres_prior_probs(c, 1100), [0.1] * 3, rtol=1e-6)  # end
     np.testing.assert_allclose(z_pres_prior_probs(c, 10**7), [0.1] * 3, rtol=1e-6)  # clamped
-    raw = AIRConfig(z_pres_prior=0.8, z_pres_prior_raw=True, anneal_prior="lin", anneal_prior_to=0.2,
-                    anneal_prior_duration=100)
+    raw = AIRConfig(z_pres_prior=0.8, z_pres_prior_raw=True, anneal_prior="lin", anneal_prior_to=0.2, anneal_prior_duration=100)
     np.testing.assert_allclose(z_pres_prior_probs(raw, 25), [0.65] * 3, rtol=1e-6)
 
 
 def test_exp_annealing_kosiorek_setting():
     # main.py's comment: raw prior 1 - 1e-15, exp annealing to 1e-7, begin 1000, duration 1e6.
-    c = AIRConfig(z_pres_prior=1 - 1e-15, z_pres_prior_raw=True, anneal_prior="exp", anneal_prior_to=1e-7,
-                  anneal_prior_begin=1000, anneal_prior_duration=1_000_000)
+    c = AIRConfig(
+        z_pres_prior=1 - 1e-15,
+        z_pres_prior_raw=True,
+        anneal_prior="exp",
+        anneal_prior_to=1e-7,
+        anneal_prior_begin=1000,
+        anneal_prior_duration=1_000_000,
+    )
     p = 1.0  # 1 - 1e-15 in float32
     r = math.log(p / 1e-7) / 1e6
     at = lambda i: float(z_pres_prior_probs(c, i)[0])  # noqa: E731
@@ -240,8 +243,7 @@ def test_exp_annealing_kosiorek_setting():
 
 
 def test_exp_annealing_make_prior_hand_values():
-    c = AIRConfig(anneal_prior="exp", anneal_prior_to=1e-7, anneal_prior_begin=1000,
-                  anneal_prior_duration=1_000_000)
+    c = AIRConfig(anneal_prior="exp", anneal_prior_to=1e-7, anneal_prior_begin=1000, anneal_prior_duration=1_000_000)
     p = np.array([7 / 15, 3 / 7, 1 / 3])
     r = np.log(p / 1e-7) / 1e6
     np.testing.assert_allclose(z_pres_prior_probs(c, 200_000), p * np.exp(-r * 199_000), rtol=1e-5)
@@ -259,8 +261,12 @@ def test_decay_clamping_matches_pyro(initial, final, begin, duration):
     lin = lin_decay(jnp.float32(initial), final, begin, duration, jnp.asarray(steps, jnp.float32))
     exp = exp_decay(jnp.float32(initial), final, begin, duration, jnp.asarray(steps, jnp.float32))
     # float32: lin's ``initial - (initial - final) * 1`` may miss ``final`` by ~eps32 * initial
-    np.testing.assert_allclose(lin, [pyro_lin_decay(initial, final, begin, duration, t) for t in steps],
-                               rtol=1e-5, atol=2 * float(jnp.finfo(jnp.float32).eps) * initial)
+    np.testing.assert_allclose(
+        lin,
+        [pyro_lin_decay(initial, final, begin, duration, t) for t in steps],
+        rtol=1e-5,
+        atol=2 * float(jnp.finfo(jnp.float32).eps) * initial,
+    )
     np.testing.assert_allclose(exp, [pyro_exp_decay(initial, final, begin, duration, t) for t in steps], rtol=1e-5)
 
 

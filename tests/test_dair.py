@@ -14,11 +14,11 @@ from conftest import SMALL, make_scenes
 from numpyro import handlers
 from numpyro.infer import SVI
 
-from numpyro_air import inference
-from numpyro_air.config import AIRConfig
-from numpyro_air.elbo import NVIL_ELBO
-from numpyro_air.guide import guide
-from numpyro_air.model import model
+from numpyro_air.analysis import inference
+from numpyro_air.core.config import AIRConfig
+from numpyro_air.core.guide import guide
+from numpyro_air.core.model import model
+from numpyro_air.estimators.nvil import NVIL_ELBO
 
 # z_pres (B, T): all present, stop after 2, [1, 0, 1] (step 3 absorbed), empty
 PATTERN = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 1], [0, 0, 0]], np.float32)
@@ -197,7 +197,7 @@ def test_baseline_loss_never_reaches_the_guide_through_the_residual(images, setu
     latents, decoder) is exactly zero, while the baseline's own parameters do get one. The
     presences are pinned to PATTERN so objects are drawn and the residual depends on the guide's
     sampled z_what / z_where (hence on its parameters)."""
-    from numpyro_air.sites import is_baseline_param
+    from numpyro_air.core.sites import is_baseline_param
 
     params, latents = setup
     pinned = handlers.substitute(guide, data={"z_pres": jnp.asarray(latents["z_pres"])})

@@ -65,8 +65,12 @@ def synthetic_mnist(n_train: int = 40, n_test: int = 20, seed: int = 0):
         d[:, 4:24, 4:24] = strokes.astype(np.uint8)
         return d
 
-    return (digits(n_train), (np.arange(n_train) % 10).astype(np.uint8),
-            digits(n_test), (np.arange(n_test) % 10).astype(np.uint8))
+    return (
+        digits(n_train),
+        (np.arange(n_train) % 10).astype(np.uint8),
+        digits(n_test),
+        (np.arange(n_test) % 10).astype(np.uint8),
+    )
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool, magic: int | None = None) -> None:
@@ -241,7 +245,14 @@ def test_config_validation(kwargs, field):
 def test_config_defaults_and_frozen():
     c = MultiMNISTConfig()
     assert (c.max_digits, c.canvas_size, c.num_train, c.num_test, c.scale_mean, c.scale_sd, c.seed) == (
-        2, 50, 60000, 10000, 1.3, 0.1, 0)
+        2,
+        50,
+        60000,
+        10000,
+        1.3,
+        0.1,
+        0,
+    )
     with pytest.raises(AttributeError):
         c.seed = 1  # type: ignore[misc]
     assert MultiMNISTConfig(max_digits=3, canvas_size=20, scale_mean=2.0).max_digits == 3
@@ -307,8 +318,7 @@ def test_placement_matches_pillow_bicubic(mnist):
 def test_overlap_rejection():
     """Solid 255 squares: any overlap would exceed 255, so accepted digits never overlap."""
     squares = np.full((5, 28, 28), 255, np.uint8)
-    ds = generate_multi_mnist(squares, np.arange(5), 300, canvas_size=30, scale_mean=28 / 12.5,
-                              scale_sd=0.0, seed=0)
+    ds = generate_multi_mnist(squares, np.arange(5), 300, canvas_size=30, scale_mean=28 / 12.5, scale_sd=0.0, seed=0)
     two = np.flatnonzero(ds.counts == 2)
     assert len(two) > 50
     assert set(np.unique(ds.images).tolist()) <= {0, 255}
@@ -336,10 +346,10 @@ def test_generation_determinism_and_options(mnist):
         assert np.array_equal(getattr(a, f), getattr(b, f)), f
     assert not np.array_equal(a.images, c.images)
     ss = np.random.SeedSequence(5)
-    assert np.array_equal(generate_multi_mnist(x, y, 50, seed=ss).images,
-                          generate_multi_mnist(x, y, 50, seed=ss).images)  # seed sequence not consumed
-    g = generate_multi_mnist(x, y, 300, max_digits=3, canvas_size=64, scale_mean=1.0, scale_sd=0.0,
-                             seed=1, progress=True)
+    assert np.array_equal(
+        generate_multi_mnist(x, y, 50, seed=ss).images, generate_multi_mnist(x, y, 50, seed=ss).images
+    )  # seed sequence not consumed
+    g = generate_multi_mnist(x, y, 300, max_digits=3, canvas_size=64, scale_mean=1.0, scale_sd=0.0, seed=1, progress=True)
     assert g.images.shape == (300, 64, 64) and g.labels.shape == (300, 3) and g.boxes.shape == (300, 3, 4)
     assert set(np.unique(g.counts).tolist()) == {0, 1, 2, 3}
     assert g.boxes[..., 2:].max() <= 28  # scale 1.0: digits keep 28 px
@@ -435,8 +445,15 @@ def test_cache_key_depends_on_every_parameter_and_source(tmp_path, npz_source):
     base = cache_path(SMALL, "src")
     variants = [
         MultiMNISTConfig(**{**SMALL.to_dict(), field: value})
-        for field, value in [("max_digits", 3), ("canvas_size", 51), ("num_train", 61), ("num_test", 31),
-                             ("scale_mean", 1.31), ("scale_sd", 0.11), ("seed", 3)]
+        for field, value in [
+            ("max_digits", 3),
+            ("canvas_size", 51),
+            ("num_train", 61),
+            ("num_test", 31),
+            ("scale_mean", 1.31),
+            ("scale_sd", 0.11),
+            ("seed", 3),
+        ]
     ]
     names = {cache_path(c, "src").name for c in variants} | {base.name, cache_path(SMALL, "other").name}
     assert len(names) == len(variants) + 2
@@ -446,8 +463,7 @@ def test_cache_key_depends_on_every_parameter_and_source(tmp_path, npz_source):
     load_multi_mnist(SMALL, source=npz_source, cache_dir=cache, progress=False)
     other = write_mnist_npz(tmp_path / "other.npz", synthetic_mnist(seed=9))
     load_multi_mnist(SMALL, source=other, cache_dir=cache, progress=False)
-    load_multi_mnist(MultiMNISTConfig(num_train=60, num_test=30, seed=4), source=npz_source,
-                     cache_dir=cache, progress=False)
+    load_multi_mnist(MultiMNISTConfig(num_train=60, num_test=30, seed=4), source=npz_source, cache_dir=cache, progress=False)
     assert len(list(cache.iterdir())) == 3
 
 

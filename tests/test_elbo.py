@@ -26,11 +26,11 @@ from numpyro.infer import SVI, TraceGraph_ELBO
 from numpyro.primitives import mutable
 
 from numpyro_air import AIRConfig
-from numpyro_air.elbo import NVIL_ELBO
-from numpyro_air.guide import guide as air_guide
-from numpyro_air.model import model as air_model
-from numpyro_air.optim import make_optimizer, param_labels
-from numpyro_air.sites import is_baseline_param
+from numpyro_air.core.guide import guide as air_guide
+from numpyro_air.core.model import model as air_model
+from numpyro_air.core.sites import is_baseline_param
+from numpyro_air.estimators.nvil import NVIL_ELBO
+from numpyro_air.train.optim import make_optimizer, param_labels
 
 # ----------------------------------------------------------------------------- the toy chain
 # guide  q: z_t ~ Bern(logits = theta_t + C * z_{t-1})          (z_{-1} = 0)
@@ -356,8 +356,9 @@ def test_decaying_average_baseline_through_svi(exact):
     update = jax.jit(svi.update)
     cost_fn = jax.jit(lambda key, params: NVIL_ELBO().components(key, params, model_plate, g, y)["costs"]["z"])
     theta0 = np.asarray(svi.get_params(state)["theta"])
-    guide_z = jax.jit(lambda key, params: handlers.trace(handlers.seed(handlers.substitute(g, params), key))
-                      .get_trace(y)["z"]["value"])
+    guide_z = jax.jit(
+        lambda key, params: handlers.trace(handlers.seed(handlers.substitute(g, params), key)).get_trace(y)["z"]["value"]
+    )
     avg_by_hand = np.zeros(T)  # the EMA recomputed independently (never read back from the state)
     for _ in range(3):
         old = np.asarray(state.mutable_state["z_avg_baseline"])
@@ -486,6 +487,7 @@ def test_optimizer_baseline_lr_applies_to_every_bl_param(small_air):
         want = "baseline" if name.startswith("bl_") else "main"
         assert set(jax.tree.leaves(tree)) == {want}, name
     rng = np.random.default_rng(1)
+
     # |g| >= 0.5 everywhere, so eps = 1e-8 is negligible: |delta| = lr * |g| / (|g| + eps)
     def away_from_zero(a):
         sign = np.where(rng.random(a.shape) < 0.5, -1.0, 1.0).astype(np.float32)

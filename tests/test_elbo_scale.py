@@ -30,7 +30,7 @@ from test_elbo import (
     model_scan,
 )
 
-from numpyro_air.elbo import NVIL_ELBO
+from numpyro_air.estimators.nvil import NVIL_ELBO
 
 N = 100_000  # particles; the c^2 alternative is > 20 standard errors away for both c below
 SCALES = [3.0, 0.25]
@@ -54,8 +54,7 @@ def unscaled():
 @pytest.mark.parametrize("c", SCALES)
 def test_scaled_nvil_gradient_is_c_times_exact(c, exact, unscaled):
     exact_loss, exact_grad = exact
-    loss, grads = _per_particle(NVIL_ELBO(), scaled(model_scan, c), scaled(guide_scan, c), {"theta": THETA}, Y,
-                                n=N, seed=1)
+    loss, grads = _per_particle(NVIL_ELBO(), scaled(model_scan, c), scaled(guide_scan, c), {"theta": THETA}, Y, n=N, seed=1)
     g = grads["theta"]
     # E[gradient] = c * exact gradient, E[loss] = c * exact -ELBO (within N_SE standard errors)
     _check_mc(g, c * exact_grad, f"NVIL gradient under scale {c}")
@@ -73,8 +72,7 @@ def test_scaled_nvil_gradient_is_c_times_exact(c, exact, unscaled):
 def test_scaled_nvil_plate_gradient_is_c_times_exact(c):
     """plate("data", B) inside the scan (per-example costs and parameters), everything scaled by c."""
     n = N // 4
-    loss, grads = _per_particle(NVIL_ELBO(), scaled(model_plate, c), scaled(guide_plate, c), {"theta": THETA_B}, YB,
-                                n=n, seed=2)
+    loss, grads = _per_particle(NVIL_ELBO(), scaled(model_plate, c), scaled(guide_plate, c), {"theta": THETA_B}, YB, n=n, seed=2)
     g = grads["theta"]  # (n, T, B)
     exact_loss = 0.0
     for b in range(len(YB)):

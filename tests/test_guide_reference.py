@@ -21,9 +21,9 @@ from conftest import SMALL, make_scenes
 from numpyro import handlers
 from test_model_guide import NP_NL, norm_logpdf, prev_of, site_log_probs
 
-from numpyro_air.config import AIRConfig
-from numpyro_air.guide import guide
-from numpyro_air.transform import image_to_window
+from numpyro_air.core.config import AIRConfig
+from numpyro_air.core.guide import guide
+from numpyro_air.core.transform import image_to_window
 
 LATENTS = ("z_pres", "z_where", "z_what")
 ZW = (1.7, 0.3, -0.4)  # (s, x, y): the asymmetric z_where of the checks
@@ -110,8 +110,13 @@ def np_guide_log_q(images, params, zp, zw, zwhat, config):
         z_where_prev, z_what_prev, z_pres_prev = p["z_where_init"][0], p["z_what_init"][0], 1.0
         for t in range(T):
             lat = np.concatenate([z_where_prev, z_what_prev, [z_pres_prev]])
-            gates = (x[b] @ rnn["img"]["kernel"] + rnn["img"]["bias"] + lat @ rnn["lat"]["kernel"]
-                     + h @ rnn["hh"]["kernel"] + rnn["hh"]["bias"])
+            gates = (
+                x[b] @ rnn["img"]["kernel"]
+                + rnn["img"]["bias"]
+                + lat @ rnn["lat"]["kernel"]
+                + h @ rnn["hh"]["kernel"]
+                + rnn["hh"]["bias"]
+            )
             g_i, g_f, g_g, g_o = np.split(gates, 4)  # torch LSTMCell order
             c = _sig(g_f) * c + _sig(g_i) * np.tanh(g_g)
             h = _sig(g_o) * np.tanh(c)
@@ -177,9 +182,16 @@ def run_guide(config, images, data, seed=0):
 
 CONFIGS = [
     AIRConfig(**SMALL),
-    AIRConfig(**{**SMALL, "embed_net": (24,), "predict_net": (16,)}, non_linearity="tanh", use_masking=False,
-              use_baselines=False, scale_prior_mean=2.0, scale_prior_sd=0.3, pos_prior_mean=0.2,
-              pos_prior_sd=0.7),
+    AIRConfig(
+        **{**SMALL, "embed_net": (24,), "predict_net": (16,)},
+        non_linearity="tanh",
+        use_masking=False,
+        use_baselines=False,
+        scale_prior_mean=2.0,
+        scale_prior_sd=0.3,
+        pos_prior_mean=0.2,
+        pos_prior_sd=0.7,
+    ),
 ]
 
 
@@ -198,8 +210,9 @@ def test_numpy_crop_matches_hand_computed_window():
     assert np.count_nonzero(np_crop((0.5, 0.0, 0.0), img, 20)) < 20 * 20 * 0.6
 
 
-@pytest.mark.parametrize("z_where", [(2.0, 0.4, -0.6), ZW, (0.8, -0.5, 0.25), (-1.3, 0.2, 0.6)],
-                         ids=["aligned", "asym", "large-window", "mirrored"])
+@pytest.mark.parametrize(
+    "z_where", [(2.0, 0.4, -0.6), ZW, (0.8, -0.5, 0.25), (-1.3, 0.2, 0.6)], ids=["aligned", "asym", "large-window", "mirrored"]
+)
 def test_image_to_window_matches_numpy_crop(z_where):
     H, w = 20, 10
     img = asymmetric_images(1, H, seed=3)

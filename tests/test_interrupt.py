@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numpyro_air.checkpoint import read_checkpoint
 from numpyro_air.cli.train import build_parser, resume_command
+from numpyro_air.train.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_SAVE = ROOT / "tests" / "scripts" / "train_slow_save.py"
@@ -47,13 +47,47 @@ def fake_mnist(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("interrupt")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    args = ["--preset", "tutorial", "-n", str(STEPS), "-b", "8", "--mnist", str(fake_mnist(tmp / "mnist.npz")),
-            "--data-dir", str(tmp / "cache"), "--num-train", "32", "--num-test", "8",
-            "--rnn-hidden-size", "8", "--encoder-latent-size", "4", "--encoder-net", "8",
-            "--decoder-net", "8", "--predict-net", "8", "--bl-predict-net", "8", "--progress-every", "50",
-            "--eval-train-images", "8", "--no-progress", "--seed", "2"]
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
+    args = [
+        "--preset",
+        "tutorial",
+        "-n",
+        str(STEPS),
+        "-b",
+        "8",
+        "--mnist",
+        str(fake_mnist(tmp / "mnist.npz")),
+        "--data-dir",
+        str(tmp / "cache"),
+        "--num-train",
+        "32",
+        "--num-test",
+        "8",
+        "--rnn-hidden-size",
+        "8",
+        "--encoder-latent-size",
+        "4",
+        "--encoder-net",
+        "8",
+        "--decoder-net",
+        "8",
+        "--predict-net",
+        "8",
+        "--bl-predict-net",
+        "8",
+        "--progress-every",
+        "50",
+        "--eval-train-images",
+        "8",
+        "--no-progress",
+        "--seed",
+        "2",
+    ]
     ref = tmp / "ref"
     proc = subprocess.run([*CLI, "train", *args, "--out", str(ref)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -168,8 +202,7 @@ def test_sigkill_at_random_instants_resumes_from_last_checkpoint(setup):
         steps.append(_kill_and_check(base + resume, env, out, during_save, rng))
         assert steps[-1] % 200 == 0, steps
     assert len(set(steps)) >= 3, steps  # the kills landed at different points of the run
-    final = subprocess.run(base + ["--load", str(out / "checkpoint.npz")], capture_output=True, text=True, env=env,
-                           timeout=600)
+    final = subprocess.run(base + ["--load", str(out / "checkpoint.npz")], capture_output=True, text=True, env=env, timeout=600)
     assert final.returncode == 0, final.stderr[-3000:]
     assert not list(out.glob("checkpoint.npz.*.tmp")), "a start removes the temporary file of a killed save"
     assert_same_arrays(read_checkpoint(out / "checkpoint.npz")[1], ref)

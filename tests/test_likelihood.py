@@ -23,10 +23,10 @@ from test_vimco import P_MODEL, THETA, Y, toy_guide, toy_model
 from test_vimco import B as TOY_B
 
 from numpyro_air import AIRConfig
-from numpyro_air.elbo import NVIL_ELBO
-from numpyro_air.guide import guide
-from numpyro_air.likelihood import elbo_per_image, importance_estimates, log_marginal_likelihood
-from numpyro_air.model import model
+from numpyro_air.analysis.likelihood import elbo_per_image, importance_estimates, log_marginal_likelihood
+from numpyro_air.core.guide import guide
+from numpyro_air.core.model import model
+from numpyro_air.estimators.nvil import NVIL_ELBO
 
 N_SE = 5.0
 

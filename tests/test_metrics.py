@@ -1,4 +1,4 @@
-"""Tests of numpyro_air.metrics (hand-made scenes) and experiments/make_eval_set.py (fake MNIST)."""
+"""Tests of numpyro_air.analysis.metrics (hand-made scenes) and experiments/make_eval_set.py (fake MNIST)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from numpyro_air.analysis.metrics import accuracy_by_count, box_centres, box_iou, localisation
+from numpyro_air.core.transform import bounding_boxes, window_to_image
 from numpyro_air.data import load_eval_npz
-from numpyro_air.metrics import accuracy_by_count, box_centres, box_iou, localisation
-from numpyro_air.transform import bounding_boxes, window_to_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -258,8 +258,7 @@ def fake_mnist_npz(path: Path) -> Path:
 def test_make_eval_set_writes_balanced_test_split_file(tmp_path, make_eval_set, capsys):
     src = fake_mnist_npz(tmp_path / "fake_mnist.npz")
     out = tmp_path / "sub" / "eval.npz"
-    argv = ["--out", str(out), "--max-digits", "2", "--per-count", "7", "--seed", "3", "--canvas-size", "40",
-            "--mnist", str(src)]
+    argv = ["--out", str(out), "--max-digits", "2", "--per-count", "7", "--seed", "3", "--canvas-size", "40", "--mnist", str(src)]
     assert make_eval_set.main(argv) == out
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and "0: 7, 1: 7, 2: 7" in printed[0] and str(out) in printed[0]

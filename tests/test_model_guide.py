@@ -15,9 +15,9 @@ from numpyro import handlers
 from numpyro.infer import Predictive
 
 from numpyro_air import AIRConfig, guide, model, z_pres_prior_probs
-from numpyro_air.nets import AIRLSTM, Decoder
-from numpyro_air.prior import count_distribution, make_prior
-from numpyro_air.sites import BASELINE_SITE, is_baseline_param
+from numpyro_air.core.nets import AIRLSTM, Decoder
+from numpyro_air.core.prior import count_distribution, make_prior
+from numpyro_air.core.sites import BASELINE_SITE, is_baseline_param
 
 LATENTS = ("z_pres", "z_where", "z_what")
 # z_pres patterns (B, T) with finished images: all present, stop after 2, after 1, empty.

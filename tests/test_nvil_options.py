@@ -27,9 +27,9 @@ from numpyro.contrib.control_flow import scan
 from numpyro.infer import SVI
 
 from numpyro_air import AIRConfig
-from numpyro_air.elbo import NVIL_ELBO, signal_stats_init, with_signal_stats
-from numpyro_air.guide import guide as air_guide
-from numpyro_air.model import model as air_model
+from numpyro_air.core.guide import guide as air_guide
+from numpyro_air.core.model import model as air_model
+from numpyro_air.estimators.nvil import NVIL_ELBO, signal_stats_init, with_signal_stats
 
 T, B = 3, 3
 THETA = np.array([[0.8, -0.4, 0.3], [0.2, 0.6, -0.7], [-0.5, 0.4, 1.0]])  # (T, B)
@@ -245,7 +245,7 @@ def test_loss_scale_multiplies_loss_gradients_costs_and_baseline_target():
 
 # ----------------------------------------------------------------------------- AIR
 def test_air_normalised_nvil_trains_and_state_is_checkpointed():
-    from numpyro_air.checkpoint import named_arrays
+    from numpyro_air.train.checkpoint import named_arrays
 
     config = AIRConfig(**SMALL)
     images = jnp.asarray(make_scenes(4, config.image_size, seed=2))
@@ -268,7 +268,7 @@ def test_air_normalised_nvil_trains_and_state_is_checkpointed():
 @pytest.mark.parametrize("kw", BAD_OPTIONS + [dict(signal_decay=float("nan")), dict(loss_scale=-2.0)])
 def test_optim_config_refuses_what_the_estimator_refuses(kw):
     """One rule per option: OptimConfig and NVIL_ELBO refuse the same values with the same message."""
-    from numpyro_air.recipes import OptimConfig
+    from numpyro_air.train.recipes import OptimConfig
 
     with pytest.raises(ValueError) as from_elbo:
         NVIL_ELBO(**kw)
@@ -279,6 +279,6 @@ def test_optim_config_refuses_what_the_estimator_refuses(kw):
 
 @pytest.mark.parametrize("decay", [0.0, 0.5, 0.99])
 def test_optim_config_accepts_what_the_estimator_accepts(decay):
-    from numpyro_air.recipes import OptimConfig
+    from numpyro_air.train.recipes import OptimConfig
 
     assert NVIL_ELBO(signal_decay=decay).signal_decay == OptimConfig(signal_decay=decay).signal_decay == decay

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from numpyro_air import parallel
-from numpyro_air.training import TrainConfig
+from numpyro_air.train import parallel
+from numpyro_air.train.loop import TrainConfig
 
 SCRIPT = Path(__file__).parent / "scripts" / "parallel_check.py"
 
@@ -47,7 +47,7 @@ def test_seeds_times_devices_match_individual_runs(result):
 
 
 def test_training_loop_seeds_and_devices(result):
-    # numpyro_air.training.train with K = 2 seeds sharded over 2 devices = on one device
+    # numpyro_air.train.loop.train with K = 2 seeds sharded over 2 devices = on one device
     one, two = result["train_loop_elbos"]["one"], result["train_loop_elbos"]["two"]
     assert len(one) == len(two) == 4  # 2 steps x 2 seeds
     assert two == pytest.approx(one, rel=1e-5)
@@ -89,17 +89,30 @@ def test_two_processes_equal_one_process(tmp_path):
     every batch) train like one process with the same global batch; only process 0 writes."""
     import numpy as np
 
-    from numpyro_air.checkpoint import read_checkpoint
+    from numpyro_air.train.checkpoint import read_checkpoint
 
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, str(MULTIHOST), str(p), str(port), str(tmp_path / f"p{p}")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for p in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(MULTIHOST), str(p), str(port), str(tmp_path / f"p{p}")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for p in (0, 1)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    single = subprocess.run([sys.executable, str(MULTIHOST), "-1", "0", str(tmp_path / "single")],
-                            capture_output=True, text=True, env=env, timeout=600)
+    single = subprocess.run(
+        [sys.executable, str(MULTIHOST), "-1", "0", str(tmp_path / "single")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     r0, r1, rs = (json.loads(o.strip().splitlines()[-1]) for o in (outs[0][0], outs[1][0], single.stdout))
     assert r0["process_count"] == r1["process_count"] == 2 and rs["process_count"] == 1

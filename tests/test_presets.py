@@ -13,11 +13,13 @@ import pytest
 from numpyro.infer import Trace_ELBO
 
 import numpyro_air
-from numpyro_air import NVIL_ELBO, PRESETS, VIMCO_ELBO, AIRConfig, OptimConfig, Recipe, make_svi, training
-from numpyro_air import svi as svi_module
+from numpyro_air import NVIL_ELBO, PRESETS, VIMCO_ELBO, AIRConfig, OptimConfig, Recipe, make_svi
+from numpyro_air.train import loop as training
+from numpyro_air.train import recipes as recipes_module
+from numpyro_air.train import svi as svi_module
 from numpyro_air.cli import train as cli
 from numpyro_air.data import MultiMNISTConfig
-from numpyro_air.training import TrainConfig, check_meta, run_meta
+from numpyro_air.train.loop import TrainConfig, check_meta, run_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,8 +47,19 @@ def test_cli_preset_is_the_table_entry_and_the_dataclass_defaults(name):
 
 def test_no_preset_is_pyro_default_and_only_given_flags_override():
     assert configs()[:2] == (PRESETS["pyro-default"].air, PRESETS["pyro-default"].optim)
-    air, opt, tcfg, data = configs("--preset", "tutorial", "-b", "32", "--z-pres-prior", "0.2", "--num-train", "100",
-                                   "--pyro-loss-scale", "--no-masking", "--viz")
+    air, opt, tcfg, data = configs(
+        "--preset",
+        "tutorial",
+        "-b",
+        "32",
+        "--z-pres-prior",
+        "0.2",
+        "--num-train",
+        "100",
+        "--pyro-loss-scale",
+        "--no-masking",
+        "--viz",
+    )
     assert air == dataclasses.replace(Recipe.tutorial().air, z_pres_prior=0.2, use_masking=False)
     assert opt == dataclasses.replace(Recipe.tutorial().optim, loss_scale=100 / 32)
     assert tcfg == TrainConfig(batch_size=32, viz_every=cli.VIZ_EVERY)
@@ -57,7 +70,7 @@ def test_the_cli_reads_the_table_and_the_dataclasses(monkeypatch):
     """Another table and other TrainConfig defaults change what the CLI builds and what its help
     shows: neither is written a second time in the CLI."""
     mine = Recipe(AIRConfig(z_what_size=7), OptimConfig(learning_rate=5e-5))
-    monkeypatch.setattr(svi_module, "PRESETS", {"pyro-default": mine, "mine": mine})
+    monkeypatch.setattr(recipes_module, "PRESETS", {"pyro-default": mine, "mine": mine})
 
     @dataclasses.dataclass(frozen=True)
     class OtherTrainConfig(TrainConfig):
@@ -80,8 +93,9 @@ def test_help_shows_each_default_and_the_presets_that_differ():
     assert f"training canvases ({MultiMNISTConfig().num_train})" in text
     tutorial = Recipe.tutorial()
     assert f"({AIRConfig().z_pres_prior}; tutorial, concrete, fast: {tutorial.air.z_pres_prior})" in text
-    assert (f"({OptimConfig().baseline_learning_rate}; tutorial, concrete, fast: "
-            f"{tutorial.optim.baseline_learning_rate})") in text
+    assert (
+        f"({OptimConfig().baseline_learning_rate}; tutorial, concrete, fast: {tutorial.optim.baseline_learning_rate})"
+    ) in text
     assert f"({OptimConfig().learning_rate}; fast: {Recipe.fast().optim.learning_rate})" in text
     assert f"ELBO particles (1; --estimator vimco: {VIMCO_ELBO().num_particles})" in text
 
@@ -112,13 +126,22 @@ def test_one_default_for_vimco_particles():
         svi_module.make_elbo(air, OptimConfig(num_particles=1))
 
 
-@pytest.mark.parametrize("estimator, elbo, particles", [("nvil", NVIL_ELBO, 1), ("vimco", VIMCO_ELBO, 4),
-                                                        ("concrete", Trace_ELBO, 1)])
+@pytest.mark.parametrize(
+    "estimator, elbo, particles", [("nvil", NVIL_ELBO, 1), ("vimco", VIMCO_ELBO, 4), ("concrete", Trace_ELBO, 1)]
+)
 def test_make_svi_works_for_every_estimator(estimator, elbo, particles):
     """``make_svi(AIRConfig(presence_estimator=...))`` builds, initialises and evaluates (traced:
     shapes and dtypes, no compilation) with every estimator's default particles."""
-    config = AIRConfig(presence_estimator=estimator, image_size=12, window_size=6, z_what_size=2, rnn_hidden_size=4,
-                       encoder_net=(4,), decoder_net=(4,), num_steps=2)
+    config = AIRConfig(
+        presence_estimator=estimator,
+        image_size=12,
+        window_size=6,
+        z_what_size=2,
+        rnn_hidden_size=4,
+        encoder_net=(4,),
+        decoder_net=(4,),
+        num_steps=2,
+    )
     svi = make_svi(config)
     assert type(svi.loss) is elbo and svi.loss.num_particles == particles
     images = jnp.full((2, 12, 12), 0.5)

@@ -12,9 +12,9 @@ import pytest
 
 import numpyro_air
 from numpyro_air import pretrained_model as pt
-from numpyro_air.checkpoint import CheckpointError
-from numpyro_air.inference import decode_windows, infer_batched
-from numpyro_air.nets import Decoder
+from numpyro_air.analysis.inference import decode_windows, infer_batched
+from numpyro_air.core.nets import Decoder
+from numpyro_air.train.checkpoint import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +78,14 @@ def test_decode_windows_is_the_models_decoder(shipped):
     config, params = shipped
     z = jax.random.normal(jax.random.PRNGKey(3), (4, 3, config.z_what_size))
     got = decode_windows(params, z, config)
-    dec = Decoder(config.decoder_net, config.window_size**2, config.decoder_output_bias, config.decoder_output_use_sigmoid,
-                  config.non_linearity, config.init)
+    dec = Decoder(
+        config.decoder_net,
+        config.window_size**2,
+        config.decoder_output_bias,
+        config.decoder_output_use_sigmoid,
+        config.non_linearity,
+        config.init,
+    )
     want = dec.apply({"params": params["decode$params"]}, z.reshape(-1, config.z_what_size))
     assert got.shape == (4, 3, config.window_size, config.window_size)
     np.testing.assert_allclose(np.asarray(got).reshape(12, -1), np.asarray(want), rtol=1e-6, atol=1e-6)

@@ -11,10 +11,10 @@ import pytest
 from numpyro import handlers
 
 from numpyro_air import AIRConfig, guide
-from numpyro_air.nets import AIRLSTM, MLP, BaselinePredict, Decoder, Encoder, Predict
+from numpyro_air.core.nets import AIRLSTM, MLP, BaselinePredict, Decoder, Encoder, Predict
+from numpyro_air.core.transform import image_to_window
 from numpyro_air.pyro_compat import from_pyro_state_dict, pyro_state_dict_shapes, to_pyro_state_dict
-from numpyro_air.svi import make_svi
-from numpyro_air.transform import image_to_window
+from numpyro_air.train.svi import make_svi
 
 # Tiny config with an embed net and every MLP hidden; tanh so no unit is dead.
 EMBED = AIRConfig(
@@ -222,9 +222,7 @@ def test_round_trip_ours_pyro_ours_is_exact(config):
     assert_trees_bit_equal(from_pyro_state_dict(to_pyro_state_dict(params, config), config), params)
 
 
-@pytest.mark.parametrize(
-    "config, keys", [(AIRConfig.tutorial(), TUTORIAL_KEYS), (EMBED, EMBED_KEYS)], ids=["tutorial", "embed"]
-)
+@pytest.mark.parametrize("config, keys", [(AIRConfig.tutorial(), TUTORIAL_KEYS), (EMBED, EMBED_KEYS)], ids=["tutorial", "embed"])
 def test_round_trip_pyro_ours_pyro_is_exact(config, keys):
     d = random_pyro(keys, config)
     back = to_pyro_state_dict(from_pyro_state_dict(d, config), config)
@@ -245,9 +243,7 @@ def test_linear_weight_is_transposed_kernel_and_bias_copied():
     assert kernel[0].tolist() == [0, 4, 8, 12, 16, 20, 24] and kernel[3, 6] == 27
     assert np.asarray(dense["bias"]).tolist() == [-3, -2, -1, 0, 1, 2, 3]
     # the embed MLP: Linear at seq.2 is our Dense_1
-    assert np.array_equal(
-        from_pyro_state_dict(d, EMBED)["embed$params"]["Dense_1"]["kernel"], d["embed.seq.2.weight"].T
-    )
+    assert np.array_equal(from_pyro_state_dict(d, EMBED)["embed$params"]["Dense_1"]["kernel"], d["embed.seq.2.weight"].T)
 
 
 def test_lstm_weight_ih_split_at_embedding_size_and_biases():

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from numpyro_air.checkpoint import CheckpointError
-from numpyro_air.config import AIRConfig
-from numpyro_air.recipes import OptimConfig
-from numpyro_air.training import TrainConfig, check_meta, run_meta
+from numpyro_air.core.config import AIRConfig
+from numpyro_air.train.checkpoint import CheckpointError
+from numpyro_air.train.loop import TrainConfig, check_meta, run_meta
+from numpyro_air.train.recipes import OptimConfig
 
 
 def _meta(air=None, opt=None):
@@ -56,7 +56,7 @@ def test_concrete_preset_is_the_recipe_of_the_seeds_run():
     """`--preset concrete` = `--preset tutorial --estimator concrete` (experiments/results/seeds) =
     Recipe.concrete(), so its checkpoints resume under either spelling; flags still override it."""
     from numpyro_air.cli.train import build_parser, configs_from_args
-    from numpyro_air.recipes import Recipe
+    from numpyro_air.train.recipes import Recipe
 
     cfg = lambda *argv: configs_from_args(build_parser().parse_args(list(argv)))[:2]  # noqa: E731
     a_air, a_opt = cfg("--preset", "concrete")
@@ -69,7 +69,7 @@ def test_concrete_preset_is_the_recipe_of_the_seeds_run():
 def test_fast_preset_is_concrete_with_three_times_the_learning_rate():
     """`--preset fast` = Recipe.fast() = `--preset concrete -lr 3e-4`; an explicit -lr still wins."""
     from numpyro_air.cli.train import build_parser, configs_from_args
-    from numpyro_air.recipes import Recipe
+    from numpyro_air.train.recipes import Recipe
 
     cfg = lambda *argv: configs_from_args(build_parser().parse_args(list(argv)))[:2]  # noqa: E731
     fast = cfg("--preset", "fast")

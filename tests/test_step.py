@@ -15,7 +15,7 @@ from numpyro.optim import SGD
 
 from numpyro_air import AIRConfig
 from numpyro_air.data import batch_at_step
-from numpyro_air.step import BatchSource, DeviceRows, make_step
+from numpyro_air.train.step import BatchSource, DeviceRows, make_step
 
 CFG = AIRConfig(image_size=4, window_size=2)
 N, B, LR = 12, 3, 1e-3  # 4 steps per epoch

@@ -1,6 +1,6 @@
 """The training step's guard against a *finite* loss with *NaN* gradients.
 
-``numpyro_air.svi.make_update`` must discard such an update (parameters and optimiser state kept
+``numpyro_air.train.svi.make_update`` must discard such an update (parameters and optimiser state kept
 bit for bit, ``StepInfo.skipped`` set), exactly as for a NaN loss: a guard that only looks at the
 loss would let Adam write NaN into the parameters.
 
@@ -19,14 +19,13 @@ import numpy as np
 import numpyro
 from numpyro.infer import SVI
 
-from numpyro_air.config import AIRConfig
-from numpyro_air.prior import z_pres_prior_probs
-from numpyro_air.recipes import OptimConfig
-from numpyro_air.svi import make_svi, make_update
+from numpyro_air.core.config import AIRConfig
+from numpyro_air.core.prior import z_pres_prior_probs
+from numpyro_air.train.recipes import OptimConfig
+from numpyro_air.train.svi import make_svi, make_update
 
 B = 4
-CFG = AIRConfig(image_size=12, window_size=6, z_what_size=4, rnn_hidden_size=16, encoder_net=(8,),
-                decoder_net=(8,))
+CFG = AIRConfig(image_size=12, window_size=6, z_what_size=4, rnn_hidden_size=16, encoder_net=(8,), decoder_net=(8,))
 
 
 def nan_grad_term(probe, poison):
@@ -59,8 +58,9 @@ def leaves(tree):
 
 def bit_identical(a, b) -> bool:
     la, lb = leaves(a), leaves(b)
-    return len(la) == len(lb) and all(x.dtype == y.dtype and x.shape == y.shape
-                                      and x.tobytes() == y.tobytes() for x, y in zip(la, lb))
+    return len(la) == len(lb) and all(
+        x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes() for x, y in zip(la, lb)
+    )
 
 
 def test_finite_loss_with_nan_gradient_is_skipped():
@@ -75,8 +75,9 @@ def test_finite_loss_with_nan_gradient_is_skipped():
     # (so a guard that checks the loss alone would apply this step)
     _, key = jax.random.split(state0.rng_key)  # the key make_update evaluates the ELBO with
     prior = z_pres_prior_probs(CFG, step)
-    loss_and_grad = jax.jit(jax.value_and_grad(
-        lambda p, x: svi.loss.loss(key, p, svi.model, svi.guide, x, z_pres_prior=prior, **svi.static_kwargs)))
+    loss_and_grad = jax.jit(
+        jax.value_and_grad(lambda p, x: svi.loss.loss(key, p, svi.model, svi.guide, x, z_pres_prior=prior, **svi.static_kwargs))
+    )
     loss, grads = loss_and_grad(params0, batch(True, 1))
     assert np.isfinite(float(loss))
     assert np.isnan(np.asarray(grads["probe"]))

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import numpyro_air.svi as svi_mod
+import numpyro_air.train.svi as svi_mod
 from numpyro_air import AIRConfig, z_pres_prior_probs
-from numpyro_air.recipes import OptimConfig
-from numpyro_air.svi import StepInfo, make_svi, make_update
+from numpyro_air.train.recipes import OptimConfig
+from numpyro_air.train.svi import StepInfo, make_svi, make_update
 
 B = 8
 CFG = AIRConfig.tutorial(

@@ -1,4 +1,4 @@
-"""The estimators' shared trace helpers (numpyro_air.traces), and NumPyro behaviour they rely on."""
+"""The estimators' shared trace helpers (numpyro_air.estimators.traces), and NumPyro behaviour they rely on."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from numpyro.contrib.control_flow import scan
 from numpyro.primitives import mutable
 
-from numpyro_air.traces import importance_traces, is_scan_site, mutable_values, per_datum_terms
+from numpyro_air.estimators.traces import importance_traces, is_scan_site, mutable_values, per_datum_terms
 
 X = jnp.array([0.5, -1.0, 2.0])
 

@@ -15,15 +15,23 @@ import numpy as np
 import pytest
 
 from numpyro_air import AIRConfig, inference, load_params
-from numpyro_air.checkpoint import CheckpointError, read_checkpoint, read_npz, save_checkpoint
 from numpyro_air.data import generate_multi_mnist, save_eval_npz
-from numpyro_air.recipes import OptimConfig
-from numpyro_air.training import TrainConfig, accuracy_summary, train
+from numpyro_air.train.checkpoint import CheckpointError, read_checkpoint, read_npz, save_checkpoint
+from numpyro_air.train.loop import TrainConfig, accuracy_summary, train
+from numpyro_air.train.recipes import OptimConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CANVAS = 24
-AIR = AIRConfig.tutorial(image_size=CANVAS, window_size=12, z_what_size=4, rnn_hidden_size=16,
-                         encoder_net=(16,), decoder_net=(16,), predict_net=(8,), bl_predict_net=(8,))
+AIR = AIRConfig.tutorial(
+    image_size=CANVAS,
+    window_size=12,
+    z_what_size=4,
+    rnn_hidden_size=16,
+    encoder_net=(16,),
+    decoder_net=(16,),
+    predict_net=(8,),
+    bl_predict_net=(8,),
+)
 OPT = OptimConfig(baseline_learning_rate=0.1)
 
 
@@ -52,9 +60,16 @@ def tcfg(n: int, **kw) -> TrainConfig:
 
 
 def run(tmp: Path, n: int, datasets, **kw):
-    return train(AIR, OPT, tcfg(n, **{k: v for k, v in kw.items() if k in TrainConfig.__dataclass_fields__}),
-                 *datasets, tmp, progress=False, log=lambda s: None,
-                 **{k: v for k, v in kw.items() if k not in TrainConfig.__dataclass_fields__})
+    return train(
+        AIR,
+        OPT,
+        tcfg(n, **{k: v for k, v in kw.items() if k in TrainConfig.__dataclass_fields__}),
+        *datasets,
+        tmp,
+        progress=False,
+        log=lambda s: None,
+        **{k: v for k, v in kw.items() if k not in TrainConfig.__dataclass_fields__},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +81,17 @@ def full_run(tmp_path_factory, datasets):
 
 def test_outputs_of_a_run(full_run):
     out, summary = full_run
-    for name in ("metrics.jsonl", "checkpoint.npz", "summary.json", "elbo.png", "accuracy.png",
-                 "boxes.png", "reconstructions.png", "prior_samples.png", "confusion_test.png"):
+    for name in (
+        "metrics.jsonl",
+        "checkpoint.npz",
+        "summary.json",
+        "elbo.png",
+        "accuracy.png",
+        "boxes.png",
+        "reconstructions.png",
+        "prior_samples.png",
+        "confusion_test.png",
+    ):
         assert (out / name).is_file(), name
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in recs if r["kind"] == "train"]
@@ -116,7 +140,7 @@ def test_resume_matches_uninterrupted(tmp_path, datasets, full_run):
 def test_same_run_twice_gives_bit_identical_checkpoints(tmp_path, datasets, full_run, monkeypatch):
     """The same run again on the same machine ends with the same checkpoint, bit for bit: every
     array (parameters, optimiser moments and counts, mutable state if any, PRNG key) and the log."""
-    import numpyro_air.training as training
+    import numpyro_air.train.loop as training
 
     monkeypatch.setattr(training, "figures_all", lambda run, final=False: None)  # figures only read the state
     monkeypatch.setattr(training.viz, "save_curves", lambda *args, **kwargs: None)
@@ -144,10 +168,10 @@ def test_seed_k_alone_starts_as_seed_k_of_a_multi_seed_run(datasets):
     same step-0 state, exactly (every array: parameters, optimiser state, PRNG key), and draw the
     same batches."""
     from numpyro_air import make_svi
-    from numpyro_air.checkpoint import named_arrays
     from numpyro_air.cli.train import build_parser, configs_from_args
     from numpyro_air.data import to_float
-    from numpyro_air.training import Feeder, initial_states, seed_slice
+    from numpyro_air.train.checkpoint import named_arrays
+    from numpyro_air.train.loop import Feeder, initial_states, seed_slice
 
     def cli(*args) -> TrainConfig:  # the loop settings of `numpyro-air train -b 8 ARGS`
         return configs_from_args(build_parser().parse_args(["-b", "8", *args]))[2]
@@ -277,11 +301,43 @@ def test_cli_train_evaluate_plot(tmp_path):
     x, y = fake_digits(60, 5)
     np.savez(tmp_path / "mnist.npz", x_train=x, y_train=y, x_test=x[:30], y_test=y[:30])
     out = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "experiments" / "train.py"), "--preset", "tutorial", "-n", "2", "-b", "8",
-           "--mnist", str(tmp_path / "mnist.npz"), "--data-dir", str(tmp_path / "cache"), "--num-train", "32",
-           "--num-test", "16", "--rnn-hidden-size", "16", "--encoder-latent-size", "4", "--encoder-net", "16",
-           "--decoder-net", "16", "--predict-net", "8", "--bl-predict-net", "8", "--progress-every", "1",
-           "--out", str(out), "--no-progress", "--seed", "1"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "experiments" / "train.py"),
+        "--preset",
+        "tutorial",
+        "-n",
+        "2",
+        "-b",
+        "8",
+        "--mnist",
+        str(tmp_path / "mnist.npz"),
+        "--data-dir",
+        str(tmp_path / "cache"),
+        "--num-train",
+        "32",
+        "--num-test",
+        "16",
+        "--rnn-hidden-size",
+        "16",
+        "--encoder-latent-size",
+        "4",
+        "--encoder-net",
+        "16",
+        "--decoder-net",
+        "16",
+        "--predict-net",
+        "8",
+        "--bl-predict-net",
+        "8",
+        "--progress-every",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--seed",
+        "1",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "checkpoint.npz").is_file() and (out / "command.txt").is_file()
@@ -292,9 +348,22 @@ def test_cli_train_evaluate_plot(tmp_path):
     x2, y2 = fake_digits(30, 6)
     ds = generate_multi_mnist(x2, y2, 12, canvas_size=50, seed=9)
     save_eval_npz(tmp_path / "eval.npz", ds)
-    ev = subprocess.run([sys.executable, str(ROOT / "experiments" / "evaluate.py"), "--checkpoint",
-                         str(out), "--data", str(tmp_path / "eval.npz"), "--json", "--iwae", "3"],  # a run directory
-                        capture_output=True, text=True, timeout=900)
+    ev = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "evaluate.py"),
+            "--checkpoint",
+            str(out),
+            "--data",
+            str(tmp_path / "eval.npz"),
+            "--json",
+            "--iwae",
+            "3",
+        ],  # a run directory
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert ev.returncode == 0, ev.stderr[-3000:]
     res = json.loads(ev.stdout.strip().splitlines()[-1])
     conf = np.asarray(res["confusion"])
@@ -308,13 +377,27 @@ def test_cli_train_evaluate_plot(tmp_path):
     assert loc["true_objects"] == int(ds.counts.sum()) and 0.0 <= loc["matched_within_radius"] <= 1.0
     # a corrupt checkpoint gives a clear error, not a traceback
     (tmp_path / "bad.msgpack").write_bytes(b"garbage")
-    bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "evaluate.py"), "--checkpoint",
-                          str(tmp_path / "bad.msgpack"), "--data", str(tmp_path / "eval.npz")],
-                         capture_output=True, text=True, timeout=900)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "evaluate.py"),
+            "--checkpoint",
+            str(tmp_path / "bad.msgpack"),
+            "--data",
+            str(tmp_path / "eval.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert bad.returncode != 0 and "not a numpyro-air checkpoint" in bad.stderr
     # plot.py regenerates the curves from the log
-    pl = subprocess.run([sys.executable, str(ROOT / "experiments" / "plot.py"), str(out), "--no-model-figures",
-                         "--out", str(tmp_path / "figs")], capture_output=True, text=True, timeout=900)
+    pl = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "plot.py"), str(out), "--no-model-figures", "--out", str(tmp_path / "figs")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert pl.returncode == 0, pl.stderr[-3000:]
     assert (tmp_path / "figs" / "elbo.png").is_file() and (tmp_path / "figs" / "accuracy.png").is_file()
 
@@ -322,8 +405,12 @@ def test_cli_train_evaluate_plot(tmp_path):
 def test_cli_rejects_bad_options(tmp_path):
     cases = ((["--num-seeds", "0"], "num_seeds"), (["--device", "tpu"], "tpu"), (["--window-size", "60"], "window_size"))
     for args, msg in cases:
-        proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), "--out", str(tmp_path / "o"), *args],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "experiments" / "train.py"), "--out", str(tmp_path / "o"), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode != 0 and msg in proc.stderr, (args, proc.stderr[-2000:])
 
 
@@ -331,9 +418,9 @@ def test_loop_uses_the_annealed_prior_of_each_step_and_logs_elbo_per_image(tmp_p
     """Step s of the loop runs with ``z_pres_prior_probs(s)`` (1-based) and the logged ``elbo`` is
     +ELBO per image of that step's batch, computed here independently with ``NVIL_ELBO.loss``."""
     from numpyro_air import make_svi, model, z_pres_prior_probs
+    from numpyro_air.core.guide import guide
     from numpyro_air.data import batch_at_step
-    from numpyro_air.guide import guide
-    from numpyro_air.training import initial_states, run_meta
+    from numpyro_air.train.loop import initial_states, run_meta
 
     air = AIR.replace(anneal_prior="lin", anneal_prior_to=1e-4, anneal_prior_duration=3)
     assert not np.allclose(z_pres_prior_probs(air, 1), z_pres_prior_probs(air, 2))
@@ -341,8 +428,13 @@ def test_loop_uses_the_annealed_prior_of_each_step_and_logs_elbo_per_image(tmp_p
     kw = dict(progress=False, log=lambda s: None)
     train(air, OPT, tcfg(1, progress_every=1), *datasets, out, **kw)
     tc2 = tcfg(2, progress_every=1)
-    state1, start, _ = initial_states(make_svi(air, OPT), tc2, jnp.zeros((8, CANVAS, CANVAS)), out / "checkpoint.npz",
-                                      lambda k, s: run_meta(air, OPT, tc2, {}, k, s))
+    state1, start, _ = initial_states(
+        make_svi(air, OPT),
+        tc2,
+        jnp.zeros((8, CANVAS, CANVAS)),
+        out / "checkpoint.npz",
+        lambda k, s: run_meta(air, OPT, tc2, {}, k, s),
+    )
     assert start == 1
     train(air, OPT, tc2, *datasets, out, load=out / "checkpoint.npz", **kw)
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -371,14 +463,15 @@ def test_console_command_and_device_contradiction(tmp_path):
     bad = subprocess.run([str(exe), "nonsense"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "unknown command" in bad.stderr
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    clash = subprocess.run([str(exe), "train", "--device", "gpu", "--out", str(tmp_path / "o")], capture_output=True,
-                           text=True, env=env, timeout=300)
+    clash = subprocess.run(
+        [str(exe), "train", "--device", "gpu", "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=300
+    )
     assert clash.returncode != 0 and "--device gpu" in clash.stderr and "JAX_PLATFORMS='cpu'" in clash.stderr
     assert not (tmp_path / "o").exists()
 
 
 def test_exception_in_the_loop_writes_the_last_good_state(tmp_path, datasets, monkeypatch):
-    import numpyro_air.training as training
+    import numpyro_air.train.loop as training
 
     def broken_evaluation(*args, **kwargs):
         raise RuntimeError("evaluation failed")
@@ -410,7 +503,7 @@ def test_batch_source_reshuffles_every_epoch():
     permutation of all examples, a different one every epoch and for every seed, and equal
     ``batch_indices`` (hence ``batch_at_step``) of that seed and step."""
     from numpyro_air.data import batch_indices
-    from numpyro_air.step import BatchSource
+    from numpyro_air.train.step import BatchSource
 
     N, B = 24, 4  # 6 steps per epoch, no ragged tail: an epoch visits every example once
     images = np.arange(N * 2 * 2, dtype=np.uint8).reshape(N, 2, 2)
@@ -438,8 +531,8 @@ def test_resumed_metrics_log_drops_rows_after_the_checkpoint(tmp_path):
     """Rows written after the checkpoint's step (a run killed between a log write and the next
     checkpoint) are dropped on resume: every (kind, step, seed) is logged once, steps increase,
     and the rows after the checkpoint are those of the resumed run."""
-    from numpyro_air.training import MetricsLog
-    from numpyro_air.viz import read_jsonl
+    from numpyro_air.analysis.figures import read_jsonl
+    from numpyro_air.train.loop import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     log = MetricsLog(path, None)
@@ -469,8 +562,8 @@ def test_loop_compiles_its_step_once_and_a_failing_action_logs_each_row_once(tmp
     """Across steps, periodic actions and an evaluation in between, the loop traces its step once.
     An action failing after another wrote rows at the same step (progress, then evaluation, at
     step 4) leaves each row once, and the checkpoint of that step."""
-    import numpyro_air.step as step_mod
-    import numpyro_air.training as training
+    import numpyro_air.train.loop as training
+    import numpyro_air.train.step as step_mod
 
     traces, evaluations = [], []
     real_update, real_evaluate = step_mod.make_update, training.evaluate

@@ -127,9 +127,7 @@ def test_scale_average_pooling():
     expected[1:3, 1:3] = pooled
     np.testing.assert_allclose(w2i(jnp.asarray([[2.0, 0.0, 0.0]]), win, 4)[0], expected, atol=1e-6)
     # mirrored scale flips both axes
-    np.testing.assert_allclose(
-        w2i(jnp.asarray([[-1.0, 0.0, 0.0]]), win, 2)[0], pooled[::-1, ::-1], atol=1e-6
-    )
+    np.testing.assert_allclose(w2i(jnp.asarray([[-1.0, 0.0, 0.0]]), win, 2)[0], pooled[::-1, ::-1], atol=1e-6)
 
 
 def test_crop_of_constant_image_inside_is_constant():
@@ -289,7 +287,7 @@ def test_bad_shapes_raise():
 def test_gathered_crop_equals_the_hat_matrix_crop_values_and_gradients():
     """image_to_window gathers the two taps per row/column; it must equal the separable hat-matrix
     product (the placement path), windows partly or wholly outside the image included."""
-    from numpyro_air.transform import _sample, _sample_taps, z_where_inv
+    from numpyro_air.core.transform import _sample, _sample_taps, z_where_inv
 
     rng = np.random.default_rng(5)
     B = 40
@@ -303,8 +301,9 @@ def test_gathered_crop_equals_the_hat_matrix_crop_values_and_gradients():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
     assert float(jnp.abs(got[6]).max()) == 0.0  # entirely outside: zero padding
     loss = lambda f: lambda z: jnp.sum(f(z_where_inv(z), imgs, 28) ** 2)  # noqa: E731
-    np.testing.assert_allclose(np.asarray(jax.grad(loss(_sample_taps))(zw)), np.asarray(jax.grad(loss(_sample))(zw)),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(jax.grad(loss(_sample_taps))(zw)), np.asarray(jax.grad(loss(_sample))(zw)), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_crop_gradients_in_pose_and_image_and_no_scatter_in_the_pose_gradient():
@@ -312,7 +311,7 @@ def test_crop_gradients_in_pose_and_image_and_no_scatter_in_the_pose_gradient():
     derivatives from the crop itself (it is linear in the image); both must equal the hat-matrix
     crop's autodiff, forward and reverse, and the pose gradient must not contain a scatter (the
     transpose of the column gather, slow on CPU: the reason for the custom rule)."""
-    from numpyro_air.transform import _sample, _sample_taps, z_where_inv
+    from numpyro_air.core.transform import _sample, _sample_taps, z_where_inv
 
     rng = np.random.default_rng(7)
     B = 12

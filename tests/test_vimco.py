@@ -24,10 +24,10 @@ from numpyro.contrib.control_flow import scan
 from numpyro.infer import SVI
 
 from numpyro_air import AIRConfig
-from numpyro_air.elbo import NVIL_ELBO
-from numpyro_air.guide import guide as air_guide
-from numpyro_air.model import model as air_model
-from numpyro_air.vimco import VIMCO_ELBO, leave_one_out_bounds
+from numpyro_air.core.guide import guide as air_guide
+from numpyro_air.core.model import model as air_model
+from numpyro_air.estimators.nvil import NVIL_ELBO
+from numpyro_air.estimators.vimco import VIMCO_ELBO, leave_one_out_bounds
 
 # ----------------------------------------------------------------------------- the toy
 # Per image b (plate "data", B = 2):
@@ -203,7 +203,7 @@ def test_value_and_signals_by_hand():
 
         @jax.jit
         def guide_samples(pkey):
-            _, k_guide = jax.random.split(pkey)  # the convention documented in numpyro_air.vimco
+            _, k_guide = jax.random.split(pkey)  # the convention documented in numpyro_air.estimators.vimco
             tr = handlers.trace(handlers.seed(handlers.substitute(toy_guide, params), k_guide)).get_trace(y)
             return tr["c"]["value"], tr["z"]["value"]
 

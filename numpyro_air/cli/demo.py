@@ -42,10 +42,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
     import jax
     import numpy as np
 
-    from numpyro_air import viz
-    from numpyro_air.checkpoint import CheckpointError, load_params
-    from numpyro_air.inference import count_accuracy, decode_windows, infer
+    from numpyro_air.analysis import figures as viz
+    from numpyro_air.analysis.inference import count_accuracy, decode_windows, infer
     from numpyro_air.pretrained_model import heldout_scenes, pretrained
+    from numpyro_air.train.checkpoint import CheckpointError, load_params
 
     try:
         config, params = load_params(args.weights) if args.weights else pretrained()
@@ -66,12 +66,31 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
     out.mkdir(parents=True, exist_ok=True)
     z = shown["z_pres"]
     figures = [
-        viz.save_boxes_figure(out / "demo_boxes.png", images[:n], shown["boxes"], z, truth[:n], ncols=6,
-                              title="pretrained AIR on held-out scenes: inferred boxes (most probable path)"),
-        viz.save_reconstruction_figure(out / "demo_reconstructions.png", images[: min(n, 8)], shown["reconstruction"][:8],
-                                       shown["boxes"][:8], z[:8], title="data (top) and reconstruction (bottom)"),
-        viz.save_windows_figure(out / "demo_windows.png", images[: min(n, 6)], windows[:6], shown["boxes"][:6], z[:6],
-                                title="each object's decoded window"),
+        viz.save_boxes_figure(
+            out / "demo_boxes.png",
+            images[:n],
+            shown["boxes"],
+            z,
+            truth[:n],
+            ncols=6,
+            title="pretrained AIR on held-out scenes: inferred boxes (most probable path)",
+        ),
+        viz.save_reconstruction_figure(
+            out / "demo_reconstructions.png",
+            images[: min(n, 8)],
+            shown["reconstruction"][:8],
+            shown["boxes"][:8],
+            z[:8],
+            title="data (top) and reconstruction (bottom)",
+        ),
+        viz.save_windows_figure(
+            out / "demo_windows.png",
+            images[: min(n, 6)],
+            windows[:6],
+            shown["boxes"][:6],
+            z[:6],
+            title="each object's decoded window",
+        ),
     ]
     summary["figures"] = [str(f) for f in figures]
     summary["seconds"] = round(time.perf_counter() - t0, 2)

@@ -33,16 +33,19 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--iwae-images", type=int, default=1000, help="images used for --iwae (first N)")
     p.add_argument("--device", choices=["cpu", "gpu", "tpu"])
     p.add_argument("--figures", type=str, help="also write boxes/reconstruction/confusion PNGs here")
-    p.add_argument("--discrete", action="store_true",
-                   help="relaxed-presence (Concrete) models: evaluate the discrete AIR model they approximate "
-                        "(z_pres ~ Bernoulli of the same guide logits, the same prior probabilities)")
+    p.add_argument(
+        "--discrete",
+        action="store_true",
+        help="relaxed-presence (Concrete) models: evaluate the discrete AIR model they approximate "
+        "(z_pres ~ Bernoulli of the same guide logits, the same prior probabilities)",
+    )
     return p
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run directory means its ``checkpoint.npz`` (or the ``checkpoint_seed<N>.npz`` of the
     lowest N: the first seed)."""
-    from numpyro_air.checkpoint import seed_files
+    from numpyro_air.train.checkpoint import seed_files
 
     path = Path(path)
     if not path.is_dir():
@@ -65,8 +68,8 @@ def discrete_reading(air):
 
 def evaluate_file(params, air, ev, key, batch_size: int) -> dict:
     """Counts (sampled and greedy), per-count accuracy and localisation of one evaluation set."""
-    from numpyro_air.inference import confusion_matrix, infer_batched
-    from numpyro_air.metrics import accuracy_by_count, localisation
+    from numpyro_air.analysis.inference import confusion_matrix, infer_batched
+    from numpyro_air.analysis.metrics import accuracy_by_count, localisation
 
     out = {}
     for name, greedy in (("", False), ("_greedy", True)):
@@ -85,8 +88,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
     import jax
     import numpy as np
 
-    from numpyro_air.checkpoint import CheckpointError, load_params, read_npz
     from numpyro_air.data import DataError, load_eval_npz
+    from numpyro_air.train.checkpoint import CheckpointError, load_params, read_npz
 
     ckpt = resolve_checkpoint(args.checkpoint)
     try:
@@ -115,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
         **evaluate_file(params, air, ev, key, args.batch_size),
     }
     if args.iwae:
-        from numpyro_air.likelihood import elbo_per_image, log_marginal_likelihood
+        from numpyro_air.analysis.likelihood import elbo_per_image, log_marginal_likelihood
 
         images = jax.numpy.asarray(ev.images[: args.iwae_images])  # float32 in [0, 1]
         ll = log_marginal_likelihood(params, images, jax.random.fold_in(key, 1), air, num_samples=args.iwae)
@@ -133,9 +136,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
 
 
 def _figures(out_dir: str, params, air, ev, key, result: dict) -> None:
-    from numpyro_air import viz
+    from numpyro_air.analysis import figures as viz
+    from numpyro_air.analysis.evaluation import save_figures
     from numpyro_air.data import to_float
-    from numpyro_air.evaluation import save_figures
 
     out = Path(out_dir)
     save_figures(params, air, to_float(ev.images[:16]), ev.counts[:16], key, out)

@@ -23,7 +23,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
 
 def confusion_figures(records: list, out: Path) -> list:
     """Confusion matrices of the last evaluation of every seed."""
-    from numpyro_air import viz
+    from numpyro_air.analysis import figures as viz
 
     evals = [r for r in records if r.get("kind") == "eval"]
     if not evals:
@@ -44,9 +44,9 @@ def model_figures(ckpt: Path, out: Path) -> list:
     """Boxes, reconstructions and prior samples on the run's own held-out split."""
     import jax
 
-    from numpyro_air.checkpoint import load_params, read_npz
+    from numpyro_air.analysis.evaluation import save_figures
     from numpyro_air.data import MultiMNISTConfig, load_multi_mnist, to_float
-    from numpyro_air.evaluation import save_figures
+    from numpyro_air.train.checkpoint import load_params, read_npz
 
     air, params = load_params(ckpt)
     data = read_npz(ckpt)[0].get("data", {})
@@ -58,8 +58,8 @@ def model_figures(ckpt: Path, out: Path) -> list:
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> list:
     args = build_parser(prog).parse_args(argv)
-    from numpyro_air import viz
-    from numpyro_air.checkpoint import seed_files
+    from numpyro_air.analysis import figures as viz
+    from numpyro_air.train.checkpoint import seed_files
 
     run = Path(args.run_dir)
     out = Path(args.out) if args.out else run

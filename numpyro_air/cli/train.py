@@ -111,7 +111,7 @@ class _PresetDefaults:
         self.group = group
 
     def __getattr__(self, field: str) -> str:
-        from numpyro_air.recipes import PRESETS
+        from numpyro_air.train.recipes import PRESETS
 
         names_by_value: dict = {}
         for name, recipe in PRESETS.items():
@@ -129,8 +129,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if "{" not in text:
             return text
         from numpyro_air.data import MultiMNISTConfig
-        from numpyro_air.recipes import PRESETS, OptimConfig
-        from numpyro_air.training import CHECKPOINT_NAME, TrainConfig
+        from numpyro_air.train.loop import CHECKPOINT_NAME, TrainConfig
+        from numpyro_air.train.recipes import PRESETS, OptimConfig
 
         return text.format(
             train=TrainConfig(),
@@ -189,10 +189,12 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     a("--seed", type=int, help="initialisation, batch order and guide samples ({train.seed}); see 'What a seed reproduces' above")
     a("-v", "--verbose", action="store_true", help="print the configuration")
     # --- additions
-    a("--preset", metavar="NAME",
-      help="a recipe of numpyro_air.PRESETS: {presets} (default %s). tutorial = Pyro's working recipe; concrete = "
-           "its networks with relaxed (Concrete) presence; fast = concrete with three times the learning rate"
-           % DEFAULT_PRESET)
+    a(
+        "--preset",
+        metavar="NAME",
+        help="a recipe of numpyro_air.PRESETS: {presets} (default %s). tutorial = Pyro's working recipe; concrete = "
+        "its networks with relaxed (Concrete) presence; fast = concrete with three times the learning rate" % DEFAULT_PRESET,
+    )
     a("--likelihood-sd", type=float, help="({air.likelihood_sd}; not a Pyro CLI flag)")
     a("--clip-norm", type=float, help="clip each parameter group's gradient norm (off)")
     a("--num-particles", type=int, help="ELBO particles ({particles}; --estimator vimco: {vimco_particles})")
@@ -213,8 +215,12 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     a("--loss-scale", type=float, help="nvil: multiply the costs ({optim.loss_scale}; Pyro-exact: N/B, see --pyro-loss-scale)")
     a("--pyro-loss-scale", action="store_true", help="nvil: loss scale num_train / batch_size, as Pyro's plate")
     a("--dair", action="store_true", help="DAIR: the guide's LSTM reads the image minus the reconstruction so far")
-    a("--num-seeds", type=int, help="train K seeds (seed, seed+1, ...) in one vmapped program ({train.num_seeds}); they start as "
-      "the same seeds alone and then differ from them by rounding")
+    a(
+        "--num-seeds",
+        type=int,
+        help="train K seeds (seed, seed+1, ...) in one vmapped program ({train.num_seeds}); they start as "
+        "the same seeds alone and then differ from them by rounding",
+    )
     a("--device", choices=["cpu", "gpu", "tpu"], help="JAX platform (default: JAX's choice)")
     a("--num-devices", type=int, help="shard each batch over this many devices of --device (data parallel)")
     a("--coordinator-address", type=str, help="multi-host: jax.distributed coordinator host:port")
@@ -238,8 +244,8 @@ def configs_from_args(args: argparse.Namespace):
     """(AIRConfig, OptimConfig, TrainConfig, MultiMNISTConfig): the ``--preset`` recipe and the
     dataclasses' defaults, with the fields of the flags given replaced."""
     from numpyro_air.data import MultiMNISTConfig
-    from numpyro_air.recipes import PRESETS
-    from numpyro_air.training import TrainConfig
+    from numpyro_air.train.loop import TrainConfig
+    from numpyro_air.train.recipes import PRESETS
 
     d = vars(args)
     name = d.get("preset", DEFAULT_PRESET)
@@ -281,8 +287,8 @@ def _prepare(d: dict, args):
     """Validate every option, set up processes and devices; before any data or compilation."""
     import jax
 
-    from numpyro_air.parallel import check_batch, initialize_distributed, make_mesh, select_devices
-    from numpyro_air.svi import make_elbo
+    from numpyro_air.train.parallel import check_batch, initialize_distributed, make_mesh, select_devices
+    from numpyro_air.train.svi import make_elbo
 
     try:
         configs = configs_from_args(args)
@@ -304,9 +310,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
     set_platform(d.get("device"))
     import jax
 
-    from numpyro_air.checkpoint import CheckpointError
     from numpyro_air.data import load_multi_mnist
-    from numpyro_air.training import TrainingInterrupted, train
+    from numpyro_air.train.checkpoint import CheckpointError
+    from numpyro_air.train.loop import TrainingInterrupted, train
 
     (air, opt, tcfg, data), devices = _prepare(d, args)
     out = Path(d.get("out", DEFAULT_OUT))

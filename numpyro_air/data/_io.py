@@ -15,9 +15,7 @@ from .errors import DataError
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
 
 
-def read_npz(
-    path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = (), *, expected: str
-) -> dict[str, np.ndarray]:
+def read_npz(path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = (), *, expected: str) -> dict[str, np.ndarray]:
     """Load ``keys`` (required) and ``optional`` keys from an ``.npz`` without pickle.
 
     Raises DataError naming ``path`` and ``expected`` for a non-npz/unreadable file or a
@@ -37,15 +35,11 @@ def read_npz(
         with obj as z:
             missing = [k for k in keys if k not in z.files]
             if missing:
-                raise DataError(
-                    f"{path}: missing keys {missing} (found {sorted(z.files)}); expected {expected}"
-                )
+                raise DataError(f"{path}: missing keys {missing} (found {sorted(z.files)}); expected {expected}")
             try:
                 return {k: z[k] for k in (*keys, *optional) if k in z.files}
             except _READ_ERRORS as e:
-                raise DataError(
-                    f"{path}: corrupt .npz member ({type(e).__name__}: {e}); expected {expected}"
-                ) from e
+                raise DataError(f"{path}: corrupt .npz member ({type(e).__name__}: {e}); expected {expected}") from e
 
 
 def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -65,9 +65,7 @@ def validate_eval_arrays(
         if not np.all(np.isfinite(images)):
             raise DataError(f"{where}: float 'images' contain NaN or inf")
         if images.size and (images.min() < 0.0 or images.max() > 1.0):
-            raise DataError(
-                f"{where}: float 'images' must lie in [0, 1], got {images.min()}..{images.max()}"
-            )
+            raise DataError(f"{where}: float 'images' must lie in [0, 1], got {images.min()}..{images.max()}")
         images = images.astype(np.float32, copy=False)
     else:
         raise DataError(f"{where}: 'images' must be uint8 or float in [0, 1], got dtype {images.dtype}")
@@ -126,8 +124,11 @@ def save_eval_npz(path: str | os.PathLike[str], dataset: Any) -> Path:
     """
     path = Path(os.fspath(path)).expanduser()
     images, counts, boxes, labels = validate_eval_arrays(
-        dataset.images, dataset.counts, getattr(dataset, "boxes", None),
-        getattr(dataset, "labels", None), where=str(path),
+        dataset.images,
+        dataset.counts,
+        getattr(dataset, "boxes", None),
+        getattr(dataset, "labels", None),
+        where=str(path),
     )
     arrays = {"images": images, "counts": counts}
     if boxes is not None:
@@ -147,12 +148,14 @@ def load_eval_npz(path: str | os.PathLike[str]) -> EvalSet:
     """
     path = Path(os.fspath(path)).expanduser()
     if not path.is_file():
-        raise DataNotFoundError(f"evaluation file {path} does not exist; expected an .npz with "
-                                "'images' (N, H, W) and 'counts' (N,)")
+        raise DataNotFoundError(
+            f"evaluation file {path} does not exist; expected an .npz with 'images' (N, H, W) and 'counts' (N,)"
+        )
     arrays = read_npz(
-        path, ("images", "counts"), ("boxes", "labels"),
-        expected="an evaluation .npz with 'images' (N, H, W) and 'counts' (N,) "
-        "(optional 'boxes' (N, K, 4), 'labels' (N, K))",
+        path,
+        ("images", "counts"),
+        ("boxes", "labels"),
+        expected="an evaluation .npz with 'images' (N, H, W) and 'counts' (N,) (optional 'boxes' (N, K, 4), 'labels' (N, K))",
     )
     images, counts, boxes, labels = validate_eval_arrays(
         arrays["images"], arrays["counts"], arrays.get("boxes"), arrays.get("labels"), where=str(path)

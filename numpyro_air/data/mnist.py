@@ -141,10 +141,7 @@ def _validate(arrays: dict[str, np.ndarray], where: str) -> MNISTArrays:
         x = _as_uint8_images(np.asarray(arrays[f"{split}_images"]), f"{where} [{split} images]")
         y = _as_uint8_labels(np.asarray(arrays[f"{split}_labels"]), f"{where} [{split} labels]")
         if x.shape[0] != y.shape[0]:
-            raise DataError(
-                f"{where}: {split} split has {x.shape[0]} images but {y.shape[0]} labels "
-                "(expected equal lengths)"
-            )
+            raise DataError(f"{where}: {split} split has {x.shape[0]} images but {y.shape[0]} labels (expected equal lengths)")
         if x.shape[0] == 0:
             raise DataError(f"{where}: {split} split is empty (expected at least one digit)")
         out += [np.ascontiguousarray(x), np.ascontiguousarray(y)]
@@ -168,9 +165,7 @@ def _read_zarr_zip(path: Path, where: str) -> dict[str, np.ndarray]:
             group = zarr.open_group(store, mode="r")
             missing = [k for k in MNIST_KEYS if k not in group]
             if missing:
-                raise DataError(
-                    f"{where}: Zarr group lacks arrays {missing}; expected {list(MNIST_KEYS)}"
-                )
+                raise DataError(f"{where}: Zarr group lacks arrays {missing}; expected {list(MNIST_KEYS)}")
             return {k: np.asarray(group[k][...]) for k in MNIST_KEYS}
         except DataError:
             raise
@@ -214,9 +209,7 @@ def _find_idx_file(directory: Path, key: str) -> Path:
         p = directory / name
         if p.is_file():
             return p
-    raise DataNotFoundError(
-        f"{directory}: no IDX file for {key.replace('_', ' ')}; expected one of {names}"
-    )
+    raise DataNotFoundError(f"{directory}: no IDX file for {key.replace('_', ' ')}; expected one of {names}")
 
 
 def _read_idx(path: Path, kind: str) -> np.ndarray:
@@ -236,8 +229,7 @@ def _read_idx(path: Path, kind: str) -> np.ndarray:
     magic = int.from_bytes(raw[:4], "big")
     if magic != expected_magic:
         raise DataError(
-            f"{path}: bad IDX magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
-            f"(unsigned-byte {ndim}-D {kind} file)"
+            f"{path}: bad IDX magic number 0x{magic:08x}, expected 0x{expected_magic:08x} (unsigned-byte {ndim}-D {kind} file)"
         )
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -247,8 +239,7 @@ def _read_idx(path: Path, kind: str) -> np.ndarray:
     n_payload = len(raw) - header
     if n_payload != n_expected:
         raise DataError(
-            f"{path}: IDX payload has {n_payload} bytes but the header dims {dims} need "
-            f"{n_expected} (truncated or corrupt file)"
+            f"{path}: IDX payload has {n_payload} bytes but the header dims {dims} need {n_expected} (truncated or corrupt file)"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 

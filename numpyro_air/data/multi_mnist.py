@@ -86,9 +86,7 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
-def _check_params(
-    max_digits: int, canvas_size: int, scale_mean: float, scale_sd: float, digit_side: int
-) -> None:
+def _check_params(max_digits: int, canvas_size: int, scale_mean: float, scale_sd: float, digit_side: int) -> None:
     """Validate generator parameters, raising ValueError naming the offending field."""
     _check_int("max_digits", max_digits, 0)
     _check_int("canvas_size", canvas_size, 1)
@@ -104,8 +102,7 @@ def _check_params(
     typical = int(digit_side / scale_mean)
     if canvas_size < typical:
         raise ValueError(
-            f"canvas_size={canvas_size} is smaller than a typical digit "
-            f"(int({digit_side}/scale_mean) = {typical} px)"
+            f"canvas_size={canvas_size} is smaller than a typical digit (int({digit_side}/scale_mean) = {typical} px)"
         )
 
 
@@ -139,10 +136,7 @@ class MultiMNISTConfig:
     def to_dict(self) -> dict[str, int | float]:
         """Plain JSON-able dict of the fields (ints and floats)."""
         floats = {"scale_mean", "scale_sd"}
-        return {
-            f.name: (float if f.name in floats else int)(getattr(self, f.name))
-            for f in dataclasses.fields(self)
-        }
+        return {f.name: (float if f.name in floats else int)(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def cache_key(self, mnist_id: str) -> str:
         """SHA-256 of (format version, every field, MNIST source fingerprint)."""
@@ -173,8 +167,7 @@ class MultiMNIST:
         n = im.shape[0]
         if not (isinstance(c, np.ndarray) and c.shape == (n,) and c.dtype == np.int32):
             raise DataError(f"MultiMNIST.counts must be a ({n},) int32 array, got {_describe(c)}")
-        if not (isinstance(lab, np.ndarray) and lab.ndim == 2 and lab.shape[0] == n
-                and lab.dtype == np.int32):
+        if not (isinstance(lab, np.ndarray) and lab.ndim == 2 and lab.shape[0] == n and lab.dtype == np.int32):
             raise DataError(f"MultiMNIST.labels must be a ({n}, K) int32 array, got {_describe(lab)}")
         k = lab.shape[1]
         if not (isinstance(box, np.ndarray) and box.shape == (n, k, 4) and box.dtype == np.float32):
@@ -234,8 +227,13 @@ def _sizes(scales: np.ndarray, side: int, canvas: int) -> np.ndarray:
 
 
 def _draw(
-    rng: np.random.Generator, shape: tuple[int, ...], n_digits: int, scale_mean: float,
-    scale_sd: float, side: int, canvas: int,
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    n_digits: int,
+    scale_mean: float,
+    scale_sd: float,
+    side: int,
+    canvas: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Digit indices, sizes, row and column offsets, each of ``shape``."""
     idx = rng.integers(0, n_digits, size=shape)
@@ -255,8 +253,13 @@ def _resize(digit: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, i
 
 
 def _compose(
-    out: np.ndarray, boxes: np.ndarray, digits: np.ndarray, idx: np.ndarray, sizes: np.ndarray,
-    rows: np.ndarray, cols: np.ndarray,
+    out: np.ndarray,
+    boxes: np.ndarray,
+    digits: np.ndarray,
+    idx: np.ndarray,
+    sizes: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
 ) -> bool:
     """Place the digits onto ``out`` (H, W) uint8 and fill ``boxes`` (c, 4); False on overflow."""
     c = len(idx)
@@ -318,9 +321,7 @@ def generate_multi_mnist(
     if digits.ndim != 3 or digits.shape[1] != digits.shape[2] or digits.dtype != np.uint8:
         raise DataError(f"digits must be a (M, s, s) uint8 array, got {_describe(digits)}")
     if digit_labels.shape != digits.shape[:1] or not np.issubdtype(digit_labels.dtype, np.integer):
-        raise DataError(
-            f"digit_labels must be a ({digits.shape[0]},) integer array, got {_describe(digit_labels)}"
-        )
+        raise DataError(f"digit_labels must be a ({digits.shape[0]},) integer array, got {_describe(digit_labels)}")
     side = int(digits.shape[1])
     _check_params(max_digits, canvas_size, scale_mean, scale_sd, side)
     _check_int("num_images", num_images, 0)
@@ -385,9 +386,7 @@ def _source_id(source: str | os.PathLike[str] | None, arrays: tuple[np.ndarray, 
     return mnist_fingerprint(arrays)  # type: ignore[arg-type]
 
 
-def cache_path(
-    config: MultiMNISTConfig, mnist_id: str, cache_dir: str | os.PathLike[str] | None = None
-) -> Path:
+def cache_path(config: MultiMNISTConfig, mnist_id: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Where the cache for ``config`` built from MNIST with fingerprint ``mnist_id`` lives."""
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return root / f"multi_mnist_v{CACHE_FORMAT_VERSION}_{config.cache_key(mnist_id)[:24]}.npz"
@@ -470,22 +469,25 @@ def load_multi_mnist(
             logger.info("loaded multi-MNIST from cache %s", path)
             return splits["train"], splits["test"]
         except Exception as e:  # any unreadable/mismatched/corrupt file: regenerate
-            logger.warning(
-                "multi-MNIST cache %s is unusable (%s: %s); regenerating it", path, type(e).__name__, e
-            )
+            logger.warning("multi-MNIST cache %s is unusable (%s: %s); regenerating it", path, type(e).__name__, e)
 
     if arrays is None:
         arrays = load_mnist(None)
     x_train, y_train, x_test, y_test = arrays
     root = _seed_sequence(config.seed)
     splits = {}
-    for i, (s, x, y, n) in enumerate(
-        (("train", x_train, y_train, config.num_train), ("test", x_test, y_test, config.num_test))
-    ):
+    for i, (s, x, y, n) in enumerate((("train", x_train, y_train, config.num_train), ("test", x_test, y_test, config.num_test))):
         splits[s] = generate_multi_mnist(
-            x, y, n, max_digits=config.max_digits, canvas_size=config.canvas_size,
-            scale_mean=config.scale_mean, scale_sd=config.scale_sd, seed=_child(root, i),
-            progress=progress, desc=f"multi-MNIST {s}",
+            x,
+            y,
+            n,
+            max_digits=config.max_digits,
+            canvas_size=config.canvas_size,
+            scale_mean=config.scale_mean,
+            scale_sd=config.scale_sd,
+            seed=_child(root, i),
+            progress=progress,
+            desc=f"multi-MNIST {s}",
         )
     try:
         _write_cache(path, splits, config, mnist_id)

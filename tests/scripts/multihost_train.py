@@ -2,7 +2,7 @@
 
     python multihost_train.py PROCESS_ID PORT OUT_DIR      # PROCESS_ID -1: one process, one device
 
-Trains a tiny AIR for 3 steps with a global batch of 8 through ``numpyro_air.training.train``
+Trains a tiny AIR for 3 steps with a global batch of 8 through ``numpyro_air.train.loop.train``
 (each process builds only its half of every batch); prints the logged ELBOs as JSON."""
 
 import json
@@ -13,8 +13,8 @@ pid, port, out = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 import numpy as np  # noqa: E402
 
 from numpyro_air import AIRConfig, OptimConfig  # noqa: E402
-from numpyro_air.parallel import initialize_distributed  # noqa: E402
-from numpyro_air.training import TrainConfig, train  # noqa: E402
+from numpyro_air.train.loop import TrainConfig, train  # noqa: E402
+from numpyro_air.train.parallel import initialize_distributed  # noqa: E402
 
 if pid >= 0:
     initialize_distributed(f"localhost:{port}", 2, pid)
@@ -26,14 +26,28 @@ class Set:
         self.images, self.counts = images, counts
 
 
-cfg = AIRConfig.tutorial(image_size=20, window_size=10, rnn_hidden_size=16, z_what_size=4, encoder_net=(16,),
-                         decoder_net=(16,), predict_net=(8,), bl_predict_net=(8,))
+cfg = AIRConfig.tutorial(
+    image_size=20,
+    window_size=10,
+    rnn_hidden_size=16,
+    z_what_size=4,
+    encoder_net=(16,),
+    decoder_net=(16,),
+    predict_net=(8,),
+    bl_predict_net=(8,),
+)
 rng = np.random.default_rng(0)
 train_set = Set((rng.uniform(0, 0.5, (32, 20, 20)) * 255).astype(np.uint8), rng.integers(0, 3, 32))
 test_set = Set(train_set.images[:8], train_set.counts[:8])
 tc = TrainConfig(num_steps=3, batch_size=8, seed=5, progress_every=1, eval_batch_size=8, save_every=0)
-train(cfg, OptimConfig.tutorial(), tc, train_set, test_set, out, progress=False, log=lambda s: None,
-      devices=jax.devices())
+train(cfg, OptimConfig.tutorial(), tc, train_set, test_set, out, progress=False, log=lambda s: None, devices=jax.devices())
 rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] if pid <= 0 else []
-print(json.dumps({"process_count": jax.process_count(), "elbos": [r["elbo"] for r in rows if r["kind"] == "train"],
-                  "files": sorted(p.name for p in out.iterdir()) if out.exists() else []}))
+print(
+    json.dumps(
+        {
+            "process_count": jax.process_count(),
+            "elbos": [r["elbo"] for r in rows if r["kind"] == "train"],
+            "files": sorted(p.name for p in out.iterdir()) if out.exists() else [],
+        }
+    )
+)

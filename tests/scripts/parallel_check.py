@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import numpyro_air as na
-from numpyro_air import parallel
-from numpyro_air.elbo import NVIL_ELBO
-from numpyro_air.recipes import OptimConfig
-from numpyro_air.step import DeviceRows, make_step, sharded_batch
-from numpyro_air.svi import make_svi, make_update
+from numpyro_air.estimators.nvil import NVIL_ELBO
+from numpyro_air.train import parallel
+from numpyro_air.train.recipes import OptimConfig
+from numpyro_air.train.step import DeviceRows, make_step, sharded_batch
+from numpyro_air.train.svi import make_svi, make_update
 
 
 def maxdiff(a, b):
@@ -25,8 +25,16 @@ def maxabs(a):
     return float(max(np.max(np.abs(np.asarray(x))) for x in jax.tree.leaves(a)))
 
 
-cfg = na.AIRConfig.tutorial(image_size=20, window_size=10, rnn_hidden_size=32, z_what_size=8,
-                            encoder_net=(32,), decoder_net=(32,), predict_net=(16,), bl_predict_net=(16,))
+cfg = na.AIRConfig.tutorial(
+    image_size=20,
+    window_size=10,
+    rnn_hidden_size=32,
+    z_what_size=8,
+    encoder_net=(32,),
+    decoder_net=(32,),
+    predict_net=(16,),
+    bl_predict_net=(16,),
+)
 B = 8
 imgs = jax.random.uniform(jax.random.PRNGKey(0), (2, B, 20, 20)) * 0.5
 svi = make_svi(cfg, OptimConfig(baseline_learning_rate=0.1))
@@ -74,8 +82,12 @@ out["seeds_devices_param_maxdiff"], out["seeds_devices_loss_diff"] = max(diffs),
 # vmapped seeds on one device equal the individual steps too
 s_v, i_v = make_step(svi, cfg, 2)(states, DeviceRows(jnp.asarray(data), jnp.asarray(idx2)), jnp.asarray(1))
 out["seeds_vmap_param_maxdiff"] = max(
-    maxdiff(svi.get_params(step1(jax.tree.map(lambda a: a[k], states), imgs[k], jnp.asarray(1))[0]),
-            jax.tree.map(lambda a: a[k], svi.get_params(s_v))) for k in range(2))
+    maxdiff(
+        svi.get_params(step1(jax.tree.map(lambda a: a[k], states), imgs[k], jnp.asarray(1))[0]),
+        jax.tree.map(lambda a: a[k], svi.get_params(s_v)),
+    )
+    for k in range(2)
+)
 # bad input: batch not divisible by the device count, before compiling
 try:
     parallel.check_batch(7, mesh)
@@ -87,8 +99,8 @@ except ValueError as e:
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from numpyro_air.checkpoint import read_checkpoint  # noqa: E402
-from numpyro_air.training import TrainConfig, train  # noqa: E402
+from numpyro_air.train.checkpoint import read_checkpoint  # noqa: E402
+from numpyro_air.train.loop import TrainConfig, train  # noqa: E402
 
 
 class _Set:

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-import numpyro_air.checkpoint as ckpt
+import numpyro_air.train.checkpoint as ckpt
 from numpyro_air.cli.train import main
 
 _savez = np.savez

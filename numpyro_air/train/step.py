@@ -1,6 +1,6 @@
 """The one builder of the training loop's compiled step: one seed, K vmapped seeds, sharded devices.
 
-Everything derives from the pure :func:`numpyro_air.svi.make_update`. The loop always holds its
+Everything derives from the pure :func:`numpyro_air.train.svi.make_update`. The loop always holds its
 SVI states stacked on a leading seeds axis (K, ...), also for K = 1; the one-seed case lives in
 :func:`over_seeds` only (it runs the plain update on the squeezed state: on CPU a vmap of size 1
 was measured 30-40% slower than the plain step).
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from .config import AIRConfig
-from .data import batch_indices, to_float
+from ..core.config import AIRConfig
+from ..data import batch_indices, to_float
 from .parallel import batch_sharding, replicated
 from .svi import make_update
 
@@ -59,7 +59,7 @@ def gather_images(data: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
 
 def make_step(svi, config: AIRConfig, num_seeds: int = 1, mesh: Optional[Mesh] = None) -> Callable:
     """The jitted training step ``step(states, batch, t)`` of K seeds of ``svi`` (built by
-    :func:`numpyro_air.svi.make_svi` from ``config``); ``batch`` as the module docstring says.
+    :func:`numpyro_air.train.svi.make_svi` from ``config``); ``batch`` as the module docstring says.
 
     ``t`` is the 1-based optimisation step (int32 array): the annealed prior reads it, so it
     never recompiles. Returns ``(states, StepInfo)`` with a leading seeds axis on every leaf.

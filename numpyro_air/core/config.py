@@ -107,9 +107,7 @@ class AIRConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if self.window_size > self.image_size:
-            raise ValueError(
-                f"window_size ({self.window_size}) must not be larger than image_size ({self.image_size})"
-            )
+            raise ValueError(f"window_size ({self.window_size}) must not be larger than image_size ({self.image_size})")
         for name in ("encoder_net", "decoder_net", "predict_net", "bl_predict_net"):
             set_(name, _sizes(getattr(self, name), name))
         if self.embed_net is not None:
@@ -131,9 +129,7 @@ class AIRConfig:
             raise ValueError(f"scale_prior_mean must be positive (a window scale), got {self.scale_prior_mean!r}")
         if self.decoder_output_bias is not None and not math.isfinite(self.decoder_output_bias):
             raise ValueError(f"decoder_output_bias must be finite, got {self.decoder_output_bias!r}")
-        if self.baseline_scalar is not None and not (
-            math.isfinite(self.baseline_scalar) and self.baseline_scalar != 0
-        ):
+        if self.baseline_scalar is not None and not (math.isfinite(self.baseline_scalar) and self.baseline_scalar != 0):
             raise ValueError(f"baseline_scalar must be finite and non-zero, got {self.baseline_scalar!r}")
         if self.z_pres_prior_raw:
             if not 0.0 <= self.z_pres_prior <= 1.0:
@@ -157,8 +153,10 @@ class AIRConfig:
             math.isfinite(self.concrete_temperature_to) and self.concrete_temperature_to > 0
         ):
             raise ValueError(f"concrete_temperature_to must be positive, got {self.concrete_temperature_to!r}")
-        if isinstance(self.concrete_anneal_steps, bool) or not isinstance(self.concrete_anneal_steps, int) or (
-            self.concrete_anneal_steps < 0
+        if (
+            isinstance(self.concrete_anneal_steps, bool)
+            or not isinstance(self.concrete_anneal_steps, int)
+            or (self.concrete_anneal_steps < 0)
         ):
             raise ValueError(f"concrete_anneal_steps must be an int >= 0, got {self.concrete_anneal_steps!r}")
         if (self.concrete_temperature_to is None) != (self.concrete_anneal_steps == 0):
@@ -166,9 +164,7 @@ class AIRConfig:
         if self.guide_input not in GUIDE_INPUTS:
             raise ValueError(f"guide_input must be one of {GUIDE_INPUTS}, got {self.guide_input!r}")
         if self.presence_estimator not in PRESENCE_ESTIMATORS:
-            raise ValueError(
-                f"presence_estimator must be one of {PRESENCE_ESTIMATORS}, got {self.presence_estimator!r}"
-            )
+            raise ValueError(f"presence_estimator must be one of {PRESENCE_ESTIMATORS}, got {self.presence_estimator!r}")
         for name in ("concrete_temperature", "concrete_prior_temperature"):
             v = getattr(self, name)
             if v is None and name == "concrete_prior_temperature":
@@ -232,4 +228,3 @@ class AIRConfig:
         """Size of the guide LSTM input: embed(x) + z_where(3) + z_what + z_pres(1)."""
         embed = self.image_size**2 if self.embed_net is None else self.embed_net[-1]
         return embed + 3 + self.z_what_size + 1
-

@@ -1,6 +1,6 @@
 """Scale-out: K seeds in one program (``jax.vmap``) x D devices (``jax.sharding``), multi-host.
 
-The sharded step itself is built by :func:`numpyro_air.step.make_step`. Data parallelism uses
+The sharded step itself is built by :func:`numpyro_air.train.step.make_step`. Data parallelism uses
 JAX's SPMD partitioner, not a hand-made scheme: a 1-D ``Mesh`` over the
 devices with axis ``"data"``; minibatches (K, B, H, W) are sharded along B with a
 ``NamedSharding``; SVI states (parameters, optimiser state, RNG key) are replicated. XLA inserts

@@ -34,9 +34,7 @@ def is_scan_site(site: dict) -> bool:
     return bool(site.get(_SCAN_MARK, False))
 
 
-def importance_traces(
-    model: Callable, guide: Callable, params: Dict[str, Any], key: jax.Array, args: tuple, kwargs: dict
-):
+def importance_traces(model: Callable, guide: Callable, params: Dict[str, Any], key: jax.Array, args: tuple, kwargs: dict):
     """(model_trace, guide_trace) of one draw: the guide seeded with the second half of
     ``random.split(key)``, the model (first half) replayed against it, both under
     ``substitute(data=params)``, with per-site ``log_prob`` (masks applied)."""

@@ -27,9 +27,7 @@ def validate_images(images, image_size: int, name: str = "images") -> jnp.ndarra
     if not hasattr(images, "shape") or not hasattr(images, "dtype"):
         images = np.asarray(images)
     if images.ndim != 3 or images.shape[1:] != (image_size, image_size):
-        raise ValueError(
-            f"{name} must have shape (B, {image_size}, {image_size}), got {tuple(images.shape)}"
-        )
+        raise ValueError(f"{name} must have shape (B, {image_size}, {image_size}), got {tuple(images.shape)}")
     if images.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(images.shape)})")
     if not jnp.issubdtype(images.dtype, jnp.floating):

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping, Optional
 
-from .config import AIRConfig
-from .elbo import check_loss_scale, check_signal_decay
+from ..core.config import AIRConfig
+from ..estimators.nvil import check_loss_scale, check_signal_decay
+from ..estimators.vimco import VIMCO_ELBO
 from .optim import make_optimizer
-from .vimco import VIMCO_ELBO
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import viz
-from .config import AIRConfig
-from .data import to_float
+from ..core.config import AIRConfig
+from ..data import to_float
+from . import figures as viz
 from .inference import count_accuracy, infer, sample_prior
 
 ACCURACY_THRESHOLDS = (0.90, 0.95, 0.98)

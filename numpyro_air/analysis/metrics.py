@@ -10,7 +10,7 @@ Box convention (shared by both box sources, so no conversion is applied)
       ``[x0, x0 + w)``. (In pixel-*index* coordinates the centre would be ``x0 + (w - 1) / 2``;
       that differs by a constant 0.5 from the edge centre, so mixing the two would bias every
       error by 0.5 px per axis. We use edge coordinates for both sources.)
-    * Inferred boxes from :func:`numpyro_air.transform.bounding_boxes` are the attention window's
+    * Inferred boxes from :func:`numpyro_air.core.transform.bounding_boxes` are the attention window's
       footprint with ``align_corners=False`` semantics: normalised -1 / +1 are the outer edges of
       the first / last pixel, i.e. edge coordinates 0 and ``image_size``. A window of side
       ``image_size / s`` centred on edge coordinate ``(1 - x / s) * image_size / 2`` covers the
@@ -159,7 +159,7 @@ def localisation(
     (:func:`scipy.optimize.linear_sum_assignment`) minimising the summed Euclidean distance
     between box centres, giving ``min(#true, #inferred)`` pairs. Boxes and centres follow the
     pixel-edge convention of the module docstring (ground truth from the data generator,
-    inferred boxes from :func:`numpyro_air.transform.bounding_boxes`, both ``(x0, y0, w, h)``).
+    inferred boxes from :func:`numpyro_air.core.transform.bounding_boxes`, both ``(x0, y0, w, h)``).
 
     Args:
         true_boxes: (N, K, 4) ground-truth ``(x0, y0, w, h)`` pixel boxes; slots j >= counts[n]

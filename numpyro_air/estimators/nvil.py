@@ -77,9 +77,7 @@ def signal_stats_init(shape: Tuple[int, ...] = (), dtype=jnp.float32) -> Dict[st
     return {"mean": jnp.zeros(shape, dtype), "var": jnp.zeros(shape, dtype)}
 
 
-def with_signal_stats(
-    guide: Callable, sites: Mapping[str, Tuple[int, ...]], state_name: str = DEFAULT_SIGNAL_STATS
-) -> Callable:
+def with_signal_stats(guide: Callable, sites: Mapping[str, Tuple[int, ...]], state_name: str = DEFAULT_SIGNAL_STATS) -> Callable:
     """Wrap ``guide`` so that it declares, before running, one ``numpyro.primitives.mutable``
     site per discrete site for ``NVIL_ELBO(normalize_signal=True)``.
 
@@ -240,9 +238,7 @@ class NVIL_ELBO(ELBO):
                 terms.append((("guide", name), site, -lp))
         scan_lengths = {lp.shape[0] for _, s, lp in terms if is_scan_site(s)}
         if len(scan_lengths) > 1:
-            raise ValueError(
-                f"NVIL_ELBO assumes all scanned sites share one time axis; got lengths {sorted(scan_lengths)}"
-            )
+            raise ValueError(f"NVIL_ELBO assumes all scanned sites share one time axis; got lengths {sorted(scan_lengths)}")
         return elbo, terms, discrete
 
     @staticmethod
@@ -357,9 +353,7 @@ class NVIL_ELBO(ELBO):
         """{discrete site: set of ("model"|"guide", term name)} or None (= everything counts)."""
         if not self.use_provenance or not discrete:
             return None
-        latents = {
-            n: s["value"] for n, s in guide_trace.items() if s["type"] == "sample" and not s["is_observed"]
-        }
+        latents = {n: s["value"] for n, s in guide_trace.items() if s["type"] == "sample" and not s["is_observed"]}
         model_deps, guide_deps = get_nonreparam_deps(model, guide, args, kwargs, param_map, latents=latents)
         out = {name: set() for name in discrete}
         for side, dep in (("model", model_deps), ("guide", guide_deps)):

@@ -14,8 +14,8 @@ logsumexp, so memory is that of ``chunk_size`` samples whatever ``num_samples`` 
 always uses ``random.split(key, num_samples)[i]``, so the chunk size changes only the order of
 the floating-point reductions, never the samples.
 
-The per-datum log-weights come from :mod:`numpyro_air.traces`, shared with
-:class:`numpyro_air.vimco.VIMCO_ELBO`.
+The per-datum log-weights come from :mod:`numpyro_air.estimators.traces`, shared with
+:class:`numpyro_air.estimators.vimco.VIMCO_ELBO`.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 from jax import random
 
-from .config import AIRConfig
-from .guide import guide as air_guide
-from .model import model as air_model
-from .traces import DATA_PLATE, importance_traces, per_datum_terms
+from ..core.config import AIRConfig
+from ..core.guide import guide as air_guide
+from ..core.model import model as air_model
+from ..estimators.traces import DATA_PLATE, importance_traces, per_datum_terms
 
 
 def log_weight(
@@ -43,7 +43,7 @@ def log_weight(
     kwargs: Optional[dict] = None,
     plate: str = DATA_PLATE,
 ) -> jnp.ndarray:
-    """One importance draw: per-datum log w, (B,) (see :func:`numpyro_air.traces.per_datum_terms`)."""
+    """One importance draw: per-datum log w, (B,) (see :func:`numpyro_air.estimators.traces.per_datum_terms`)."""
     model_trace, guide_trace = importance_traces(model, guide, params, key, args, kwargs or {})
     return per_datum_terms(model_trace, guide_trace, plate)[0]
 

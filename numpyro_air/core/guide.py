@@ -6,7 +6,7 @@ Parameter sites (all registered *before* the scan; NumPyro cannot register param
 (:attr:`AIRConfig.uses_baseline_nets`) ``bl_embed$params`` (optional), ``bl_rnn$params``,
 ``bl_predict$params``, ``bl_h_init``, ``bl_c_init``; with ``guide_input="difference"`` (DAIR)
 the model's ``decode$params`` (one set of decoder weights, shared with the model through the
-site name). Every baseline parameter name starts with ``bl_`` (see :mod:`numpyro_air.sites`).
+site name). Every baseline parameter name starts with ``bl_`` (see :mod:`numpyro_air.core.sites`).
 """
 
 from __future__ import annotations
@@ -284,15 +284,11 @@ def _sample_where_what(
     at z_where, masked by :func:`presence_mask` (inside the data plate); greedy: their means."""
     mask = presence_mask(config, z_pres)
     where_d = dist.Normal(loc, sd).to_event(1)
-    z_where = numpyro.sample(
-        "z_where", where_d.mask(mask) if mask is not None else where_d, obs=loc if greedy else None
-    )
+    z_where = numpyro.sample("z_where", where_d.mask(mask) if mask is not None else where_d, obs=loc if greedy else None)
     w = config.window_size
     what_loc, what_sd = encode(image_to_window(z_where, images, w).reshape(-1, w * w))
     what_d = dist.Normal(what_loc, what_sd).to_event(1)
-    z_what = numpyro.sample(
-        "z_what", what_d.mask(mask) if mask is not None else what_d, obs=what_loc if greedy else None
-    )
+    z_what = numpyro.sample("z_what", what_d.mask(mask) if mask is not None else what_d, obs=what_loc if greedy else None)
     return z_where, z_what
 
 

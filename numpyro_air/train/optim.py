@@ -7,14 +7,13 @@ from typing import Optional
 import jax
 import optax
 
-from .sites import is_baseline_param
+from ..core.sites import is_baseline_param
 
 
 def param_labels(params: dict) -> dict:
     """Label every leaf "baseline" (sites named ``bl_*``) or "main", for ``optax.multi_transform``."""
     return {
-        name: jax.tree.map(lambda _: "baseline" if is_baseline_param(name) else "main", value)
-        for name, value in params.items()
+        name: jax.tree.map(lambda _: "baseline" if is_baseline_param(name) else "main", value) for name, value in params.items()
     }
 
 

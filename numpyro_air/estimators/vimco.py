@@ -23,7 +23,7 @@ If any site lies outside ``plate`` (a global latent) or there is no such plate, 
 one datum (B = 1): per-datum bounds are only valid when the data are conditionally independent.
 Scaled sites (subsampling plates, ``handlers.scale``) are rejected: the weights need unscaled
 log-densities. Keys: particle k uses ``random.split(rng_key, K)[k]``, split again into
-(model key, guide key) as in :func:`numpyro_air.traces.importance_traces`.
+(model key, guide key) as in :func:`numpyro_air.estimators.traces.importance_traces`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,173 @@
+"""Inference API: trained params + images -> counts, boxes, presence, z_what, reconstructions."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro import handlers
+
+from ..core.config import AIRConfig
+from ..core.guide import guide
+from ..core.model import latent_sites, model, register_decoder, validate_images
+from ..core.transform import bounding_boxes
+
+# Relaxed presence: an object counts while the running product of presences is >= this.
+COUNT_THRESHOLD = 0.5
+# Relaxed presence, sample_prior with counts: logit(z_pres) that makes sigmoid exactly 1 / 0 in float32.
+_HARD_LOGIT = 1e4
+
+
+def hard_presence(weights: jnp.ndarray, threshold: float = COUNT_THRESHOLD) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """Counting rule for relaxed presence, from running products of presences.
+
+    :param weights: (..., T) running products w_t = prod_{s<=t} z_pres_s (non-increasing in t).
+    :return: hard presence (..., T) float32 in {0, 1}, 1 for the steps before the running product
+        first falls below ``threshold`` (0.5), and counts (...,) int32: the number of such steps.
+    """
+    hard = jnp.cumprod((weights >= threshold).astype(jnp.int32), axis=-1)
+    return hard.astype(jnp.float32), jnp.sum(hard, axis=-1).astype(jnp.int32)
+
+
+def relaxed_counts(z_pres: jnp.ndarray, threshold: float = COUNT_THRESHOLD) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """:func:`hard_presence` from the per-step relaxed presences z_pres (..., T) in [0, 1]: the
+    count is the number of steps before prod_{s<=t} z_pres_s falls below ``threshold``."""
+    return hard_presence(jnp.cumprod(z_pres, axis=-1), threshold)
+
+
+@partial(jax.jit, static_argnames=("config", "greedy", "reconstruct"))
+def infer(
+    params: dict,
+    images: jnp.ndarray,
+    key: jax.Array,
+    config: AIRConfig,
+    greedy: bool = False,
+    reconstruct: bool = True,
+    temperature: Optional[jnp.ndarray] = None,
+) -> Dict[str, jnp.ndarray]:
+    """Run the guide (and the model on its latents) on a batch.
+
+    :param params: constrained parameters (``svi.get_params(state)``).
+    :param images: (B, H, H) float32 in [0, 1].
+    :param key: PRNG key for the guide's samples.
+    :param greedy: most probable path (z_pres = [p > 0.5], means of z_where/z_what) instead of a sample.
+    :param reconstruct: also run the model on the inferred latents (skip it when only counting).
+    :param temperature: relaxed presence only: the guide's temperature (default: the config's).
+    :return: ``counts`` (B,) int32, ``z_pres`` (B, T) in {0, 1}, ``pres_prob`` (B, T), ``z_where``
+        (B, T, 3), ``z_what`` (B, T, z), ``boxes`` (B, T, 4) pixel (x0, y0, w, h), ``reconstruction``
+        (B, H, H). With relaxed presence also ``pres_weight`` (B, T): the soft running product of
+        presences that weights each object in the reconstruction; ``z_pres`` and ``counts`` follow
+        :func:`hard_presence` (an object counts while the running product is >= 0.5).
+    """
+    g = handlers.seed(handlers.substitute(guide, data=params), key)
+    with handlers.trace() as guide_trace:
+        out = g(images, config, greedy=greedy, temperature=temperature)
+    result = {k: out[k] for k in ("z_pres", "pres_prob", "z_where", "z_what")}
+    if config.relaxed_presence:
+        result["pres_weight"] = out["z_pres"]
+        result["z_pres"], result["counts"] = hard_presence(out["z_pres"])
+    else:
+        result["counts"] = jnp.sum(out["z_pres"], axis=1).astype(jnp.int32)
+    result["boxes"] = bounding_boxes(out["z_where"], config.image_size)
+    if reconstruct:
+        latents = {k: guide_trace[k]["value"] for k in latent_sites(config)}
+        m = handlers.seed(handlers.substitute(model, data={**params, **latents}), jax.random.fold_in(key, 1))
+        with handlers.trace() as model_trace:
+            m(images, config, temperature=temperature)
+        result["reconstruction"] = model_trace["canvas"]["value"]
+    return result
+
+
+@partial(jax.jit, static_argnames=("config",))
+def decode_windows(params: dict, z_what: jnp.ndarray, config: AIRConfig) -> jnp.ndarray:
+    """Each object's decoded window before placement: z_what (..., z) -> (..., w, w) with the
+    model's decoder (``params["decode$params"]``), e.g. ``infer(...)["z_what"]`` (B, T, z)."""
+    if z_what.shape[-1:] != (config.z_what_size,):
+        raise ValueError(f"z_what must end in ({config.z_what_size},), got shape {z_what.shape}")
+    w = config.window_size
+    flat = handlers.substitute(lambda: register_decoder(config)(z_what.reshape(-1, config.z_what_size)), data=params)()
+    return flat.reshape(z_what.shape[:-1] + (w, w))
+
+
+def infer_batched(
+    params,
+    images,
+    key,
+    config: AIRConfig,
+    greedy: bool = False,
+    batch_size: int = 1000,
+    reconstruct: bool = True,
+    temperature=None,
+) -> Dict[str, np.ndarray]:
+    """:func:`infer` over a large array in fixed-size chunks (the last chunk is padded, so one
+    compilation serves every chunk). Returns numpy arrays."""
+    images = np.asarray(validate_images(images, config.image_size))
+    n = images.shape[0]
+    bs = min(batch_size, n)
+    outs = []
+    for i, start in enumerate(range(0, n, bs)):
+        chunk = images[start : start + bs]
+        pad = bs - chunk.shape[0]
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+        res = infer(params, jnp.asarray(chunk), jax.random.fold_in(key, i), config, greedy, reconstruct, temperature)
+        outs.append({k: np.asarray(v)[: bs - pad] for k, v in res.items()})
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+def confusion_matrix(true_counts: np.ndarray, inferred: np.ndarray, num_steps: int, max_true: Optional[int] = None) -> np.ndarray:
+    """(max_true + 1, num_steps + 1) int matrix: rows true count, columns inferred count."""
+    true_counts = np.asarray(true_counts, np.int64)
+    inferred = np.asarray(inferred, np.int64)
+    max_true = int(true_counts.max()) if max_true is None else max_true
+    m = np.zeros((max_true + 1, num_steps + 1), np.int64)
+    np.add.at(m, (np.clip(true_counts, 0, max_true), np.clip(inferred, 0, num_steps)), 1)
+    return m
+
+
+def count_accuracy(params, images, true_counts, key, config: AIRConfig, greedy: bool = False, batch_size: int = 1000) -> dict:
+    """Count accuracy, accuracy per true count and confusion matrix. ``greedy=False`` is Pyro's
+    metric (one guide sample per image); ``greedy=True`` uses the guide's most probable path."""
+    from .metrics import accuracy_by_count
+
+    out = infer_batched(params, images, key, config, greedy, batch_size, reconstruct=False)
+    conf = confusion_matrix(true_counts, out["counts"], config.num_steps)
+    acc = float(np.mean(np.asarray(true_counts) == out["counts"]))
+    return {"accuracy": acc, "confusion": conf.tolist(), "accuracy_by_count": accuracy_by_count(true_counts, out["counts"])}
+
+
+@partial(jax.jit, static_argnames=("config", "num_scenes"))
+def sample_prior(params: dict, key: jax.Array, config: AIRConfig, num_scenes: int, counts=None) -> Dict[str, jnp.ndarray]:
+    """Scenes from the generative model: ``canvas`` (N, H, H), ``z_pres`` (N, T), ``z_where``
+    (N, T, 3), ``boxes`` (N, T, 4), ``images`` (N, H, H) (canvas plus likelihood noise).
+
+    ``counts`` (N,) int, optional: sample conditioned on each scene's number of objects (z_pres
+    fixed to 1 for the first counts[n] steps). With the tutorial's prior (k = 0.01) 99% of
+    unconditioned scenes are empty, so figures condition on counts. With relaxed presence
+    ``z_pres`` is hard (:func:`relaxed_counts`) while the canvas uses the soft presences.
+    """
+    data = dict(params)
+    if counts is not None:
+        steps = jnp.arange(config.num_steps)[:, None]
+        on = steps < jnp.asarray(counts)[None, :]  # (T, N)
+        if config.relaxed_presence:  # logit(z_pres) = +-1e4: z_pres exactly 1 / 0
+            data["z_pres_logit"] = jnp.where(on, _HARD_LOGIT, -_HARD_LOGIT)
+        else:
+            data["z_pres"] = on.astype(jnp.float32)
+    m = handlers.seed(handlers.substitute(model, data=data), key)
+    with handlers.trace() as tr:
+        m(None, config, batch_size=num_scenes)
+    z_pres = jnp.swapaxes(tr["z_pres"]["value"], 0, 1)
+    if config.relaxed_presence:
+        z_pres = relaxed_counts(z_pres)[0]
+    z_where = jnp.swapaxes(tr["z_where"]["value"], 0, 1)
+    return {
+        "canvas": tr["canvas"]["value"],
+        "images": tr["obs"]["value"].reshape(num_scenes, config.image_size, config.image_size),
+        "z_pres": z_pres,
+        "z_where": z_where,
+        "boxes": bounding_boxes(z_where, config.image_size),
+    }

@@ -1,0 +1,118 @@
+"""The JIT-compiled SVI step for AIR: NVIL ELBO, two-group Adam, annealed prior as an array."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer.svi import SVIState
+
+from ..core.config import AIRConfig
+from ..core.guide import guide
+from ..core.model import model
+from ..core.prior import concrete_temperature, z_pres_prior_probs
+from ..estimators.nvil import NVIL_ELBO, with_signal_stats
+from ..estimators.vimco import VIMCO_ELBO
+from .optim import make_optimizer
+from .recipes import OptimConfig, Recipe
+
+
+class StepInfo(NamedTuple):
+    loss: jnp.ndarray  # -ELBO per image of this batch (NaN if the step was skipped)
+    skipped: jnp.ndarray  # bool: non-finite loss or parameters, update discarded
+
+
+def make_svi(config: AIRConfig | Recipe, optim: Optional[OptimConfig] = None) -> SVI:
+    """``numpyro.infer.SVI`` over AIR's model and guide with :class:`NVIL_ELBO`; the AIR config is
+    a static keyword argument (compile-time constant). Pass a :class:`Recipe` (e.g.
+    ``Recipe.tutorial()`` or ``PRESETS["fast"]``) to get its optimiser settings; with an
+    ``AIRConfig`` alone, ``optim`` defaults to ``OptimConfig()`` (Pyro's CLI defaults)."""
+    if isinstance(config, Recipe):
+        config, optim = config.air, (config.optim if optim is None else optim)
+    optim = OptimConfig() if optim is None else optim
+    tx = make_optimizer(optim.learning_rate, optim.baseline_learning_rate, optim.clip_norm)
+    guide_fn = guide
+    if optim.normalize_signal and config.presence_estimator == "nvil":
+        guide_fn = with_signal_stats(guide, {"z_pres": (config.num_steps,)})
+    return SVI(model, guide_fn, tx, make_elbo(config, optim), config=config)
+
+
+def make_elbo(config: AIRConfig, optim: OptimConfig):
+    """The ELBO of ``config.presence_estimator``: NVIL (score function, learned baselines, optional
+    signal normalisation / loss scale), VIMCO (K-sample bound, leave-one-out signals) or
+    ``Trace_ELBO`` for the relaxed (Concrete) presence, which is all pathwise. ``num_particles``
+    ``None`` takes the estimator's default (:meth:`OptimConfig.for_estimator`)."""
+    estimator = config.presence_estimator
+    optim = optim.for_estimator(estimator)
+    if estimator == "vimco":
+        return VIMCO_ELBO(num_particles=optim.num_particles)
+    if estimator == "concrete":
+        return Trace_ELBO(num_particles=optim.num_particles)
+    return NVIL_ELBO(
+        num_particles=optim.num_particles,
+        normalize_signal=optim.normalize_signal,
+        signal_decay=optim.signal_decay,
+        loss_scale=optim.loss_scale,
+    )
+
+
+def _sum_leaves(tree) -> jnp.ndarray:
+    """Sum of every element of every leaf: finite iff no element is NaN or infinite (or the sum
+    overflows float32). One read of each gradient, no squared copy as a norm would need."""
+    return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(tree))
+
+
+def make_update(svi: SVI, config: AIRConfig) -> Callable[[SVIState, jnp.ndarray, jnp.ndarray], tuple]:
+    """Pure (un-jitted) step ``(state, images (B,H,H), step) -> (state, StepInfo)`` for an SVI
+    built by :func:`make_svi` from ``config`` (which gives the annealed prior and temperature).
+    Compose it with ``jax.jit`` / ``jax.vmap`` yourself, or use :func:`numpyro_air.train.step.make_step`.
+
+    Same arithmetic and RNG use as ``svi.update``, on NumPyro's public API only (the ELBO's
+    ``loss`` / ``loss_with_mutable_state``, ``svi.constrain_fn``, the optimiser's ``get_params``
+    and ``update``), plus:
+
+    - ``step`` is the 1-based optimisation step as an array: the annealed z_pres prior is
+      computed from it inside the trace, so changing it never recompiles;
+    - a non-finite loss or gradient discards the update (parameters, optimiser and mutable state
+      are kept, the RNG still advances) and sets ``StepInfo.skipped``. The test runs on the loss
+      and the sum of all gradient elements *before* the optimiser (NaN and infinities propagate
+      through a sum; a norm would first write a squared copy of every gradient), so the select
+      fuses into the optimiser's element-wise update instead of costing another pass.
+    """
+    if not isinstance(config, AIRConfig):
+        raise TypeError(f"make_update needs the AIRConfig the SVI was built from, got {type(config).__name__}")
+    if "config" in svi.static_kwargs and svi.static_kwargs["config"] != config:
+        raise ValueError("make_update: `config` differs from the AIRConfig the SVI's model and guide run with")
+    elbo, model_fn, guide_fn, static = svi.loss, svi.model, svi.guide, svi.static_kwargs
+
+    def loss_fn(rng_key, images, kwargs, mutable_state):
+        """``params -> (-ELBO, new mutable state)`` at unconstrained ``params``, as NumPyro's SVI
+        evaluates it: the mutable state enters the parameter map without gradient."""
+
+        def loss(params):
+            params = svi.constrain_fn(params)
+            if not jax.tree.leaves(mutable_state):
+                return elbo.loss(rng_key, params, model_fn, guide_fn, images, **kwargs, **static), None
+            params = {**params, **jax.lax.stop_gradient(mutable_state)}
+            out = elbo.loss_with_mutable_state(rng_key, params, model_fn, guide_fn, images, **kwargs, **static)
+            return out["loss"], out["mutable_state"]
+
+        return loss
+
+    def update(state: SVIState, images: jnp.ndarray, step: jnp.ndarray):
+        kwargs = {"z_pres_prior": z_pres_prior_probs(config, step)}
+        if config.relaxed_presence:
+            kwargs["temperature"] = concrete_temperature(config, step)
+        rng_key, rng_key_step = jax.random.split(state.rng_key)
+        params = svi.optim.get_params(state.optim_state)
+        loss_of = loss_fn(rng_key_step, images, kwargs, state.mutable_state)
+        (loss, mutable_state), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+        ok = jnp.isfinite(loss) & jnp.isfinite(_sum_leaves(grads))
+        optim_state = svi.optim.update(grads, state.optim_state, value=loss)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        new_state = SVIState(keep(optim_state, state.optim_state), keep(mutable_state, state.mutable_state), rng_key)
+        return new_state, StepInfo(jnp.where(ok, loss, jnp.nan) / images.shape[0], ~ok)
+
+    return update
