@@ -14,11 +14,11 @@ from numpyro.infer import Trace_ELBO
 
 import numpyro_air
 from numpyro_air import NVIL_ELBO, PRESETS, VIMCO_ELBO, AIRConfig, OptimConfig, Recipe, make_svi
+from numpyro_air.cli import train as cli
+from numpyro_air.data import MultiMNISTConfig
 from numpyro_air.train import loop as training
 from numpyro_air.train import recipes as recipes_module
 from numpyro_air.train import svi as svi_module
-from numpyro_air.cli import train as cli
-from numpyro_air.data import MultiMNISTConfig
 from numpyro_air.train.loop import TrainConfig, check_meta, run_meta
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -171,7 +171,8 @@ def test_seed_k_alone_starts_as_seed_k_of_a_multi_seed_run(datasets):
     from numpyro_air.cli.train import build_parser, configs_from_args
     from numpyro_air.data import to_float
     from numpyro_air.train.checkpoint import named_arrays
-    from numpyro_air.train.loop import Feeder, initial_states, seed_slice
+    from numpyro_air.train.loop import initial_states, seed_slice
+    from numpyro_air.train.step import BatchSource
 
     def cli(*args) -> TrainConfig:  # the loop settings of `numpyro-air train -b 8 ARGS`
         return configs_from_args(build_parser().parse_args(["-b", "8", *args]))[2]
@@ -183,7 +184,11 @@ def test_seed_k_alone_starts_as_seed_k_of_a_multi_seed_run(datasets):
     images = np.asarray(datasets[0].images)
     states, start, _ = initial_states(svi, many, example)
     assert start == 0
-    feed_many = Feeder(images, many)
+
+    def source(tcfg: TrainConfig) -> BatchSource:  # as the loop builds it
+        return BatchSource(images, tcfg.batch_size, [tcfg.seed_of(k) for k in range(tcfg.num_seeds)])
+
+    feed_many = source(many)
     for k in range(1, K + 1):
         alone = cli("--seed", str(k))
         single, _, _ = initial_states(svi, alone, example)
@@ -192,7 +197,7 @@ def test_seed_k_alone_starts_as_seed_k_of_a_multi_seed_run(datasets):
         for name in a:
             assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), (k, name)
         for i in range(4):
-            np.testing.assert_array_equal(Feeder(images, alone).indices(i)[0], feed_many.indices(i)[k - 1])
+            np.testing.assert_array_equal(source(alone).indices(i)[0], feed_many.indices(i)[k - 1])
     # the seeds do differ: the comparison can tell one seed from another
     first, second = (named_arrays(seed_slice(states, k)) for k in (0, 1))
     assert not np.array_equal(first["state/rng_key"], second["state/rng_key"])

@@ -285,9 +285,8 @@ def resume_command(prog: str, argv: Sequence[str], checkpoint: Path) -> str:
 
 def _prepare(d: dict, args):
     """Validate every option, set up processes and devices; before any data or compilation."""
-    import jax
 
-    from numpyro_air.train.parallel import check_batch, initialize_distributed, make_mesh, select_devices
+    from numpyro_air.train.parallel import data_mesh, initialize_distributed, select_devices
     from numpyro_air.train.svi import make_elbo
 
     try:
@@ -295,8 +294,7 @@ def _prepare(d: dict, args):
         make_elbo(configs[0], configs[1])  # estimator options (e.g. VIMCO's particles)
         initialize_distributed(d.get("coordinator_address"), d.get("num_processes"), d.get("process_id"))
         devices = select_devices(d.get("device"), d.get("num_devices"))
-        if len(devices) > 1 or jax.process_count() > 1:
-            check_batch(configs[2].batch_size, make_mesh(devices))
+        data_mesh(devices, configs[2].batch_size)  # the loop builds it again from the same rule
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     return configs, devices

@@ -387,14 +387,6 @@ def _check_data(air: AIRConfig, tcfg: TrainConfig, train_set) -> None:
         raise ValueError(f"batch_size {tcfg.batch_size} exceeds the {len(train_set.images)} training images")
 
 
-def _mesh(devices, batch_size: int):
-    if (devices is None or len(devices) <= 1) and jax.process_count() == 1:
-        return None
-    mesh = parallel.make_mesh(devices if devices is not None else jax.devices())
-    parallel.check_batch(batch_size, mesh)  # before any compilation
-    return mesh
-
-
 def recorded(at: Snapshot, new: dict) -> Snapshot:
     """``at`` after rows ``new`` (kind -> rows) were written: "train" rows summarise the pending steps."""
     return at._replace(pending=() if "train" in new else at.pending, last=at.last | new)
@@ -476,7 +468,7 @@ def train(
     save_base = Path(save) if save is not None else out_dir / CHECKPOINT_NAME
     _prepare_out_dir(out_dir, save_base, tcfg, load, overwrite)
     _check_data(air, tcfg, train_set)
-    mesh = _mesh(devices, tcfg.batch_size)
+    mesh = parallel.data_mesh(devices, tcfg.batch_size)  # before any compilation
     writer = jax.process_index() == 0
     run = Setup(air, opt, tcfg, make_svi(air, opt), train_set, test_set, out_dir, save_base, data_desc or {}, log, writer)
     at = start(run, load, mesh)

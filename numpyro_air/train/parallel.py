@@ -50,6 +50,16 @@ def check_batch(batch_size: int, mesh: Mesh) -> None:
         raise ValueError(f"batch size {batch_size} is not divisible by the number of devices ({d})")
 
 
+def data_mesh(devices: Optional[Sequence], batch_size: int) -> Optional[Mesh]:
+    """The mesh that shards each batch over ``devices`` (default: all of JAX's), checked against
+    ``batch_size``; None for one device in one process (no sharding)."""
+    if (devices is None or len(devices) <= 1) and jax.process_count() == 1:
+        return None
+    mesh = make_mesh(devices if devices is not None else jax.devices())
+    check_batch(batch_size, mesh)
+    return mesh
+
+
 def batch_sharding(mesh: Mesh, seeds_axis: bool = True) -> NamedSharding:
     """Sharding of a (K, B, H, W) batch (or (B, H, W) with ``seeds_axis=False``) along B."""
     return NamedSharding(mesh, P(None, DATA_AXIS) if seeds_axis else P(DATA_AXIS))
