@@ -142,7 +142,7 @@ def test_same_run_twice_gives_bit_identical_checkpoints(tmp_path, datasets, full
     array (parameters, optimiser moments and counts, mutable state if any, PRNG key) and the log."""
     import numpyro_air.train.loop as training
 
-    monkeypatch.setattr(training, "figures_all", lambda run, final=False: None)  # figures only read the state
+    monkeypatch.setattr(training, "figures_all", lambda run, at, final=False: None)  # figures only read the state
     monkeypatch.setattr(training.viz, "save_curves", lambda *args, **kwargs: None)
     out_full, _ = full_run
     again = tmp_path / "again"
