@@ -14,19 +14,30 @@ from ..core.config import AIRConfig
 from ..data import to_float
 from . import figures as viz
 from .inference import count_accuracy, infer, sample_prior
+from .likelihood import elbo_per_image
 
 ACCURACY_THRESHOLDS = (0.90, 0.95, 0.98)
 
 
 def evaluate(params, tcfg, air: AIRConfig, test_set, train_set, key) -> dict:
     """Count accuracy (one guide sample, Pyro's metric, and the guide's most probable path) with
-    confusion matrices on the held-out test set (primary) and the training images."""
+    confusion matrices on the held-out test set (primary) and the training images.
+
+    A set whose ``counts`` are None has no count accuracy: the test set then gets ``test_elbo``
+    (+ELBO per image, one guide sample, the un-annealed prior; see :func:`heldout_elbo`) and the
+    training images nothing (their ELBO is in the training rows). ``test_set`` may be None.
+    """
     out = {}
     n_train = len(train_set.images) if tcfg.eval_train_images is None else min(tcfg.eval_train_images, len(train_set.images))
     for split, ds, n in (("test", test_set, None), ("train", train_set, n_train)):
         if ds is None:
             continue
         images = to_float(ds.images if n is None else ds.images[:n])
+        if getattr(ds, "counts", None) is None:
+            if split == "test":
+                out["test_elbo"] = heldout_elbo(params, air, images, key, tcfg.eval_batch_size)
+                out["test_images"] = int(len(images))
+            continue
         counts = np.asarray(ds.counts if n is None else ds.counts[:n])
         for greedy in (False, True):
             res = count_accuracy(params, images, counts, jax.random.fold_in(key, int(greedy)), air, greedy, tcfg.eval_batch_size)
@@ -38,8 +49,26 @@ def evaluate(params, tcfg, air: AIRConfig, test_set, train_set, key) -> dict:
     return out
 
 
+def heldout_elbo(params, air: AIRConfig, images: np.ndarray, key, batch_size: int) -> float:
+    """Mean +ELBO per image (nats) of ``images`` (N, H, W) or (N, H, W, C) float32 in [0, 1]: one
+    guide sample per image under the config's un-annealed prior (as ``evaluate --iwae``), in
+    chunks of ``batch_size`` (the last one padded, so one compilation serves every chunk)."""
+    n = len(images)
+    bs = min(batch_size, n)
+    total = 0.0
+    for i, start in enumerate(range(0, n, bs)):
+        chunk = images[start : start + bs]
+        pad = bs - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+        elbo = elbo_per_image(params, jnp.asarray(chunk), jax.random.fold_in(key, i), air)
+        total += float(np.sum(np.asarray(elbo)[: bs - pad]))
+    return total / n
+
+
 def save_figures(params, air: AIRConfig, images: np.ndarray, true_counts, key, out_dir: Path, tag: str = "") -> list:
-    """Boxes on data, reconstructions and prior samples for one seed's params."""
+    """Boxes on data, reconstructions and prior samples for one seed's params (``true_counts``
+    (N,) or None)."""
     res = infer(params, jnp.asarray(images), key, air)
     res = jax.device_get(res)
     counts = jnp.arange(16) % (air.num_steps + 1)  # scenes with 0, 1, ..., T objects

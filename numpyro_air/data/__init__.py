@@ -24,9 +24,15 @@ Batches (:func:`iterate_batches`, :func:`batch_at_step`)
     of global step i is a pure function of (seed or JAX key, i), so resumed runs match.
 
 Evaluation files (:func:`save_eval_npz`, :func:`load_eval_npz`)
-    ``images`` (N, H, W) uint8 or float in [0, 1]; ``counts`` (N,) integer >= 0; optional
-    ``boxes`` (N, K, 4) float ``(x0, y0, width, height)`` and ``labels`` (N, K) integer
+    ``images`` (N, H, W) or (N, H, W, 3) uint8 or float in [0, 1]; ``counts`` (N,) integer >= 0;
+    optional ``boxes`` (N, K, 4) float ``(x0, y0, width, height)`` and ``labels`` (N, K) integer
     (0..9 for j < counts[n], else -1), with K >= max(counts). See :mod:`.eval_io`.
+
+Your own images (:func:`load_images`)
+    An ``.npz`` in the evaluation layout (``counts`` optional) or a directory of PNG/JPEG files
+    of one size, as an :class:`ImageSet` (``images`` (N, H, W) or (N, H, W, 3) uint8 or float32,
+    ``counts``/``boxes``/``labels`` or None, ``source``). One :class:`DataError` naming the file
+    and the problem for anything wrong. See :mod:`.images`.
 """
 
 from .batches import (
@@ -39,6 +45,7 @@ from .batches import (
 )
 from .errors import DataError, DataNotFoundError
 from .eval_io import EvalSet, load_eval_npz, save_eval_npz, validate_eval_arrays
+from .images import IMAGE_SUFFIXES, ImageSet, load_images
 from .mnist import MNIST_SHA256, load_mnist, mnist_fingerprint
 from .multi_mnist import (
     CACHE_FORMAT_VERSION,
@@ -55,6 +62,8 @@ __all__ = [
     "DataError",
     "DataNotFoundError",
     "EvalSet",
+    "IMAGE_SUFFIXES",
+    "ImageSet",
     "MNIST_SHA256",
     "MultiMNIST",
     "MultiMNISTConfig",
@@ -66,6 +75,7 @@ __all__ = [
     "generate_multi_mnist",
     "iterate_batches",
     "load_eval_npz",
+    "load_images",
     "load_mnist",
     "load_multi_mnist",
     "mnist_fingerprint",

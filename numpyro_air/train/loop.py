@@ -143,10 +143,21 @@ def _normalised(meta: dict, key: str, path):
     return got
 
 
+def _without_paths(desc):
+    """A data description without its ``path`` entries (at any depth): where the data lie is
+    recorded but not compared, their content (size, shape, checksum) is."""
+    if isinstance(desc, dict):
+        return {k: _without_paths(v) for k, v in desc.items() if k != "path"}
+    return desc
+
+
 def check_meta(meta: dict, expected: dict, path) -> None:
-    """Raise :class:`CheckpointError` naming every field where a checkpoint differs from the run."""
+    """Raise :class:`CheckpointError` naming every field where a checkpoint differs from the run
+    (the ``path`` entries of the data description excepted)."""
     for key in ("air_config", "optim_config", "batch_size", "seed", "data"):
         got, want = _normalised(meta, key, path), expected[key]
+        if key == "data":
+            got, want = _without_paths(got), _without_paths(want)
         if got != want:
             if isinstance(got, dict) and isinstance(want, dict):
                 diff = sorted(f for f in set(got) | set(want) if got.get(f) != want.get(f))
@@ -283,7 +294,8 @@ def progress_rows(run: Setup, at: Snapshot) -> List[dict]:
 
 
 def eval_rows(run: Setup, at: Snapshot) -> List[dict]:
-    """Held-out (and training-image) count accuracy of every seed, logged."""
+    """Held-out (and training-image) count accuracy of every seed, logged; for data without
+    counts the held-out ELBO instead (see :func:`numpyro_air.analysis.evaluation.evaluate`)."""
     rows = []
     for k in range(run.tcfg.num_seeds):
         seed = run.tcfg.seed_of(k)
@@ -291,11 +303,16 @@ def eval_rows(run: Setup, at: Snapshot) -> List[dict]:
         res = evaluate(run.params(at.states, k), run.tcfg, run.air, run.test_set, run.train_set, key)
         elbo = at.last["train"][k]["elbo"] if "train" in at.last else None
         rows.append({"kind": "eval", "step": at.step, "wall_time": at.wall(), "seed": seed, "elbo": elbo, **res})
-        run.log(
-            f"step={at.step} seed={seed} test_acc={res.get('test_accuracy', float('nan')):.4f} "
-            f"(greedy {res.get('test_accuracy_greedy', float('nan')):.4f}) "
-            f"train_acc={res['train_accuracy']:.4f} test_confusion={res.get('test_confusion')}"
-        )
+        parts = [f"step={at.step} seed={seed}"]
+        if "test_accuracy" in res:
+            parts.append(f"test_acc={res['test_accuracy']:.4f} (greedy {res['test_accuracy_greedy']:.4f})")
+        if "test_elbo" in res:
+            parts.append(f"test_elbo={res['test_elbo']:.2f}")
+        if "train_accuracy" in res:
+            parts.append(f"train_acc={res['train_accuracy']:.4f}")
+        if "test_confusion" in res:
+            parts.append(f"test_confusion={res['test_confusion']}")
+        run.log(" ".join(parts))
     return rows
 
 
@@ -318,10 +335,11 @@ def figures_all(run: Setup, at: Snapshot, final: bool = False) -> List[dict]:
         return []
     ds = run.test_set if run.test_set is not None else run.train_set
     images = to_float(ds.images[:16])
+    counts = None if getattr(ds, "counts", None) is None else ds.counts[:16]
     d = run.out_dir if final else run.out_dir / "viz" / f"step{at.step:07d}"
     for k in range(run.tcfg.num_seeds):
         tag = "" if run.tcfg.num_seeds == 1 else f"_seed{run.tcfg.seed_of(k)}"
-        save_figures(run.params(at.states, k), run.air, images, ds.counts[:16], jax.random.PRNGKey(at.step), d, tag)
+        save_figures(run.params(at.states, k), run.air, images, counts, jax.random.PRNGKey(at.step), d, tag)
     return []
 
 
@@ -379,10 +397,18 @@ def _prepare_out_dir(out_dir: Path, save_base: Path, tcfg: TrainConfig, load, ov
             remove_stale_temporaries(path)
 
 
-def _check_data(air: AIRConfig, tcfg: TrainConfig, train_set) -> None:
-    H = air.image_size
-    if train_set.images.shape[1:] != (H, H):
-        raise ValueError(f"training images have shape {train_set.images.shape[1:]}, config expects ({H}, {H})")
+def canvas_shape(air: AIRConfig) -> tuple:
+    """One image's shape under ``air``: (H, W) grayscale or (H, W, C) colour."""
+    shape = getattr(air, "image_shape", None)  # configs without non-square or colour canvases: (H, H)
+    return tuple(shape) if shape is not None else (air.image_size, air.image_size)
+
+
+def check_data(air: AIRConfig, tcfg: TrainConfig, train_set, test_set=None) -> None:
+    """Raise ValueError unless the images fit the config's canvas and a batch."""
+    want = canvas_shape(air)
+    for name, ds in (("training", train_set), ("test", test_set)):
+        if ds is not None and tuple(ds.images.shape[1:]) != want:
+            raise ValueError(f"{name} images have shape {tuple(ds.images.shape[1:])}, the config expects {want}")
     if len(train_set.images) < tcfg.batch_size:
         raise ValueError(f"batch_size {tcfg.batch_size} exceeds the {len(train_set.images)} training images")
 
@@ -410,8 +436,10 @@ def finish(run: Setup, at: Snapshot, records: Records) -> dict:
         "steps": at.step,
         "wall_time_sec": at.wall(),
         "final": [{k: r[k] for k in r if "confusion" not in k and k != "kind"} for r in final],
-        "seeds_reaching": accuracy_summary([r.get("test_accuracy", r["train_accuracy"]) for r in final]),
     }
+    accuracies = [r.get("test_accuracy", r.get("train_accuracy")) for r in final]
+    if None not in accuracies:  # data without counts have no accuracy to summarise
+        summary["seeds_reaching"] = accuracy_summary(accuracies)
     if run.writer:
         viz.save_curves(viz.read_jsonl(records.metrics.path), run.out_dir)
         for r in final:
@@ -456,10 +484,12 @@ def train(
 ) -> dict:
     """Train ``tcfg.num_seeds`` AIR models and return a summary dict.
 
-    ``train_set``/``test_set`` expose ``images`` (N, H, W) uint8 or float and ``counts`` (N,).
-    Writes ``metrics.jsonl`` (``kind`` "train": step, wall_time, elbo = +ELBO per image averaged
-    over the last ``progress_every`` steps, skipped steps; ``kind`` "eval": accuracies and
-    confusion matrices), per-seed checkpoints and figures under ``out_dir``. ``load`` resumes
+    ``train_set``/``test_set`` (``test_set`` may be None) expose ``images`` (N, H, W) or
+    (N, H, W, C), uint8 or float in [0, 1], of the config's canvas (:func:`canvas_shape`), and
+    ``counts`` (N,) or None. Writes ``metrics.jsonl`` (``kind`` "train": step, wall_time, elbo =
+    +ELBO per image averaged over the last ``progress_every`` steps, skipped steps; ``kind``
+    "eval": accuracies and confusion matrices of the sets with counts, ``test_elbo`` for a test set
+    without), per-seed checkpoints and figures under ``out_dir``. ``load`` resumes
     from a checkpoint; the batch of step i and the SVI RNG are pure functions of the seed and the
     saved state, so a resumed run equals the uninterrupted one. ``devices``: shard every batch
     over these devices. Raises :class:`TrainingInterrupted` after SIGINT/SIGTERM.
@@ -467,7 +497,7 @@ def train(
     out_dir, K = Path(out_dir), tcfg.num_seeds
     save_base = Path(save) if save is not None else out_dir / CHECKPOINT_NAME
     _prepare_out_dir(out_dir, save_base, tcfg, load, overwrite)
-    _check_data(air, tcfg, train_set)
+    check_data(air, tcfg, train_set, test_set)
     mesh = parallel.data_mesh(devices, tcfg.batch_size)  # before any compilation
     writer = jax.process_index() == 0
     run = Setup(air, opt, tcfg, make_svi(air, opt), train_set, test_set, out_dir, save_base, data_desc or {}, log, writer)
