@@ -380,9 +380,8 @@ def _prepare_out_dir(out_dir: Path, save_base: Path, tcfg: TrainConfig, load, ov
 
 
 def _check_data(air: AIRConfig, tcfg: TrainConfig, train_set) -> None:
-    H = air.image_size
-    if train_set.images.shape[1:] != (H, H):
-        raise ValueError(f"training images have shape {train_set.images.shape[1:]}, config expects ({H}, {H})")
+    if tuple(train_set.images.shape[1:]) != air.image_shape:
+        raise ValueError(f"training images have shape {train_set.images.shape[1:]}, config expects {air.image_shape}")
     if len(train_set.images) < tcfg.batch_size:
         raise ValueError(f"batch_size {tcfg.batch_size} exceeds the {len(train_set.images)} training images")
 
