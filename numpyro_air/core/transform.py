@@ -43,8 +43,8 @@ def _check(z_where: jnp.ndarray, imgs: jnp.ndarray, name: str, square: bool) -> 
         raise ValueError(f"batch mismatch: z_where {z_where.shape} vs {name} {imgs.shape}")
 
 
-def canvas_hw(image_size) -> Tuple[int, int]:
-    """(H, W) from an int (square canvas), (H, W) or (H, W, C) (e.g. ``AIRConfig.image_shape``)."""
+def _canvas_shape(image_size) -> Tuple[int, ...]:
+    """(H, W) or (H, W, C) from an int (square canvas), (H, W) or (H, W, C)."""
     try:
         n = operator.index(image_size)
         return n, n
@@ -53,6 +53,12 @@ def canvas_hw(image_size) -> Tuple[int, int]:
     shape = tuple(int(v) for v in image_size)
     if len(shape) not in (2, 3):
         raise ValueError(f"image_size must be an int, (H, W) or (H, W, C), got {image_size!r}")
+    return shape
+
+
+def canvas_hw(image_size) -> Tuple[int, int]:
+    """(H, W) from an int (square canvas), (H, W) or (H, W, C) (e.g. ``AIRConfig.image_shape``)."""
+    shape = _canvas_shape(image_size)
     return shape[0], shape[1]
 
 
@@ -82,10 +88,12 @@ def _hat_weights(scale: jnp.ndarray, shift: jnp.ndarray, out_size: int, in_size:
     return jax.nn.relu(1.0 - jnp.abs(idx[:, :, None] - j[None, None, :]))
 
 
-def _sample(theta: jnp.ndarray, src: jnp.ndarray, out_hw: Tuple[int, int]) -> jnp.ndarray:
+def _sample(theta: jnp.ndarray, src: jnp.ndarray, out_size) -> jnp.ndarray:
     """grid_sample of src (B, h, w) or (B, h, w, C) on the axis-aligned grid of theta (B, 3) =
-    (s, tx, ty); returns (B, out_h, out_w) or (B, out_h, out_w, C)."""
+    (s, tx, ty); returns (B, out_h, out_w) or (B, out_h, out_w, C), out_size = (out_h, out_w) or
+    an int for a square output."""
     s, tx, ty = theta[:, 0], theta[:, 1], theta[:, 2]
+    out_hw = canvas_hw(out_size)
     wx = _hat_weights(s, tx, out_hw[1], src.shape[2])  # columns
     wy = _hat_weights(s, ty, out_hw[0], src.shape[1])  # rows
     # Two explicit batched matmuls (rows, then columns): ~2x faster than a 3-operand einsum on CPU.
@@ -112,10 +120,12 @@ def _taps(scale: jnp.ndarray, shift: jnp.ndarray, out_size: int, in_size: int):
     return jnp.clip(lo, 0, in_size - 1), jnp.clip(hi, 0, in_size - 1), w_lo, w_hi
 
 
-def _gather_taps(theta: jnp.ndarray, src: jnp.ndarray, out_hw: Tuple[int, int]):
+def _gather_taps(theta: jnp.ndarray, src: jnp.ndarray, out_size):
     """Tap indices and weights along both axes and the rows of ``src`` (B, h, w[, C]) at the two
-    row taps: ``(rows_lo, rows_hi)`` (B, out_h, w[, C]) each, then ``(y weights, x taps)``."""
+    row taps: ``(rows_lo, rows_hi)`` (B, out_h, w[, C]) each, then ``(y weights, x taps)``;
+    out_size = (out_h, out_w) or an int for a square output."""
     s, tx, ty = theta[:, 0], theta[:, 1], theta[:, 2]
+    out_hw = canvas_hw(out_size)
     y_lo, y_hi, wy_lo, wy_hi = _taps(s, ty, out_hw[0], src.shape[1])
     x_taps = _taps(s, tx, out_hw[1], src.shape[2])
     row = lambda i: jnp.take_along_axis(src, _channels(i[..., None], src.ndim), axis=1)  # noqa: E731
@@ -136,20 +146,20 @@ def _tap_weights(wy_lo, wy_hi, wx_lo, wx_hi, ndim: int):
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _sample_taps(theta: jnp.ndarray, src: jnp.ndarray, out_hw: Tuple[int, int]) -> jnp.ndarray:
+def _sample_taps(theta: jnp.ndarray, src: jnp.ndarray, out_size) -> jnp.ndarray:
     """:func:`_sample` by gathering each output pixel's taps instead of multiplying by Wy, Wx:
     rows first (two row gathers, mixed by the y weights), then two column gathers."""
-    (r_lo, r_hi), (wy_lo, wy_hi), (x_lo, x_hi, wx_lo, wx_hi) = _gather_taps(theta, src, out_hw)
+    (r_lo, r_hi), (wy_lo, wy_hi), (x_lo, x_hi, wx_lo, wx_hi) = _gather_taps(theta, src, out_size)
     wy_lo, wy_hi, wx_lo, wx_hi = _tap_weights(wy_lo, wy_hi, wx_lo, wx_hi, src.ndim)
     rows = wy_lo * r_lo + wy_hi * r_hi
     return wx_lo * _columns(rows, x_lo) + wx_hi * _columns(rows, x_hi)
 
 
-def _sample_taps_pose_linear(theta: jnp.ndarray, src: jnp.ndarray, out_hw: Tuple[int, int]) -> jnp.ndarray:
+def _sample_taps_pose_linear(theta: jnp.ndarray, src: jnp.ndarray, out_size) -> jnp.ndarray:
     """The same values as :func:`_sample_taps`, written so that ``theta`` enters only through
     element-wise weights on four gathers of ``src``: its derivative needs no scatter (the
     transpose of a gather), which is what makes the rows-first form slow to differentiate."""
-    (r_lo, r_hi), (wy_lo, wy_hi), (x_lo, x_hi, wx_lo, wx_hi) = _gather_taps(theta, src, out_hw)
+    (r_lo, r_hi), (wy_lo, wy_hi), (x_lo, x_hi, wx_lo, wx_hi) = _gather_taps(theta, src, out_size)
     wy_lo, wy_hi, wx_lo, wx_hi = _tap_weights(wy_lo, wy_hi, wx_lo, wx_hi, src.ndim)
     lo = wx_lo * _columns(r_lo, x_lo) + wx_hi * _columns(r_lo, x_hi)
     hi = wx_lo * _columns(r_hi, x_lo) + wx_hi * _columns(r_hi, x_hi)
@@ -157,13 +167,13 @@ def _sample_taps_pose_linear(theta: jnp.ndarray, src: jnp.ndarray, out_hw: Tuple
 
 
 @_sample_taps.defjvp
-def _sample_taps_jvp(out_hw: Tuple[int, int], primals, tangents):
+def _sample_taps_jvp(out_size, primals, tangents):
     theta, src = primals
     dtheta, dsrc = tangents
     # pose: differentiate the scatter-free form (its gathers read src, a constant here) ...
-    out, dout = jax.jvp(lambda t: _sample_taps_pose_linear(t, src, out_hw), (theta,), (dtheta,))
+    out, dout = jax.jvp(lambda t: _sample_taps_pose_linear(t, src, out_size), (theta,), (dtheta,))
     # ... image: cropping is linear in src
-    return out, dout + _sample_taps(theta, dsrc, out_hw)
+    return out, dout + _sample_taps(theta, dsrc, out_size)
 
 
 def z_where_inv(z_where: jnp.ndarray) -> jnp.ndarray:
@@ -181,7 +191,10 @@ def window_to_image(z_where: jnp.ndarray, windows: jnp.ndarray, image_size) -> j
     The window covers W / s columns and H / s rows centred at normalised (-x/s, -y/s).
     """
     _check(z_where, windows, "windows", square=True)
-    return _sample(z_where, windows, canvas_hw(image_size))
+    shape = _canvas_shape(image_size)
+    if len(shape) == 3 and windows.shape[3:] != shape[2:]:
+        raise ValueError(f"windows {tuple(windows.shape)} do not have the {shape[2]} channels of the canvas {shape}")
+    return _sample(z_where, windows, shape[:2])
 
 
 def image_to_window(z_where: jnp.ndarray, images: jnp.ndarray, window_size: int) -> jnp.ndarray:
