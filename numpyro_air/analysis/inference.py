@@ -51,14 +51,14 @@ def infer(
     """Run the guide (and the model on its latents) on a batch.
 
     :param params: constrained parameters (``svi.get_params(state)``).
-    :param images: (B, H, H) float32 in [0, 1].
+    :param images: (B, *config.image_shape) float32 in [0, 1]: (B, H, W) or (B, H, W, C).
     :param key: PRNG key for the guide's samples.
     :param greedy: most probable path (z_pres = [p > 0.5], means of z_where/z_what) instead of a sample.
     :param reconstruct: also run the model on the inferred latents (skip it when only counting).
     :param temperature: relaxed presence only: the guide's temperature (default: the config's).
     :return: ``counts`` (B,) int32, ``z_pres`` (B, T) in {0, 1}, ``pres_prob`` (B, T), ``z_where``
         (B, T, 3), ``z_what`` (B, T, z), ``boxes`` (B, T, 4) pixel (x0, y0, w, h), ``reconstruction``
-        (B, H, H). With relaxed presence also ``pres_weight`` (B, T): the soft running product of
+        (B, *image_shape). With relaxed presence also ``pres_weight`` (B, T): the soft running product of
         presences that weights each object in the reconstruction; ``z_pres`` and ``counts`` follow
         :func:`hard_presence` (an object counts while the running product is >= 0.5).
     """
@@ -71,7 +71,7 @@ def infer(
         result["z_pres"], result["counts"] = hard_presence(out["z_pres"])
     else:
         result["counts"] = jnp.sum(out["z_pres"], axis=1).astype(jnp.int32)
-    result["boxes"] = bounding_boxes(out["z_where"], config.image_size)
+    result["boxes"] = bounding_boxes(out["z_where"], config.image_shape)
     if reconstruct:
         latents = {k: guide_trace[k]["value"] for k in latent_sites(config)}
         m = handlers.seed(handlers.substitute(model, data={**params, **latents}), jax.random.fold_in(key, 1))
@@ -83,13 +83,13 @@ def infer(
 
 @partial(jax.jit, static_argnames=("config",))
 def decode_windows(params: dict, z_what: jnp.ndarray, config: AIRConfig) -> jnp.ndarray:
-    """Each object's decoded window before placement: z_what (..., z) -> (..., w, w) with the
-    model's decoder (``params["decode$params"]``), e.g. ``infer(...)["z_what"]`` (B, T, z)."""
+    """Each object's decoded window before placement: z_what (..., z) -> (..., w, w) grayscale or
+    (..., w, w, C) colour, with the model's decoder (``params["decode$params"]``), e.g.
+    ``infer(...)["z_what"]`` (B, T, z)."""
     if z_what.shape[-1:] != (config.z_what_size,):
         raise ValueError(f"z_what must end in ({config.z_what_size},), got shape {z_what.shape}")
-    w = config.window_size
     flat = handlers.substitute(lambda: register_decoder(config)(z_what.reshape(-1, config.z_what_size)), data=params)()
-    return flat.reshape(z_what.shape[:-1] + (w, w))
+    return flat.reshape(z_what.shape[:-1] + config.window_shape)
 
 
 def infer_batched(
@@ -104,7 +104,7 @@ def infer_batched(
 ) -> Dict[str, np.ndarray]:
     """:func:`infer` over a large array in fixed-size chunks (the last chunk is padded, so one
     compilation serves every chunk). Returns numpy arrays."""
-    images = np.asarray(validate_images(images, config.image_size))
+    images = np.asarray(validate_images(images, config.image_shape))
     n = images.shape[0]
     bs = min(batch_size, n)
     outs = []
@@ -141,8 +141,9 @@ def count_accuracy(params, images, true_counts, key, config: AIRConfig, greedy: 
 
 @partial(jax.jit, static_argnames=("config", "num_scenes"))
 def sample_prior(params: dict, key: jax.Array, config: AIRConfig, num_scenes: int, counts=None) -> Dict[str, jnp.ndarray]:
-    """Scenes from the generative model: ``canvas`` (N, H, H), ``z_pres`` (N, T), ``z_where``
-    (N, T, 3), ``boxes`` (N, T, 4), ``images`` (N, H, H) (canvas plus likelihood noise).
+    """Scenes from the generative model: ``canvas`` (N, *image_shape), ``z_pres`` (N, T),
+    ``z_where`` (N, T, 3), ``boxes`` (N, T, 4), ``images`` (N, *image_shape) (canvas plus
+    likelihood noise); image_shape is (H, W) or (H, W, C).
 
     ``counts`` (N,) int, optional: sample conditioned on each scene's number of objects (z_pres
     fixed to 1 for the first counts[n] steps). With the tutorial's prior (k = 0.01) 99% of
@@ -166,8 +167,8 @@ def sample_prior(params: dict, key: jax.Array, config: AIRConfig, num_scenes: in
     z_where = jnp.swapaxes(tr["z_where"]["value"], 0, 1)
     return {
         "canvas": tr["canvas"]["value"],
-        "images": tr["obs"]["value"].reshape(num_scenes, config.image_size, config.image_size),
+        "images": tr["obs"]["value"].reshape((num_scenes,) + config.image_shape),
         "z_pres": z_pres,
         "z_where": z_where,
-        "boxes": bounding_boxes(z_where, config.image_size),
+        "boxes": bounding_boxes(z_where, config.image_shape),
     }

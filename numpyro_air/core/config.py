@@ -15,6 +15,7 @@ NON_LINEARITIES = ("relu", "elu", "leaky_relu", "tanh", "sigmoid", "softplus", "
 ANNEAL_MODES = ("none", "lin", "exp")
 GUIDE_INPUTS = ("image", "difference")
 PRESENCE_ESTIMATORS = ("nvil", "vimco", "concrete")
+CHANNELS = (1, 3)  # grayscale, RGB
 
 # Pyro's --non-linearity takes a torch.nn class name; accept those spellings too.
 _TORCH_NAMES = {
@@ -44,16 +45,21 @@ def _sizes(value, name: str) -> Tuple[int, ...]:
 class AIRConfig:
     """Frozen configuration of the AIR model, guide and baselines.
 
-    Shapes: images are (B, image_size, image_size); windows (B, window_size, window_size);
-    z_where is (B, 3) ordered (s, x, y); z_what is (B, z_what_size).
+    Shapes: images are :attr:`image_shape` per scene, i.e. (B, H, W) grayscale or (B, H, W, C)
+    colour (channels last), with H = ``image_size`` and W = ``image_width`` (default: square);
+    windows are (B, w, w) or (B, w, w, C) with w = ``window_size``; z_where is (B, 3) ordered
+    (s, x, y); z_what is (B, z_what_size).
     """
 
     # --- structure (Pyro: -t, x_size, --window-size, --encoder-latent-size, --rnn-hidden-size)
     num_steps: int = 3
-    image_size: int = 50
-    window_size: int = 28
+    image_size: int = 50  # canvas height H (Pyro's square x_size)
+    window_size: int = 28  # side of the square attention window, at most min(H, W)
     z_what_size: int = 50
     rnn_hidden_size: int = 256
+    # canvas width W (None: square, W = image_size) and channels C (1 grayscale, 3 RGB)
+    image_width: Optional[int] = None
+    channels: int = 1
     # --- networks (hidden sizes; Pyro: --encoder-net, --decoder-net, --predict-net,
     #     --embed-net, --bl-predict-net, --non-linearity)
     encoder_net: Tuple[int, ...] = (200,)
@@ -106,8 +112,17 @@ class AIRConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if self.window_size > self.image_size:
-            raise ValueError(f"window_size ({self.window_size}) must not be larger than image_size ({self.image_size})")
+        if self.image_width is not None and (
+            isinstance(self.image_width, bool) or not isinstance(self.image_width, int) or self.image_width <= 0
+        ):
+            raise ValueError(f"image_width must be a positive int or None (square), got {self.image_width!r}")
+        if isinstance(self.channels, bool) or not isinstance(self.channels, int) or self.channels not in CHANNELS:
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
+        if self.window_size > min(self.height, self.width):
+            raise ValueError(
+                f"window_size ({self.window_size}) must not be larger than the canvas: image_size (height "
+                f"{self.height}) x image_width (width {self.width})"
+            )
         for name in ("encoder_net", "decoder_net", "predict_net", "bl_predict_net"):
             set_(name, _sizes(getattr(self, name), name))
         if self.embed_net is not None:
@@ -224,7 +239,33 @@ class AIRConfig:
         return float(self.concrete_prior_temperature) / float(self.concrete_temperature)
 
     @property
+    def height(self) -> int:
+        """Canvas height H (``image_size``)."""
+        return self.image_size
+
+    @property
+    def width(self) -> int:
+        """Canvas width W (``image_width``, or ``image_size`` when square)."""
+        return self.image_size if self.image_width is None else self.image_width
+
+    @property
+    def image_shape(self) -> Tuple[int, ...]:
+        """One scene's shape: (H, W) grayscale, (H, W, C) colour."""
+        return (self.height, self.width) if self.channels == 1 else (self.height, self.width, self.channels)
+
+    @property
+    def window_shape(self) -> Tuple[int, ...]:
+        """One window's shape: (w, w) grayscale, (w, w, C) colour."""
+        w = self.window_size
+        return (w, w) if self.channels == 1 else (w, w, self.channels)
+
+    @property
+    def num_pixels(self) -> int:
+        """Values per scene, H * W * C (the likelihood's event size, the dense image input)."""
+        return self.height * self.width * self.channels
+
+    @property
     def rnn_input_size(self) -> int:
         """Size of the guide LSTM input: embed(x) + z_where(3) + z_what + z_pres(1)."""
-        embed = self.image_size**2 if self.embed_net is None else self.embed_net[-1]
+        embed = self.num_pixels if self.embed_net is None else self.embed_net[-1]
         return embed + 3 + self.z_what_size + 1

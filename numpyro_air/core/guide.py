@@ -24,6 +24,7 @@ from numpyro.contrib.module import flax_module
 from .config import AIRConfig
 from .model import (
     batch_size_of,
+    per_scene,
     presence_mask,
     prior_loc_scale,
     register_decoder,
@@ -45,7 +46,7 @@ class GuideCarry(NamedTuple):
     ``h``, ``c`` (B, rnn_hidden): LSTM state; ``z_where`` (B, 3), ``z_what`` (B, z): the previous
     step's samples; ``z_pres`` (B,): the previous step's effective presence, i.e. the running
     product of presences (1 before step 0); ``bl``: the baseline LSTM's (h, c), or None without
-    baseline networks; ``canvas`` (B, H, H): DAIR only (else None), the reconstruction of steps < t.
+    baseline networks; ``canvas`` (B, *image_shape): DAIR only (else None), the reconstruction of steps < t.
     """
 
     h: jnp.ndarray
@@ -58,7 +59,7 @@ class GuideCarry(NamedTuple):
 
 
 class RecurrentNet(NamedTuple):
-    """Embed + LSTM: ``project`` (B, H*H) -> (B, 4H) is the image block of the LSTM's input
+    """Embed + LSTM: ``project`` (B, H*W*C) -> (B, 4 * rnn_hidden) is the image block of the LSTM's input
     weights (after the optional embed net); ``step(img_proj, latents (B, L), (h, c))`` -> (h, c)."""
 
     project: Callable[[jnp.ndarray], jnp.ndarray]
@@ -113,7 +114,7 @@ def _recurrent_net(prefix: str, config: AIRConfig, num_pixels: int) -> Recurrent
 
 def _detached_decoder(config: AIRConfig) -> Callable[[jnp.ndarray], jnp.ndarray]:
     """The model's decoder (same param site ``decode$params``, so SVI keeps one copy) with its
-    parameters behind ``stop_gradient``: z_what (B, z) -> window (B, w*w).
+    parameters behind ``stop_gradient``: z_what (B, z) -> window (B, w*w*C).
 
     Gradient flow through DAIR's residual: the decoder is trained by the model's terms only
     (log p(x | z)), exactly as in AIR, while gradients w.r.t. the guide's own reparameterised
@@ -131,7 +132,7 @@ def _detached_decoder(config: AIRConfig) -> Callable[[jnp.ndarray], jnp.ndarray]
 
 
 def _register_nets(config: AIRConfig) -> GuideNets:
-    num_pixels = config.image_size**2
+    num_pixels = config.num_pixels
     rnn = _recurrent_net("", config, num_pixels)
     predict = flax_module(
         "predict",
@@ -141,7 +142,7 @@ def _register_nets(config: AIRConfig) -> GuideNets:
     encode = flax_module(
         "encode",
         Encoder(config.encoder_net, config.z_what_size, config.non_linearity, config.init),
-        jnp.zeros((1, config.window_size**2)),
+        jnp.zeros((1, config.window_size**2 * config.channels)),
     )
     z_where0 = numpyro.param("z_where_init", jnp.zeros((1, 3)))
     z_what0 = numpyro.param("z_what_init", jnp.zeros((1, config.z_what_size)))
@@ -168,7 +169,6 @@ def _baseline_value(config: AIRConfig, b: jnp.ndarray, z_pres_prev: jnp.ndarray)
 
 def _initial_carry(nets: GuideNets, config: AIRConfig, B: int) -> GuideCarry:
     bcast = lambda p: jnp.broadcast_to(p, (B, p.shape[-1]))  # noqa: E731
-    H = config.image_size
     return GuideCarry(
         bcast(nets.rnn.h0),
         bcast(nets.rnn.c0),
@@ -176,7 +176,7 @@ def _initial_carry(nets: GuideNets, config: AIRConfig, B: int) -> GuideCarry:
         bcast(nets.z_what0),
         jnp.ones((B,), jnp.float32),
         None if nets.bl_rnn is None else (bcast(nets.bl_rnn.h0), bcast(nets.bl_rnn.c0)),
-        None if nets.decode is None else jnp.zeros((B, H, H), jnp.float32),
+        None if nets.decode is None else jnp.zeros((B,) + config.image_shape, jnp.float32),
     )
 
 
@@ -191,7 +191,7 @@ def guide(
 ):
     """AIR's guide: an LSTM that attends to one object per step.
 
-    :param images: (B, H, H) float32 in [0, 1].
+    :param images: (B, H, W) or (B, H, W, C) (``config.image_shape``) float32 in [0, 1].
     :param config: :class:`AIRConfig`.
     :param z_pres_prior: unused (accepted so model and guide share SVI's arguments).
     :param temperature: relaxed presence only: the guide's temperature (scalar, may be traced;
@@ -204,7 +204,7 @@ def guide(
         running product of relaxed presences in (0, 1)), ``z_where`` (B, T, 3), ``z_what`` (B, T, z),
         ``pres_prob`` (B, T) (= sigmoid(logit) * previous effective presence), ``z_where_loc``
         (B, T, 3), with baseline networks ``baseline`` (B, T), and with DAIR ``residual``
-        (B, T, H, H), the image minus the reconstruction of steps < t that the recurrent net read.
+        (B, T, *image_shape), the image minus the reconstruction of steps < t that the recurrent net read.
 
     ``guide_input="difference"`` (DAIR): at step t the recurrent and baseline networks read the
     residual x - sum_{s<t} w_s render(z_what_s, z_where_s) (w_s the effective presence), drawn with
@@ -215,7 +215,7 @@ def guide(
     """
     del z_pres_prior
     config = AIRConfig() if config is None else config
-    images = validate_images(images, config.image_size)
+    images = validate_images(images, config.image_shape)
     B = batch_size_of(images, batch_size)
     nets = _register_nets(config)
     temp = temperatures(config, temperature)[0]
@@ -245,7 +245,7 @@ def guide(
             z_where, z_what = _sample_where_what(config, nets.encode, images, loc, sd, z_pres, greedy)
         canvas = None
         if difference:
-            canvas = carry.canvas + render(nets.decode, z_what, z_where, config) * z_pres[:, None, None]
+            canvas = carry.canvas + render(nets.decode, z_what, z_where, config) * per_scene(z_pres, config)
         new_carry = GuideCarry(h, c, z_where, z_what, z_pres, bl_state, canvas)
         out = dict(
             z_pres=z_pres,
@@ -262,7 +262,7 @@ def guide(
 
 
 def _project_residual(nets: GuideNets, images: jnp.ndarray, canvas: jnp.ndarray):
-    """DAIR: residual (B, H, H) = images - canvas and its LSTM image-block projections (B, 4H) for
+    """DAIR: residual (B, *image_shape) = images - canvas and its LSTM image-block projections (B, 4H) for
     the guide and (detached input, None without baselines) for the baseline network."""
     residual = images - canvas
     flat = residual.reshape(residual.shape[0], -1)
@@ -285,8 +285,8 @@ def _sample_where_what(
     mask = presence_mask(config, z_pres)
     where_d = dist.Normal(loc, sd).to_event(1)
     z_where = numpyro.sample("z_where", where_d.mask(mask) if mask is not None else where_d, obs=loc if greedy else None)
-    w = config.window_size
-    what_loc, what_sd = encode(image_to_window(z_where, images, w).reshape(-1, w * w))
+    glimpse = image_to_window(z_where, images, config.window_size)  # (B, w, w[, C])
+    what_loc, what_sd = encode(glimpse.reshape(glimpse.shape[0], -1))
     what_d = dist.Normal(what_loc, what_sd).to_event(1)
     z_what = numpyro.sample("z_what", what_d.mask(mask) if mask is not None else what_d, obs=what_loc if greedy else None)
     return z_where, z_what

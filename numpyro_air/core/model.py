@@ -19,15 +19,18 @@ from .prior import base_prior
 from .transform import window_to_image
 
 
-def validate_images(images, image_size: int, name: str = "images") -> jnp.ndarray:
-    """Check a batch (B, image_size, image_size) of floats in [0, 1]; returns it as float32.
+def validate_images(images, image_shape, name: str = "images") -> jnp.ndarray:
+    """Check a batch (B, *image_shape) of floats in [0, 1]; returns it as float32.
 
-    Shape and dtype are always checked; values (NaN/inf, range) only when concrete (not under jit).
+    ``image_shape`` is one scene's shape, e.g. ``AIRConfig.image_shape`` ((H, W) or (H, W, C)),
+    or an int n for (n, n). Shape and dtype are always checked; values (NaN/inf, range) only when
+    concrete (not under jit).
     """
+    shape = (image_shape, image_shape) if isinstance(image_shape, int) else tuple(image_shape)
     if not hasattr(images, "shape") or not hasattr(images, "dtype"):
         images = np.asarray(images)
-    if images.ndim != 3 or images.shape[1:] != (image_size, image_size):
-        raise ValueError(f"{name} must have shape (B, {image_size}, {image_size}), got {tuple(images.shape)}")
+    if images.ndim != 1 + len(shape) or tuple(images.shape[1:]) != shape:
+        raise ValueError(f"{name} must have shape (B, {', '.join(map(str, shape))}), got {tuple(images.shape)}")
     if images.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(images.shape)})")
     if not jnp.issubdtype(images.dtype, jnp.floating):
@@ -102,11 +105,11 @@ def temperatures(config: AIRConfig, temperature=None) -> Tuple[jnp.ndarray, jnp.
 
 def register_decoder(config: AIRConfig) -> Callable[[jnp.ndarray], jnp.ndarray]:
     """Register the decoder's parameters (site ``decode$params``) and return z_what (B, z) ->
-    window (B, w*w)."""
+    window (B, w*w*C), flattened from (w, w) or (w, w, C) (channels last)."""
     w = config.window_size
     module = Decoder(
         config.decoder_net,
-        w * w,
+        w * w * config.channels,
         config.decoder_output_bias,
         config.decoder_output_use_sigmoid,
         config.non_linearity,
@@ -117,9 +120,14 @@ def register_decoder(config: AIRConfig) -> Callable[[jnp.ndarray], jnp.ndarray]:
 
 def render(decode: Callable, z_what: jnp.ndarray, z_where: jnp.ndarray, config: AIRConfig) -> jnp.ndarray:
     """One object per image, unweighted: decoder window of z_what (B, z) placed at z_where (B, 3)
-    by ``window_to_image``; returns (B, H, H). The canvas is the presence-weighted sum of these."""
-    window = decode(z_what).reshape(z_what.shape[0], config.window_size, config.window_size)
-    return window_to_image(z_where, window, config.image_size)
+    by ``window_to_image``; returns (B, *image_shape). The canvas is the presence-weighted sum."""
+    window = decode(z_what).reshape((z_what.shape[0],) + config.window_shape)
+    return window_to_image(z_where, window, config.image_shape)
+
+
+def per_scene(w: jnp.ndarray, config: AIRConfig) -> jnp.ndarray:
+    """Weights w (B,) broadcast against images (B, *image_shape): (B, 1, 1) or (B, 1, 1, 1)."""
+    return w[:, None, None] if config.channels == 1 else w[:, None, None, None]
 
 
 def sample_presence(
@@ -158,7 +166,8 @@ def model(
 ):
     """AIR's generative model.
 
-    :param images: (B, H, H) float32 in [0, 1], or None to sample scenes from the prior.
+    :param images: (B, H, W) or (B, H, W, C) (``config.image_shape``) float32 in [0, 1], or None
+        to sample scenes from the prior.
     :param config: :class:`AIRConfig` (default: Pyro's defaults).
     :param z_pres_prior: per-step z_pres success probabilities (num_steps,), e.g. from
         :func:`numpyro_air.z_pres_prior_probs` (pass it as an array so annealing never retraces);
@@ -167,10 +176,11 @@ def model(
         annealing never recompiles; default ``config.concrete_temperature``); the prior's is it
         times ``config.prior_temperature_ratio``. Ignored otherwise.
     :param batch_size: number of scenes when ``images`` is None.
-    :return: the canvas (B, H, H) (sum of placed objects, no clamp).
+    :return: the canvas (B, *image_shape) (sum of placed objects, no clamp).
 
     Sites: ``z_pres`` (T, B), ``z_where`` (T, B, 3), ``z_what`` (T, B, z) from a scan over
-    T = num_steps with ``plate("data", B)`` inside, ``canvas`` (deterministic) and ``obs`` (B, H*H).
+    T = num_steps with ``plate("data", B)`` inside, ``canvas`` (deterministic) and ``obs``
+    (B, H*W*C): every pixel and channel an independent Normal(canvas, likelihood_sd).
 
     Relaxed presence (``presence_estimator="concrete"``): step t draws y_t = logit(z_pres_t) at
     site ``z_pres_logit`` (T, B) with z_pres_t ~ RelaxedBernoulliLogits(prior temperature,
@@ -183,9 +193,9 @@ def model(
     """
     config = AIRConfig() if config is None else config
     if images is not None:
-        images = validate_images(images, config.image_size)
+        images = validate_images(images, config.image_shape)
     B = batch_size_of(images, batch_size)
-    H, T = config.image_size, config.num_steps
+    T, D = config.num_steps, config.num_pixels
     decode = register_decoder(config)
     logits = probs_to_logits(prior_probs(config, z_pres_prior))
     prior_temp = temperatures(config, temperature)[1]
@@ -200,16 +210,16 @@ def model(
             what_d = dist.Normal(0.0, 1.0).expand((B, config.z_what_size)).to_event(1)
             z_where = numpyro.sample("z_where", where_d.mask(mask) if mask is not None else where_d)
             z_what = numpyro.sample("z_what", what_d.mask(mask) if mask is not None else what_d)
-        canvas = canvas + render(decode, z_what, z_where, config) * z_pres[:, None, None]
+        canvas = canvas + render(decode, z_what, z_where, config) * per_scene(z_pres, config)
         return (canvas, z_pres), None
 
-    init = (jnp.zeros((B, H, H), jnp.float32), jnp.ones((B,), jnp.float32))
+    init = (jnp.zeros((B,) + config.image_shape, jnp.float32), jnp.ones((B,), jnp.float32))
     (canvas, _), _ = scan(step, init, logits, length=T)
     numpyro.deterministic("canvas", canvas)
     with numpyro.plate("data", B):
         numpyro.sample(
             "obs",
-            dist.Normal(canvas.reshape(B, H * H), config.likelihood_sd).to_event(1),
-            obs=None if images is None else images.reshape(B, H * H),
+            dist.Normal(canvas.reshape(B, D), config.likelihood_sd).to_event(1),
+            obs=None if images is None else images.reshape(B, D),
         )
     return canvas

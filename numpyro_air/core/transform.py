@@ -3,7 +3,11 @@ padding, ``align_corners=False``) for AIR's axis-aligned transforms.
 
 z_where = (s, x, y) denotes the matrix [[s, 0, x], [0, s, y]] mapping *output* normalised
 coordinates u in [-1, 1] to *input* normalised coordinates s * u + (x or y); x is horizontal
-(columns), y vertical (rows). Because the transform is axis-aligned, bilinear sampling is
+(columns), y vertical (rows). As in PyTorch, each axis is normalised separately: on an H x W
+canvas column j sits at u = (2j + 1) / W - 1 and row i at (2i + 1) / H - 1, so a window placed
+with scale s covers W / s columns and H / s rows (its pixels are square only on a square canvas).
+Images are (B, H, W) grayscale or (B, H, W, C) channels last; all channels move with the same
+pose. Because the transform is axis-aligned, bilinear sampling is
 separable: out = Wy @ img @ Wx^T with "hat" weight matrices Wy, Wx (B, out, in). This is an
 exact reformulation of ``grid_sample``. Placing windows on the canvas (:func:`window_to_image`)
 runs it as two batched matmuls; cropping (:func:`image_to_window`, the guide's glimpse) gathers
@@ -16,7 +20,9 @@ gathers of the image (a custom JVP), so the gradient has no scatter (the transpo
 
 from __future__ import annotations
 
+import operator
 from functools import partial
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
@@ -26,13 +32,39 @@ import jax.numpy as jnp
 MIN_ABS_SCALE = 1e-3
 
 
-def _check(z_where: jnp.ndarray, imgs: jnp.ndarray, name: str) -> None:
+def _check(z_where: jnp.ndarray, imgs: jnp.ndarray, name: str, square: bool) -> None:
     if z_where.ndim != 2 or z_where.shape[-1] != 3:
         raise ValueError(f"z_where must have shape (B, 3), got {z_where.shape}")
-    if imgs.ndim != 3 or imgs.shape[1] != imgs.shape[2]:
-        raise ValueError(f"{name} must have shape (B, n, n), got {imgs.shape}")
+    if square and (imgs.ndim not in (3, 4) or imgs.shape[1] != imgs.shape[2]):
+        raise ValueError(f"{name} must have shape (B, n, n) or (B, n, n, C), got {imgs.shape}")
+    if imgs.ndim not in (3, 4):
+        raise ValueError(f"{name} must have shape (B, H, W) or (B, H, W, C), got {imgs.shape}")
     if imgs.shape[0] != z_where.shape[0]:
         raise ValueError(f"batch mismatch: z_where {z_where.shape} vs {name} {imgs.shape}")
+
+
+def _canvas_shape(image_size) -> Tuple[int, ...]:
+    """(H, W) or (H, W, C) from an int (square canvas), (H, W) or (H, W, C)."""
+    try:
+        n = operator.index(image_size)
+        return n, n
+    except TypeError:
+        pass
+    shape = tuple(int(v) for v in image_size)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"image_size must be an int, (H, W) or (H, W, C), got {image_size!r}")
+    return shape
+
+
+def canvas_hw(image_size) -> Tuple[int, int]:
+    """(H, W) from an int (square canvas), (H, W) or (H, W, C) (e.g. ``AIRConfig.image_shape``)."""
+    shape = _canvas_shape(image_size)
+    return shape[0], shape[1]
+
+
+def _channels(w: jnp.ndarray, ndim: int) -> jnp.ndarray:
+    """w with a trailing channel axis when the images have one (ndim 4); unchanged for ndim 3."""
+    return w[..., None] if ndim == 4 else w
 
 
 def _source_index(scale: jnp.ndarray, shift: jnp.ndarray, out_size: int, in_size: int) -> jnp.ndarray:
@@ -56,16 +88,21 @@ def _hat_weights(scale: jnp.ndarray, shift: jnp.ndarray, out_size: int, in_size:
     return jax.nn.relu(1.0 - jnp.abs(idx[:, :, None] - j[None, None, :]))
 
 
-def _sample(theta: jnp.ndarray, src: jnp.ndarray, out_size: int) -> jnp.ndarray:
-    """grid_sample of src (B, n, n) on the axis-aligned grid of theta (B, 3) = (s, tx, ty)."""
+def _sample(theta: jnp.ndarray, src: jnp.ndarray, out_size) -> jnp.ndarray:
+    """grid_sample of src (B, h, w) or (B, h, w, C) on the axis-aligned grid of theta (B, 3) =
+    (s, tx, ty); returns (B, out_h, out_w) or (B, out_h, out_w, C), out_size = (out_h, out_w) or
+    an int for a square output."""
     s, tx, ty = theta[:, 0], theta[:, 1], theta[:, 2]
-    n = src.shape[-1]
-    wx = _hat_weights(s, tx, out_size, n)  # columns
-    wy = _hat_weights(s, ty, out_size, n)  # rows
+    out_hw = canvas_hw(out_size)
+    wx = _hat_weights(s, tx, out_hw[1], src.shape[2])  # columns
+    wy = _hat_weights(s, ty, out_hw[0], src.shape[1])  # rows
     # Two explicit batched matmuls (rows, then columns): ~2x faster than a 3-operand einsum on CPU.
     # HIGHEST precision: GPUs default to TF32 for float32 matmuls (~1e-3 relative error), which
     # would make the sampling inexact; these matmuls are tiny, so exactness costs nothing.
     hi = jax.lax.Precision.HIGHEST
+    if src.ndim == 4:  # channels: the same weights for each
+        rows = jnp.einsum("boh,bhwc->bowc", wy, src, precision=hi)
+        return jnp.einsum("bowc,bpw->bopc", rows, wx, precision=hi)
     rows = jnp.einsum("boh,bhw->bow", wy, src, precision=hi)
     return jnp.einsum("bow,bpw->bop", rows, wx, precision=hi)
 
@@ -83,45 +120,54 @@ def _taps(scale: jnp.ndarray, shift: jnp.ndarray, out_size: int, in_size: int):
     return jnp.clip(lo, 0, in_size - 1), jnp.clip(hi, 0, in_size - 1), w_lo, w_hi
 
 
-def _gather_taps(theta: jnp.ndarray, src: jnp.ndarray, out_size: int):
-    """Tap indices and weights along both axes and the rows of ``src`` at the two row taps:
-    ``(rows_lo, rows_hi)`` (B, out, n) each, then ``(y weights, x taps)``."""
+def _gather_taps(theta: jnp.ndarray, src: jnp.ndarray, out_size):
+    """Tap indices and weights along both axes and the rows of ``src`` (B, h, w[, C]) at the two
+    row taps: ``(rows_lo, rows_hi)`` (B, out_h, w[, C]) each, then ``(y weights, x taps)``;
+    out_size = (out_h, out_w) or an int for a square output."""
     s, tx, ty = theta[:, 0], theta[:, 1], theta[:, 2]
-    n = src.shape[-1]
-    y_lo, y_hi, wy_lo, wy_hi = _taps(s, ty, out_size, n)
-    x_taps = _taps(s, tx, out_size, n)
-    row = lambda i: jnp.take_along_axis(src, i[..., None], axis=1)  # noqa: E731  (B, out, n)
+    out_hw = canvas_hw(out_size)
+    y_lo, y_hi, wy_lo, wy_hi = _taps(s, ty, out_hw[0], src.shape[1])
+    x_taps = _taps(s, tx, out_hw[1], src.shape[2])
+    row = lambda i: jnp.take_along_axis(src, _channels(i[..., None], src.ndim), axis=1)  # noqa: E731
     return (row(y_lo), row(y_hi)), (wy_lo, wy_hi), x_taps
 
 
 def _columns(a: jnp.ndarray, i: jnp.ndarray) -> jnp.ndarray:
-    """a (B, out, n) at columns i (B, out) of every row: (B, out, out)."""
-    B, out = i.shape
-    return jnp.take_along_axis(a, jnp.broadcast_to(i[:, None, :], (B, out, out)), axis=2)
+    """a (B, out_h, w[, C]) at columns i (B, out_w) of every row: (B, out_h, out_w[, C])."""
+    idx = jnp.broadcast_to(i[:, None, :], (i.shape[0], a.shape[1], i.shape[1]))
+    return jnp.take_along_axis(a, _channels(idx, a.ndim), axis=2)
+
+
+def _tap_weights(wy_lo, wy_hi, wx_lo, wx_hi, ndim: int):
+    """Tap weights broadcast against (B, out_h, out_w[, C]): y (B, out_h, 1[, 1]), x (B, 1, out_w[, 1])."""
+    ys = (_channels(w[..., None], ndim) for w in (wy_lo, wy_hi))
+    xs = (_channels(w[:, None, :], ndim) for w in (wx_lo, wx_hi))
+    return (*ys, *xs)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _sample_taps(theta: jnp.ndarray, src: jnp.ndarray, out_size: int) -> jnp.ndarray:
+def _sample_taps(theta: jnp.ndarray, src: jnp.ndarray, out_size) -> jnp.ndarray:
     """:func:`_sample` by gathering each output pixel's taps instead of multiplying by Wy, Wx:
     rows first (two row gathers, mixed by the y weights), then two column gathers."""
     (r_lo, r_hi), (wy_lo, wy_hi), (x_lo, x_hi, wx_lo, wx_hi) = _gather_taps(theta, src, out_size)
-    rows = wy_lo[..., None] * r_lo + wy_hi[..., None] * r_hi
-    return wx_lo[:, None, :] * _columns(rows, x_lo) + wx_hi[:, None, :] * _columns(rows, x_hi)
+    wy_lo, wy_hi, wx_lo, wx_hi = _tap_weights(wy_lo, wy_hi, wx_lo, wx_hi, src.ndim)
+    rows = wy_lo * r_lo + wy_hi * r_hi
+    return wx_lo * _columns(rows, x_lo) + wx_hi * _columns(rows, x_hi)
 
 
-def _sample_taps_pose_linear(theta: jnp.ndarray, src: jnp.ndarray, out_size: int) -> jnp.ndarray:
+def _sample_taps_pose_linear(theta: jnp.ndarray, src: jnp.ndarray, out_size) -> jnp.ndarray:
     """The same values as :func:`_sample_taps`, written so that ``theta`` enters only through
     element-wise weights on four gathers of ``src``: its derivative needs no scatter (the
     transpose of a gather), which is what makes the rows-first form slow to differentiate."""
     (r_lo, r_hi), (wy_lo, wy_hi), (x_lo, x_hi, wx_lo, wx_hi) = _gather_taps(theta, src, out_size)
-    wy_lo, wy_hi, wx_lo, wx_hi = wy_lo[..., None], wy_hi[..., None], wx_lo[:, None, :], wx_hi[:, None, :]
+    wy_lo, wy_hi, wx_lo, wx_hi = _tap_weights(wy_lo, wy_hi, wx_lo, wx_hi, src.ndim)
     lo = wx_lo * _columns(r_lo, x_lo) + wx_hi * _columns(r_lo, x_hi)
     hi = wx_lo * _columns(r_hi, x_lo) + wx_hi * _columns(r_hi, x_hi)
     return wy_lo * lo + wy_hi * hi
 
 
 @_sample_taps.defjvp
-def _sample_taps_jvp(out_size: int, primals, tangents):
+def _sample_taps_jvp(out_size, primals, tangents):
     theta, src = primals
     dtheta, dsrc = tangents
     # pose: differentiate the scatter-free form (its gathers read src, a constant here) ...
@@ -138,32 +184,39 @@ def z_where_inv(z_where: jnp.ndarray) -> jnp.ndarray:
     return jnp.stack([inv, -z_where[:, 1] * inv, -z_where[:, 2] * inv], axis=-1)
 
 
-def window_to_image(z_where: jnp.ndarray, windows: jnp.ndarray, image_size: int) -> jnp.ndarray:
-    """Place windows (B, w, w) on a canvas (B, image_size, image_size) with z_where (B, 3).
+def window_to_image(z_where: jnp.ndarray, windows: jnp.ndarray, image_size) -> jnp.ndarray:
+    """Place windows (B, w, w) or (B, w, w, C) on canvases (B, H, W) or (B, H, W, C) with z_where
+    (B, 3); ``image_size`` is H = W (int), (H, W) or (H, W, C).
 
-    The window covers image_size / s pixels centred at normalised (-x/s, -y/s).
+    The window covers W / s columns and H / s rows centred at normalised (-x/s, -y/s).
     """
-    _check(z_where, windows, "windows")
-    return _sample(z_where, windows, image_size)
+    _check(z_where, windows, "windows", square=True)
+    shape = _canvas_shape(image_size)
+    if len(shape) == 3 and windows.shape[3:] != shape[2:]:
+        raise ValueError(f"windows {tuple(windows.shape)} do not have the {shape[2]} channels of the canvas {shape}")
+    return _sample(z_where, windows, shape[:2])
 
 
 def image_to_window(z_where: jnp.ndarray, images: jnp.ndarray, window_size: int) -> jnp.ndarray:
-    """Crop images (B, H, H) to windows (B, window_size, window_size) with the inverse of z_where."""
-    _check(z_where, images, "images")
-    return _sample_taps(z_where_inv(z_where), images, window_size)
+    """Crop images (B, H, W) or (B, H, W, C) to windows (B, window_size, window_size[, C]) with the
+    inverse of z_where (B, 3)."""
+    _check(z_where, images, "images", square=False)
+    return _sample_taps(z_where_inv(z_where), images, (window_size, window_size))
 
 
-def bounding_boxes(z_where: jnp.ndarray, image_size: int, window_size: int | None = None) -> jnp.ndarray:
-    """Pixel boxes (..., 4) = (x0, y0, width, height) of windows placed with z_where (..., 3).
+def bounding_boxes(z_where: jnp.ndarray, image_size, window_size: int | None = None) -> jnp.ndarray:
+    """Pixel boxes (..., 4) = (x0, y0, width, height) of windows placed with z_where (..., 3) on an
+    H x W canvas; ``image_size`` is H = W (int), (H, W) or (H, W, C).
 
-    The window spans normalised [(-1 - x)/s, (1 - x)/s] horizontally, i.e. image_size / s pixels
-    centred at pixel (1 - x/s) * image_size / 2 (same for y). ``window_size`` is unused (the
-    geometry does not depend on it) and accepted for API symmetry.
+    The window spans normalised [(-1 - x)/s, (1 - x)/s] horizontally, i.e. W / |s| pixels centred
+    at pixel (1 - x/s) * W / 2, and H / |s| pixels centred at (1 - y/s) * H / 2 vertically.
+    ``window_size`` is unused (the geometry does not depend on it) and accepted for API symmetry.
     """
     del window_size
+    H, W = canvas_hw(image_size)
     s = z_where[..., 0]
     s_safe = jnp.where(jnp.abs(s) < MIN_ABS_SCALE, jnp.where(s < 0, -MIN_ABS_SCALE, MIN_ABS_SCALE), s)
-    size = image_size / jnp.abs(s_safe)
-    cx = (1.0 - z_where[..., 1] / s_safe) * image_size / 2.0
-    cy = (1.0 - z_where[..., 2] / s_safe) * image_size / 2.0
-    return jnp.stack([cx - size / 2, cy - size / 2, size, size], axis=-1)
+    width, height = W / jnp.abs(s_safe), H / jnp.abs(s_safe)
+    cx = (1.0 - z_where[..., 1] / s_safe) * W / 2.0
+    cy = (1.0 - z_where[..., 2] / s_safe) * H / 2.0
+    return jnp.stack([cx - width / 2, cy - height / 2, width, height], axis=-1)

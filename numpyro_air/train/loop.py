@@ -399,8 +399,7 @@ def _prepare_out_dir(out_dir: Path, save_base: Path, tcfg: TrainConfig, load, ov
 
 def canvas_shape(air: AIRConfig) -> tuple:
     """One image's shape under ``air``: (H, W) grayscale or (H, W, C) colour."""
-    shape = getattr(air, "image_shape", None)  # configs without non-square or colour canvases: (H, H)
-    return tuple(shape) if shape is not None else (air.image_size, air.image_size)
+    return tuple(air.image_shape)
 
 
 def check_data(air: AIRConfig, tcfg: TrainConfig, train_set, test_set=None) -> None:
