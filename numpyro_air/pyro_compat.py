@@ -199,8 +199,19 @@ def _prior_buffers(config: AIRConfig) -> dict[str, np.ndarray]:
     return {PRIOR_BUFFERS[0]: np.asarray(loc, np.float32), PRIOR_BUFFERS[1]: np.asarray(sd, np.float32)}
 
 
+def _check_pyro_shaped(config: AIRConfig) -> None:
+    """Pyro's AIR is square, grayscale and all-MLP: refuse what it cannot hold."""
+    extras = [n for n in ("conv_encoder", "conv_decoder", "conv_embed") if getattr(config, n) is not None]
+    if config.channels != 1 or config.width != config.height or extras:
+        raise ValueError(
+            "Pyro's AIR has square grayscale canvases and MLPs only; this config has "
+            f"{config.height}x{config.width}x{config.channels} images" + (f" and {', '.join(extras)}" if extras else "")
+        )
+
+
 def pyro_state_dict_shapes(config: AIRConfig) -> dict[str, Shape]:
     """Keys and shapes of Pyro's ``AIR(...).state_dict()`` for ``config``, in Pyro's order."""
+    _check_pyro_shaped(config)
     shapes: dict[str, Shape] = {k: (3,) for k in PRIOR_BUFFERS}
     for spec in _guide_specs(config) + _baseline_specs(config):
         shapes.update(spec.pyro_shapes())
@@ -254,6 +265,7 @@ def _joined(flat: Mapping[Path, object]) -> dict[str, object]:
 
 
 def _our_specs(config: AIRConfig) -> list:
+    _check_pyro_shaped(config)
     return _guide_specs(config) + (_baseline_specs(config) if config.use_baselines else [])
 
 

@@ -71,6 +71,10 @@ FIELDS = {
     "decoder_net": ("air", "decoder_net"),
     "predict_net": ("air", "predict_net"),
     "embed_net": ("air", "embed_net"),
+    "conv_encoder": ("air", "conv_encoder"),
+    "conv_decoder": ("air", "conv_decoder"),
+    "conv_embed": ("air", "conv_embed"),
+    "conv_embed_features": ("air", "conv_embed_features"),
     "bl_predict_net": ("air", "bl_predict_net"),
     "non_linearity": ("air", "non_linearity"),
     "decoder_output_bias": ("air", "decoder_output_bias"),
@@ -173,6 +177,28 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     a("--decoder-net", type=int, nargs="*", help="decoder hidden sizes ({air.decoder_net})")
     a("--predict-net", type=int, nargs="*", help="predict hidden sizes ({air.predict_net})")
     a("--embed-net", type=int, nargs="*", help="embed MLP sizes (default: identity)")
+    a(
+        "--conv-encoder",
+        type=int,
+        nargs="+",
+        metavar="C",
+        help="convolutional glimpse encoder: feature maps of its stride-2 convolutions (default: the MLP)",
+    )
+    a(
+        "--conv-decoder",
+        type=int,
+        nargs="+",
+        metavar="C",
+        help="convolutional decoder: feature maps of its stride-2 transposed convolutions",
+    )
+    a(
+        "--conv-embed",
+        type=int,
+        nargs="+",
+        metavar="C",
+        help="convolutional image embedding for the guide's LSTM: feature maps (e.g. 16 32 32 64)",
+    )
+    a("--conv-embed-features", type=int, help="outputs of the convolutional embedding ({air.conv_embed_features})")
     a("--bl-predict-net", type=int, nargs="*", help="baseline predict hidden sizes ({air.bl_predict_net})")
     a("--non-linearity", type=str, help="relu, elu, tanh, ... (or torch names ReLU, ELU, ...)")
     a("--viz", action="store_true", help="save figures every --viz-every steps under OUT/viz")

@@ -105,6 +105,15 @@ class AIRConfig:
     # concrete_anneal_steps optimisation steps (a traced array: no recompilation)
     concrete_temperature_to: Optional[float] = None
     concrete_anneal_steps: int = 0
+    # convolutional networks (not in Pyro's example; None keeps the MLP): the feature maps of the
+    # stride-2 convolutions of the glimpse encoder, the decoder and the guide's image embedding
+    # (core.nets.ConvEncoder / ConvDecoder / ConvEmbed). The dense layer next to the convolutions
+    # has encoder_net[-1] / decoder_net[-1] units (one size each); the embedding outputs
+    # conv_embed_features values, which the LSTM projects instead of the H*W*C pixels.
+    conv_encoder: Optional[Tuple[int, ...]] = None
+    conv_decoder: Optional[Tuple[int, ...]] = None
+    conv_embed: Optional[Tuple[int, ...]] = None
+    conv_embed_features: int = 256
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -162,6 +171,23 @@ class AIRConfig:
         if self.init not in ("torch", "flax"):
             raise ValueError(f"init must be 'torch' or 'flax', got {self.init!r}")
         self._validate_variants()
+        self._validate_conv()
+
+    def _validate_conv(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        for name in ("conv_encoder", "conv_decoder", "conv_embed"):
+            if getattr(self, name) is not None:
+                set_(name, _sizes(getattr(self, name), name))
+                if not getattr(self, name):
+                    raise ValueError(f"{name} must be None (the MLP) or a non-empty sequence of feature maps")
+        for conv, mlp in (("conv_encoder", "encoder_net"), ("conv_decoder", "decoder_net")):
+            if getattr(self, conv) is not None and len(getattr(self, mlp)) != 1:
+                raise ValueError(f"with {conv}, {mlp} must hold one size (the dense layer's), got {getattr(self, mlp)}")
+        if self.conv_embed is not None and self.embed_net is not None:
+            raise ValueError("conv_embed and embed_net are two image embeddings: set one of them")
+        v = self.conv_embed_features
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"conv_embed_features must be a positive int, got {v!r}")
 
     def _validate_variants(self) -> None:
         if self.concrete_temperature_to is not None and not (
@@ -267,5 +293,8 @@ class AIRConfig:
     @property
     def rnn_input_size(self) -> int:
         """Size of the guide LSTM input: embed(x) + z_where(3) + z_what + z_pres(1)."""
-        embed = self.num_pixels if self.embed_net is None else self.embed_net[-1]
+        if self.conv_embed is not None:
+            embed = self.conv_embed_features
+        else:
+            embed = self.num_pixels if self.embed_net is None else self.embed_net[-1]
         return embed + 3 + self.z_what_size + 1

@@ -33,7 +33,7 @@ from .model import (
     temperatures,
     validate_images,
 )
-from .nets import AIRLSTM, MLP, BaselinePredict, Encoder, Predict
+from .nets import AIRLSTM, BaselinePredict, Predict, embed_module, encoder_module
 from .sites import BASELINE_PREFIX, BASELINE_SITE
 from .transform import image_to_window
 
@@ -82,15 +82,8 @@ class GuideNets(NamedTuple):
 def _recurrent_net(prefix: str, config: AIRConfig, num_pixels: int) -> RecurrentNet:
     """Register embed + LSTM + initial state under ``prefix``."""
     H = config.rnn_hidden_size
-    embed = None
-    features = num_pixels
-    if config.embed_net is not None:
-        embed = flax_module(
-            prefix + "embed",
-            MLP(config.embed_net, config.non_linearity, output_nl=True, init_scheme=config.init),
-            jnp.zeros((1, num_pixels)),
-        )
-        features = config.embed_net[-1]
+    module, features = embed_module(config)
+    embed = None if module is None else flax_module(prefix + "embed", module, jnp.zeros((1, num_pixels)))
     lat_size = 3 + config.z_what_size + 1
     zeros_h = jnp.zeros((1, H))
     rnn = flax_module(
@@ -141,7 +134,7 @@ def _register_nets(config: AIRConfig) -> GuideNets:
     )
     encode = flax_module(
         "encode",
-        Encoder(config.encoder_net, config.z_what_size, config.non_linearity, config.init),
+        encoder_module(config),
         jnp.zeros((1, config.window_size**2 * config.channels)),
     )
     z_where0 = numpyro.param("z_where_init", jnp.zeros((1, 3)))

@@ -14,7 +14,7 @@ from numpyro.contrib.module import flax_module
 
 from .config import AIRConfig
 from .distributions import PresenceBernoulli, probs_to_logits, relaxed_presence_logit
-from .nets import Decoder
+from .nets import decoder_module
 from .prior import base_prior
 from .transform import window_to_image
 
@@ -106,15 +106,7 @@ def temperatures(config: AIRConfig, temperature=None) -> Tuple[jnp.ndarray, jnp.
 def register_decoder(config: AIRConfig) -> Callable[[jnp.ndarray], jnp.ndarray]:
     """Register the decoder's parameters (site ``decode$params``) and return z_what (B, z) ->
     window (B, w*w*C), flattened from (w, w) or (w, w, C) (channels last)."""
-    w = config.window_size
-    module = Decoder(
-        config.decoder_net,
-        w * w * config.channels,
-        config.decoder_output_bias,
-        config.decoder_output_use_sigmoid,
-        config.non_linearity,
-        config.init,
-    )
+    module = decoder_module(config)
     return flax_module(DECODER_NAME, module, jnp.zeros((1, config.z_what_size)))
 
 

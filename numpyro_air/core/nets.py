@@ -7,15 +7,26 @@ eagerly-built modules do not (their weights come from the module's own ``nnx.Rng
 
 Initialisation defaults to PyTorch's (``init="torch"``): Linear weight and bias
 U(+-1/sqrt(fan_in)); LSTMCell weights and both biases U(+-1/sqrt(hidden)), as in Pyro's AIR.
+
+Convolutional options, drop-in replacements of the MLPs on flat (channels-last, row-major)
+tensors: :class:`ConvEncoder` (window (B, w*w*C) -> z_what loc, scale), :class:`ConvDecoder`
+(z_what -> window (B, w*w*C)) and :class:`ConvEmbed` (image (B, H*W*C) -> features for the
+guide's LSTM, so its image projection has F x 4*hidden weights instead of H*W*C x 4*hidden).
+Every convolution has kernel 4, stride 2 and "SAME" padding (each halves the side, rounding up).
+:func:`encoder_module`, :func:`decoder_module` and :func:`embed_module` pick the kind a config asks for.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+import math
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+if TYPE_CHECKING:  # annotations only
+    from .config import AIRConfig
 
 _NL = {
     "relu": jax.nn.relu,
@@ -166,3 +177,144 @@ class AIRLSTM(nn.Module):
 
     def __call__(self, x_img: jnp.ndarray, x_lat: jnp.ndarray, carry):
         return self.step(self.project_image(x_img), x_lat, carry)
+
+
+# ----------------------------------------------------------------------------- convolutional
+KERNEL = 4
+STRIDE = 2
+
+
+def halved(side: int, times: int) -> int:
+    """Side of a map after ``times`` stride-2 "SAME" convolutions (ceil at each step)."""
+    for _ in range(times):
+        side = -(-side // STRIDE)
+    return side
+
+
+class ConvStack(nn.Module):
+    """Stride-2 convolutions with ``nl`` after each: (B, H, W, C) -> (B, H', W', channels[-1])."""
+
+    channels: Sequence[int]
+    nl: str = "relu"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        f = non_linearity(self.nl)
+        for i, c in enumerate(self.channels):
+            x = f(nn.Conv(c, (KERNEL, KERNEL), strides=(STRIDE, STRIDE), padding="SAME", name=f"Conv_{i}")(x))
+        return x
+
+
+class ConvEncoder(nn.Module):
+    """Window (B, ws*ws*C) -> z_what loc (B, z) and scale (B, z) = softplus(.)."""
+
+    window_size: int
+    image_channels: int
+    z_what_size: int
+    channels: Sequence[int] = (32, 64)
+    hidden: int = 256
+    nl: str = "relu"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
+        ws, C = self.window_size, self.image_channels
+        h = ConvStack(self.channels, self.nl)(x.reshape(x.shape[0], ws, ws, C))
+        h = non_linearity(self.nl)(nn.Dense(self.hidden, name="Dense_0")(h.reshape(h.shape[0], -1)))
+        out = nn.Dense(2 * self.z_what_size, name="Dense_1")(h)
+        return out[:, : self.z_what_size], jax.nn.softplus(out[:, self.z_what_size :])
+
+
+class ConvDecoder(nn.Module):
+    """z_what (B, z) -> window (B, ws*ws*C): a dense layer to a small map, stride-2 transposed
+    convolutions up to (at least) ws, cropped to ws; adds ``output_bias``, then optionally a sigmoid."""
+
+    window_size: int
+    image_channels: int
+    channels: Sequence[int] = (64, 32)
+    hidden: int = 256
+    output_bias: Optional[float] = None
+    use_sigmoid: bool = False
+    nl: str = "relu"
+
+    @nn.compact
+    def __call__(self, z: jnp.ndarray) -> jnp.ndarray:
+        f = non_linearity(self.nl)
+        ws, C, n = self.window_size, self.image_channels, len(self.channels)
+        base = halved(ws, n)
+        h = f(nn.Dense(self.hidden, name="Dense_0")(z))
+        h = f(nn.Dense(base * base * self.channels[0], name="Dense_1")(h))
+        h = h.reshape(z.shape[0], base, base, self.channels[0])
+        outs = list(self.channels[1:]) + [C]
+        for i, c in enumerate(outs):
+            h = nn.ConvTranspose(c, (KERNEL, KERNEL), strides=(STRIDE, STRIDE), padding="SAME", name=f"ConvT_{i}")(h)
+            if i < len(outs) - 1:
+                h = f(h)
+        out = h[:, :ws, :ws, :].reshape(z.shape[0], ws * ws * C)
+        if self.output_bias is not None:
+            out = out + self.output_bias
+        return jax.nn.sigmoid(out) if self.use_sigmoid else out
+
+
+class ConvEmbed(nn.Module):
+    """Image (B, H*W*C) -> features (B, features) after ``nl``: stride-2 convolutions, then one
+    dense layer of the flattened maps."""
+
+    height: int
+    width: int
+    image_channels: int
+    channels: Sequence[int] = (16, 32, 32, 64)
+    features: int = 256
+    nl: str = "relu"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        h = ConvStack(self.channels, self.nl)(x.reshape(x.shape[0], self.height, self.width, self.image_channels))
+        return non_linearity(self.nl)(nn.Dense(self.features, name="Dense_0")(h.reshape(h.shape[0], -1)))
+
+
+def param_count(module: nn.Module, input_size: int) -> int:
+    """Number of parameters of ``module`` applied to a (1, input_size) input."""
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, input_size)))
+    return int(sum(math.prod(a.shape) for a in jax.tree.leaves(shapes)))
+
+
+def flops_per_example(module: nn.Module, input_size: int, batch: int = 64) -> float:
+    """Forward FLOPs per example of ``module`` as XLA counts them (``cost_analysis``), at ``batch``."""
+    x = jnp.zeros((batch, input_size))
+    params = jax.eval_shape(module.init, jax.random.PRNGKey(0), x[:1])
+    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
+    cost = jax.jit(module.apply).lower(params, x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan"))) / batch
+
+
+# ----------------------------------------------------------------------------- choice by config
+def encoder_module(config: AIRConfig) -> nn.Module:
+    """The glimpse encoder ``config`` asks for: window (B, w*w*C) -> z_what loc, scale (B, z)."""
+    if config.conv_encoder is None:
+        return Encoder(config.encoder_net, config.z_what_size, config.non_linearity, config.init)
+    return ConvEncoder(
+        config.window_size, config.channels, config.z_what_size, config.conv_encoder, config.encoder_net[-1], config.non_linearity
+    )
+
+
+def decoder_module(config: AIRConfig) -> nn.Module:
+    """The decoder ``config`` asks for: z_what (B, z) -> window (B, w*w*C)."""
+    w, C = config.window_size, config.channels
+    bias, sigmoid, nl = config.decoder_output_bias, config.decoder_output_use_sigmoid, config.non_linearity
+    if config.conv_decoder is None:
+        return Decoder(config.decoder_net, w * w * C, bias, sigmoid, nl, config.init)
+    return ConvDecoder(w, C, config.conv_decoder, config.decoder_net[-1], bias, sigmoid, nl)
+
+
+def embed_module(config: AIRConfig) -> Tuple[Optional[nn.Module], int]:
+    """The guide's image embedding ``config`` asks for and its output size: image (B, H*W*C) ->
+    (B, F); ``(None, H*W*C)`` without one (the LSTM projects the image itself)."""
+    if config.conv_embed is not None:
+        module = ConvEmbed(
+            config.height, config.width, config.channels, config.conv_embed, config.conv_embed_features, config.non_linearity
+        )
+        return module, config.conv_embed_features
+    if config.embed_net is not None:
+        return MLP(config.embed_net, config.non_linearity, output_nl=True, init_scheme=config.init), config.embed_net[-1]
+    return None, config.num_pixels
