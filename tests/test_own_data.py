@@ -375,8 +375,11 @@ def test_cli_trains_on_own_data_and_evaluates_without_counts(files):
 @pytest.mark.skipif(not COLOUR, reason="needs AIRConfig image_width/channels (non-square and colour canvases)")
 def test_cli_trains_on_non_square_rgb_npz(tmp_path):
     x, counts = scenes(12, 20, 24, 3, seed=3)
+    x[..., 1] //= 3  # magenta squares
     np.savez(tmp_path / "rgb.npz", images=x, counts=counts)
-    write_pngs(tmp_path / "rgb_png", scenes(4, 20, 24, 3, seed=4)[0])
+    y = scenes(4, 20, 24, 3, seed=4)[0]
+    y[..., 0] //= 3  # cyan squares
+    write_pngs(tmp_path / "rgb_png", y)
     out = tmp_path / "run"
     proc = cli("train", "--data", "rgb.npz", "--test-data", "rgb_png", "--out", str(out), *TINY, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -386,3 +389,15 @@ def test_cli_trains_on_non_square_rgb_npz(tmp_path):
     assert np.isfinite(ev["test_elbo"]) and "train_accuracy" in ev
     meta, _ = read_checkpoint(out / "checkpoint.npz")
     assert (meta["air_config"]["image_size"], meta["air_config"]["image_width"], meta["air_config"]["channels"]) == (20, 24, 3)
+    # the figures of the run, of `evaluate --figures` and of `plot`: colour PNGs
+    figures = ("boxes.png", "reconstructions.png", "prior_samples.png", "windows.png")
+    ev = cli("evaluate", "--checkpoint", str(out), "--data", "rgb.npz", "--figures", "eval_figs", "--json", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert (tmp_path / "eval_figs" / "confusion.png").is_file()
+    plot = cli("plot", str(out), "--out", "plot_figs", cwd=tmp_path)
+    assert plot.returncode == 0, plot.stderr[-3000:]
+    for d in (out, tmp_path / "eval_figs", tmp_path / "plot_figs"):
+        for name in figures:
+            px = np.asarray(Image.open(d / name).convert("RGB")).astype(int)
+            assert np.any(px[..., 0] != px[..., 1]), d / name
+    assert (tmp_path / "plot_figs" / "elbo.png").is_file()

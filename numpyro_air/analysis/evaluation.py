@@ -13,7 +13,7 @@ import numpy as np
 from ..core.config import AIRConfig
 from ..data import to_float
 from . import figures as viz
-from .inference import count_accuracy, infer, sample_prior
+from .inference import count_accuracy, decode_windows, infer, sample_prior
 from .likelihood import elbo_per_image
 
 ACCURACY_THRESHOLDS = (0.90, 0.95, 0.98)
@@ -67,10 +67,13 @@ def heldout_elbo(params, air: AIRConfig, images: np.ndarray, key, batch_size: in
 
 
 def save_figures(params, air: AIRConfig, images: np.ndarray, true_counts, key, out_dir: Path, tag: str = "") -> list:
-    """Boxes on data, reconstructions and prior samples for one seed's params (``true_counts``
-    (N,) or None)."""
+    """Boxes on data, reconstructions, prior samples and each object's decoded window for one
+    seed's params: ``boxes{tag}.png``, ``reconstructions{tag}.png``, ``prior_samples{tag}.png``
+    and ``windows{tag}.png`` in ``out_dir``. ``images`` (N, H, W) or (N, H, W, C) float in
+    [0, 1] on the config's canvas; ``true_counts`` (N,) or None."""
     res = infer(params, jnp.asarray(images), key, air)
     res = jax.device_get(res)
+    windows = np.asarray(decode_windows(params, jnp.asarray(res["z_what"][:6]), air))
     counts = jnp.arange(16) % (air.num_steps + 1)  # scenes with 0, 1, ..., T objects
     prior = jax.device_get(sample_prior(params, jax.random.fold_in(key, 7), air, 16, counts))
     return [
@@ -86,6 +89,14 @@ def save_figures(params, air: AIRConfig, images: np.ndarray, true_counts, key, o
             out_dir / f"reconstructions{tag}.png", images[:10], res["reconstruction"][:10], res["boxes"][:10], res["z_pres"][:10]
         ),
         viz.save_prior_samples_figure(out_dir / f"prior_samples{tag}.png", prior["canvas"], prior["boxes"], prior["z_pres"]),
+        viz.save_windows_figure(
+            out_dir / f"windows{tag}.png",
+            images[:6],
+            windows,
+            res["boxes"][:6],
+            res["z_pres"][:6],
+            title="each object's decoded window (one guide sample)",
+        ),
     ]
 
 

@@ -1,5 +1,11 @@
 """Figures (PNG) with matplotlib's object API (the global backend is never touched): inferred
-boxes, reconstructions, prior samples, learning curves."""
+boxes, reconstructions, prior samples, decoded windows, learning curves.
+
+Scenes are (H, W) grayscale or (H, W, 3) colour (channels last, float in [0, 1] or uint8), on
+any canvas: grayscale is drawn with the gray colormap, colour as RGB (clipped to [0, 1]); boxes
+are in pixel coordinates (x0 horizontal, y0 vertical; :func:`numpyro_air.bounding_boxes`) and
+each panel follows the canvas's aspect ratio (with the area of a square panel).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +32,43 @@ def _grid(n: int, ncols: int):
     return int(np.ceil(n / ncols)), ncols
 
 
+def displayable(image: np.ndarray) -> np.ndarray:
+    """``image`` (h, w), (h, w, 1) or (h, w, 3), float in [0, 1] or uint8, as float in [0, 1]:
+    (h, w) for grayscale, (h, w, 3) for colour."""
+    a = np.asarray(image)
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / 255.0
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 3)):
+        raise ValueError(f"an image to draw must be (H, W), (H, W, 1) or (H, W, 3), got shape {a.shape}")
+    return np.clip(a, 0.0, 1.0)
+
+
+def imshow(ax, image: np.ndarray, **kw):
+    """Draw a grayscale image with the gray colormap on [0, 1], a colour one as RGB (no colormap)."""
+    a = displayable(image)
+    if a.ndim == 2:
+        return ax.imshow(a, cmap="gray", vmin=0, vmax=1, **kw)
+    return ax.imshow(a, **kw)
+
+
+def panel_size(image_shape: Sequence[int], side: float) -> tuple:
+    """(width, height) in inches of a panel for images of ``image_shape`` (H, W[, C]): the area
+    of a ``side`` x ``side`` square with the canvas's aspect ratio W / H (square canvases keep
+    ``side`` x ``side``)."""
+    h, w = image_shape[:2]
+    r = np.sqrt(w / h)
+    return float(side * r), float(side / r)
+
+
+def _title_room(image_shape: Sequence[int], title: str) -> float:
+    """Inches added for a figure title over panels of a non-square canvas (square panels give
+    the title room by shrinking a little, as they always have)."""
+    h, w = image_shape[:2]
+    return 0.3 if title and h != w else 0.0
+
+
 def draw_boxes(ax, boxes: np.ndarray, z_pres: np.ndarray) -> None:
     from matplotlib.patches import Rectangle
 
@@ -37,11 +80,12 @@ def draw_boxes(ax, boxes: np.ndarray, z_pres: np.ndarray) -> None:
 
 
 def show_scene(ax, image: np.ndarray, boxes: np.ndarray, z_pres: np.ndarray) -> None:
-    """An image (H, W) in [0, 1] without axes, pixel-aligned limits, with its inferred boxes."""
+    """An image (H, W) or (H, W, 3) without axes, pixel-aligned limits, with its inferred boxes
+    (T, 4) = (x0, y0, width, height) in pixels of the H x W canvas, for ``z_pres`` (T,) > 0."""
     ax.axis("off")
-    ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1)
-    H = image.shape[0]
-    ax.set_xlim(-0.5, H - 0.5)
+    imshow(ax, image)
+    H, W = np.shape(image)[:2]
+    ax.set_xlim(-0.5, W - 0.5)
     ax.set_ylim(H - 0.5, -0.5)
     draw_boxes(ax, boxes, z_pres)
 
@@ -55,10 +99,13 @@ def save_boxes_figure(
     ncols: int = 8,
     title: str = "",
 ) -> Path:
-    """Images (N, H, W) with inferred boxes (N, T, 4) coloured by step (red, green, blue, ...)."""
+    """Images (N, H, W) or (N, H, W, 3) with inferred boxes (N, T, 4) coloured by step (red,
+    green, blue, ...)."""
     n = len(images)
     rows, cols = _grid(n, ncols)
-    fig, axes = _subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows), squeeze=False)
+    pw, ph = panel_size(np.shape(images)[1:], 1.6)
+    height = (ph + 0.1) * rows + _title_room(np.shape(images)[1:], title)
+    fig, axes = _subplots(rows, cols, figsize=(pw * cols, height), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
@@ -82,9 +129,12 @@ def save_reconstruction_figure(
     z_pres: np.ndarray,
     title: str = "",
 ) -> Path:
-    """Two rows: data with boxes, and the model's reconstruction (canvas clipped to [0, 1])."""
+    """Two rows: data with boxes, and the model's reconstruction (canvas clipped to [0, 1]);
+    images and reconstructions (N, H, W) or (N, H, W, 3)."""
     n = len(images)
-    fig, axes = _subplots(2, n, figsize=(1.5 * n, 3.2), squeeze=False)
+    pw, ph = panel_size(np.shape(images)[1:], 1.5)
+    height = 2 * ph + 0.2 + _title_room(np.shape(images)[1:], title)
+    fig, axes = _subplots(2, n, figsize=(pw * n, height), squeeze=False)
     for i in range(n):
         for r, img in enumerate((images[i], reconstructions[i])):
             show_scene(axes[r, i], img, boxes[i], z_pres[i])
@@ -191,10 +241,19 @@ def save_windows_figure(
     z_pres: np.ndarray,
     title: str = "",
 ) -> Path:
-    """One row per scene: the image with its inferred boxes, then each step's decoded window
-    (N, T, w, w) before placement (absent objects drawn faded and labelled "absent")."""
+    """One row per scene: the image (N, H, W[, 3]) with its inferred boxes, then each step's
+    decoded window (N, T, w, w[, 3]) before placement (absent objects drawn faded and labelled
+    "absent"). The scene's column is as wide as its aspect ratio W / H times a window's."""
     n, T = windows.shape[:2]
-    fig, axes = _subplots(n, T + 1, figsize=(1.4 * (T + 1), 1.45 * n), squeeze=False)
+    H, W = np.shape(images)[1:3]
+    ratio = W / H
+    fig, axes = _subplots(
+        n,
+        T + 1,
+        figsize=(1.4 * (T + ratio), 1.45 * n),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [ratio] + [1] * T},
+    )
     for i in range(n):
         show_scene(axes[i, 0], images[i], boxes[i], z_pres[i])
         for t in range(T):
@@ -202,7 +261,7 @@ def save_windows_figure(
             ax.set_xticks([])
             ax.set_yticks([])
             present = bool(z_pres[i, t])
-            ax.imshow(np.clip(windows[i, t], 0, 1), cmap="gray", vmin=0, vmax=1, alpha=1.0 if present else 0.25)
+            imshow(ax, windows[i, t], alpha=1.0 if present else 0.25)
             for side in ax.spines.values():
                 side.set_color(STEP_COLOURS[t % len(STEP_COLOURS)] if present else "lightgray")
                 side.set_linewidth(2 if present else 1)

@@ -37,7 +37,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--iwae", type=int, default=0, metavar="K", help="also estimate log p(x) with K importance samples")
     p.add_argument("--iwae-images", type=int, default=1000, help="images used for --iwae (first N)")
     p.add_argument("--device", choices=["cpu", "gpu", "tpu"])
-    p.add_argument("--figures", type=str, help="also write boxes/reconstruction/confusion PNGs here")
+    p.add_argument("--figures", type=str, help="also write boxes/reconstruction/prior/window/confusion PNGs here")
     p.add_argument(
         "--discrete",
         action="store_true",

@@ -3,7 +3,8 @@
     numpyro-air plot runs/air            # curves from metrics.jsonl (+ figures from the checkpoint)
 
 Writes elbo.png and accuracy.png (against step and wall-clock time), the final confusion
-matrices and, when ``checkpoint.npz`` exists, boxes / reconstructions / prior samples.
+matrices and, when ``checkpoint.npz`` exists, boxes / reconstructions / prior samples / each
+object's decoded window (in colour for colour runs, panels with the canvas's aspect ratio).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def own_images(data: dict):
 
 
 def model_figures(ckpt: Path, out: Path) -> list:
-    """Boxes, reconstructions and prior samples on the run's own held-out split."""
+    """Boxes, reconstructions, prior samples and decoded windows on the run's own held-out split."""
     import jax
 
     from numpyro_air.analysis.evaluation import save_figures
