@@ -17,8 +17,10 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from numpyro import handlers  # noqa: E402
 
 # numpyro's eager ``scan`` builds a fresh closure on every model/guide call, so JAX's in-memory
 # cache never hits and each call recompiles (seconds on a small CPU). A persistent cache keyed on
@@ -69,3 +71,24 @@ def small_batch(small_config) -> np.ndarray:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+def run(fn, seed, *args, data=None, **kwargs):
+    """Trace ``fn`` seeded with ``seed`` (values substituted from ``data``): (trace, return).
+    numpyro's scan slices substituted series with a tracer, so ``data`` becomes jnp arrays."""
+    fn = handlers.seed(fn, seed)
+    if data is not None:
+        fn = handlers.substitute(fn, data=jax.tree.map(jnp.asarray, data))
+    with handlers.trace() as tr:
+        out = fn(*args, **kwargs)
+    return tr, out
+
+
+def site_log_probs(tr) -> dict:
+    """{site: log_prob array} of a trace's sample sites (z_*: (T, B); obs: (B,))."""
+    return {k: np.asarray(s["fn"].log_prob(s["value"])) for k, s in tr.items() if s["type"] == "sample"}
+
+
+def params_of(tr) -> dict:
+    """{site: value} of a trace's param sites."""
+    return {k: s["value"] for k, s in tr.items() if s["type"] == "param"}

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SMALL
+from conftest import SMALL, params_of, run, site_log_probs
 from numpyro import handlers
 from scipy.ndimage import map_coordinates
 
@@ -28,24 +28,6 @@ H, W, C = 20, 28, 3  # canvas height, width, channels (SMALL: image_size 20, win
 RGB = AIRConfig(**SMALL, image_width=W, channels=C, num_steps=4)
 RGB_TUTORIAL = AIRConfig.tutorial(**SMALL, image_width=W, channels=C, num_steps=4, non_linearity="tanh")
 LATENTS = ("z_pres", "z_where", "z_what")
-
-
-def run(fn, seed, *args, data=None, **kwargs):
-    """Trace ``fn`` seeded with ``seed`` (values substituted from ``data``): (trace, return)."""
-    fn = handlers.seed(fn, seed)
-    if data is not None:
-        fn = handlers.substitute(fn, data=jax.tree.map(jnp.asarray, data))
-    with handlers.trace() as tr:
-        out = fn(*args, **kwargs)
-    return tr, out
-
-
-def site_log_probs(tr):
-    return {k: np.asarray(s["fn"].log_prob(s["value"])) for k, s in tr.items() if s["type"] == "sample"}
-
-
-def params_of(tr):
-    return {k: s["value"] for k, s in tr.items() if s["type"] == "param"}
 
 
 def colour_scenes(n: int, shape, seed: int = 0) -> np.ndarray:

@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import pytest
-from conftest import SMALL, make_scenes
-from numpyro import handlers
+from conftest import SMALL, make_scenes, params_of, run
 from numpyro.infer import Trace_ELBO
 from numpyro.infer.util import log_density
 from test_dair import np_decode, np_place
@@ -25,19 +24,6 @@ from numpyro_air.core.sites import is_baseline_param
 
 TINY = dict(image_size=8, window_size=4, z_what_size=2, rnn_hidden_size=8, encoder_net=(4,), decoder_net=(4,))
 CONFIG = AIRConfig(**SMALL, presence_estimator="concrete")
-
-
-def run(fn, seed, *args, data=None, **kwargs):
-    fn = handlers.seed(fn, seed)
-    if data is not None:
-        fn = handlers.substitute(fn, data=jax.tree.map(jnp.asarray, data))
-    with handlers.trace() as tr:
-        out = fn(*args, **kwargs)
-    return tr, out
-
-
-def params_of(tr):
-    return {k: s["value"] for k, s in tr.items() if s["type"] == "param"}
 
 
 @pytest.fixture(scope="module")

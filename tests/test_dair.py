@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import SMALL, make_scenes
+from conftest import SMALL, make_scenes, params_of
 from numpyro import handlers
 from numpyro.infer import SVI
 
@@ -75,10 +75,6 @@ def trace_guide(config, images, data, seed=0, **kwargs):
     with handlers.trace() as tr:
         out = g(images, config, **kwargs)
     return tr, out
-
-
-def params_of(tr):
-    return {k: s["value"] for k, s in tr.items() if s["type"] == "param"}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import pytest
-from conftest import SMALL, make_scenes
+from conftest import SMALL, make_scenes, params_of, run, site_log_probs
 from numpyro import handlers
 from numpyro.infer import Predictive
 
@@ -22,25 +22,6 @@ from numpyro_air.core.sites import BASELINE_SITE, is_baseline_param
 LATENTS = ("z_pres", "z_where", "z_what")
 # z_pres patterns (B, T) with finished images: all present, stop after 2, after 1, empty.
 PATTERN = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0]], np.float32)
-
-
-def run(fn, seed, *args, data=None, **kwargs):
-    """Trace ``fn`` seeded with ``seed`` (and values substituted from ``data``): (trace, return)."""
-    fn = handlers.seed(fn, seed)
-    if data is not None:  # numpyro's scan slices substituted series with a tracer: jnp, not numpy
-        fn = handlers.substitute(fn, data=jax.tree.map(jnp.asarray, data))
-    with handlers.trace() as tr:
-        out = fn(*args, **kwargs)
-    return tr, out
-
-
-def site_log_probs(tr):
-    """{site: log_prob array} for the sample sites of a trace (z_*: (T, B); obs: (B,))."""
-    return {k: np.asarray(s["fn"].log_prob(s["value"])) for k, s in tr.items() if s["type"] == "sample"}
-
-
-def params_of(tr):
-    return {k: s["value"] for k, s in tr.items() if s["type"] == "param"}
 
 
 def prev_of(z_pres_tb):
