@@ -19,6 +19,14 @@ Multi-MNIST (:func:`generate_multi_mnist`, :func:`load_multi_mnist`)
     ``$NUMPYRO_AIR_DATA`` (else ``$XDG_CACHE_HOME/numpyro_air`` or ``~/.cache/numpyro_air``),
     keyed by every :class:`MultiMNISTConfig` field, a format version and the MNIST fingerprint.
 
+Scattered MNIST (:func:`generate_scattered_mnist`, :func:`load_scattered_mnist`)
+    The SPAIR protocol: grayscale 48x48 canvases, count uniform over {min_digits, ...,
+    max_digits} (default 1..5), every digit resized with the multi-MNIST resize to 14x14 and
+    placed fully inside the canvas, digits summed with the multi-MNIST rule (redraw if a pixel
+    exceeds 255). Same :class:`MultiMNIST` splits and ground truth, train canvases from MNIST
+    train digits and held-out ones from MNIST test digits; cached like multi-MNIST, keyed by
+    every :class:`ScatteredMNISTConfig` field.
+
 Batches (:func:`iterate_batches`, :func:`batch_at_step`)
     Float32 (B, H, W) batches in [0, 1], ragged tail dropped, reshuffled every epoch; the batch
     of global step i is a pure function of (seed or JAX key, i), so resumed runs match.
@@ -56,6 +64,13 @@ from .multi_mnist import (
     generate_multi_mnist,
     load_multi_mnist,
 )
+from .scattered_mnist import (
+    SCATTERED_CACHE_FORMAT_VERSION,
+    ScatteredMNISTConfig,
+    generate_scattered_mnist,
+    load_scattered_mnist,
+    scattered_cache_path,
+)
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -67,19 +82,24 @@ __all__ = [
     "MNIST_SHA256",
     "MultiMNIST",
     "MultiMNISTConfig",
+    "SCATTERED_CACHE_FORMAT_VERSION",
+    "ScatteredMNISTConfig",
     "batch_at_step",
     "batch_indices",
     "cache_path",
     "default_cache_dir",
     "epoch_permutation",
     "generate_multi_mnist",
+    "generate_scattered_mnist",
     "iterate_batches",
     "load_eval_npz",
     "load_images",
     "load_mnist",
     "load_multi_mnist",
+    "load_scattered_mnist",
     "mnist_fingerprint",
     "save_eval_npz",
+    "scattered_cache_path",
     "steps_per_epoch",
     "to_float",
     "validate_eval_arrays",

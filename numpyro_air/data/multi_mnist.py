@@ -401,9 +401,12 @@ def _arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _metadata(config: MultiMNISTConfig, mnist_id: str, checksum: str) -> dict[str, object]:
+def _metadata(
+    config: MultiMNISTConfig, mnist_id: str, checksum: str, format_version: int = CACHE_FORMAT_VERSION
+) -> dict[str, object]:
+    """The cache metadata; ``config`` is any generator config with ``to_dict`` and ``cache_key``."""
     return {
-        "format_version": CACHE_FORMAT_VERSION,
+        "format_version": format_version,
         "config": config.to_dict(),
         "mnist": mnist_id,
         "key": config.cache_key(mnist_id),
@@ -411,22 +414,38 @@ def _metadata(config: MultiMNISTConfig, mnist_id: str, checksum: str) -> dict[st
     }
 
 
-def _write_cache(path: Path, splits: dict[str, MultiMNIST], config: MultiMNISTConfig, mnist_id: str) -> None:
+def _write_cache(
+    path: Path,
+    splits: dict[str, MultiMNIST],
+    config: MultiMNISTConfig,
+    mnist_id: str,
+    format_version: int = CACHE_FORMAT_VERSION,
+) -> None:
     arrays = {f"{s}_{f}": getattr(splits[s], f) for s in _SPLITS for f in _FIELDS}
-    meta = _metadata(config, mnist_id, _arrays_checksum(arrays))
+    meta = _metadata(config, mnist_id, _arrays_checksum(arrays), format_version)
     atomic_savez(path, {"meta": np.array(json.dumps(meta, sort_keys=True)), **arrays})
 
 
-def _read_cache(path: Path, config: MultiMNISTConfig, mnist_id: str) -> dict[str, MultiMNIST]:
-    """Load and fully verify a cache file; raise on any problem."""
+def _read_cache(
+    path: Path,
+    config: MultiMNISTConfig,
+    mnist_id: str,
+    format_version: int = CACHE_FORMAT_VERSION,
+    expected: str = "a multi-MNIST cache file",
+) -> dict[str, MultiMNIST]:
+    """Load and fully verify a cache file; raise on any problem.
+
+    ``config`` is any generator config with ``to_dict``, ``cache_key``, ``num_train``,
+    ``num_test``, ``canvas_size`` and ``max_digits``.
+    """
     names = tuple(f"{s}_{f}" for s in _SPLITS for f in _FIELDS)
-    arrays = read_npz(path, ("meta", *names), expected="a multi-MNIST cache file")
+    arrays = read_npz(path, ("meta", *names), expected=expected)
     meta = json.loads(str(arrays.pop("meta")[()]))
     if not isinstance(meta, dict):
         raise DataError("metadata is not a JSON object")
-    expected = _metadata(config, mnist_id, meta.get("checksum", ""))
-    if meta != expected:
-        diff = sorted(k for k in set(meta) | set(expected) if meta.get(k) != expected.get(k))
+    want = _metadata(config, mnist_id, meta.get("checksum", ""), format_version)
+    if meta != want:
+        diff = sorted(k for k in set(meta) | set(want) if meta.get(k) != want.get(k))
         raise DataError(f"metadata mismatch in {diff}")
     if _arrays_checksum(arrays) != meta["checksum"]:
         raise DataError("array checksum mismatch")
