@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core.config import AIRConfig
-from ..data import to_float
+from ..data.batches import to_float
 from . import figures as viz
 from .inference import count_accuracy, decode_windows, infer, sample_prior
 from .likelihood import elbo_per_image

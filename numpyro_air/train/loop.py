@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..analysis import figures as viz
 from ..analysis.evaluation import accuracy_summary, evaluate, save_figures
 from ..core.config import AIRConfig
-from ..data import to_float
+from ..data.batches import to_float
 from . import parallel
 from .checkpoint import (
     CheckpointError,

@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ..core.config import AIRConfig
-from ..data import batch_indices, to_float
+from ..data.batches import batch_indices, to_float
 from .parallel import batch_sharding, replicated
 from .svi import make_update
 
