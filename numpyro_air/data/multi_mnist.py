@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ._io import atomic_savez, read_npz
+from ._io import default_cache_dir, read_checked_npz, write_checked_npz
 from .errors import DataError
 from .mnist import CANONICAL_FINGERPRINT, load_mnist, mnist_fingerprint
 
@@ -369,16 +369,6 @@ def generate_multi_mnist(
 # ----------------------------------------------------------------------------------------------
 
 
-def default_cache_dir() -> Path:
-    """``$NUMPYRO_AIR_DATA``, else ``$XDG_CACHE_HOME/numpyro_air``, else ``~/.cache/numpyro_air``."""
-    env = os.environ.get("NUMPYRO_AIR_DATA")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "numpyro_air"
-
-
 def _source_id(source: str | os.PathLike[str] | None, arrays: tuple[np.ndarray, ...] | None) -> str:
     if source is None:
         return CANONICAL_FINGERPRINT  # load_mnist(None) verifies the canonical digests
@@ -392,44 +382,24 @@ def cache_path(config: MultiMNISTConfig, mnist_id: str, cache_dir: str | os.Path
     return root / f"multi_mnist_v{CACHE_FORMAT_VERSION}_{config.cache_key(mnist_id)[:24]}.npz"
 
 
-def _arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
-        h.update(a.data)
-    return h.hexdigest()
-
-
-def _metadata(config: MultiMNISTConfig, mnist_id: str, checksum: str) -> dict[str, object]:
+def _metadata(config: MultiMNISTConfig, mnist_id: str) -> dict[str, object]:
     return {
         "format_version": CACHE_FORMAT_VERSION,
         "config": config.to_dict(),
         "mnist": mnist_id,
         "key": config.cache_key(mnist_id),
-        "checksum": checksum,
     }
 
 
 def _write_cache(path: Path, splits: dict[str, MultiMNIST], config: MultiMNISTConfig, mnist_id: str) -> None:
     arrays = {f"{s}_{f}": getattr(splits[s], f) for s in _SPLITS for f in _FIELDS}
-    meta = _metadata(config, mnist_id, _arrays_checksum(arrays))
-    atomic_savez(path, {"meta": np.array(json.dumps(meta, sort_keys=True)), **arrays})
+    write_checked_npz(path, arrays, _metadata(config, mnist_id))
 
 
 def _read_cache(path: Path, config: MultiMNISTConfig, mnist_id: str) -> dict[str, MultiMNIST]:
     """Load and fully verify a cache file; raise on any problem."""
     names = tuple(f"{s}_{f}" for s in _SPLITS for f in _FIELDS)
-    arrays = read_npz(path, ("meta", *names), expected="a multi-MNIST cache file")
-    meta = json.loads(str(arrays.pop("meta")[()]))
-    if not isinstance(meta, dict):
-        raise DataError("metadata is not a JSON object")
-    expected = _metadata(config, mnist_id, meta.get("checksum", ""))
-    if meta != expected:
-        diff = sorted(k for k in set(meta) | set(expected) if meta.get(k) != expected.get(k))
-        raise DataError(f"metadata mismatch in {diff}")
-    if _arrays_checksum(arrays) != meta["checksum"]:
-        raise DataError("array checksum mismatch")
+    arrays = read_checked_npz(path, names, _metadata(config, mnist_id), expected="a multi-MNIST cache file")
     out = {s: MultiMNIST(*(arrays[f"{s}_{f}"] for f in _FIELDS)) for s in _SPLITS}
     for s, n in (("train", config.num_train), ("test", config.num_test)):
         ds = out[s]
