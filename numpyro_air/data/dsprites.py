@@ -1,6 +1,6 @@
 """Multi-dSprites generation (coloured sprites on black) with a checksummed on-disk cache.
 
-Recipe (offline, numpy and Pillow only):
+Recipe (offline, numpy and matplotlib's point-in-polygon test only):
 
 * each scene is a ``canvas_size`` x ``canvas_size`` RGB image (default 64) on a black
   background;
@@ -11,7 +11,7 @@ Recipe (offline, numpy and Pillow only):
   side), its rotation ~ U[0, 2 pi) and its centre uniform over the positions that keep the
   rotated shape inside the canvas (half a pixel of margin);
 * a sprite is a polygon (the ellipse a 96-gon with axes 1 x 0.6, the heart a 128-point
-  parametric curve, the triangle equilateral), filled with Pillow on a grid ``supersample``
+  parametric curve, the triangle equilateral), filled (sub-pixel centres inside the polygon) on a grid ``supersample``
   times finer than the canvas (default 4) and box-downsampled to a coverage ``alpha`` in [0, 1]
   for anti-aliased edges;
 * sprites are composited in order, later over earlier (``image = alpha * colour + (1 - alpha) *
@@ -51,7 +51,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from matplotlib.path import Path as _Polygon
 
 from ._io import default_cache_dir, read_checked_npz, write_checked_npz
 from .errors import DataError
@@ -235,6 +235,39 @@ def _outline(shape: int) -> np.ndarray:
     return pts
 
 
+_HEART_RES = 1024  # cells of the heart mask across the unit square (1/50 px at size 18)
+
+
+@lru_cache(maxsize=None)
+def _heart_mask() -> np.ndarray:
+    """(R + 2, R + 2) bool: cell centres of [-0.5, 0.5]^2 inside the heart, with a False border."""
+    r = _HEART_RES
+    centres = (np.arange(r) + 0.5) / r - 0.5
+    gu, gv = np.meshgrid(centres, centres)
+    inside = _Polygon(_outline(2)).contains_points(np.stack([gu.ravel(), gv.ravel()], axis=1))
+    mask = np.zeros((r + 2, r + 2), dtype=bool)
+    mask[1:-1, 1:-1] = inside.reshape(r, r)
+    mask.setflags(write=False)
+    return mask
+
+
+def _inside(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Whether the unit-frame points (u, v) lie inside SHAPES[shape] (as :func:`_outline`)."""
+    if shape == 1:  # the exact ellipse (its 96-gon outline only sets the extent)
+        return (u / 0.5) ** 2 + (v / 0.3) ** 2 <= 1.0
+    pts = _outline(shape)
+    if shape == 2:  # the heart is not convex: look its polygon up in a fine mask
+        mask = _heart_mask()
+        r = _HEART_RES
+        iu = np.clip(np.floor((u + 0.5) * r).astype(np.int64), -1, r)
+        iv = np.clip(np.floor((v + 0.5) * r).astype(np.int64), -1, r)
+        return mask[iv + 1, iu + 1]
+    inside = np.ones(u.shape, dtype=bool)  # convex: on the inner side of every edge
+    for (ax, ay), (bx, by) in zip(pts, np.roll(pts, -1, axis=0)):
+        inside &= (bx - ax) * (v - ay) - (by - ay) * (u - ax) >= 0
+    return inside
+
+
 def _render(shape: int, size: float, angle: float, cx: float, cy: float, canvas: int, ss: int) -> tuple[np.ndarray, int, int]:
     """Coverage of one sprite: (alpha (h, w) float32 in [0, 1], top row, left column)."""
     c, s = math.cos(angle), math.sin(angle)
@@ -244,12 +277,11 @@ def _render(shape: int, size: float, angle: float, cx: float, cy: float, canvas:
     x1 = min(int(math.ceil(pts[:, 0].max())) + 1, canvas)
     y1 = min(int(math.ceil(pts[:, 1].max())) + 1, canvas)
     w, h = x1 - x0, y1 - y0
-    # Pillow puts pixel centres at integer coordinates; sub-pixel j covers [j, j + 1) / ss.
-    local = (pts - (x0, y0)) * ss - 0.5
-    im = Image.new("L", (w * ss, h * ss), 0)
-    ImageDraw.Draw(im).polygon([tuple(p) for p in local.tolist()], fill=255)
-    hi = np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(h, ss, w, ss)
-    alpha = hi.astype(np.float32).mean(axis=(1, 3)) / np.float32(255.0)
+    # sub-pixel (r, q) covers [q, q + 1) x [r, r + 1) / ss; it is inside when its centre is
+    sub = (np.arange(max(w, h) * ss, dtype=np.float64) + 0.5) / ss
+    gx, gy = np.meshgrid(sub[: w * ss] + (x0 - cx), sub[: h * ss] + (y0 - cy))
+    inside = _inside(shape, (gx * c + gy * s) / size, (gy * c - gx * s) / size)
+    alpha = inside.reshape(h, ss, w, ss).mean(axis=(1, 3), dtype=np.float32)
     return alpha, y0, x0
 
 
