@@ -10,10 +10,10 @@ Recipe (offline, numpy and matplotlib's point-in-polygon test only):
   RGB, its size ~ U[min_size, max_size] pixels (default 9 to 18: the unrotated shape's larger
   side), its rotation ~ U[0, 2 pi) and its centre uniform over the positions that keep the
   rotated shape inside the canvas (half a pixel of margin);
-* a sprite is a polygon (the ellipse a 96-gon with axes 1 x 0.6, the heart a 128-point
-  parametric curve, the triangle equilateral), filled (sub-pixel centres inside the polygon) on a grid ``supersample``
-  times finer than the canvas (default 4) and box-downsampled to a coverage ``alpha`` in [0, 1]
-  for anti-aliased edges;
+* a sprite's coverage ``alpha`` in [0, 1] is the fraction of the sub-pixel centres, on a grid
+  ``supersample`` times finer than the canvas (default 4), that lie inside the shape (square;
+  ellipse with axes 1 x 0.6; equilateral triangle, apex up; heart, the 128-point classic
+  parametric curve, point down, looked up in a 1024 x 1024 mask), for anti-aliased edges;
 * sprites are composited in order, later over earlier (``image = alpha * colour + (1 - alpha) *
   image``, overlap allowed), and the result is rounded to uint8.
 
