@@ -27,6 +27,15 @@ Scattered MNIST (:func:`generate_scattered_mnist`, :func:`load_scattered_mnist`)
     train digits and held-out ones from MNIST test digits; cached like multi-MNIST, keyed by
     every :class:`ScatteredMNISTConfig` field.
 
+Multi-dSprites (:func:`generate_multi_dsprites`, :func:`load_multi_dsprites`)
+    64x64 RGB scenes on black with 0..max_objects (default 3) sprites: square, ellipse, heart or
+    triangle (label = index into :data:`SHAPES`), HSV colour with saturation and value in
+    [0.5, 1], size U[9, 18] px, any rotation, fully inside the canvas, later sprites drawn over
+    earlier ones, anti-aliased by 4x supersampling. :class:`MultiDSprites` holds ``images``
+    (N, H, W, 3) uint8 and ``counts``/``labels``/``boxes`` as multi-MNIST (boxes: tight box of
+    each sprite's pixels). Train and test come from independent streams of one seed, cached like
+    multi-MNIST (keyed by every :class:`MultiDSpritesConfig` field). See :mod:`.dsprites`.
+
 Batches (:func:`iterate_batches`, :func:`batch_at_step`)
     Float32 (B, H, W) batches in [0, 1], ragged tail dropped, reshuffled every epoch; the batch
     of global step i is a pure function of (seed or JAX key, i), so resumed runs match.
@@ -51,6 +60,15 @@ from .batches import (
     steps_per_epoch,
     to_float,
 )
+from .dsprites import (
+    DSPRITES_FORMAT_VERSION,
+    SHAPES,
+    MultiDSprites,
+    MultiDSpritesConfig,
+    dsprites_cache_path,
+    generate_multi_dsprites,
+    load_multi_dsprites,
+)
 from .errors import DataError, DataNotFoundError
 from .eval_io import EvalSet, load_eval_npz, save_eval_npz, validate_eval_arrays
 from .images import IMAGE_SUFFIXES, ImageSet, load_images
@@ -74,27 +92,34 @@ from .scattered_mnist import (
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
+    "DSPRITES_FORMAT_VERSION",
     "DataError",
     "DataNotFoundError",
     "EvalSet",
     "IMAGE_SUFFIXES",
     "ImageSet",
     "MNIST_SHA256",
+    "MultiDSprites",
+    "MultiDSpritesConfig",
     "MultiMNIST",
     "MultiMNISTConfig",
     "SCATTERED_CACHE_FORMAT_VERSION",
+    "SHAPES",
     "ScatteredMNISTConfig",
     "batch_at_step",
     "batch_indices",
     "cache_path",
     "default_cache_dir",
+    "dsprites_cache_path",
     "epoch_permutation",
+    "generate_multi_dsprites",
     "generate_multi_mnist",
     "generate_scattered_mnist",
     "iterate_batches",
     "load_eval_npz",
     "load_images",
     "load_mnist",
+    "load_multi_dsprites",
     "load_multi_mnist",
     "load_scattered_mnist",
     "mnist_fingerprint",

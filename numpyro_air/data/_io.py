@@ -1,7 +1,9 @@
-"""Shared file helpers: strict ``.npz`` reading and atomic ``.npz`` writing."""
+"""Shared file helpers: strict ``.npz`` reading, atomic ``.npz`` writing and checksummed caches."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import secrets
 import zipfile
@@ -59,3 +61,48 @@ def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
         except OSError:
             pass
         raise
+
+
+def default_cache_dir() -> Path:
+    """``$NUMPYRO_AIR_DATA``, else ``$XDG_CACHE_HOME/numpyro_air``, else ``~/.cache/numpyro_air``."""
+    env = os.environ.get("NUMPYRO_AIR_DATA")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "numpyro_air"
+
+
+def arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the sorted names, dtypes, shapes and bytes of ``arrays``."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
+def write_checked_npz(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, object]) -> None:
+    """Atomically write ``arrays`` plus a JSON ``meta`` entry that gains their ``checksum``."""
+    meta = {**meta, "checksum": arrays_checksum(arrays)}
+    atomic_savez(path, {"meta": np.array(json.dumps(meta, sort_keys=True)), **arrays})
+
+
+def read_checked_npz(path: Path, names: tuple[str, ...], meta: dict[str, object], *, expected: str) -> dict[str, np.ndarray]:
+    """Read a :func:`write_checked_npz` file; its metadata must equal ``meta`` (plus the checksum).
+
+    Raises DataError for an unreadable file, missing arrays, mismatched metadata (naming the
+    differing keys) or a checksum mismatch.
+    """
+    arrays = read_npz(path, ("meta", *names), expected=expected)
+    stored = json.loads(str(arrays.pop("meta")[()]))
+    if not isinstance(stored, dict):
+        raise DataError("metadata is not a JSON object")
+    want = {**meta, "checksum": stored.get("checksum", "")}
+    if stored != want:
+        diff = sorted(k for k in set(stored) | set(want) if stored.get(k) != want.get(k))
+        raise DataError(f"metadata mismatch in {diff}")
+    if arrays_checksum(arrays) != stored["checksum"]:
+        raise DataError("array checksum mismatch")
+    return arrays

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ._io import atomic_savez, read_npz
+from ._io import default_cache_dir, read_checked_npz, write_checked_npz
 from .errors import DataError
 from .mnist import CANONICAL_FINGERPRINT, load_mnist, mnist_fingerprint
 
@@ -369,16 +369,6 @@ def generate_multi_mnist(
 # ----------------------------------------------------------------------------------------------
 
 
-def default_cache_dir() -> Path:
-    """``$NUMPYRO_AIR_DATA``, else ``$XDG_CACHE_HOME/numpyro_air``, else ``~/.cache/numpyro_air``."""
-    env = os.environ.get("NUMPYRO_AIR_DATA")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "numpyro_air"
-
-
 def _source_id(source: str | os.PathLike[str] | None, arrays: tuple[np.ndarray, ...] | None) -> str:
     if source is None:
         return CANONICAL_FINGERPRINT  # load_mnist(None) verifies the canonical digests
@@ -392,25 +382,13 @@ def cache_path(config: MultiMNISTConfig, mnist_id: str, cache_dir: str | os.Path
     return root / f"multi_mnist_v{CACHE_FORMAT_VERSION}_{config.cache_key(mnist_id)[:24]}.npz"
 
 
-def _arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
-        h.update(a.data)
-    return h.hexdigest()
-
-
-def _metadata(
-    config: MultiMNISTConfig, mnist_id: str, checksum: str, format_version: int = CACHE_FORMAT_VERSION
-) -> dict[str, object]:
+def _metadata(config: MultiMNISTConfig, mnist_id: str, format_version: int = CACHE_FORMAT_VERSION) -> dict[str, object]:
     """The cache metadata; ``config`` is any generator config with ``to_dict`` and ``cache_key``."""
     return {
         "format_version": format_version,
         "config": config.to_dict(),
         "mnist": mnist_id,
         "key": config.cache_key(mnist_id),
-        "checksum": checksum,
     }
 
 
@@ -422,8 +400,7 @@ def _write_cache(
     format_version: int = CACHE_FORMAT_VERSION,
 ) -> None:
     arrays = {f"{s}_{f}": getattr(splits[s], f) for s in _SPLITS for f in _FIELDS}
-    meta = _metadata(config, mnist_id, _arrays_checksum(arrays), format_version)
-    atomic_savez(path, {"meta": np.array(json.dumps(meta, sort_keys=True)), **arrays})
+    write_checked_npz(path, arrays, _metadata(config, mnist_id, format_version))
 
 
 def _read_cache(
@@ -439,16 +416,7 @@ def _read_cache(
     ``num_test``, ``canvas_size`` and ``max_digits``.
     """
     names = tuple(f"{s}_{f}" for s in _SPLITS for f in _FIELDS)
-    arrays = read_npz(path, ("meta", *names), expected=expected)
-    meta = json.loads(str(arrays.pop("meta")[()]))
-    if not isinstance(meta, dict):
-        raise DataError("metadata is not a JSON object")
-    want = _metadata(config, mnist_id, meta.get("checksum", ""), format_version)
-    if meta != want:
-        diff = sorted(k for k in set(meta) | set(want) if meta.get(k) != want.get(k))
-        raise DataError(f"metadata mismatch in {diff}")
-    if _arrays_checksum(arrays) != meta["checksum"]:
-        raise DataError("array checksum mismatch")
+    arrays = read_checked_npz(path, names, _metadata(config, mnist_id, format_version), expected=expected)
     out = {s: MultiMNIST(*(arrays[f"{s}_{f}"] for f in _FIELDS)) for s in _SPLITS}
     for s, n in (("train", config.num_train), ("test", config.num_test)):
         ds = out[s]
