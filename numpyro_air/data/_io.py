@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -106,3 +108,30 @@ def read_checked_npz(path: Path, names: tuple[str, ...], meta: dict[str, object]
     if arrays_checksum(arrays) != stored["checksum"]:
         raise DataError("array checksum mismatch")
     return arrays
+
+
+def cached_splits(
+    path: Path,
+    read: Callable[[], dict],
+    generate: Callable[[], dict],
+    write: Callable[[dict], None],
+    what: str,
+    log: logging.Logger,
+) -> tuple:
+    """``(train, test)`` from the cache file ``path`` (``read()``), or generated (``generate()``) and written
+    (``write(splits)``) when the file is missing or unusable (any error reading it: logged, then
+    regenerated). A failed write only logs: the splits are still returned."""
+    if path.exists():
+        try:
+            splits = read()
+            log.info("loaded %s from cache %s", what, path)
+            return splits["train"], splits["test"]
+        except Exception as e:  # any unreadable/mismatched/corrupt file: regenerate
+            log.warning("%s cache %s is unusable (%s: %s); regenerating it", what, path, type(e).__name__, e)
+    splits = generate()
+    try:
+        write(splits)
+        log.info("wrote %s cache %s", what, path)
+    except OSError as e:
+        log.warning("could not write %s cache %s (%s); continuing without it", what, path, e)
+    return splits["train"], splits["test"]

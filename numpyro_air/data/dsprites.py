@@ -45,7 +45,6 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -53,8 +52,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.path import Path as _Polygon
 
-from ._io import default_cache_dir, read_checked_npz, write_checked_npz
+from ._io import cached_splits, default_cache_dir, read_checked_npz, write_checked_npz
 from .errors import DataError
+from .multi_mnist import MultiMNIST, _check_int, _child, _seed_sequence
 
 __all__ = [
     "DSPRITES_FORMAT_VERSION",
@@ -81,13 +81,6 @@ _SAT_RANGE = (0.5, 1.0)  # HSV saturation and value ranges of the sprite colours
 # ----------------------------------------------------------------------------------------------
 # config and dataset containers
 # ----------------------------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 def _check_params(max_objects: int, canvas_size: int, min_size: float, max_size: float, supersample: int) -> None:
@@ -148,8 +141,9 @@ class MultiDSpritesConfig:
 
 
 @dataclass(frozen=True, eq=False)
-class MultiDSprites:
-    """A generated multi-dSprites split.
+class MultiDSprites(MultiMNIST):
+    """A generated multi-dSprites split: :class:`~numpyro_air.data.multi_mnist.MultiMNIST`'s
+    fields and checks with RGB scenes.
 
     Attributes:
         images: (N, H, W, 3) uint8 RGB scenes.
@@ -158,52 +152,7 @@ class MultiDSprites:
         boxes: (N, K, 4) float32 ``(x0, y0, width, height)`` pixel boxes, zeros when absent.
     """
 
-    images: np.ndarray
-    counts: np.ndarray
-    labels: np.ndarray
-    boxes: np.ndarray
-
-    def __post_init__(self) -> None:
-        im, c, lab, box = self.images, self.counts, self.labels, self.boxes
-        if not (isinstance(im, np.ndarray) and im.ndim == 4 and im.shape[-1] == 3 and im.dtype == np.uint8):
-            raise DataError(f"MultiDSprites.images must be a (N, H, W, 3) uint8 array, got {_describe(im)}")
-        n = im.shape[0]
-        if not (isinstance(c, np.ndarray) and c.shape == (n,) and c.dtype == np.int32):
-            raise DataError(f"MultiDSprites.counts must be a ({n},) int32 array, got {_describe(c)}")
-        if not (isinstance(lab, np.ndarray) and lab.ndim == 2 and lab.shape[0] == n and lab.dtype == np.int32):
-            raise DataError(f"MultiDSprites.labels must be a ({n}, K) int32 array, got {_describe(lab)}")
-        k = lab.shape[1]
-        if not (isinstance(box, np.ndarray) and box.shape == (n, k, 4) and box.dtype == np.float32):
-            raise DataError(f"MultiDSprites.boxes must be a ({n}, {k}, 4) float32 array, got {_describe(box)}")
-        if n and (c.min() < 0 or c.max() > k):
-            raise DataError(f"MultiDSprites.counts must lie in 0..{k}, got {c.min()}..{c.max()}")
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def max_objects(self) -> int:
-        """K, the number of label/box slots per scene."""
-        return int(self.labels.shape[1])
-
-    def images_float(self) -> np.ndarray:
-        """(N, H, W, 3) float32 images in [0, 1] (``images / 255``)."""
-        return self.images.astype(np.float32) / np.float32(255.0)
-
-    def subset(self, index: np.ndarray | slice | Sequence[int]) -> MultiDSprites:
-        """The scenes selected by ``index`` (slice, integer indices or boolean mask)."""
-        return MultiDSprites(
-            np.ascontiguousarray(self.images[index]),
-            np.ascontiguousarray(self.counts[index]),
-            np.ascontiguousarray(self.labels[index]),
-            np.ascontiguousarray(self.boxes[index]),
-        )
-
-
-def _describe(a: object) -> str:
-    if isinstance(a, np.ndarray):
-        return f"shape {a.shape} dtype {a.dtype}"
-    return type(a).__name__
+    _channels = 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -386,18 +335,6 @@ def generate_multi_dsprites(
     return MultiDSprites(images, counts, labels, boxes)
 
 
-def _seed_sequence(seed: int | np.random.SeedSequence) -> np.random.SeedSequence:
-    if isinstance(seed, np.random.SeedSequence):
-        return seed
-    _check_int("seed", seed, 0)
-    return np.random.SeedSequence(int(seed))
-
-
-def _child(ss: np.random.SeedSequence, i: int) -> np.random.SeedSequence:
-    """Child stream i of ``ss``, a pure function (unlike ``SeedSequence.spawn``)."""
-    return np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, i), pool_size=ss.pool_size)
-
-
 # ----------------------------------------------------------------------------------------------
 # cache
 # ----------------------------------------------------------------------------------------------
@@ -456,31 +393,24 @@ def load_multi_dsprites(
     if not isinstance(config, MultiDSpritesConfig):
         raise TypeError(f"config must be a MultiDSpritesConfig, got {type(config).__name__}")
     path = dsprites_cache_path(config, cache_dir)
-    if path.exists():
-        try:
-            splits = _read_cache(path, config)
-            logger.info("loaded multi-dSprites from cache %s", path)
-            return splits["train"], splits["test"]
-        except Exception as e:  # any unreadable/mismatched/corrupt file: regenerate
-            logger.warning("multi-dSprites cache %s is unusable (%s: %s); regenerating it", path, type(e).__name__, e)
 
-    root = _seed_sequence(config.seed)
-    splits = {}
-    for i, (s, n) in enumerate((("train", config.num_train), ("test", config.num_test))):
-        splits[s] = generate_multi_dsprites(
-            n,
-            max_objects=config.max_objects,
-            canvas_size=config.canvas_size,
-            min_size=config.min_size,
-            max_size=config.max_size,
-            supersample=config.supersample,
-            seed=_child(root, i),
-            progress=progress,
-            desc=f"multi-dSprites {s}",
-        )
-    try:
-        _write_cache(path, splits, config)
-        logger.info("wrote multi-dSprites cache %s", path)
-    except OSError as e:
-        logger.warning("could not write multi-dSprites cache %s (%s); continuing without it", path, e)
-    return splits["train"], splits["test"]
+    def generate() -> dict:
+        root = _seed_sequence(config.seed)
+        splits = {}
+        for i, (s, n) in enumerate((("train", config.num_train), ("test", config.num_test))):
+            splits[s] = generate_multi_dsprites(
+                n,
+                max_objects=config.max_objects,
+                canvas_size=config.canvas_size,
+                min_size=config.min_size,
+                max_size=config.max_size,
+                supersample=config.supersample,
+                seed=_child(root, i),
+                progress=progress,
+                desc=f"multi-dSprites {s}",
+            )
+        return splits
+
+    read = lambda: _read_cache(path, config)  # noqa: E731
+    write = lambda splits: _write_cache(path, splits, config)  # noqa: E731
+    return cached_splits(path, read, generate, write, "multi-dSprites", logger)

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ._io import default_cache_dir, read_checked_npz, write_checked_npz
+from ._io import cached_splits, default_cache_dir, read_checked_npz, write_checked_npz
 from .errors import DataError
 from .mnist import CANONICAL_FINGERPRINT, load_mnist, mnist_fingerprint
 
@@ -155,6 +155,8 @@ class MultiMNIST:
         boxes: (N, K, 4) float32 ``(x0, y0, width, height)`` pixel boxes, zeros when absent.
     """
 
+    _channels = 1  # grayscale scenes (N, H, W); subclasses with RGB scenes set 3
+
     images: np.ndarray
     counts: np.ndarray
     labels: np.ndarray
@@ -162,34 +164,39 @@ class MultiMNIST:
 
     def __post_init__(self) -> None:
         im, c, lab, box = self.images, self.counts, self.labels, self.boxes
-        if not (isinstance(im, np.ndarray) and im.ndim == 3 and im.dtype == np.uint8):
-            raise DataError(f"MultiMNIST.images must be a (N, H, W) uint8 array, got {_describe(im)}")
+        name, rgb = type(self).__name__, self._channels == 3
+        ok = im.ndim == 4 and im.shape[-1] == 3 if rgb else im.ndim == 3
+        if not (isinstance(im, np.ndarray) and ok and im.dtype == np.uint8):
+            shape = "(N, H, W, 3)" if rgb else "(N, H, W)"
+            raise DataError(f"{name}.images must be a {shape} uint8 array, got {_describe(im)}")
         n = im.shape[0]
         if not (isinstance(c, np.ndarray) and c.shape == (n,) and c.dtype == np.int32):
-            raise DataError(f"MultiMNIST.counts must be a ({n},) int32 array, got {_describe(c)}")
+            raise DataError(f"{name}.counts must be a ({n},) int32 array, got {_describe(c)}")
         if not (isinstance(lab, np.ndarray) and lab.ndim == 2 and lab.shape[0] == n and lab.dtype == np.int32):
-            raise DataError(f"MultiMNIST.labels must be a ({n}, K) int32 array, got {_describe(lab)}")
+            raise DataError(f"{name}.labels must be a ({n}, K) int32 array, got {_describe(lab)}")
         k = lab.shape[1]
         if not (isinstance(box, np.ndarray) and box.shape == (n, k, 4) and box.dtype == np.float32):
-            raise DataError(f"MultiMNIST.boxes must be a ({n}, {k}, 4) float32 array, got {_describe(box)}")
+            raise DataError(f"{name}.boxes must be a ({n}, {k}, 4) float32 array, got {_describe(box)}")
         if n and (c.min() < 0 or c.max() > k):
-            raise DataError(f"MultiMNIST.counts must lie in 0..{k}, got {c.min()}..{c.max()}")
+            raise DataError(f"{name}.counts must lie in 0..{k}, got {c.min()}..{c.max()}")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     @property
-    def max_digits(self) -> int:
+    def max_objects(self) -> int:
         """K, the number of label/box slots per image."""
         return int(self.labels.shape[1])
 
+    max_digits = max_objects
+
     def images_float(self) -> np.ndarray:
-        """(N, H, W) float32 images in [0, 1] (``images / 255``)."""
+        """(N, H, W[, 3]) float32 images in [0, 1] (``images / 255``)."""
         return self.images.astype(np.float32) / np.float32(255.0)
 
     def subset(self, index: np.ndarray | slice | Sequence[int]) -> MultiMNIST:
         """The images selected by ``index`` (slice, integer indices or boolean mask)."""
-        return MultiMNIST(
+        return type(self)(
             np.ascontiguousarray(self.images[index]),
             np.ascontiguousarray(self.counts[index]),
             np.ascontiguousarray(self.labels[index]),
@@ -450,35 +457,27 @@ def load_multi_mnist(
     arrays = None if source is None else load_mnist(source)
     mnist_id = _source_id(source, arrays)
     path = cache_path(config, mnist_id, cache_dir)
-    if path.exists():
-        try:
-            splits = _read_cache(path, config, mnist_id)
-            logger.info("loaded multi-MNIST from cache %s", path)
-            return splits["train"], splits["test"]
-        except Exception as e:  # any unreadable/mismatched/corrupt file: regenerate
-            logger.warning("multi-MNIST cache %s is unusable (%s: %s); regenerating it", path, type(e).__name__, e)
 
-    if arrays is None:
-        arrays = load_mnist(None)
-    x_train, y_train, x_test, y_test = arrays
-    root = _seed_sequence(config.seed)
-    splits = {}
-    for i, (s, x, y, n) in enumerate((("train", x_train, y_train, config.num_train), ("test", x_test, y_test, config.num_test))):
-        splits[s] = generate_multi_mnist(
-            x,
-            y,
-            n,
-            max_digits=config.max_digits,
-            canvas_size=config.canvas_size,
-            scale_mean=config.scale_mean,
-            scale_sd=config.scale_sd,
-            seed=_child(root, i),
-            progress=progress,
-            desc=f"multi-MNIST {s}",
-        )
-    try:
-        _write_cache(path, splits, config, mnist_id)
-        logger.info("wrote multi-MNIST cache %s", path)
-    except OSError as e:
-        logger.warning("could not write multi-MNIST cache %s (%s); continuing without it", path, e)
-    return splits["train"], splits["test"]
+    def generate() -> dict:
+        x_train, y_train, x_test, y_test = arrays if arrays is not None else load_mnist(None)
+        root = _seed_sequence(config.seed)
+        splits = {}
+        sources = (("train", x_train, y_train, config.num_train), ("test", x_test, y_test, config.num_test))
+        for i, (s, x, y, n) in enumerate(sources):
+            splits[s] = generate_multi_mnist(
+                x,
+                y,
+                n,
+                max_digits=config.max_digits,
+                canvas_size=config.canvas_size,
+                scale_mean=config.scale_mean,
+                scale_sd=config.scale_sd,
+                seed=_child(root, i),
+                progress=progress,
+                desc=f"multi-MNIST {s}",
+            )
+        return splits
+
+    read = lambda: _read_cache(path, config, mnist_id)  # noqa: E731
+    write = lambda splits: _write_cache(path, splits, config, mnist_id)  # noqa: E731
+    return cached_splits(path, read, generate, write, "multi-MNIST", logger)

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._io import cached_splits
 from .errors import DataError
 from .mnist import load_mnist
 from .multi_mnist import (
@@ -295,35 +296,32 @@ def load_scattered_mnist(
     mnist_id = _source_id(source, arrays)
     path = scattered_cache_path(config, mnist_id, cache_dir)
     version = SCATTERED_CACHE_FORMAT_VERSION
-    if path.exists():
-        try:
-            splits = _read_cache(path, config, mnist_id, version, "a scattered-MNIST cache file")  # type: ignore[arg-type]
-            logger.info("loaded scattered MNIST from cache %s", path)
-            return splits["train"], splits["test"]
-        except Exception as e:  # any unreadable/mismatched/corrupt file: regenerate
-            logger.warning("scattered-MNIST cache %s is unusable (%s: %s); regenerating it", path, type(e).__name__, e)
 
-    if arrays is None:
-        arrays = load_mnist(None)
-    x_train, y_train, x_test, y_test = arrays
-    root = _seed_sequence(config.seed)
-    splits = {}
-    for i, (s, x, y, n) in enumerate((("train", x_train, y_train, config.num_train), ("test", x_test, y_test, config.num_test))):
-        splits[s] = generate_scattered_mnist(
-            x,
-            y,
-            n,
-            canvas_size=config.canvas_size,
-            digit_size=config.digit_size,
-            min_digits=config.min_digits,
-            max_digits=config.max_digits,
-            seed=_child(root, i),
-            progress=progress,
-            desc=f"scattered MNIST {s}",
-        )
-    try:
-        _write_cache(path, splits, config, mnist_id, version)  # type: ignore[arg-type]
-        logger.info("wrote scattered-MNIST cache %s", path)
-    except OSError as e:
-        logger.warning("could not write scattered-MNIST cache %s (%s); continuing without it", path, e)
-    return splits["train"], splits["test"]
+    def generate() -> dict:
+        x_train, y_train, x_test, y_test = arrays if arrays is not None else load_mnist(None)
+        root = _seed_sequence(config.seed)
+        splits = {}
+        sources = (("train", x_train, y_train, config.num_train), ("test", x_test, y_test, config.num_test))
+        for i, (s, x, y, n) in enumerate(sources):
+            splits[s] = generate_scattered_mnist(
+                x,
+                y,
+                n,
+                canvas_size=config.canvas_size,
+                digit_size=config.digit_size,
+                min_digits=config.min_digits,
+                max_digits=config.max_digits,
+                seed=_child(root, i),
+                progress=progress,
+                desc=f"scattered MNIST {s}",
+            )
+        return splits
+
+    return cached_splits(
+        path,
+        lambda: _read_cache(path, config, mnist_id, version, "a scattered-MNIST cache file"),  # type: ignore[arg-type]
+        generate,
+        lambda splits: _write_cache(path, splits, config, mnist_id, version),  # type: ignore[arg-type]
+        "scattered MNIST",
+        logger,
+    )
