@@ -4,7 +4,7 @@
 inside ``numpyro.contrib.control_flow.scan``); AIR is one user. NumPyro's ``TraceGraph_ELBO``
 is not used because (1) with ``scan`` every step is one site, so earlier steps never see later
 steps' costs, (2) with subsampling the score term is scaled twice, and (3) it has no baselines
-(see ``shared/reference/numpyro_jax.md`` §1.4-1.6).
+(``tests/test_elbo.py`` shows its bias on a scanned model against exact enumeration).
 
 Estimator, per particle (``sg`` = stop_gradient)::
 
