@@ -1,21 +1,27 @@
-"""Write a held-out multi-MNIST evaluation file built from MNIST *test* digits.
+"""Write a held-out evaluation file of a generated benchmark, balanced over its counts.
 
-    python experiments/make_eval_set.py --out eval_3digits.npz [--max-digits 3] [--per-count 1000]
-        [--seed 0] [--canvas-size 50] [--mnist PATH] [--overwrite]
+    python experiments/make_eval_set.py --out eval_3digits.npz [--dataset multi-mnist] [--max-digits 3]
+        [--per-count 1000] [--seed 0] [--canvas-size N] [--mnist PATH] [--overwrite]
+    python experiments/make_eval_set.py --dataset multi-dsprites --out dsprites_test.npz [--max-objects 3]
+    python experiments/make_eval_set.py --dataset scattered-mnist --out scattered_6to9.npz --min-digits 6 --max-digits 9
 
-Canvases come from :func:`numpyro_air.data.generate_multi_mnist` (Pyro's recipe: count uniform over
-0..max_digits, digit scale ~ N(1.3, 0.1), uniform offsets) applied to the MNIST test split of
-:func:`numpyro_air.data.load_mnist` (``--mnist``: an IDX directory, ``.npz`` or Zarr ``.zip``;
-default the embedded canonical MNIST). Images are generated in chunks until every count
-0..max_digits has at least ``--per-count`` images; then exactly ``--per-count`` images of each
-count are kept (the first ones in generation order, order preserved), so the file is balanced with
-``(max_digits + 1) * per_count`` images. The result is a pure function of (MNIST source, options):
-chunk i uses ``numpy.random.SeedSequence(seed, spawn_key=(EVAL_STREAM, i))``, a stream distinct
-from the ones :func:`numpyro_air.data.load_multi_mnist` derives from the same seed.
+Scenes come from the generator of ``--dataset`` (:func:`numpyro_air.data.generate_dataset`):
+``multi-mnist`` (Pyro's recipe, counts 0..``--max-digits``, default 3, 50x50), ``multi-dsprites``
+(64x64 RGB, 0..``--max-objects`` sprites of ``--min-size``..``--max-size`` px) or
+``scattered-mnist`` (48x48, ``--min-digits``..``--max-digits`` digits of ``--digit-size`` px); the
+options not given keep the generator's defaults. MNIST-based scenes use the MNIST *test* digits
+of :func:`numpyro_air.data.load_mnist` (``--mnist``: an IDX directory, ``.npz`` or Zarr ``.zip``;
+default the embedded canonical MNIST). Scenes are generated in chunks until every count has at
+least ``--per-count`` scenes; then exactly ``--per-count`` scenes of each count are kept (the first
+ones in generation order, order preserved). The result is a pure function of (dataset, MNIST
+source, options): chunk i uses ``numpy.random.SeedSequence(seed, spawn_key=(EVAL_STREAM, i))``, a
+stream distinct from the ones the training loaders derive from the same seed.
 
-The file uses the layout of :mod:`numpyro_air.data.eval_io` (``images`` uint8 (N, H, W), ``counts``
-(N,), ``boxes`` (N, K, 4) tight ``(x0, y0, w, h)`` pixel boxes, ``labels`` (N, K)) and is read with
-:func:`numpyro_air.data.load_eval_npz`. An existing file is never replaced unless ``--overwrite``.
+The file uses the layout of :mod:`numpyro_air.data.eval_io` (``images`` uint8 (N, H, W) or
+(N, H, W, 3), ``counts`` (N,), ``boxes`` (N, K, 4) tight ``(x0, y0, w, h)`` pixel boxes,
+``labels`` (N, K): digit classes or sprite shapes) and is read with
+:func:`numpyro_air.data.load_eval_npz` or ``numpyro-air evaluate --data``. An existing file is
+never replaced unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -23,16 +29,28 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from numpyro_air.data import DataError, MultiMNIST, generate_multi_mnist, load_mnist, save_eval_npz
+from numpyro_air.data import DATASETS, DataError, MultiMNIST, dataset_config, generate_dataset, save_eval_npz
 
-#: spawn-key tag of the evaluation-set streams (keeps them apart from load_multi_mnist's (0,), (1,)).
+#: spawn-key tag of the evaluation-set streams (keeps them apart from the loaders' (0,), (1,)).
 EVAL_STREAM = 0xE7A1
 _MAX_CHUNKS = 64
+#: multi-MNIST evaluation files count 0..3 unless --max-digits says otherwise (training: 0..2).
+EVAL_MAX_DIGITS = 3
+# option -> (type, the datasets it applies to)
+_SCENE_OPTIONS = {
+    "max_digits": (int, ("multi-mnist", "scattered-mnist")),
+    "min_digits": (int, ("scattered-mnist",)),
+    "digit_size": (int, ("scattered-mnist",)),
+    "max_objects": (int, ("multi-dsprites",)),
+    "min_size": (float, ("multi-dsprites",)),
+    "max_size": (float, ("multi-dsprites",)),
+    "canvas_size": (int, tuple(DATASETS)),
+}
 
 
 def _positive_int(text: str) -> int:
@@ -49,76 +67,94 @@ def _non_negative_int(text: str) -> int:
     return v
 
 
+def balanced_set(
+    generate: Callable[[int, np.random.SeedSequence], MultiMNIST],
+    counts: Sequence[int],
+    *,
+    per_count: int = 1000,
+    seed: int = 0,
+) -> MultiMNIST:
+    """Exactly ``per_count`` scenes of each count in ``counts``, from ``generate(n, seed_sequence)``
+    called on chunk streams ``SeedSequence(seed, spawn_key=(EVAL_STREAM, i))`` until every count
+    has enough (first scenes in generation order kept, order preserved)."""
+    if per_count < 1:
+        raise ValueError(f"per_count must be >= 1, got {per_count}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    counts = np.asarray(counts)
+    chunks: list[MultiMNIST] = []
+    have = np.zeros(len(counts), np.int64)
+    # First chunk: ~10% + 64 more than the balanced total, so one chunk almost always suffices.
+    size = math.ceil(len(counts) * per_count * 1.1) + 64
+    for i in range(_MAX_CHUNKS):
+        chunk = generate(size, np.random.SeedSequence(seed, spawn_key=(EVAL_STREAM, i)))
+        chunks.append(chunk)
+        have += np.array([np.sum(chunk.counts == c) for c in counts])
+        deficit = int(np.max(per_count - have))
+        if deficit <= 0:
+            break
+        size = math.ceil(len(counts) * deficit * 1.5) + 64
+    else:  # pragma: no cover - needs a pathological generator
+        raise DataError(f"could not collect {per_count} scenes per count in {_MAX_CHUNKS} chunks")
+    fields = ("images", "counts", "labels", "boxes")
+    full = type(chunks[0])(*(np.concatenate([getattr(c, f) for c in chunks]) for f in fields))
+    keep = np.zeros(len(full), bool)
+    for c in counts:
+        keep[np.flatnonzero(full.counts == c)[:per_count]] = True
+    return full.subset(keep)
+
+
 def make_eval_set(
     digits: np.ndarray,
     digit_labels: np.ndarray,
     *,
-    max_digits: int = 3,
+    max_digits: int = EVAL_MAX_DIGITS,
     per_count: int = 1000,
     canvas_size: int = 50,
     seed: int = 0,
     progress: bool = False,
 ) -> MultiMNIST:
-    """A balanced multi-MNIST set: exactly ``per_count`` canvases of each count 0..max_digits.
+    """A balanced multi-MNIST set: exactly ``per_count`` canvases of each count 0..max_digits
+    made of ``digits`` (M, s, s) uint8 with classes ``digit_labels`` (M,) (use the MNIST test
+    split for a held-out set); see :func:`balanced_set`."""
+    from numpyro_air.data import generate_multi_mnist
 
-    Args:
-        digits: (M, s, s) uint8 source digits (use the MNIST test split for a held-out set).
-        digit_labels: (M,) integer classes of ``digits``.
-        max_digits: K, the largest count (also the number of box/label slots).
-        per_count: images kept per count (>= 1).
-        canvas_size: canvas side in pixels.
-        seed: non-negative seed; the result is a pure function of (digits, arguments).
-        progress: show tqdm bars while generating.
-
-    Returns:
-        MultiMNIST with images ((K + 1) * per_count, canvas, canvas) uint8, counts, labels (., K)
-        and boxes (., K, 4), in generation order.
-    """
-    if per_count < 1:
-        raise ValueError(f"per_count must be >= 1, got {per_count}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    classes = max_digits + 1
-    chunks: list[MultiMNIST] = []
-    have = np.zeros(classes, np.int64)
-    # First chunk: ~10% + 64 more than the balanced total, so one chunk almost always suffices.
-    size = math.ceil(classes * per_count * 1.1) + 64
-    for i in range(_MAX_CHUNKS):
-        ss = np.random.SeedSequence(seed, spawn_key=(EVAL_STREAM, i))
-        chunk = generate_multi_mnist(
-            digits,
-            digit_labels,
-            size,
-            max_digits=max_digits,
-            canvas_size=canvas_size,
-            seed=ss,
-            progress=progress,
-            desc=f"eval set chunk {i}",
+    def generate(n: int, ss: np.random.SeedSequence) -> MultiMNIST:
+        return generate_multi_mnist(
+            digits, digit_labels, n, max_digits=max_digits, canvas_size=canvas_size, seed=ss, progress=progress
         )
-        chunks.append(chunk)
-        have += np.bincount(chunk.counts, minlength=classes)
-        deficit = int(np.max(per_count - have))
-        if deficit <= 0:
-            break
-        size = math.ceil(classes * deficit * 1.5) + 64
-    else:  # pragma: no cover - needs a pathological generator
-        raise DataError(f"could not collect {per_count} images per count in {_MAX_CHUNKS} chunks")
-    fields = ("images", "counts", "labels", "boxes")
-    full = MultiMNIST(*(np.concatenate([getattr(c, f) for c in chunks]) for f in fields))
-    keep = np.zeros(len(full), bool)
-    for c in range(classes):
-        keep[np.flatnonzero(full.counts == c)[:per_count]] = True
-    return full.subset(keep)
+
+    return balanced_set(generate, range(max_digits + 1), per_count=per_count, seed=seed)
+
+
+def dataset_eval_set(
+    name: str, options: dict, *, per_count: int, seed: int, source: str | None = None, progress: bool = False
+) -> tuple[MultiMNIST, object]:
+    """(balanced held-out set, generator config) of dataset ``name`` with the scene ``options``
+    (the fields of its generator config; the others keep their defaults)."""
+    if name == "multi-mnist":
+        options = {"max_digits": EVAL_MAX_DIGITS} | options
+    config = dataset_config(name, **options)
+    low, high = DATASETS[name].count_range(config)
+
+    def generate(n: int, ss: np.random.SeedSequence) -> MultiMNIST:
+        return generate_dataset(name, config, n, ss, split="test", source=source, progress=progress)
+
+    return balanced_set(generate, range(low, high + 1), per_count=per_count, seed=seed), config
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Command-line entry point (see the module docstring); returns the path written."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output .npz path (written exactly; no suffix added)")
-    p.add_argument("--max-digits", type=_non_negative_int, default=3, help="counts 0..max_digits (default 3)")
-    p.add_argument("--per-count", type=_positive_int, default=1000, help="images per count (default 1000)")
+    p.add_argument("--dataset", choices=list(DATASETS), default="multi-mnist", help="generator (default multi-mnist)")
+    for name, (kind, where) in _SCENE_OPTIONS.items():
+        flag = "--" + name.replace("_", "-")
+        if kind is int:
+            kind = _non_negative_int if name in ("max_digits", "max_objects", "min_digits") else _positive_int
+        p.add_argument(flag, type=kind, default=None, help=f"{', '.join(where)} (default: the generator's)")
+    p.add_argument("--per-count", type=_positive_int, default=1000, help="scenes per count (default 1000)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="generator seed (default 0)")
-    p.add_argument("--canvas-size", type=_positive_int, default=50, help="canvas side in pixels (default 50)")
     p.add_argument("--mnist", default=None, help="MNIST source for load_mnist (default: embedded MNIST)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = p.parse_args(argv)
@@ -128,26 +164,25 @@ def main(argv: Sequence[str] | None = None) -> Path:
         raise SystemExit(f"error: {out} already exists; pass --overwrite to replace it")
     if out.is_dir():
         raise SystemExit(f"error: {out} is a directory")
+    options = {k: getattr(args, k) for k in _SCENE_OPTIONS if getattr(args, k) is not None}
+    wrong = [k for k in options if args.dataset not in _SCENE_OPTIONS[k][1]]
+    if wrong:
+        raise SystemExit(f"error: {', '.join('--' + k.replace('_', '-') for k in wrong)}: not an option of {args.dataset}")
+    if args.mnist is not None and not DATASETS[args.dataset].uses_mnist:
+        raise SystemExit(f"error: --mnist: {args.dataset} is not built from MNIST digits")
     try:
-        _, _, x_test, y_test = load_mnist(args.mnist)
-        ds = make_eval_set(
-            x_test,
-            y_test,
-            max_digits=args.max_digits,
-            per_count=args.per_count,
-            canvas_size=args.canvas_size,
-            seed=args.seed,
-            progress=sys.stderr.isatty(),
+        ds, config = dataset_eval_set(
+            args.dataset, options, per_count=args.per_count, seed=args.seed, source=args.mnist, progress=sys.stderr.isatty()
         )
     except (DataError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     path = save_eval_npz(out, ds)
-    hist = np.bincount(ds.counts, minlength=args.max_digits + 1)
-    per = ", ".join(f"{c}: {n}" for c, n in enumerate(hist.tolist()))
-    print(
-        f"wrote {len(ds)} images ({per} per count; {args.canvas_size}x{args.canvas_size}, "
-        f"MNIST test digits, seed {args.seed}) to {path}"
-    )
+    low, high = DATASETS[args.dataset].count_range(config)
+    hist = [int(np.sum(ds.counts == c)) for c in range(low, high + 1)]
+    per = ", ".join(f"{c}: {n}" for c, n in zip(range(low, high + 1), hist))
+    source = "MNIST test digits, " if DATASETS[args.dataset].uses_mnist else ""
+    size = config.canvas_size
+    print(f"wrote {len(ds)} {args.dataset} scenes ({per} per count; {size}x{size}, {source}seed {args.seed}) to {path}")
     return path
 
 

