@@ -26,6 +26,7 @@ from .estimators.vimco import VIMCO_ELBO
 from .pretrained_model import heldout_scenes, pretrained
 from .pyro_compat import from_pyro_state_dict, to_pyro_state_dict
 from .train.checkpoint import export_params, load_params
+from .train.dataset_recipes import DATASET_RECIPES, DatasetRecipe
 from .train.recipes import PRESETS, OptimConfig, Recipe
 from .train.step import make_step
 from .train.svi import StepInfo, make_svi, make_update
@@ -37,6 +38,8 @@ __all__ = [
     "NVIL_ELBO",
     "OptimConfig",
     "PRESETS",
+    "DATASET_RECIPES",
+    "DatasetRecipe",
     "Recipe",
     "StepInfo",
     "VIMCO_ELBO",

@@ -15,7 +15,7 @@ from numpyro.infer import Trace_ELBO
 import numpyro_air
 from numpyro_air import NVIL_ELBO, PRESETS, VIMCO_ELBO, AIRConfig, OptimConfig, Recipe, make_svi
 from numpyro_air.cli import train as cli
-from numpyro_air.data import MultiMNISTConfig
+from numpyro_air.data import MultiDSpritesConfig, MultiMNISTConfig, ScatteredMNISTConfig
 from numpyro_air.train import loop as training
 from numpyro_air.train import recipes as recipes_module
 from numpyro_air.train import svi as svi_module
@@ -90,7 +90,9 @@ def test_help_shows_each_default_and_the_presets_that_differ():
     text = " ".join(cli.build_parser().format_help().split())  # argparse wraps lines
     assert f"minibatch size ({TrainConfig().batch_size})" in text
     assert f"(default {TrainConfig().num_steps} here; Pyro: 1e8)" in text
-    assert f"training canvases ({MultiMNISTConfig().num_train})" in text
+    assert f"training scenes ({MultiMNISTConfig().num_train})" in text
+    assert f"scattered MNIST: digit side in pixels ({ScatteredMNISTConfig().digit_size})" in text
+    assert f"multi-dSprites: largest sprite size in pixels ({MultiDSpritesConfig().max_size})" in text
     tutorial = Recipe.tutorial()
     assert f"({AIRConfig().z_pres_prior}; tutorial, concrete, fast: {tutorial.air.z_pres_prior})" in text
     assert (

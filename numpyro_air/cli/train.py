@@ -149,13 +149,15 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = super()._get_help_string(action) or ""
         if "{" not in text:
             return text
-        from numpyro_air.data import MultiMNISTConfig
+        from numpyro_air.data import MultiDSpritesConfig, MultiMNISTConfig, ScatteredMNISTConfig
         from numpyro_air.train.loop import CHECKPOINT_NAME, TrainConfig
         from numpyro_air.train.recipes import PRESETS, OptimConfig
 
         return text.format(
             train=TrainConfig(),
             data=MultiMNISTConfig(),
+            scattered=ScatteredMNISTConfig(),
+            dsprites=MultiDSpritesConfig(),
             air=_PresetDefaults("air"),
             optim=_PresetDefaults("optim"),
             particles=OptimConfig().for_estimator("nvil").num_particles,
@@ -292,11 +294,11 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     a("--data-dir", type=str, help="cache directory of the generated data")
     a("--canvas-size", type=int, help="canvas side of the generated data (multi-MNIST: the model's image size)")
     a("--max-digits", type=int, help="multi-/scattered MNIST: most digits per canvas ({data.max_digits})")
-    a("--min-digits", type=int, help="scattered MNIST: fewest digits per canvas (1)")
-    a("--digit-size", type=int, help="scattered MNIST: digit side in pixels (14)")
-    a("--max-objects", type=int, help="multi-dSprites: most sprites per scene (3)")
-    a("--min-size", type=float, help="multi-dSprites: smallest sprite size in pixels (9)")
-    a("--max-size", type=float, help="multi-dSprites: largest sprite size in pixels (18)")
+    a("--min-digits", type=int, help="scattered MNIST: fewest digits per canvas ({scattered.min_digits})")
+    a("--digit-size", type=int, help="scattered MNIST: digit side in pixels ({scattered.digit_size})")
+    a("--max-objects", type=int, help="multi-dSprites: most sprites per scene ({dsprites.max_objects})")
+    a("--min-size", type=float, help="multi-dSprites: smallest sprite size in pixels ({dsprites.min_size})")
+    a("--max-size", type=float, help="multi-dSprites: largest sprite size in pixels ({dsprites.max_size})")
     a("--num-train", type=int, help="training scenes ({data.num_train})")
     a("--num-test", type=int, help="held-out scenes (MNIST test digits for the MNIST-based sets; {data.num_test})")
     a("--data-seed", type=int, help="generator seed ({data.seed})")
@@ -343,7 +345,7 @@ def dataset_configs(d: dict, air, given: dict):
     with the generator flags given. The canvas (size, channels) follows the data; with an
     explicit ``--dataset`` and no ``-t``, the model takes at least one step per object."""
     from numpyro_air.data import DATASETS, MultiMNISTConfig, dataset_config
-    from numpyro_air.train.recipes import DATASET_RECIPES
+    from numpyro_air.train.dataset_recipes import DATASET_RECIPES
 
     name = d.get("dataset", "multi-mnist")
     known = {f for f in DATASETS[name].config_type.__dataclass_fields__}
@@ -371,8 +373,9 @@ def configs_from_args(args: argparse.Namespace, images=None):
     ``--dataset``'s, else the default preset) with the fields of the flags given replaced.
     ``images``: the training :class:`~numpyro_air.data.ImageSet` of ``--data``; the canvas then
     comes from its shape (:func:`canvas_config`) and the fourth item is None."""
+    from numpyro_air.train.dataset_recipes import DATASET_RECIPES
     from numpyro_air.train.loop import TrainConfig
-    from numpyro_air.train.recipes import DATASET_RECIPES, PRESETS
+    from numpyro_air.train.recipes import PRESETS
 
     d = vars(args)
     if "dataset" in d and "preset" not in d:
@@ -522,7 +525,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
             progress=not d.get("no_progress"),
         )
         print(
-            f"data: {d.get('dataset', 'multi-mnist')}, {len(train_set)} train / {len(test_set)} test scenes ({time.time() - t:.1f}s); devices {jax.devices()}",
+            f"data: {d.get('dataset', 'multi-mnist')}, {len(train_set)} train / {len(test_set)} test scenes "
+            f"({time.time() - t:.1f}s); devices {jax.devices()}",
             flush=True,
         )
     else:

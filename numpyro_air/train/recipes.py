@@ -7,12 +7,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 from ..core.config import AIRConfig
-from ..data.dsprites import MultiDSpritesConfig
-from ..data.multi_mnist import MultiMNISTConfig
-from ..data.scattered_mnist import ScatteredMNISTConfig
 from ..estimators.nvil import check_loss_scale, check_signal_decay
 from ..estimators.vimco import VIMCO_ELBO
 from .optim import make_optimizer
@@ -92,61 +89,5 @@ PRESETS: Mapping[str, Recipe] = MappingProxyType(
         "tutorial": Recipe.tutorial(),
         "concrete": Recipe.concrete(),
         "fast": Recipe.fast(),
-    }
-)
-
-
-@dataclass(frozen=True)
-class DatasetRecipe:
-    """What ``numpyro-air train --dataset NAME`` trains with when no other flag is given.
-
-    Attributes:
-        recipe: the model configuration (canvas, channels, steps, priors, networks) and optimiser.
-        data: the generator configuration of the benchmark (``numpyro_air.data.DATASETS``).
-        train_steps: optimisation steps (``-n``) of the measured results.
-    """
-
-    recipe: Recipe
-    data: Any
-    train_steps: int
-
-
-def _multi_dsprites() -> DatasetRecipe:
-    """64x64 RGB sprites of 9-18 px (up to 25 px across when rotated): windows of 64 / 2.5 = 26 px
-    (scale prior 2.5 with a wide sd 0.5 for the size range; at 3, windows of 21 px, sprites were
-    split over two steps longer), a 24x24x3 glimpse, a convolutional image embedding for the
-    LSTM (the 12,288 inputs would need 12.6 M weights per LSTM), the relaxed presence of
-    ``fast``."""
-    air = Recipe.fast().air.replace(
-        image_size=64,
-        channels=3,
-        num_steps=3,
-        window_size=24,
-        scale_prior_mean=2.5,
-        scale_prior_sd=0.5,
-        conv_embed=(16, 32, 32, 64),
-    )
-    return DatasetRecipe(Recipe(air, Recipe.fast().optim), MultiDSpritesConfig(), 10_000)
-
-
-def _scattered_mnist() -> DatasetRecipe:
-    """48x48 canvases with 1-5 digits of 14x14: one step per digit, windows of 14 px (scale
-    prior 48 / 14 = 3.4), a 14x14 glimpse (the digits' own resolution), the ``fast`` recipe."""
-    data = ScatteredMNISTConfig()
-    air = Recipe.fast().air.replace(
-        image_size=data.canvas_size,
-        num_steps=data.max_digits,
-        window_size=data.digit_size,
-        scale_prior_mean=3.4,
-    )
-    return DatasetRecipe(Recipe(air, Recipe.fast().optim), data, 10_000)
-
-
-# The recipe of each generated benchmark, for ``numpyro-air train --dataset NAME``.
-DATASET_RECIPES: Mapping[str, DatasetRecipe] = MappingProxyType(
-    {
-        "multi-mnist": DatasetRecipe(Recipe.fast(), MultiMNISTConfig(), 20_000),
-        "multi-dsprites": _multi_dsprites(),
-        "scattered-mnist": _scattered_mnist(),
     }
 )

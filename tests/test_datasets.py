@@ -1,0 +1,198 @@
+"""Benchmarks by name: the DATASETS table, ``--dataset`` and its recipes, make_eval_set.py for each
+generator, ``evaluate --model-steps`` and the unrolled seeds of convolutional models."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_data import write_mnist_npz
+from test_data_provenance import TEST_LABELS, TEST_LEVELS, TRAIN_LABELS, TRAIN_LEVELS, check_split, fake_mnist
+
+from numpyro_air import DATASET_RECIPES, PRESETS, AIRConfig, OptimConfig, make_svi
+from numpyro_air.cli import train as cli
+from numpyro_air.data import (
+    DATASETS,
+    MultiDSpritesConfig,
+    ScatteredMNISTConfig,
+    dataset_config,
+    generate_dataset,
+    load_dataset,
+    load_eval_npz,
+)
+from numpyro_air.train.step import over_seeds
+from numpyro_air.train.svi import make_update
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def configs(*argv):
+    return cli.configs_from_args(cli.build_parser().parse_args(list(argv)))
+
+
+# ------------------------------------------------------------------------------------ the table
+def test_table_configs_and_errors():
+    assert list(DATASETS) == list(DATASET_RECIPES) == ["multi-mnist", "multi-dsprites", "scattered-mnist"]
+    assert [DATASETS[n].channels for n in DATASETS] == [1, 3, 1]
+    cfg = dataset_config("scattered-mnist", max_digits=9)
+    assert cfg == ScatteredMNISTConfig(max_digits=9)
+    assert DATASETS["scattered-mnist"].count_range(cfg) == (1, 9)
+    assert DATASETS["multi-dsprites"].count_range(MultiDSpritesConfig()) == (0, 3)
+    with pytest.raises(ValueError, match="multi-dsprites has no option max_digits"):
+        dataset_config("multi-dsprites", max_digits=2)
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        dataset_config("clevr")
+    with pytest.raises(TypeError, match="needs a MultiDSpritesConfig"):
+        load_dataset("multi-dsprites", ScatteredMNISTConfig())
+    with pytest.raises(ValueError, match="not built from MNIST"):
+        load_dataset("multi-dsprites", MultiDSpritesConfig(num_train=1, num_test=1), source="x.npz")
+
+
+def test_generate_dataset_draws_from_the_split_asked_for(tmp_path):
+    source = write_mnist_npz(tmp_path / "fake.npz", fake_mnist())
+    cfg = ScatteredMNISTConfig(canvas_size=40, min_digits=1, max_digits=3)
+    test = generate_dataset("scattered-mnist", cfg, 12, np.random.SeedSequence(5), source=source)
+    check_split(test, set(TEST_LABELS.tolist()), TEST_LEVELS, 255)
+    train = generate_dataset("scattered-mnist", cfg, 12, np.random.SeedSequence(5), split="train", source=source)
+    check_split(train, set(TRAIN_LABELS.tolist()), TRAIN_LEVELS, 255)
+    again = generate_dataset("scattered-mnist", cfg, 12, np.random.SeedSequence(5), source=source)
+    assert np.array_equal(again.images, test.images) and np.array_equal(again.boxes, test.boxes)
+    sprites = generate_dataset("multi-dsprites", MultiDSpritesConfig(canvas_size=32), 6, np.random.SeedSequence(1))
+    assert sprites.images.shape == (6, 32, 32, 3) and sprites.counts.max() <= 3
+
+
+# ----------------------------------------------------------------------------- --dataset (CLI)
+@pytest.mark.parametrize("name", ["multi-mnist", "multi-dsprites", "scattered-mnist"])
+def test_dataset_alone_is_its_recipe(name):
+    air, opt, tcfg, data = configs("--dataset", name)
+    want = DATASET_RECIPES[name]
+    assert air == want.recipe.air and opt == want.recipe.optim and data == want.data
+    assert tcfg.num_steps == want.train_steps
+    assert air.image_size == data.canvas_size and air.channels == DATASETS[name].channels
+    assert air.num_steps >= DATASETS[name].count_range(data)[1]
+
+
+def test_dataset_recipes_fit_their_scenes():
+    ds = DATASET_RECIPES["multi-dsprites"].recipe.air
+    assert (ds.image_size, ds.channels, ds.num_steps) == (64, 3, 3) and ds.conv_embed is not None
+    assert ds.image_size / ds.scale_prior_mean >= 18  # a window holds the largest sprite
+    sc = DATASET_RECIPES["scattered-mnist"].recipe.air
+    assert (sc.image_size, sc.channels, sc.num_steps, sc.window_size) == (48, 1, 5, 14)
+    assert sc.image_size / sc.scale_prior_mean == pytest.approx(14, abs=0.5)  # a window is one digit
+    assert DATASET_RECIPES["multi-mnist"].recipe == PRESETS["fast"]
+
+
+def test_dataset_flags_override_and_model_steps_follow_the_counts():
+    air, _, tcfg, data = configs("--dataset", "scattered-mnist", "--max-digits", "7", "-n", "50")
+    assert data.max_digits == 7 and air.num_steps == 7 and tcfg.num_steps == 50
+    air, _, _, _ = configs("--dataset", "scattered-mnist", "--max-digits", "7", "-t", "4")
+    assert air.num_steps == 4  # -t given: kept
+    air, opt, tcfg, data = configs("--dataset", "multi-dsprites", "--preset", "tutorial", "--window-size", "20")
+    assert opt == PRESETS["tutorial"].optim and air.presence_estimator == "nvil"  # the preset's recipe
+    assert (air.image_size, air.channels, air.window_size) == (64, 3, 20) and data == MultiDSpritesConfig()
+    assert tcfg.num_steps != DATASET_RECIPES["multi-dsprites"].train_steps
+    air, _, _, data = configs("--dataset", "multi-dsprites", "--canvas-size", "48", "--max-objects", "2")
+    assert air.image_size == 48 and data.canvas_size == 48 and data.max_objects == 2
+    # no --dataset: Pyro's defaults on multi-MNIST, as before
+    air, opt, _, data = configs()
+    assert air == AIRConfig() and opt == OptimConfig() and data.canvas_size == 50
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dataset", "multi-dsprites", "--max-digits", "2"], "--max-digits: not an option of --dataset multi-dsprites"),
+        (["--dataset", "scattered-mnist", "--max-objects", "2"], "--max-objects: not an option of --dataset scattered"),
+        (["--dataset", "multi-dsprites", "--mnist", "m.npz"], "--mnist: --dataset multi-dsprites is not built from MNIST"),
+        (["--dataset", "multi-dsprites", "--canvas-size", "16"], "canvas_size=16 cannot hold a rotated sprite"),
+        (["--dataset", "scattered-mnist", "--canvas-size", "12", "--digit-size", "8"], "window_size (14)"),
+        (["--dataset", "scattered-mnist", "--min-digits", "4", "--max-digits", "2"], "min_digits"),
+    ],
+)
+def test_dataset_bad_flags_are_one_error_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--out", "never-written"])
+    assert message in str(e.value) and str(e.value).startswith("error: ") and "\n" not in str(e.value)
+    assert not Path("never-written").exists()
+
+
+def test_dataset_and_own_data_exclude_each_other(tmp_path):
+    np.savez(tmp_path / "d.npz", images=np.zeros((4, 20, 20), np.uint8))
+    with pytest.raises(SystemExit, match="--dataset: options of the generated benchmarks, which --data replaces"):
+        cli.main(["--data", str(tmp_path / "d.npz"), "--dataset", "multi-dsprites", "--out", str(tmp_path / "o")])
+
+
+# ------------------------------------------------------------------------ make_eval_set.py
+@pytest.fixture(scope="module")
+def make_eval_set():
+    spec = importlib.util.spec_from_file_location("make_eval_set", ROOT / "experiments" / "make_eval_set.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_eval_set_multi_dsprites(tmp_path, make_eval_set, capsys):
+    out = tmp_path / "ds.npz"
+    make_eval_set.main(["--dataset", "multi-dsprites", "--out", str(out), "--per-count", "3", "--canvas-size", "32"])
+    assert "0: 3, 1: 3, 2: 3, 3: 3" in capsys.readouterr().out
+    ev = load_eval_npz(out)
+    assert ev.images.shape == (12, 32, 32, 3) and np.bincount(ev.counts).tolist() == [3, 3, 3, 3]
+    present = np.arange(3)[None, :] < ev.counts[:, None]
+    assert set(ev.labels[present].tolist()) <= {0, 1, 2, 3} and np.all(ev.labels[~present] == -1)
+    assert np.all(ev.images[ev.counts == 0] == 0) and np.all(ev.images[ev.counts > 0].max(axis=(1, 2, 3)) > 0)
+    with pytest.raises(SystemExit, match="--max-digits: not an option of multi-dsprites"):
+        make_eval_set.main(["--dataset", "multi-dsprites", "--out", str(tmp_path / "x.npz"), "--max-digits", "2"])
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_make_eval_set_scattered_more_digits_than_trained(tmp_path, make_eval_set):
+    source = write_mnist_npz(tmp_path / "fake.npz", fake_mnist())
+    out = tmp_path / "sc.npz"
+    argv = ["--dataset", "scattered-mnist", "--out", str(out), "--per-count", "2", "--mnist", str(source)]
+    make_eval_set.main([*argv, "--min-digits", "6", "--max-digits", "7", "--canvas-size", "48", "--digit-size", "8"])
+    ev = load_eval_npz(out)
+    assert ev.images.shape == (4, 48, 48) and sorted(ev.counts.tolist()) == [6, 6, 7, 7]
+    present = np.arange(7)[None, :] < ev.counts[:, None]
+    assert set(ev.labels[present].tolist()) <= set(TEST_LABELS.tolist())  # MNIST test digits only
+
+
+# -------------------------------------------------------------------- evaluate --model-steps
+def test_evaluate_with_more_steps_than_trained(tmp_path, make_eval_set):
+    from numpyro_air.cli import evaluate
+
+    out = tmp_path / "e.npz"
+    make_eval_set.main(["--out", str(out), "--max-digits", "4", "--per-count", "2"])
+    weights = ROOT / "numpyro_air" / "weights" / "air_multi_mnist.npz"
+    three = evaluate.main(["--checkpoint", str(weights), "--data", str(out), "--json"])
+    five = evaluate.main(["--checkpoint", str(weights), "--data", str(out), "--json", "--model-steps", "5"])
+    assert three["model_steps"] == 3 and five["model_steps"] == 5
+    assert len(three["confusion"][0]) == 4 and len(five["confusion"][0]) == 6  # columns: 0..T objects
+    assert sum(map(sum, five["confusion"])) == 10
+    with pytest.raises(SystemExit, match="--model-steps must be >= 1"):
+        evaluate.main(["--checkpoint", str(weights), "--data", str(out), "--model-steps", "0"])
+
+
+# ------------------------------------------------------------ seeds of convolutional models
+def test_unrolled_seeds_equal_each_seed_alone():
+    """K seeds of a convolutional model run as K plain updates in one program: each seed's new
+    state equals its own one-seed update."""
+    air = AIRConfig(
+        image_size=16, window_size=8, z_what_size=4, rnn_hidden_size=16, encoder_net=(16,), decoder_net=(16,),
+        conv_embed=(4,), conv_embed_features=8, presence_estimator="concrete",
+    )  # fmt: skip
+    assert air.uses_convolutions and not dataclasses.replace(air, conv_embed=None).uses_convolutions
+    svi = make_svi(air, OptimConfig())
+    images = jax.random.uniform(jax.random.PRNGKey(0), (2, 4, 16, 16))
+    states = [svi.init(jax.random.PRNGKey(k), images[k]) for k in range(2)]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
+    update = make_update(svi, air)
+    both, _ = jax.jit(over_seeds(update, 2, sequential=True))(stacked, images, jnp.int32(1))
+    for k in range(2):
+        alone, _ = jax.jit(update)(states[k], images[k], jnp.int32(1))
+        for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(jax.tree.map(lambda x: x[k], both))):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
