@@ -29,6 +29,8 @@ TEST_RC=${PIPESTATUS[0]}
 python3 benchmarks/svi_step.py --device gpu --batch-size 64 --flops --json > "$OUT/svi_step_b64.json"
 python3 benchmarks/svi_step.py --device gpu --batch-size 256 --json > "$OUT/svi_step_b256.json"
 python3 benchmarks/seeds.py --device gpu --seeds 1 2 4 8 --json > "$OUT/seeds.json"
+# each benchmark recipe (--dataset) with 1 and 4 seeds: steps/s and the time of 100,000 steps
+python3 benchmarks/dataset_recipes.py --device gpu --seeds 1 4 --steps 30 > "$OUT/dataset_recipes.txt"
 # the training loop against its bare step, and time to 95% held-out (wall clock of the command
 # included: compilation and data loading count towards the GPU target of 60 s)
 python3 benchmarks/train_loop.py --device gpu --json > "$OUT/train_loop.json"

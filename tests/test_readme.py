@@ -30,3 +30,18 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(namespace["params"])):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     assert jax.tree.structure(namespace["same"]) == jax.tree.structure(namespace["params"])
+
+
+def test_no_path_outside_the_repository_in_docs_or_code():
+    """No README, docstring or script points at files a user of the package does not have."""
+    root = Path(__file__).resolve().parents[1]
+    outside = ("../" + "shared", "shared/" + "reference")
+    files = [
+        p
+        for p in root.rglob("*")
+        if p.suffix in (".md", ".py", ".ipynb", ".sh", ".toml")
+        and not any(part.startswith(".") or part in ("build", "dist", "runs") for part in p.relative_to(root).parts)
+    ]
+    assert len(files) > 50
+    hits = [f"{p.relative_to(root)}: {s}" for p in files for s in outside if s in p.read_text(errors="replace")]
+    assert not hits, hits

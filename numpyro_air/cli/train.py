@@ -26,7 +26,9 @@ checkpoints, and a resumed run equals the uninterrupted one. Seed S+k inside ``-
 compiled program whose floating-point rounding differs from the first step on; training
 amplifies it, so rerunning one seed of a multi-seed run alone gives a different model (another
 draw from the same spread across seeds, not that seed's result). The same holds across
-machines, jax versions and ``--num-devices``.
+machines, jax versions and ``--num-devices``. Models with convolutions run their seeds as K
+one-seed steps side by side instead (faster than a vmapped convolution), which compute what each
+seed computes alone.
 """
 
 from __future__ import annotations

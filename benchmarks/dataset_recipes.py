@@ -1,0 +1,110 @@
+"""Steps per second of each benchmark's recipe (``numpyro-air train --dataset NAME``), the way the
+training loop runs it: ``make_step`` with K seeds, each case in a fresh process.
+
+    python benchmarks/dataset_recipes.py [--seeds 1 4] [--steps 20] [--only NAME ...] [--device cpu] [--json]
+
+For each dataset of ``DATASET_RECIPES`` and each K of ``--seeds``: the recipe's model on random
+scenes of its canvas (batch 64), the compiled step, 3 warm-up steps, then the median of
+``--steps`` blocked steps; XLA's FLOP count of the compiled step (``cost_analysis``), the
+process's peak resident memory, and the time 100,000 steps would take at the measured rate.
+``--json`` writes ``results/<device>_dataset_recipes.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NAMES = ("multi-mnist", "multi-dsprites", "scattered-mnist")
+
+
+def measure(name: str, seeds: int, steps: int) -> dict:
+    """One (dataset, K seeds) case, in this process."""
+    import jax
+    import jax.numpy as jnp
+
+    from numpyro_air import DATASET_RECIPES, make_svi
+    from numpyro_air.train.step import DeviceRows, make_step
+
+    recipe = DATASET_RECIPES[name].recipe
+    air, batch = recipe.air, 64
+    svi = make_svi(air, recipe.optim)
+    data = jax.random.randint(jax.random.PRNGKey(0), (1024,) + tuple(air.image_shape), 0, 256).astype(jnp.uint8)
+    first = data[:batch].astype(jnp.float32) / 255.0
+    states = jax.vmap(svi.init, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(1), seeds), first)
+    step = make_step(svi, air, seeds)
+    rows = lambda i: DeviceRows(data, (jnp.arange(seeds * batch, dtype=jnp.int32).reshape(seeds, batch) + i) % 1024)  # noqa: E731
+    t0 = time.perf_counter()
+    compiled = step.lower(states, rows(0), jnp.asarray(1)).compile()
+    compile_sec = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    for i in range(3):
+        states, _ = compiled(states, rows(i), jnp.asarray(i + 1))
+    jax.block_until_ready(states)
+    times = []
+    for i in range(steps):
+        t = time.perf_counter()
+        states, info = compiled(states, rows(i), jnp.asarray(i + 4))
+        jax.block_until_ready(states)
+        times.append(time.perf_counter() - t)
+    sec = statistics.median(times)
+    return {
+        "dataset": name,
+        "seeds": seeds,
+        "canvas": list(air.image_shape),
+        "model_steps": air.num_steps,
+        "batch_size": batch,
+        "sec_per_step": sec,
+        "steps_per_sec": 1.0 / sec,
+        "hours_for_100k_steps": 1e5 * sec / 3600,
+        "compile_sec": compile_sec,
+        "gflop_per_step": float(cost.get("flops", float("nan"))) / 1e9,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device": str(jax.devices()[0]),
+    }
+
+
+def main(argv=None) -> list:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--only", nargs="+", choices=NAMES)
+    ap.add_argument("--device", choices=["cpu", "gpu", "tpu"], default="cpu")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child:
+        os.environ["JAX_PLATFORMS"] = {"gpu": "cuda"}.get(a.device, a.device)
+        print(json.dumps(measure(a.child[0], int(a.child[1]), a.steps)))
+        return []
+    results = []
+    for name in a.only or NAMES:
+        for k in a.seeds:
+            cmd = [sys.executable, __file__, "--child", name, str(k), "--steps", str(a.steps), "--device", a.device]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            r = json.loads(out)
+            results.append(r)
+            print(
+                f"{name:16s} K={k}: {r['steps_per_sec']:.2f} steps/s ({r['sec_per_step'] * 1e3:.0f} ms), "
+                f"{r['gflop_per_step']:.1f} GFLOP/step, 100k steps {r['hours_for_100k_steps']:.1f} h, "
+                f"compile {r['compile_sec']:.0f} s, peak {r['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
+    if a.json:
+        path = HERE / "results" / f"{a.device}_dataset_recipes.json"
+        path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "cases": results}, indent=1))
+        print(f"wrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
