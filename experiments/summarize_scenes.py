@@ -104,7 +104,7 @@ def markdown(s: dict) -> str:
             "| seed | step | count accuracy (one sample) | most probable path | "
             + " | ".join(f"true {c}" for c in counts)
             + " | centre error (px) | matched within radius | mean IoU |",
-            "|---" * (6 + len(counts)) + "|",
+            "|---" * (7 + len(counts)) + "|",
         ]
         for seed, r in seeds.items():
             lines.append(

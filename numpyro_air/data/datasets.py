@@ -118,6 +118,10 @@ def generate_dataset(
     ds = _dataset(name)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not isinstance(config, ds.config_type):
+        raise TypeError(f"{name} needs a {ds.config_type.__name__}, got {type(config).__name__}")
+    if source is not None and not ds.uses_mnist:
+        raise ValueError(f"{name} is not built from MNIST: a MNIST source does not apply")
     if name == "multi-dsprites":
         c = config
         return generate_multi_dsprites(
