@@ -1,4 +1,4 @@
-"""Shared pytest setup: CPU-only JAX, a per-session compilation cache, small configs and batches."""
+"""Shared pytest setup: CPU-only JAX, one compilation cache per test run, small configs and batches."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def make_scenes(n: int, image_size: int = 20, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def small_batch(small_config) -> np.ndarray:
-    """Session-wide batch (4, 20, 20) float32 in [0, 1] matching ``small_config``."""
+    """One batch (4, 20, 20) float32 in [0, 1] for the whole test run, matching ``small_config``."""
     return make_scenes(4, small_config.image_size)
 
 

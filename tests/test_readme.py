@@ -45,3 +45,26 @@ def test_no_path_outside_the_repository_in_docs_or_code():
     assert len(files) > 50
     hits = [f"{p.relative_to(root)}: {s}" for p in files for s in outside if s in p.read_text(errors="replace")]
     assert not hits, hits
+
+
+def test_docs_do_not_speak_of_development_rounds():
+    """The documents state results by date and version, not by how the work was organised."""
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "README.md", root / "CHANGELOG.md", root / "benchmarks" / "README.md"]
+    files += sorted((root / "docs").rglob("*.md")) + sorted((root / "experiments").rglob("README.md"))
+    files = [p for p in files if p.exists()]
+    assert root / "README.md" in files and len(files) >= 5
+    patterns = [
+        re.compile(r"\bwaves?\b", re.I),
+        re.compile(r"\bsession\b", re.I),
+        re.compile(r"\b(?:the|this)\s+issue\b", re.I),
+        re.compile(r"\bissue's", re.I),
+    ]
+    hits = []
+    for p in files:
+        text = p.read_text(errors="replace")
+        for pattern in patterns:
+            for m in pattern.finditer(text):
+                line = text.count("\n", 0, m.start()) + 1
+                hits.append(f"{p.relative_to(root)}:{line}: {m.group(0)!r}")
+    assert not hits, "development rounds named in the docs:\n" + "\n".join(hits)
