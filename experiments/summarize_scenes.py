@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from numpyro_air.analysis import figures as viz
-from numpyro_air.cli import evaluate
-from numpyro_air.train.checkpoint import seed_files
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summarize_seeds import figure  # noqa: E402
+
+from numpyro_air.analysis import figures as viz  # noqa: E402
+from numpyro_air.cli import evaluate  # noqa: E402
+from numpyro_air.train.checkpoint import seed_files  # noqa: E402
 
 
 def _seed_of(path: Path) -> int:
@@ -126,29 +130,6 @@ def markdown(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def curves(run: Path, out: Path, target: float) -> Path:
-    """Each seed's held-out accuracy during training (one sample, most probable path)."""
-    from matplotlib.figure import Figure
-
-    evals = [r for r in viz.read_jsonl(run / "metrics.jsonl") if r.get("kind") == "eval"]
-    fig = Figure(figsize=(10, 4))
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, key, title in zip(axes, ("test_accuracy", "test_accuracy_greedy"), ("one guide sample", "most probable path")):
-        for seed in sorted({r["seed"] for r in evals}):
-            pts = sorted((r["step"], r[key]) for r in evals if r["seed"] == seed and r.get(key) is not None)
-            if pts:
-                ax.plot(*zip(*pts), lw=1.2, marker=".", label=f"seed {seed}")
-        ax.axhline(target, color="gray", lw=0.6, ls="--")
-        ax.set_title(f"held-out count accuracy, {title}", fontsize=9)
-        ax.set_xlabel("step")
-        ax.set_ylim(0.0, 1.0)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=110)
-    return out / "accuracy.png"
-
-
 def _eval_arg(text: str) -> tuple[str, tuple[Path, int | None]]:
     name, _, rest = text.partition("=")
     file, _, steps = rest.partition(":")
@@ -175,7 +156,7 @@ def main(argv=None) -> dict:
     }
     (out / "summary.json").write_text(json.dumps(s, indent=1))
     (out / "summary.md").write_text(markdown(s))
-    curves(run, out, a.target)
+    figure(run, out, thresholds=(a.target,), ylim=(0.0, 1.0))
     print(markdown(s))
     return s
 

@@ -119,7 +119,9 @@ def markdown(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(run: Path, out: Path) -> Path:
+def figure(run: Path, out: Path, thresholds=THRESHOLDS, ylim=(0.5, 1.0)) -> Path:
+    """``out/accuracy.png``: each seed's held-out accuracy during training (one sample, most
+    probable path) from ``run/metrics.jsonl``, with dashed lines at ``thresholds``."""
     from matplotlib.figure import Figure
 
     evals = [r for r in viz.read_jsonl(run / "metrics.jsonl") if r.get("kind") == "eval"]
@@ -129,11 +131,11 @@ def figure(run: Path, out: Path) -> Path:
         for seed in sorted({r["seed"] for r in evals}):
             pts = sorted((r["step"], r[key]) for r in evals if r["seed"] == seed and r.get(key) is not None)
             ax.plot(*zip(*pts), lw=1.2, marker=".", label=f"seed {seed}")
-        for t in THRESHOLDS:
+        for t in thresholds:
             ax.axhline(t, color="gray", lw=0.6, ls="--")
         ax.set_title(f"held-out count accuracy, {title}", fontsize=9)
         ax.set_xlabel("step")
-        ax.set_ylim(0.5, 1.0)
+        ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()

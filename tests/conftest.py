@@ -92,3 +92,16 @@ def site_log_probs(tr) -> dict:
 def params_of(tr) -> dict:
     """{site: value} of a trace's param sites."""
     return {k: s["value"] for k, s in tr.items() if s["type"] == "param"}
+
+
+@pytest.fixture(scope="session")
+def make_eval_set():
+    """``experiments/make_eval_set.py`` imported as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "make_eval_set.py"
+    spec = importlib.util.spec_from_file_location("make_eval_set", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

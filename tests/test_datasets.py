@@ -4,7 +4,6 @@ generator, ``evaluate --model-steps`` and the unrolled seeds of convolutional mo
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import jax
@@ -128,14 +127,6 @@ def test_dataset_and_own_data_exclude_each_other(tmp_path):
 
 
 # ------------------------------------------------------------------------ make_eval_set.py
-@pytest.fixture(scope="module")
-def make_eval_set():
-    spec = importlib.util.spec_from_file_location("make_eval_set", ROOT / "experiments" / "make_eval_set.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_make_eval_set_multi_dsprites(tmp_path, make_eval_set, capsys):
     out = tmp_path / "ds.npz"
     make_eval_set.main(["--dataset", "multi-dsprites", "--out", str(out), "--per-count", "3", "--canvas-size", "32"])

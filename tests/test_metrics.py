@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -232,14 +231,6 @@ def test_localisation_nan_in_inferred_boxes():
 # ------------------------------------------------------------------------------------------------
 # experiments/make_eval_set.py
 # ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def make_eval_set():
-    spec = importlib.util.spec_from_file_location("make_eval_set", ROOT / "experiments" / "make_eval_set.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def fake_mnist_npz(path: Path) -> Path:

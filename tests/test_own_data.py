@@ -285,7 +285,7 @@ def test_cli_canvas_comes_from_the_data(tmp_path):
     assert data is None and air.image_size == 20 and air.window_size == 8
     with pytest.raises(ValueError, match="window_size 28 is larger than the 20x20 images of .*d.npz: pass --window-size"):
         configs_from_args(parse(["--preset", "tutorial"]), images)
-    with pytest.raises(ValueError, match="--num-train: options of the generated multi-MNIST"):
+    with pytest.raises(ValueError, match="--num-train: options of the generated benchmarks"):
         configs_from_args(parse(["--window-size", "8", "--num-train", "10"]), images)
 
 

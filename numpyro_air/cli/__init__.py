@@ -18,6 +18,24 @@ COMMANDS = {
     "demo": "run the shipped pretrained model on held-out scenes: counts, accuracy, figures",
 }
 
+# The example each help text ends with: command lines that run as typed, in this order, in one
+# directory of a checkout (tests/test_cli_examples.py runs them with fewer steps and scenes).
+EXAMPLES = {
+    "numpyro-air": ("numpyro-air demo --out demo",),
+    "train": ("numpyro-air train --preset fast -n 20000 --eval-every 1000 --out runs/fast",),
+    "evaluate": (
+        "python experiments/make_eval_set.py --out test_0to3.npz",
+        "numpyro-air evaluate --checkpoint runs/fast --data test_0to3.npz",
+    ),
+    "plot": ("numpyro-air plot runs/fast",),
+    "demo": ("numpyro-air demo --out demo",),
+}
+
+
+def example_epilog(command: str) -> str:
+    """The last lines of a help text: the example of ``command``."""
+    return "example:\n" + "\n".join(f"  {line}" for line in EXAMPLES[command])
+
 
 def set_platform(device: Optional[str]) -> None:
     """Select the JAX platform for ``--device`` before JAX is imported; an explicit
@@ -39,6 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
         msg = "usage: numpyro-air {" + ",".join(COMMANDS) + "} [options]\n\n" + "\n".join(lines)
+        msg += "\n\n" + example_epilog("numpyro-air")
         if argv and argv[0] not in ("-h", "--help"):
             raise SystemExit(f"{msg}\n\nerror: unknown command {argv[0]!r}")
         print(msg)

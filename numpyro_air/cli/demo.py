@@ -19,11 +19,16 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import set_platform
+from . import example_epilog, set_platform
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__,
+        epilog=example_epilog("demo"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default="demo", help="directory for the figures and demo.json")
     p.add_argument("--num", type=int, default=1000, help="held-out scenes to count")
     p.add_argument("--show", type=int, default=12, help="scenes printed and drawn")

@@ -22,11 +22,16 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import set_platform
+from . import example_epilog, set_platform
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__,
+        epilog=example_epilog("evaluate"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--checkpoint", required=True, help="run directory, checkpoint or params file")
     p.add_argument(
         "--data", required=True, help="evaluation .npz (images[, counts, boxes, labels]) or a directory of PNG/JPEG files"

@@ -13,9 +13,16 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
+from . import example_epilog
+
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__,
+        epilog=example_epilog("plot"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run_dir")
     p.add_argument("--out", help="figure directory (default: the run directory)")
     p.add_argument("--no-model-figures", action="store_true", help="only curves and confusion matrices")

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import set_platform
+from . import example_epilog, set_platform
 
 DEFAULT_PRESET = "pyro-default"
 DEFAULT_OUT = "runs/air"
@@ -171,7 +171,11 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=_HelpFormatter, argument_default=argparse.SUPPRESS
+        prog=prog,
+        description=__doc__,
+        epilog=example_epilog("train"),
+        formatter_class=_HelpFormatter,
+        argument_default=argparse.SUPPRESS,
     )
     a = p.add_argument
     # --- Pyro's flags

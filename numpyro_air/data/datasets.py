@@ -23,6 +23,9 @@ from .mnist import load_mnist
 from .multi_mnist import MultiMNIST, MultiMNISTConfig, generate_multi_mnist, load_multi_mnist
 from .scattered_mnist import ScatteredMNISTConfig, generate_scattered_mnist, load_scattered_mnist
 
+# Config fields that size and seed the splits; the others describe the scenes.
+_SPLIT_FIELDS = ("num_train", "num_test", "seed")
+
 __all__ = ["DATASETS", "Dataset", "dataset_config", "generate_dataset", "load_dataset"]
 
 
@@ -122,42 +125,10 @@ def generate_dataset(
         raise TypeError(f"{name} needs a {ds.config_type.__name__}, got {type(config).__name__}")
     if source is not None and not ds.uses_mnist:
         raise ValueError(f"{name} is not built from MNIST: a MNIST source does not apply")
+    scene = {k: v for k, v in dataclasses.asdict(config).items() if k not in _SPLIT_FIELDS}
     if name == "multi-dsprites":
-        c = config
-        return generate_multi_dsprites(
-            num_images,
-            max_objects=c.max_objects,
-            canvas_size=c.canvas_size,
-            min_size=c.min_size,
-            max_size=c.max_size,
-            supersample=c.supersample,
-            seed=seed,
-            progress=progress,
-        )
+        return generate_multi_dsprites(num_images, **scene, seed=seed, progress=progress)
     x_train, y_train, x_test, y_test = load_mnist(source)
     digits, labels = (x_test, y_test) if split == "test" else (x_train, y_train)
-    if ds.name == "scattered-mnist":
-        c = config
-        return generate_scattered_mnist(
-            digits,
-            labels,
-            num_images,
-            canvas_size=c.canvas_size,
-            digit_size=c.digit_size,
-            min_digits=c.min_digits,
-            max_digits=c.max_digits,
-            seed=seed,
-            progress=progress,
-        )
-    c = config
-    return generate_multi_mnist(
-        digits,
-        labels,
-        num_images,
-        max_digits=c.max_digits,
-        canvas_size=c.canvas_size,
-        scale_mean=c.scale_mean,
-        scale_sd=c.scale_sd,
-        seed=seed,
-        progress=progress,
-    )
+    generate = generate_scattered_mnist if name == "scattered-mnist" else generate_multi_mnist
+    return generate(digits, labels, num_images, **scene, seed=seed, progress=progress)
