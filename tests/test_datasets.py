@@ -13,7 +13,7 @@ import pytest
 from test_data import write_mnist_npz
 from test_data_provenance import TEST_LABELS, TEST_LEVELS, TRAIN_LABELS, TRAIN_LEVELS, check_split, fake_mnist
 
-from numpyro_air import DATASET_RECIPES, PRESETS, AIRConfig, OptimConfig, make_svi
+from numpyro_air import DATASET_RECIPES, PRESETS, AIRConfig, OptimConfig
 from numpyro_air.cli import train as cli
 from numpyro_air.data import (
     DATASETS,
@@ -25,7 +25,6 @@ from numpyro_air.data import (
     load_eval_npz,
 )
 from numpyro_air.train.step import over_seeds
-from numpyro_air.train.svi import make_update
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,20 +169,22 @@ def test_evaluate_with_more_steps_than_trained(tmp_path, make_eval_set):
 
 # ------------------------------------------------------------ seeds of convolutional models
 def test_unrolled_seeds_equal_each_seed_alone():
-    """K seeds of a convolutional model run as K plain updates in one program: each seed's new
-    state equals its own one-seed update."""
-    air = AIRConfig(
-        image_size=16, window_size=8, z_what_size=4, rnn_hidden_size=16, encoder_net=(16,), decoder_net=(16,),
-        conv_embed=(4,), conv_embed_features=8, presence_estimator="concrete",
-    )  # fmt: skip
-    assert air.uses_convolutions and not dataclasses.replace(air, conv_embed=None).uses_convolutions
-    svi = make_svi(air, OptimConfig())
-    images = jax.random.uniform(jax.random.PRNGKey(0), (2, 4, 16, 16))
-    states = [svi.init(jax.random.PRNGKey(k), images[k]) for k in range(2)]
-    stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
-    update = make_update(svi, air)
-    both, _ = jax.jit(over_seeds(update, 2, sequential=True))(stacked, images, jnp.int32(1))
+    """K seeds of a convolutional model run as K plain updates in one program (the loop's choice
+    for ``config.uses_convolutions``): each seed's new state is its own one-seed update."""
+    conv = AIRConfig(image_size=16, window_size=8, conv_embed=(4,), conv_embed_features=8)
+    assert conv.uses_convolutions and not dataclasses.replace(conv, conv_embed=None).uses_convolutions
+
+    def update(state, images, t):  # a stand-in with a reduction across the batch, as the ELBO
+        new = {"w": state["w"] * jnp.mean(images) + t, "b": state["b"] - jnp.sum(images, axis=0)}
+        return new, jnp.sum(new["w"])
+
+    states = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones((2, 4, 4))}
+    images = jax.random.uniform(jax.random.PRNGKey(0), (2, 5, 4, 4))
+    both, infos = jax.jit(over_seeds(update, 2, sequential=True))(states, images, jnp.float32(1))
+    vmapped, _ = jax.jit(over_seeds(update, 2))(states, images, jnp.float32(1))
     for k in range(2):
-        alone, _ = jax.jit(update)(states[k], images[k], jnp.int32(1))
-        for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(jax.tree.map(lambda x: x[k], both))):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+        alone, info = jax.jit(update)(jax.tree.map(lambda a: a[k], states), images[k], jnp.float32(1))
+        for a, b in zip(jax.tree.leaves((alone, info)), jax.tree.leaves(jax.tree.map(lambda x: x[k], (both, infos)))):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(both), jax.tree.leaves(vmapped)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
