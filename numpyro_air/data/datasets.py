@@ -20,11 +20,8 @@ import numpy as np
 
 from .dsprites import MultiDSpritesConfig, generate_multi_dsprites, load_multi_dsprites
 from .mnist import load_mnist
-from .multi_mnist import MultiMNIST, MultiMNISTConfig, generate_multi_mnist, load_multi_mnist
+from .multi_mnist import MultiMNIST, MultiMNISTConfig, generate_multi_mnist, load_multi_mnist, scene_fields
 from .scattered_mnist import ScatteredMNISTConfig, generate_scattered_mnist, load_scattered_mnist
-
-# Config fields that size and seed the splits; the others describe the scenes.
-_SPLIT_FIELDS = ("num_train", "num_test", "seed")
 
 __all__ = ["DATASETS", "Dataset", "dataset_config", "generate_dataset", "load_dataset"]
 
@@ -125,7 +122,7 @@ def generate_dataset(
         raise TypeError(f"{name} needs a {ds.config_type.__name__}, got {type(config).__name__}")
     if source is not None and not ds.uses_mnist:
         raise ValueError(f"{name} is not built from MNIST: a MNIST source does not apply")
-    scene = {k: v for k, v in dataclasses.asdict(config).items() if k not in _SPLIT_FIELDS}
+    scene = scene_fields(config)
     if name == "multi-dsprites":
         return generate_multi_dsprites(num_images, **scene, seed=seed, progress=progress)
     x_train, y_train, x_test, y_test = load_mnist(source)

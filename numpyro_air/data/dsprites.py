@@ -54,7 +54,7 @@ from matplotlib.path import Path as _Polygon
 
 from ._io import cached_splits, default_cache_dir, read_checked_npz, write_checked_npz
 from .errors import DataError
-from .multi_mnist import MultiMNIST, _check_int, _child, _seed_sequence
+from .multi_mnist import MultiMNIST, _check_int, _seed_sequence, generate_splits
 
 __all__ = [
     "DSPRITES_FORMAT_VERSION",
@@ -395,21 +395,7 @@ def load_multi_dsprites(
     path = dsprites_cache_path(config, cache_dir)
 
     def generate() -> dict:
-        root = _seed_sequence(config.seed)
-        splits = {}
-        for i, (s, n) in enumerate((("train", config.num_train), ("test", config.num_test))):
-            splits[s] = generate_multi_dsprites(
-                n,
-                max_objects=config.max_objects,
-                canvas_size=config.canvas_size,
-                min_size=config.min_size,
-                max_size=config.max_size,
-                supersample=config.supersample,
-                seed=_child(root, i),
-                progress=progress,
-                desc=f"multi-dSprites {s}",
-            )
-        return splits
+        return generate_splits(generate_multi_dsprites, config, progress=progress, desc="multi-dSprites")
 
     read = lambda: _read_cache(path, config)  # noqa: E731
     write = lambda splits: _write_cache(path, splits, config)  # noqa: E731

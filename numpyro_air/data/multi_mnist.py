@@ -433,6 +433,29 @@ def _read_cache(
     return out
 
 
+SPLIT_FIELDS = ("num_train", "num_test", "seed")
+"""Generator-config fields that size and seed the splits; the other fields describe the scenes."""
+
+
+def scene_fields(config: object) -> dict[str, object]:
+    """The fields of a generator config that describe its scenes (the keyword arguments of its
+    ``generate_*`` function): every field but :data:`SPLIT_FIELDS`."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in SPLIT_FIELDS}
+
+
+def generate_splits(generate, config, digits=None, *, progress: bool, desc: str) -> dict:
+    """{"train", "test"}: ``config.num_train`` / ``num_test`` scenes of ``generate(...,
+    **scene_fields(config), seed, progress, desc)`` from the child streams 0 and 1 of
+    ``config.seed``. ``digits``: ``(x_train, y_train, x_test, y_test)`` for generators built
+    from MNIST (train scenes from train digits, test scenes from test digits), None otherwise."""
+    root = _seed_sequence(config.seed)
+    splits = {}
+    for i, (s, n) in enumerate((("train", config.num_train), ("test", config.num_test))):
+        source = () if digits is None else digits[2 * i : 2 * i + 2]
+        splits[s] = generate(*source, n, **scene_fields(config), seed=_child(root, i), progress=progress, desc=f"{desc} {s}")
+    return splits
+
+
 def load_multi_mnist(
     config: MultiMNISTConfig = MultiMNISTConfig(),
     *,
@@ -459,24 +482,8 @@ def load_multi_mnist(
     path = cache_path(config, mnist_id, cache_dir)
 
     def generate() -> dict:
-        x_train, y_train, x_test, y_test = arrays if arrays is not None else load_mnist(None)
-        root = _seed_sequence(config.seed)
-        splits = {}
-        sources = (("train", x_train, y_train, config.num_train), ("test", x_test, y_test, config.num_test))
-        for i, (s, x, y, n) in enumerate(sources):
-            splits[s] = generate_multi_mnist(
-                x,
-                y,
-                n,
-                max_digits=config.max_digits,
-                canvas_size=config.canvas_size,
-                scale_mean=config.scale_mean,
-                scale_sd=config.scale_sd,
-                seed=_child(root, i),
-                progress=progress,
-                desc=f"multi-MNIST {s}",
-            )
-        return splits
+        digits = arrays if arrays is not None else load_mnist(None)
+        return generate_splits(generate_multi_mnist, config, digits, progress=progress, desc="multi-MNIST")
 
     read = lambda: _read_cache(path, config, mnist_id)  # noqa: E731
     write = lambda splits: _write_cache(path, splits, config, mnist_id)  # noqa: E731

@@ -58,6 +58,7 @@ from .multi_mnist import (
     _source_id,
     _write_cache,
     default_cache_dir,
+    generate_splits,
 )
 
 __all__ = [
@@ -298,24 +299,8 @@ def load_scattered_mnist(
     version = SCATTERED_CACHE_FORMAT_VERSION
 
     def generate() -> dict:
-        x_train, y_train, x_test, y_test = arrays if arrays is not None else load_mnist(None)
-        root = _seed_sequence(config.seed)
-        splits = {}
-        sources = (("train", x_train, y_train, config.num_train), ("test", x_test, y_test, config.num_test))
-        for i, (s, x, y, n) in enumerate(sources):
-            splits[s] = generate_scattered_mnist(
-                x,
-                y,
-                n,
-                canvas_size=config.canvas_size,
-                digit_size=config.digit_size,
-                min_digits=config.min_digits,
-                max_digits=config.max_digits,
-                seed=_child(root, i),
-                progress=progress,
-                desc=f"scattered MNIST {s}",
-            )
-        return splits
+        digits = arrays if arrays is not None else load_mnist(None)
+        return generate_splits(generate_scattered_mnist, config, digits, progress=progress, desc="scattered MNIST")
 
     return cached_splits(
         path,
