@@ -218,3 +218,51 @@ def test_baseline_loss_never_reaches_the_guide_through_the_residual(images, setu
         else:
             nonzero = sum(int(np.count_nonzero(x)) for x in leaves)
             assert nonzero == 0, f"baseline loss reaches guide param {name} ({nonzero} nonzero gradient entries)"
+
+
+# ----------------------------------------------------------------------------- residual glimpse
+def np_crop(z_where, image, window_size: int) -> np.ndarray:
+    """The glimpse (w, w) of ``image`` (H, H) at z_where = (s, x, y): the window placed with the
+    inverse pose (1/s, -x/s, -y/s), i.e. :func:`np_place` with the image as its source."""
+    s, x, y = (float(v) for v in z_where)
+    return np_place((1.0 / s, -x / s, -y / s), image, window_size)
+
+
+@pytest.mark.parametrize("source", ["image", "residual"])
+def test_glimpse_is_the_crop_of_the_image_or_of_the_residual(images, setup, source):
+    """``glimpse_input="residual"`` (the DAIR paper's glimpse): the encoder's input at step t is
+    the crop at z_where_t of image - reconstruction(steps < t), against a numpy crop of the numpy
+    residual; with "image" it is the crop of the image. z_what's density follows the glimpse."""
+    params, latents = setup
+    config = CONFIG.replace(glimpse_input=source)
+    tr, out = trace_guide(config, images, {**params, **latents})
+    glimpse = np.asarray(out["glimpse"])  # (B, T, w, w)
+    w = config.window_size
+    assert glimpse.shape == (4, config.num_steps, w, w)
+    residual = np_residuals(np.asarray(images), params, latents, config)
+    expected = np.zeros(glimpse.shape)
+    for b in range(4):
+        for t in range(config.num_steps):
+            src = residual[b, t] if source == "residual" else np.asarray(images[b], np.float64)
+            expected[b, t] = np_crop(latents["z_where"][t, b], src, w)
+    np.testing.assert_allclose(glimpse, expected, atol=3e-5)
+    if source == "residual":  # equal to the image's crop at step 0, different once an object is drawn
+        of_image = np.asarray(trace_guide(CONFIG, images, {**params, **latents})[1]["glimpse"])
+        np.testing.assert_allclose(glimpse[:, 0], of_image[:, 0], atol=1e-6)
+        assert np.abs(glimpse[0, 1:] - of_image[0, 1:]).max() > 1e-2
+    # z_what ~ N(encode(glimpse)): its log-density at the pinned z_what is that of the glimpse's encoding
+    from numpyro_air.core.nets import encoder_module
+
+    loc, sd = encoder_module(config).apply({"params": params["encode$params"]}, jnp.asarray(glimpse.reshape(-1, w * w)))
+    z = latents["z_what"].transpose(1, 0, 2).reshape(-1, config.z_what_size)
+    lp = jax.scipy.stats.norm.logpdf(z, loc, sd).sum(-1).reshape(4, config.num_steps)
+    mask = np.cumprod(latents["z_pres"].T, axis=1) > 0
+    site = tr["z_what"]
+    np.testing.assert_allclose(np.asarray(site["fn"].log_prob(site["value"])).T, np.where(mask, lp, 0.0), rtol=1e-4, atol=1e-3)
+
+
+def test_residual_glimpse_needs_dair():
+    with pytest.raises(ValueError, match="glimpse_input=.residual. needs guide_input=.difference."):
+        AIRConfig(glimpse_input="residual")
+    with pytest.raises(ValueError, match="glimpse_input must be one of"):
+        CONFIG.replace(glimpse_input="canvas")

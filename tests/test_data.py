@@ -235,6 +235,9 @@ def test_corrupt_npz_and_unknown_file(tmp_path):
         ({"scale_sd": -0.1}, "scale_sd"),
         ({"seed": -1}, "seed"),
         ({"seed": True}, "seed"),
+        ({"crowding": -1}, "crowding"),
+        ({"crowding": 1}, "crowding"),  # fewer than max_digits
+        ({"max_digits": 3, "crowding": 2}, "crowding"),
     ],
 )
 def test_config_validation(kwargs, field):
@@ -453,8 +456,11 @@ def test_cache_key_depends_on_every_parameter_and_source(tmp_path, npz_source):
             ("scale_mean", 1.31),
             ("scale_sd", 0.11),
             ("seed", 3),
+            ("crowding", 3),
         ]
     ]
+    # crowding off keeps the key of Pyro's scenes (the caches written before the option existed)
+    assert "crowding" not in SMALL.to_dict() and MultiMNISTConfig(**SMALL.to_dict(), crowding=3).to_dict()["crowding"] == 3
     names = {cache_path(c, "src").name for c in variants} | {base.name, cache_path(SMALL, "other").name}
     assert len(names) == len(variants) + 2
     assert cache_path(MultiMNISTConfig(scale_mean=1), "src") == cache_path(MultiMNISTConfig(scale_mean=1.0), "src")
@@ -643,3 +649,42 @@ def test_eval_npz_bad_files(tmp_path):
     with pytest.raises(DataError, match="'counts'"):
         save_eval_npz(tmp_path / "w.npz", EvalSet(np.zeros((2, 3, 3), np.uint8), np.zeros(3, np.int32), None, None))
     assert not (tmp_path / "w.npz").exists()
+
+
+def _closest_pair(ds: MultiMNIST, count: int) -> np.ndarray:
+    """Distance (px) between the two closest digit-box centres of each ``count``-digit scene."""
+    out = []
+    for boxes in ds.boxes[ds.counts == count]:
+        centres = boxes[:count, :2] + boxes[:count, 2:] / 2
+        d = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+        out.append(d[np.triu_indices(count, 1)].min())
+    return np.asarray(out)
+
+
+def test_crowded_pairs_are_spaced_like_three_digit_scenes(mnist):
+    """crowding=3: the two digits of a 2-digit scene are the closest pair of three drawn, so their
+    spacing follows the closest pair of Pyro's 3-digit scenes (two-sample KS test), not that of
+    its 2-digit scenes; counts, labels and boxes stay consistent with the pixels."""
+    from scipy.stats import ks_2samp
+
+    x, y = mnist[2], mnist[3]
+    three = _closest_pair(generate_multi_mnist(x, y, 2400, max_digits=3, seed=1), 3)
+    two = _closest_pair(generate_multi_mnist(x, y, 1800, max_digits=2, seed=1), 2)
+    crowded_set = generate_multi_mnist(x, y, 1800, max_digits=2, seed=1, crowding=3)
+    crowded = _closest_pair(crowded_set, 2)
+    assert len(three) > 450 and len(crowded) > 450
+    assert ks_2samp(three, crowded).pvalue > 0.01, (three.mean(), crowded.mean())
+    assert ks_2samp(two, crowded).pvalue < 1e-8 and crowded.mean() < two.mean() - 3
+    # the stream of counts is Pyro's: same counts as the uncrowded scenes of the same seed
+    plain = generate_multi_mnist(x, y, 1800, max_digits=2, seed=1)
+    np.testing.assert_array_equal(crowded_set.counts, plain.counts)
+    single = crowded_set.counts == 1
+    assert not np.array_equal(crowded_set.images[single], plain.images[single])  # own draws, still Pyro's recipe
+    for i in np.flatnonzero(crowded_set.counts == 2)[:200]:
+        img, covered = crowded_set.images[i], np.zeros((50, 50), bool)
+        for x0, y0, w, h in crowded_set.boxes[i, :2].astype(int):
+            covered[y0 : y0 + h, x0 : x0 + w] = True
+        assert not img[~covered].any()
+    # a pure function of the seed
+    again = generate_multi_mnist(x, y, 1800, max_digits=2, seed=1, crowding=3)
+    assert np.array_equal(again.images, crowded_set.images)

@@ -23,7 +23,12 @@ from test_vimco import P_MODEL, THETA, Y, toy_guide, toy_model
 from test_vimco import B as TOY_B
 
 from numpyro_air import AIRConfig
-from numpyro_air.analysis.likelihood import elbo_per_image, importance_estimates, log_marginal_likelihood
+from numpyro_air.analysis.likelihood import (
+    count_posterior,
+    elbo_per_image,
+    importance_estimates,
+    log_marginal_likelihood,
+)
 from numpyro_air.core.guide import guide
 from numpyro_air.core.model import model
 from numpyro_air.estimators.nvil import NVIL_ELBO
@@ -155,3 +160,35 @@ def test_air_wrappers():
     # chunking: same samples, same estimate up to float32 summation order
     whole = np.asarray(log_marginal_likelihood(params, images, keys[0], config, num_samples=K))
     np.testing.assert_allclose(whole, iwae[0], rtol=1e-5, atol=1e-3)
+
+
+def test_count_posterior_is_the_self_normalised_weight_of_each_count():
+    """p(n | x) from K draws equals, draw by draw, sum_k w_k [count_k = n] / sum_k w_k with
+    w_k = p(x, z_k) / q(z_k | x) computed from each draw's traces in numpy (sample i uses
+    split(key, K)[i] whatever the chunk), and sums to one."""
+    from numpyro_air.estimators.traces import importance_traces, per_datum_terms
+
+    config = AIRConfig(**SMALL)
+    images = jnp.asarray(make_scenes(4, config.image_size, seed=6))
+    svi = SVI(model, guide, optax.adam(1e-4), NVIL_ELBO(), config=config)
+    params = svi.get_params(jax.jit(svi.init)(jax.random.PRNGKey(0), images))
+    key, K = jax.random.PRNGKey(2), 8
+    post = np.asarray(count_posterior(params, images, key, config, num_samples=K, chunk_size=3))
+    assert post.shape == (4, config.num_steps + 1)
+    np.testing.assert_allclose(post.sum(-1), 1.0, rtol=1e-5)
+
+    @jax.jit
+    def draw(k):
+        mt, gt = importance_traces(model, guide, params, k, (images,), {"config": config})
+        return per_datum_terms(mt, gt)[0], gt["z_pres"]["value"]  # (B,), (T, B)
+
+    log_w, counts = [], []
+    for k in jax.random.split(key, K):
+        lw, z = draw(k)
+        log_w.append(np.asarray(lw, np.float64))
+        counts.append(np.cumprod(np.asarray(z) > 0, axis=0).sum(0))
+    log_w, counts = np.stack(log_w), np.stack(counts)  # (K, B)
+    w = np.exp(log_w - log_w.max(0))
+    expected = np.stack([(w * (counts == n)).sum(0) for n in range(config.num_steps + 1)], -1) / w.sum(0)[:, None]
+    np.testing.assert_allclose(post, expected, atol=1e-5)
+    assert len(np.unique(counts)) > 1  # the untrained guide proposes several counts: a real test

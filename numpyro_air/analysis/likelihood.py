@@ -144,3 +144,58 @@ def elbo_per_image(
     """ELBO estimate per image, (B,) nats: the mean of log w over ``num_samples`` guide draws
     (arguments as :func:`log_marginal_likelihood`)."""
     return _air_estimates(params, images, key, config, num_samples, chunk_size, z_pres_prior)[1]
+
+
+# ----------------------------------------------------------------------------- count posterior
+def _trace_counts(guide_trace: dict, config: AIRConfig) -> jnp.ndarray:
+    """Objects counted in one guide draw, (B,) int32: the number of steps before the running
+    product of presences first falls to 0 (relaxed presence: below 0.5, as :func:`infer`)."""
+    from .inference import relaxed_counts
+
+    z = guide_trace["z_pres"]["value"]  # (T, B): scan sites carry a leading time axis
+    if config.relaxed_presence:
+        return relaxed_counts(jnp.swapaxes(z, 0, 1))[1]
+    return jnp.sum(jnp.cumprod(z > 0, axis=0), axis=0).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnames=("config", "num_samples", "chunk_size"))
+def count_posterior(
+    params: Dict[str, Any],
+    images: jnp.ndarray,
+    key: jax.Array,
+    config: AIRConfig,
+    num_samples: int = 100,
+    chunk_size: Optional[int] = None,
+    z_pres_prior: Optional[jnp.ndarray] = None,
+) -> jnp.ndarray:
+    """Self-normalised importance estimate of the model's count posterior p(n | x), (B, T + 1).
+
+    K = ``num_samples`` guide draws z_k, weights w_k = p(x, z_k) / q(z_k | x), and
+    p(n | x) ~ sum_k w_k [count(z_k) = n] / sum_k w_k. Its argmax is the model's most probable
+    count among the guide's proposals: a count the guide proposes rarely but that explains the
+    image much better (a third object it usually misses) wins on its weight. Arguments as
+    :func:`log_marginal_likelihood`; draws are chunked the same way (sample i uses
+    ``random.split(key, num_samples)[i]``).
+    """
+    if int(num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples!r}")
+    chunk = int(num_samples) if chunk_size is None else min(int(chunk_size), int(num_samples))
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+    kwargs = {"config": config, "z_pres_prior": z_pres_prior}
+    counts_axis = jnp.arange(config.num_steps + 1)
+
+    def one(k):
+        model_trace, guide_trace = importance_traces(air_model, air_guide, params, k, (images,), kwargs)
+        return per_datum_terms(model_trace, guide_trace)[0], _trace_counts(guide_trace, config)
+
+    def body(lse, xs):
+        chunk_keys, ok = xs
+        lw, n = jax.vmap(one)(chunk_keys)  # (chunk, B) each
+        hit = (n[..., None] == counts_axis) & ok[:, None, None]  # (chunk, B, T + 1)
+        return jnp.logaddexp(lse, jax.nn.logsumexp(jnp.where(hit, lw[..., None], -jnp.inf), axis=0)), None
+
+    keys, valid = _chunked_keys(key, int(num_samples), chunk)
+    init = jnp.full((images.shape[0], config.num_steps + 1), -jnp.inf, jnp.float32)
+    lse, _ = jax.lax.scan(body, init, (keys, valid))
+    return jnp.exp(lse - jax.nn.logsumexp(lse, axis=-1, keepdims=True))

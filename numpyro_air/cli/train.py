@@ -97,6 +97,7 @@ FIELDS = {
     "temperature_to": ("air", "concrete_temperature_to"),
     "temperature_anneal_steps": ("air", "concrete_anneal_steps"),
     "max_digits": ("data", "max_digits"),
+    "crowding": ("data", "crowding"),
     "min_digits": ("data", "min_digits"),
     "digit_size": ("data", "digit_size"),
     "max_objects": ("data", "max_objects"),
@@ -118,6 +119,7 @@ SWITCHES = {
     "decoder_output_use_sigmoid": ("air", "decoder_output_use_sigmoid", True),
     "z_pres_prior_raw": ("air", "z_pres_prior_raw", True),
     "dair": ("air", "guide_input", "difference"),
+    "residual_glimpse": ("air", "glimpse_input", "residual"),
     "normalize_signal": ("optim", "normalize_signal", True),
 }
 
@@ -266,6 +268,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     a("--loss-scale", type=float, help="nvil: multiply the costs ({optim.loss_scale}; Pyro-exact: N/B, see --pyro-loss-scale)")
     a("--pyro-loss-scale", action="store_true", help="nvil: loss scale num_train / batch_size, as Pyro's plate")
     a("--dair", action="store_true", help="DAIR: the guide's LSTM reads the image minus the reconstruction so far")
+    a("--residual-glimpse", action="store_true", help="with --dair: the glimpse encoder crops that residual too")
     a(
         "--num-seeds",
         type=int,
@@ -300,6 +303,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     a("--data-dir", type=str, help="cache directory of the generated data")
     a("--canvas-size", type=int, help="canvas side of the generated data (multi-MNIST: the model's image size)")
     a("--max-digits", type=int, help="multi-/scattered MNIST: most digits per canvas ({data.max_digits})")
+    a("--crowding", type=int, help="multi-MNIST: place digits as the closest pair of an N-digit scene (0: off)")
     a("--min-digits", type=int, help="scattered MNIST: fewest digits per canvas ({scattered.min_digits})")
     a("--digit-size", type=int, help="scattered MNIST: digit side in pixels ({scattered.digit_size})")
     a("--max-objects", type=int, help="multi-dSprites: most sprites per scene ({dsprites.max_objects})")

@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 NON_LINEARITIES = ("relu", "elu", "leaky_relu", "tanh", "sigmoid", "softplus", "gelu", "silu", "selu")
 ANNEAL_MODES = ("none", "lin", "exp")
 GUIDE_INPUTS = ("image", "difference")
+GLIMPSE_INPUTS = ("image", "residual")
 PRESENCE_ESTIMATORS = ("nvil", "vimco", "concrete")
 CHANNELS = (1, 3)  # grayscale, RGB
 
@@ -93,6 +94,9 @@ class AIRConfig:
     # guide_input: what the guide's recurrent (and baseline) network reads at step t: "image" (AIR)
     # or "difference" (DAIR: the image minus the guide's reconstruction of steps < t).
     guide_input: str = "image"
+    # glimpse_input: what the glimpse encoder (z_what) crops at step t: "image" or, with DAIR only,
+    # "residual" (the image minus the reconstruction of steps < t, as the DAIR paper describes).
+    glimpse_input: str = "image"
     # presence_estimator: "nvil" (score function + learned baselines, Pyro's), "vimco" (same
     # model and guide without baseline networks; the trainer builds a VIMCO objective) or
     # "concrete" (relaxed Bernoulli z_pres, everything reparameterised, no baseline networks).
@@ -204,6 +208,10 @@ class AIRConfig:
             raise ValueError("concrete_temperature_to and concrete_anneal_steps must be set together")
         if self.guide_input not in GUIDE_INPUTS:
             raise ValueError(f"guide_input must be one of {GUIDE_INPUTS}, got {self.guide_input!r}")
+        if self.glimpse_input not in GLIMPSE_INPUTS:
+            raise ValueError(f"glimpse_input must be one of {GLIMPSE_INPUTS}, got {self.glimpse_input!r}")
+        if self.glimpse_input == "residual" and self.guide_input != "difference":
+            raise ValueError('glimpse_input="residual" needs guide_input="difference" (DAIR renders the residual)')
         if self.presence_estimator not in PRESENCE_ESTIMATORS:
             raise ValueError(f"presence_estimator must be one of {PRESENCE_ESTIMATORS}, got {self.presence_estimator!r}")
         for name in ("concrete_temperature", "concrete_prior_temperature"):

@@ -197,12 +197,14 @@ def guide(
         running product of relaxed presences in (0, 1)), ``z_where`` (B, T, 3), ``z_what`` (B, T, z),
         ``pres_prob`` (B, T) (= sigmoid(logit) * previous effective presence), ``z_where_loc``
         (B, T, 3), with baseline networks ``baseline`` (B, T), and with DAIR ``residual``
-        (B, T, *image_shape), the image minus the reconstruction of steps < t that the recurrent net read.
+        (B, T, *image_shape), the image minus the reconstruction of steps < t that the recurrent net read,
+        and ``glimpse`` (B, T, *window_shape), what the glimpse encoder read.
 
     ``guide_input="difference"`` (DAIR): at step t the recurrent and baseline networks read the
     residual x - sum_{s<t} w_s render(z_what_s, z_where_s) (w_s the effective presence), drawn with
     the model's decoder and ``window_to_image`` exactly as the model's canvas (see
-    :func:`_detached_decoder` for the gradient flow). The glimpse encoder still reads the image.
+    :func:`_detached_decoder` for the gradient flow). The glimpse encoder reads the image, or with
+    ``glimpse_input="residual"`` the same residual (the DAIR paper's glimpse).
     The image projection can no longer be computed once: the LSTM's image block is applied to the
     residual at every step.
     """
@@ -235,7 +237,10 @@ def guide(
             extra["baseline"] = _baseline_value(config, nets.bl_predict(bl_state[0]), carry.z_pres)
         with numpyro.plate("data", B):
             z_pres = _sample_presence(config, logit, carry.z_pres, temp, greedy, extra.get("baseline"))
-            z_where, z_what = _sample_where_what(config, nets.encode, images, loc, sd, z_pres, greedy)
+            source = extra["residual"] if config.glimpse_input == "residual" else images
+            z_where, z_what, glimpse = _sample_where_what(config, nets.encode, source, loc, sd, z_pres, greedy)
+        if difference:
+            extra["glimpse"] = glimpse
         canvas = None
         if difference:
             canvas = carry.canvas + render(nets.decode, z_what, z_where, config) * per_scene(z_pres, config)
@@ -272,9 +277,10 @@ def _sample_where_what(
     sd: jnp.ndarray,
     z_pres: jnp.ndarray,
     greedy: bool,
-) -> Tuple[jnp.ndarray, jnp.ndarray]:
-    """Sites z_where ~ N(loc, sd) (B, 3) and z_what (B, z) from the encoder's glimpse of the image
-    at z_where, masked by :func:`presence_mask` (inside the data plate); greedy: their means."""
+) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Sites z_where ~ N(loc, sd) (B, 3) and z_what (B, z) from the encoder's glimpse (B, w, w[, C])
+    of ``images`` (the image or DAIR's residual) at z_where, masked by :func:`presence_mask` (inside
+    the data plate); greedy: their means. Returns (z_where, z_what, glimpse)."""
     mask = presence_mask(config, z_pres)
     where_d = dist.Normal(loc, sd).to_event(1)
     z_where = numpyro.sample("z_where", where_d.mask(mask) if mask is not None else where_d, obs=loc if greedy else None)
@@ -282,7 +288,7 @@ def _sample_where_what(
     what_loc, what_sd = encode(glimpse.reshape(glimpse.shape[0], -1))
     what_d = dist.Normal(what_loc, what_sd).to_event(1)
     z_what = numpyro.sample("z_what", what_d.mask(mask) if mask is not None else what_d, obs=what_loc if greedy else None)
-    return z_where, z_what
+    return z_where, z_what, glimpse
 
 
 def _sample_presence(

@@ -13,6 +13,12 @@ Recipe (pyro.contrib.examples.multi_mnist, re-implemented with an explicit numpy
 * the digits are summed (exactly, in uint16); if any pixel exceeds 255 all of the image's
   digits are redrawn, keeping its count; the result is stored as uint8.
 
+Crowded scenes (``crowding = m``, off by default, not in Pyro's recipe): each scene's digits are
+drawn as for a scene of m digits (m >= max_digits), and a scene of c >= 2 digits keeps the two
+whose centres are closest, then the first c - 2 others in draw order. Its closest pair is then
+distributed exactly as an m-digit scene's closest pair: the spacing of the most crowded scenes,
+with fewer digits (e.g. 0-2-digit training scenes as crowded as the 3-digit test scenes).
+
 Ground truth per image, in the order the digits were drawn (slot j < count is present):
 
 * ``counts`` (N,) int32;
@@ -106,6 +112,12 @@ def _check_params(max_digits: int, canvas_size: int, scale_mean: float, scale_sd
         )
 
 
+def _check_crowding(crowding: int, max_digits: int) -> None:
+    _check_int("crowding", crowding, 0)
+    if crowding and crowding < max(max_digits, 2):
+        raise ValueError(f"crowding must be 0 (off) or >= max(max_digits, 2) = {max(max_digits, 2)}, got {crowding}")
+
+
 @dataclass(frozen=True)
 class MultiMNISTConfig:
     """Every parameter of the multi-MNIST generator (all of them key the cache).
@@ -117,6 +129,8 @@ class MultiMNISTConfig:
         num_test: number of test canvases (from MNIST test digits).
         scale_mean, scale_sd: digit scale ~ N(scale_mean, scale_sd); size int(28 / scale).
         seed: non-negative integer seed; train and test use different derived streams.
+        crowding: 0 (Pyro's scenes) or m >= max_digits: digits placed as in the most crowded
+            pair of an m-digit scene (module docstring).
     """
 
     max_digits: int = 2
@@ -126,17 +140,23 @@ class MultiMNISTConfig:
     scale_mean: float = 1.3
     scale_sd: float = 0.1
     seed: int = 0
+    crowding: int = 0
 
     def __post_init__(self) -> None:
         _check_params(self.max_digits, self.canvas_size, self.scale_mean, self.scale_sd, _MNIST_SIDE)
         _check_int("num_train", self.num_train, 0)
         _check_int("num_test", self.num_test, 0)
         _check_int("seed", self.seed, 0)
+        _check_crowding(self.crowding, self.max_digits)
 
     def to_dict(self) -> dict[str, int | float]:
-        """Plain JSON-able dict of the fields (ints and floats)."""
+        """Plain JSON-able dict of the fields (ints and floats); ``crowding`` only when set, so
+        that the caches of Pyro's scenes keep their keys."""
         floats = {"scale_mean", "scale_sd"}
-        return {f.name: (float if f.name in floats else int)(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        d = {f.name: (float if f.name in floats else int)(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        if not d["crowding"]:
+            del d["crowding"]
+        return d
 
     def cache_key(self, mnist_id: str) -> str:
         """SHA-256 of (format version, every field, MNIST source fingerprint)."""
@@ -251,6 +271,21 @@ def _draw(
     return idx, sizes, rows, cols
 
 
+def _crowd(draws: tuple[np.ndarray, ...], count: int) -> tuple[np.ndarray, ...]:
+    """Of m drawn digits (``draws``: indices, sizes, rows, cols, each (m,)), the ``count`` to place:
+    the two with the closest centres first, then the first ``count - 2`` others in draw order."""
+    idx, sizes, rows, cols = draws
+    if count < 2:
+        return tuple(a[:count] for a in draws)
+    centres = np.stack([rows + sizes / 2.0, cols + sizes / 2.0], axis=-1)
+    dist = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+    dist[np.diag_indices(len(idx))] = np.inf
+    a, b = np.unravel_index(np.argmin(dist), dist.shape)
+    order = [min(a, b), max(a, b)] + [j for j in range(len(idx)) if j not in (a, b)]
+    keep = np.asarray(order[:count])
+    return tuple(arr[keep] for arr in draws)
+
+
 def _resize(digit: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
     """Pillow BICUBIC resize to (size, size); also the (left, top, right, bottom) non-zero bbox."""
     side = digit.shape[0]
@@ -299,6 +334,7 @@ def generate_multi_mnist(
     seed: int | np.random.SeedSequence = 0,
     progress: bool = False,
     desc: str = "multi-MNIST",
+    crowding: int = 0,
 ) -> MultiMNIST:
     """Generate ``num_images`` multi-digit canvases with Pyro's recipe (see module docstring).
 
@@ -313,6 +349,8 @@ def generate_multi_mnist(
             function of it.
         progress: show a tqdm progress bar.
         desc: progress-bar label.
+        crowding: 0, or m >= max(max_digits, 2): digits drawn as for an m-digit scene, the
+            closest pair kept first (module docstring); its draws come from their own stream.
 
     Returns:
         MultiMNIST with images (N, canvas, canvas) uint8, counts (N,), labels (N, K), boxes
@@ -331,6 +369,7 @@ def generate_multi_mnist(
         raise DataError(f"digit_labels must be a ({digits.shape[0]},) integer array, got {_describe(digit_labels)}")
     side = int(digits.shape[1])
     _check_params(max_digits, canvas_size, scale_mean, scale_sd, side)
+    _check_crowding(crowding, max_digits)
     _check_int("num_images", num_images, 0)
     n, k, h = int(num_images), int(max_digits), int(canvas_size)
     if n and k and digits.shape[0] == 0:
@@ -342,6 +381,14 @@ def generate_multi_mnist(
     counts = rng.integers(0, k + 1, size=n).astype(np.int32)
     m = max(int(digits.shape[0]), 1)
     idx, sizes, rows, cols = _draw(rng, (n, k), m, scale_mean, scale_sd, side, h)
+    if crowding:
+        crowd_rng = np.random.Generator(np.random.PCG64(_child(ss, 2)))
+        crowd = _draw(crowd_rng, (n, crowding), m, scale_mean, scale_sd, side, h)
+
+    def redraw(c: int) -> tuple[np.ndarray, ...]:
+        if crowding:
+            return _crowd(_draw(retry_rng, (crowding,), m, scale_mean, scale_sd, side, h), c)
+        return _draw(retry_rng, (c,), m, scale_mean, scale_sd, side, h)
 
     images = np.zeros((n, h, h), dtype=np.uint8)
     labels = np.full((n, k), -1, dtype=np.int32)
@@ -355,6 +402,8 @@ def generate_multi_mnist(
             c = int(counts[i])
             if c:
                 d_idx, d_sz, d_r, d_c = idx[i, :c], sizes[i, :c], rows[i, :c], cols[i, :c]
+                if crowding:
+                    d_idx, d_sz, d_r, d_c = _crowd(tuple(a[i] for a in crowd), c)
                 attempts = 1
                 while not _compose(images[i], boxes[i], digits, d_idx, d_sz, d_r, d_c):
                     if attempts >= _MAX_ATTEMPTS:
@@ -364,7 +413,7 @@ def generate_multi_mnist(
                             "or fewer max_digits"
                         )
                     attempts += 1
-                    d_idx, d_sz, d_r, d_c = _draw(retry_rng, (c,), m, scale_mean, scale_sd, side, h)
+                    d_idx, d_sz, d_r, d_c = redraw(c)
                 labels[i, :c] = label_src[d_idx]
             if (i + 1) % _PROGRESS_EVERY == 0 or i + 1 == n:
                 bar.update(i + 1 - bar.n)
