@@ -76,6 +76,7 @@ FIELDS = {
     "conv_encoder": ("air", "conv_encoder"),
     "conv_decoder": ("air", "conv_decoder"),
     "conv_embed": ("air", "conv_embed"),
+    "compute_dtype": ("air", "compute_dtype"),
     "conv_embed_features": ("air", "conv_embed_features"),
     "bl_predict_net": ("air", "bl_predict_net"),
     "non_linearity": ("air", "non_linearity"),
@@ -215,6 +216,11 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         help="convolutional image embedding for the guide's LSTM: feature maps (e.g. 16 32 32 64)",
     )
     a("--conv-embed-features", type=int, help="outputs of the convolutional embedding ({air.conv_embed_features})")
+    a(
+        "--compute-dtype",
+        choices=["float32", "bfloat16"],
+        help="matmul and convolution operands; bfloat16 keeps float32 accumulation, parameters and ELBO ({air.compute_dtype})",
+    )
     a("--bl-predict-net", type=int, nargs="*", help="baseline predict hidden sizes ({air.bl_predict_net})")
     a("--non-linearity", type=str, help="relu, elu, tanh, ... (or torch names ReLU, ELU, ...)")
     a("--viz", action="store_true", help="save figures every --viz-every steps under OUT/viz")

@@ -17,6 +17,7 @@ GUIDE_INPUTS = ("image", "difference")
 GLIMPSE_INPUTS = ("image", "residual")
 PRESENCE_ESTIMATORS = ("nvil", "vimco", "concrete")
 CHANNELS = (1, 3)  # grayscale, RGB
+COMPUTE_DTYPES = ("float32", "bfloat16")  # matmul operands (accumulation is always float32)
 
 # Pyro's --non-linearity takes a torch.nn class name; accept those spellings too.
 _TORCH_NAMES = {
@@ -118,6 +119,11 @@ class AIRConfig:
     conv_decoder: Optional[Tuple[int, ...]] = None
     conv_embed: Optional[Tuple[int, ...]] = None
     conv_embed_features: int = 256
+    # mixed precision (not in Pyro's example): "bfloat16" rounds the inputs and kernels of every
+    # dense layer and convolution (image projections, LSTM, encoder, decoder, predictors) to
+    # bfloat16 with float32 accumulation; parameters, optimiser state, the spatial transformer,
+    # the likelihood and the ELBO stay float32 (core.nets.mixed_precision)
+    compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -176,6 +182,8 @@ class AIRConfig:
             raise ValueError(f"init must be 'torch' or 'flax', got {self.init!r}")
         self._validate_variants()
         self._validate_conv()
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
 
     def _validate_conv(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)

@@ -88,7 +88,7 @@ def _recurrent_net(prefix: str, config: AIRConfig, num_pixels: int) -> Recurrent
     zeros_h = jnp.zeros((1, H))
     rnn = flax_module(
         prefix + "rnn",
-        AIRLSTM(H, config.init),
+        AIRLSTM(H, config.init, config.compute_dtype),
         jnp.zeros((1, features)),
         jnp.zeros((1, lat_size)),
         (zeros_h, zeros_h),
@@ -129,7 +129,7 @@ def _register_nets(config: AIRConfig) -> GuideNets:
     rnn = _recurrent_net("", config, num_pixels)
     predict = flax_module(
         "predict",
-        Predict(config.predict_net, config.non_linearity, config.init),
+        Predict(config.predict_net, config.non_linearity, config.init, config.compute_dtype),
         jnp.zeros((1, config.rnn_hidden_size)),
     )
     encode = flax_module(
@@ -144,7 +144,7 @@ def _register_nets(config: AIRConfig) -> GuideNets:
         bl_rnn = _recurrent_net(BASELINE_PREFIX, config, num_pixels)
         bl_predict = flax_module(
             BASELINE_PREFIX + "predict",
-            BaselinePredict(config.bl_predict_net, config.non_linearity, config.init),
+            BaselinePredict(config.bl_predict_net, config.non_linearity, config.init, config.compute_dtype),
             jnp.zeros((1, config.rnn_hidden_size)),
         )
     decode = _detached_decoder(config) if config.guide_input == "difference" else None

@@ -14,16 +14,23 @@ tensors: :class:`ConvEncoder` (window (B, w*w*C) -> z_what loc, scale), :class:`
 guide's LSTM, so its image projection has F x 4*hidden weights instead of H*W*C x 4*hidden).
 Every convolution has kernel 4, stride 2 and "SAME" padding (each halves the side, rounding up).
 :func:`encoder_module`, :func:`decoder_module` and :func:`embed_module` pick the kind a config asks for.
+
+Mixed precision (``compute_dtype="bfloat16"``, every module's last field): each dense layer and
+convolution rounds its input and kernel to bfloat16 and accumulates in float32 (the product is
+float32); parameters, biases, non-linearities and everything downstream stay float32.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from .config import COMPUTE_DTYPES
 
 if TYPE_CHECKING:  # annotations only
     from .config import AIRConfig
@@ -55,11 +62,48 @@ def _uniform(bound: float):
     return init
 
 
-def _dense(features: int, fan_in: int, init: str, name: Optional[str] = None, use_bias: bool = True) -> nn.Dense:
+def _low_precision_operands(dtype):
+    """A Flax ``promote_dtype`` that rounds a layer's input and kernel to ``dtype`` and leaves the
+    bias (and anything after it) in float32."""
+
+    def promote(inputs, kernel, *rest, dtype=None, inexact=True):
+        del dtype, inexact
+        return (inputs.astype(low), kernel.astype(low), *rest)
+
+    low = jnp.dtype(dtype)
+    return promote
+
+
+def mixed_precision(compute_dtype: str, kind: str = "dense") -> dict:
+    """Keyword arguments of ``nn.Dense`` (``kind="dense"``), ``nn.Conv`` ("conv") or
+    ``nn.ConvTranspose`` ("conv_transpose") for ``compute_dtype``: none for "float32"; for
+    "bfloat16", bfloat16 operands with a float32 product (f32 accumulation)."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+    if compute_dtype == "float32":
+        return {}
+    kw = {"promote_dtype": _low_precision_operands(compute_dtype)}
+    f32 = jnp.float32
+    if kind == "dense":
+        return kw | {"dot_general": partial(jax.lax.dot_general, preferred_element_type=f32)}
+    if kind == "conv":
+        return kw | {"conv_general_dilated": partial(jax.lax.conv_general_dilated, preferred_element_type=f32)}
+    return kw | {"preferred_element_type": f32}
+
+
+def _dense(
+    features: int,
+    fan_in: int,
+    init: str,
+    name: Optional[str] = None,
+    use_bias: bool = True,
+    compute_dtype: str = "float32",
+) -> nn.Dense:
+    kw = mixed_precision(compute_dtype)
     if init == "torch":
         b = 1.0 / float(fan_in) ** 0.5
-        return nn.Dense(features, kernel_init=_uniform(b), bias_init=_uniform(b), use_bias=use_bias, name=name)
-    return nn.Dense(features, use_bias=use_bias, name=name)
+        kw |= {"kernel_init": _uniform(b), "bias_init": _uniform(b)}
+    return nn.Dense(features, use_bias=use_bias, name=name, **kw)
 
 
 class MLP(nn.Module):
@@ -70,12 +114,13 @@ class MLP(nn.Module):
     nl: str = "relu"
     output_nl: bool = False
     init_scheme: str = "torch"
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         f = non_linearity(self.nl)
         for i, size in enumerate(self.sizes):
-            x = _dense(size, x.shape[-1], self.init_scheme, name=f"Dense_{i}")(x)
+            x = _dense(size, x.shape[-1], self.init_scheme, name=f"Dense_{i}", compute_dtype=self.compute_dtype)(x)
             if i < len(self.sizes) - 1 or self.output_nl:
                 x = f(x)
         return x
@@ -88,10 +133,13 @@ class Encoder(nn.Module):
     z_what_size: int
     nl: str = "relu"
     init_scheme: str = "torch"
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
-        out = MLP(tuple(self.hidden) + (2 * self.z_what_size,), self.nl, init_scheme=self.init_scheme)(x)
+        out = MLP(
+            tuple(self.hidden) + (2 * self.z_what_size,), self.nl, init_scheme=self.init_scheme, compute_dtype=self.compute_dtype
+        )(x)
         return out[:, : self.z_what_size], jax.nn.softplus(out[:, self.z_what_size :])
 
 
@@ -104,10 +152,13 @@ class Decoder(nn.Module):
     use_sigmoid: bool = False
     nl: str = "relu"
     init_scheme: str = "torch"
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, z: jnp.ndarray) -> jnp.ndarray:
-        out = MLP(tuple(self.hidden) + (self.window_pixels,), self.nl, init_scheme=self.init_scheme)(z)
+        out = MLP(
+            tuple(self.hidden) + (self.window_pixels,), self.nl, init_scheme=self.init_scheme, compute_dtype=self.compute_dtype
+        )(z)
         if self.output_bias is not None:
             out = out + self.output_bias
         return jax.nn.sigmoid(out) if self.use_sigmoid else out
@@ -120,10 +171,11 @@ class Predict(nn.Module):
     hidden: Sequence[int]
     nl: str = "relu"
     init_scheme: str = "torch"
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, h: jnp.ndarray):
-        out = MLP(tuple(self.hidden) + (7,), self.nl, init_scheme=self.init_scheme)(h)
+        out = MLP(tuple(self.hidden) + (7,), self.nl, init_scheme=self.init_scheme, compute_dtype=self.compute_dtype)(h)
         return out[:, 0], out[:, 1:4], jax.nn.softplus(out[:, 4:7])
 
 
@@ -133,10 +185,11 @@ class BaselinePredict(nn.Module):
     hidden: Sequence[int]
     nl: str = "relu"
     init_scheme: str = "torch"
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
-        return MLP(tuple(self.hidden) + (1,), self.nl, init_scheme=self.init_scheme)(h)[:, 0]
+        return MLP(tuple(self.hidden) + (1,), self.nl, init_scheme=self.init_scheme, compute_dtype=self.compute_dtype)(h)[:, 0]
 
 
 class AIRLSTM(nn.Module):
@@ -151,13 +204,13 @@ class AIRLSTM(nn.Module):
 
     hidden: int
     init_scheme: str = "torch"
+    compute_dtype: str = "float32"
 
     def setup(self) -> None:
+        kw = mixed_precision(self.compute_dtype)
         if self.init_scheme == "torch":
             u = _uniform(1.0 / float(self.hidden) ** 0.5)
-            kw = dict(kernel_init=u, bias_init=u)
-        else:
-            kw = {}
+            kw |= dict(kernel_init=u, bias_init=u)
         self.img = nn.Dense(4 * self.hidden, name="img", **kw)  # W_ih image block + b_ih
         self.lat = nn.Dense(4 * self.hidden, use_bias=False, name="lat", **kw)  # W_ih latent block
         self.hh = nn.Dense(4 * self.hidden, name="hh", **kw)  # W_hh + b_hh
@@ -196,12 +249,14 @@ class ConvStack(nn.Module):
 
     channels: Sequence[int]
     nl: str = "relu"
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         f = non_linearity(self.nl)
+        kw = mixed_precision(self.compute_dtype, "conv")
         for i, c in enumerate(self.channels):
-            x = f(nn.Conv(c, (KERNEL, KERNEL), strides=(STRIDE, STRIDE), padding="SAME", name=f"Conv_{i}")(x))
+            x = f(nn.Conv(c, (KERNEL, KERNEL), strides=(STRIDE, STRIDE), padding="SAME", name=f"Conv_{i}", **kw)(x))
         return x
 
 
@@ -214,13 +269,14 @@ class ConvEncoder(nn.Module):
     channels: Sequence[int] = (32, 64)
     hidden: int = 256
     nl: str = "relu"
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
-        ws, C = self.window_size, self.image_channels
-        h = ConvStack(self.channels, self.nl)(x.reshape(x.shape[0], ws, ws, C))
-        h = non_linearity(self.nl)(nn.Dense(self.hidden, name="Dense_0")(h.reshape(h.shape[0], -1)))
-        out = nn.Dense(2 * self.z_what_size, name="Dense_1")(h)
+        ws, C, kw = self.window_size, self.image_channels, mixed_precision(self.compute_dtype)
+        h = ConvStack(self.channels, self.nl, self.compute_dtype)(x.reshape(x.shape[0], ws, ws, C))
+        h = non_linearity(self.nl)(nn.Dense(self.hidden, name="Dense_0", **kw)(h.reshape(h.shape[0], -1)))
+        out = nn.Dense(2 * self.z_what_size, name="Dense_1", **kw)(h)
         return out[:, : self.z_what_size], jax.nn.softplus(out[:, self.z_what_size :])
 
 
@@ -235,18 +291,20 @@ class ConvDecoder(nn.Module):
     output_bias: Optional[float] = None
     use_sigmoid: bool = False
     nl: str = "relu"
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, z: jnp.ndarray) -> jnp.ndarray:
         f = non_linearity(self.nl)
         ws, C, n = self.window_size, self.image_channels, len(self.channels)
         base = halved(ws, n)
-        h = f(nn.Dense(self.hidden, name="Dense_0")(z))
-        h = f(nn.Dense(base * base * self.channels[0], name="Dense_1")(h))
+        kw, kw_t = mixed_precision(self.compute_dtype), mixed_precision(self.compute_dtype, "conv_transpose")
+        h = f(nn.Dense(self.hidden, name="Dense_0", **kw)(z))
+        h = f(nn.Dense(base * base * self.channels[0], name="Dense_1", **kw)(h))
         h = h.reshape(z.shape[0], base, base, self.channels[0])
         outs = list(self.channels[1:]) + [C]
         for i, c in enumerate(outs):
-            h = nn.ConvTranspose(c, (KERNEL, KERNEL), strides=(STRIDE, STRIDE), padding="SAME", name=f"ConvT_{i}")(h)
+            h = nn.ConvTranspose(c, (KERNEL, KERNEL), strides=(STRIDE, STRIDE), padding="SAME", name=f"ConvT_{i}", **kw_t)(h)
             if i < len(outs) - 1:
                 h = f(h)
         out = h[:, :ws, :ws, :].reshape(z.shape[0], ws * ws * C)
@@ -265,11 +323,14 @@ class ConvEmbed(nn.Module):
     channels: Sequence[int] = (16, 32, 32, 64)
     features: int = 256
     nl: str = "relu"
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        h = ConvStack(self.channels, self.nl)(x.reshape(x.shape[0], self.height, self.width, self.image_channels))
-        return non_linearity(self.nl)(nn.Dense(self.features, name="Dense_0")(h.reshape(h.shape[0], -1)))
+        image = x.reshape(x.shape[0], self.height, self.width, self.image_channels)
+        h = ConvStack(self.channels, self.nl, self.compute_dtype)(image)
+        dense = nn.Dense(self.features, name="Dense_0", **mixed_precision(self.compute_dtype))
+        return non_linearity(self.nl)(dense(h.reshape(h.shape[0], -1)))
 
 
 def param_count(module: nn.Module, input_size: int) -> int:
@@ -292,9 +353,15 @@ def flops_per_example(module: nn.Module, input_size: int, batch: int = 64) -> fl
 def encoder_module(config: AIRConfig) -> nn.Module:
     """The glimpse encoder ``config`` asks for: window (B, w*w*C) -> z_what loc, scale (B, z)."""
     if config.conv_encoder is None:
-        return Encoder(config.encoder_net, config.z_what_size, config.non_linearity, config.init)
+        return Encoder(config.encoder_net, config.z_what_size, config.non_linearity, config.init, config.compute_dtype)
     return ConvEncoder(
-        config.window_size, config.channels, config.z_what_size, config.conv_encoder, config.encoder_net[-1], config.non_linearity
+        config.window_size,
+        config.channels,
+        config.z_what_size,
+        config.conv_encoder,
+        config.encoder_net[-1],
+        config.non_linearity,
+        config.compute_dtype,
     )
 
 
@@ -303,8 +370,8 @@ def decoder_module(config: AIRConfig) -> nn.Module:
     w, C = config.window_size, config.channels
     bias, sigmoid, nl = config.decoder_output_bias, config.decoder_output_use_sigmoid, config.non_linearity
     if config.conv_decoder is None:
-        return Decoder(config.decoder_net, w * w * C, bias, sigmoid, nl, config.init)
-    return ConvDecoder(w, C, config.conv_decoder, config.decoder_net[-1], bias, sigmoid, nl)
+        return Decoder(config.decoder_net, w * w * C, bias, sigmoid, nl, config.init, config.compute_dtype)
+    return ConvDecoder(w, C, config.conv_decoder, config.decoder_net[-1], bias, sigmoid, nl, config.compute_dtype)
 
 
 def embed_module(config: AIRConfig) -> Tuple[Optional[nn.Module], int]:
@@ -312,9 +379,16 @@ def embed_module(config: AIRConfig) -> Tuple[Optional[nn.Module], int]:
     (B, F); ``(None, H*W*C)`` without one (the LSTM projects the image itself)."""
     if config.conv_embed is not None:
         module = ConvEmbed(
-            config.height, config.width, config.channels, config.conv_embed, config.conv_embed_features, config.non_linearity
+            config.height,
+            config.width,
+            config.channels,
+            config.conv_embed,
+            config.conv_embed_features,
+            config.non_linearity,
+            config.compute_dtype,
         )
         return module, config.conv_embed_features
     if config.embed_net is not None:
-        return MLP(config.embed_net, config.non_linearity, output_nl=True, init_scheme=config.init), config.embed_net[-1]
+        mlp = MLP(config.embed_net, config.non_linearity, True, config.init, config.compute_dtype)
+        return mlp, config.embed_net[-1]
     return None, config.num_pixels

@@ -1,0 +1,91 @@
+"""Mixed precision (``AIRConfig.compute_dtype="bfloat16"``): bfloat16 operands with float32
+products in every dense layer and convolution, float32 parameters, optimiser state and ELBO,
+and a loss and gradient that stay close to float32's on the same parameters and key."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import SMALL, make_scenes
+
+from numpyro_air import AIRConfig
+from numpyro_air.core.nets import ConvDecoder, ConvEmbed, mixed_precision
+from numpyro_air.train.recipes import OptimConfig
+from numpyro_air.train.svi import make_svi
+
+CONV = dict(conv_encoder=(4,), conv_decoder=(4,), conv_embed=(4,), conv_embed_features=8)
+
+
+def _dots(hlo: str) -> list:
+    """(op, operand dtype, operand dtype, result dtype) of every dot_general / convolution in
+    StableHLO text."""
+    t = r"tensor<(?:\d+x)*(\w+)>"
+    pattern = rf"stablehlo\.(dot_general|convolution)[^\n]*: \({t}, {t}\) -> {t}"
+    return re.findall(pattern, hlo)
+
+
+def _loss_and_grad(svi, config, images):
+    loss = lambda p: svi.loss.loss(jax.random.PRNGKey(1), p, svi.model, svi.guide, images, config=config)  # noqa: E731
+    return jax.jit(jax.value_and_grad(loss))
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["mlp", "conv"])
+def test_bfloat16_operands_with_float32_products_and_state(conv):
+    """Every dense layer and convolution of the training step multiplies bfloat16 operands into a
+    float32 product (nothing is rounded to bfloat16 after a product); float32 config: float32
+    only. Parameters and optimiser state (after an update) are float32 (traced, not compiled)."""
+    f32 = AIRConfig.tutorial(**SMALL, **(CONV if conv else {}), presence_estimator="concrete")
+    bf16 = f32.replace(compute_dtype="bfloat16")
+    images = jnp.asarray(make_scenes(8, 20, seed=4))
+    svi32, svi16 = make_svi(f32, OptimConfig()), make_svi(bf16, OptimConfig())
+    state = jax.eval_shape(svi16.init, jax.random.PRNGKey(0), images)
+    assert jax.tree.structure(state) == jax.tree.structure(jax.eval_shape(svi32.init, jax.random.PRNGKey(0), images))
+    new_state, _ = jax.eval_shape(svi16.update, state, images)
+    floats = [x for x in jax.tree.leaves(new_state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert floats and all(x.dtype == jnp.float32 for x in floats)
+    params = svi16.get_params(state)
+    ops = _dots(_loss_and_grad(svi16, bf16, images).lower(params).as_text())
+    low = [o for o in ops if o[1] == "bf16"]
+    assert low and all(o[2:] == ("bf16", "f32") for o in low), ops  # bf16 x bf16 -> f32
+    assert all(o[3] == "f32" for o in ops)  # no product is rounded to bfloat16
+    assert {o[0] for o in low} == ({"dot_general", "convolution"} if conv else {"dot_general"})
+    ops32 = _dots(_loss_and_grad(svi32, f32, images).lower(params).as_text())
+    assert ops32 and all(o[1:] == ("f32", "f32", "f32") for o in ops32)
+
+
+def test_bfloat16_loss_and_gradient_stay_close_to_float32():
+    """Same parameters, same key: the bfloat16 loss is within 1% of float32's (and not equal to
+    it: it does compute in bfloat16), the gradients point the same way (cosine > 0.99)."""
+    f32 = AIRConfig.tutorial(**SMALL, presence_estimator="concrete")
+    bf16 = f32.replace(compute_dtype="bfloat16")
+    images = jnp.asarray(make_scenes(8, 20, seed=4))
+    svi32, svi16 = make_svi(f32, OptimConfig()), make_svi(bf16, OptimConfig())
+    params = svi32.get_params(svi32.init(jax.random.PRNGKey(0), images))
+    (l32, g32), (l16, g16) = _loss_and_grad(svi32, f32, images)(params), _loss_and_grad(svi16, bf16, images)(params)
+    assert l16.dtype == jnp.float32 and np.isfinite(l16)
+    assert abs(float(l16) - float(l32)) < 1e-2 * abs(float(l32)), (l16, l32)
+    assert float(l16) != float(l32)
+    a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g32)])
+    b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g16)])
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(g16))
+    assert np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99
+
+
+def test_mixed_precision_keywords_and_validation():
+    assert mixed_precision("float32") == {} and mixed_precision("float32", "conv") == {}
+    assert set(mixed_precision("bfloat16")) == {"promote_dtype", "dot_general"}
+    assert set(mixed_precision("bfloat16", "conv")) == {"promote_dtype", "conv_general_dilated"}
+    assert mixed_precision("bfloat16", "conv_transpose")["preferred_element_type"] == jnp.float32
+    with pytest.raises(ValueError, match="compute_dtype must be one of"):
+        AIRConfig(compute_dtype="float16")
+    # the convolutional modules keep float32 outputs
+    x = jnp.ones((2, 16 * 16))
+    embed = ConvEmbed(16, 16, 1, (4,), 8, compute_dtype="bfloat16")
+    assert embed.apply(embed.init(jax.random.PRNGKey(0), x), x).dtype == jnp.float32
+    dec = ConvDecoder(8, 1, (4,), 8, compute_dtype="bfloat16")
+    z = jnp.ones((2, 3))
+    assert dec.apply(dec.init(jax.random.PRNGKey(0), z), z).dtype == jnp.float32
