@@ -2,13 +2,16 @@
 CPU), optionally against another source tree, interleaved.
 
     python benchmarks/step_processes.py [--processes 6] [--steps 40] [--batch-size 64]
-                                        [--baseline-src DIR] [--json]
+                                        [--baseline-src DIR] [--compute-dtypes float32 bfloat16]
+                                        [--estimator nvil] [--json]
 
 Each measurement is a fresh ``python benchmarks/svi_step.py --json`` process (compile, warm-up,
 median of ``--steps`` blocked steps). With ``--baseline-src DIR`` (e.g. a ``git worktree`` of an
 older commit) that tree's own ``benchmarks/svi_step.py`` is run with ``PYTHONPATH=DIR`` so that
 ``numpyro_air`` is imported from there, alternating with the current tree. Prints every process's median, the median over
-processes and the fastest process, per tree.
+processes and the fastest process, per tree. ``--compute-dtypes float32 bfloat16`` times each
+listed ``AIRConfig.compute_dtype`` of the current tree, interleaved the same way (one process of
+each per round).
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def one(batch: int, steps: int, src: str | None) -> float:
+def one(batch: int, steps: int, src: str | None, extra: tuple = ()) -> float:
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     # each tree is timed by its own svi_step.py (the API it calls may differ between versions)
     script = Path(src) / "benchmarks" / "svi_step.py" if src else HERE / "svi_step.py"
-    cmd = [sys.executable, str(script), "--batch-size", str(batch), "--steps", str(steps), "--json"]
+    cmd = [sys.executable, str(script), "--batch-size", str(batch), "--steps", str(steps), "--json", *extra]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["sec_per_step"]
 
@@ -42,18 +45,28 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--baseline-src", help="source tree imported for the baseline (PYTHONPATH)")
+    ap.add_argument("--compute-dtypes", nargs="+", choices=("float32", "bfloat16"), help="time these compute dtypes")
+    ap.add_argument("--estimator", default="nvil", help="svi_step.py's --estimator (default nvil: Pyro's tutorial step)")
     ap.add_argument("--json", action="store_true", help="also write results/cpu_step_processes_b<B>.json")
     ap.add_argument("--json-name", help="file name under results/ for --json (default cpu_step_processes_b<B>.json)")
     a = ap.parse_args(argv)
-    trees = {"current": None} | ({"baseline": a.baseline_src} if a.baseline_src else {})
+    if a.compute_dtypes and a.baseline_src:
+        ap.error("--compute-dtypes times the current tree only: drop --baseline-src")
+    est = ("--estimator", a.estimator)
+    if a.compute_dtypes:
+        runs = {dt: (None, (*est, "--compute-dtype", dt)) for dt in a.compute_dtypes}
+    else:
+        runs = {"current": (None, est)} | ({"baseline": (a.baseline_src, est)} if a.baseline_src else {})
+    trees = {name: src for name, (src, _) in runs.items()}
     times = {k: [] for k in trees}
     for i in range(a.processes):
-        for name, src in trees.items():
-            times[name].append(one(a.batch_size, a.steps, src))
+        for name, (src, extra) in runs.items():
+            times[name].append(one(a.batch_size, a.steps, src, extra))
             print(f"process {i + 1}/{a.processes} {name:8s} {1e3 * times[name][-1]:6.1f} ms", flush=True)
     out = {
         "batch_size": a.batch_size,
         "steps": a.steps,
+        "estimator": a.estimator,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "trees": {
             k: {

@@ -128,6 +128,12 @@ def main(argv=None) -> dict:
         help="z_pres estimator of the step (tutorial networks otherwise)",
     )
     ap.add_argument("--dair", action="store_true", help="DAIR guide input (image minus reconstruction so far)")
+    ap.add_argument(
+        "--compute-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="operands of the dense layers (AIRConfig.compute_dtype; products stay float32)",
+    )
     ap.add_argument("--particles", type=int, default=None, help="ELBO particles (VIMCO's K; default: the estimator's)")
     ap.add_argument("--steps", type=int, default=50, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps after compilation")
@@ -145,7 +151,11 @@ def main(argv=None) -> dict:
 
     device = _pick_device(args.device)
     est = args.estimator.replace("-normalised", "")
-    cfg = AIRConfig.tutorial(presence_estimator=est, guide_input="difference" if args.dair else "image")
+    cfg = AIRConfig.tutorial(
+        presence_estimator=est,
+        guide_input="difference" if args.dair else "image",
+        compute_dtype=args.compute_dtype,
+    )
     particles = OptimConfig(num_particles=args.particles).for_estimator(est).num_particles
     B = args.batch_size
     rng = np.random.default_rng(args.seed)
@@ -200,6 +210,7 @@ def main(argv=None) -> dict:
         "batch_size": B,
         "estimator": args.estimator,
         "guide_input": cfg.guide_input,
+        "compute_dtype": cfg.compute_dtype,
         "particles": particles,
         "device": str(device),
         "device_kind": getattr(device, "device_kind", None),
