@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check in one go (a few minutes): device-neutral tests on the accelerator, the SVI-step
-# benchmark (batch 64 and 256), the seeds benchmark, the loop against its step and time to
-# accuracy (fast, concrete and tutorial presets), then a short table.
+# benchmark (batch 64 and 256, float32 and bfloat16), the seeds benchmark, the loop against its step and time to
+# accuracy (fast, concrete and tutorial presets), the whole `numpyro-air train` command of the
+# fast preset for 3 seeds, then a short table.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # on a machine where `jax.devices('gpu')` works
 #
@@ -28,6 +29,10 @@ JAX_DEFAULT_MATMUL_PRECISION=highest timeout 420 python3 -m pytest -q -p no:cach
 TEST_RC=${PIPESTATUS[0]}
 python3 benchmarks/svi_step.py --device gpu --batch-size 64 --flops --json > "$OUT/svi_step_b64.json"
 python3 benchmarks/svi_step.py --device gpu --batch-size 256 --json > "$OUT/svi_step_b256.json"
+# mixed precision: bfloat16 operands, float32 products (AIRConfig.compute_dtype)
+for b in 64 256; do
+    python3 benchmarks/svi_step.py --device gpu --batch-size $b --compute-dtype bfloat16 --json > "$OUT/svi_step_bf16_b$b.json"
+done
 python3 benchmarks/seeds.py --device gpu --seeds 1 2 4 8 --json > "$OUT/seeds.json"
 # each benchmark recipe (--dataset) with 1 and 4 seeds: steps/s and the time of 100,000 steps
 python3 benchmarks/dataset_recipes.py --device gpu --seeds 1 4 --steps 30 > "$OUT/dataset_recipes.txt"
@@ -39,15 +44,18 @@ for preset in fast concrete tutorial; do
     python3 benchmarks/time_to_accuracy.py --device gpu --preset "$preset" --stop-at --json > "$OUT/tta_${preset}.json"
     python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$t0" "$(date +%s.%N)" > "$OUT/tta_${preset}_wall.txt"
 done
+# the whole command a user types (compile, steps, final evaluation, figures), 3 seeds, target 60 s
+python3 benchmarks/time_to_accuracy.py --preset fast --whole-command 2500 --seeds 1 2 3 --extra "--device gpu" --json \
+    > "$OUT/whole_command_fast.json"
 python3 - "$OUT" "$TEST_RC" <<'PY'
 import json, pathlib, sys
 out, rc = pathlib.Path(sys.argv[1]), int(sys.argv[2])
 print(f"\ntests on GPU: {'passed' if rc == 0 else f'FAILED (exit {rc})'}")
-for b in (64, 256):
-    p = out / f"svi_step_b{b}.json"
+for b, tag in ((64, ""), (256, ""), (64, "bf16_"), (256, "bf16_")):
+    p = out / f"svi_step_{tag}b{b}.json"
     if p.exists() and p.stat().st_size:
         r = json.loads(p.read_text())
-        print(f"SVI step  batch {b:>3}: {r['sec_per_step'] * 1e3:7.2f} ms/step  {r['images_per_sec']:8.0f} images/s  compile {r['compile_sec']:.1f} s  [{r['device_kind']}]")
+        print(f"SVI step {tag or 'f32_'}batch {b:>3}: {r['sec_per_step'] * 1e3:7.2f} ms/step  {r['images_per_sec']:8.0f} images/s  compile {r['compile_sec']:.1f} s  [{r['device_kind']}]")
 p = out / "seeds.json"
 if p.exists() and p.stat().st_size:
     r = json.loads(p.read_text())
@@ -59,6 +67,9 @@ for preset in ("fast", "concrete", "tutorial"):
         r = json.loads(p.read_text().strip().splitlines()[-1])
         wall = w.read_text().strip() if w.exists() else "?"
         print(f"time to accuracy ({preset}): {json.dumps(r.get('reached'))}, command wall clock {wall} s")
+p = out / "whole_command_fast.json"
+if p.exists() and p.stat().st_size:
+    print("whole command (fast):", p.read_text().strip().splitlines()[-1][:400])
 p = out / "train_loop.json"
 if p.exists() and p.stat().st_size:
     print("train loop vs step:", p.read_text().strip().splitlines()[-1][:300])
