@@ -128,6 +128,7 @@ def main(argv=None) -> dict:
         help="z_pres estimator of the step (tutorial networks otherwise)",
     )
     ap.add_argument("--dair", action="store_true", help="DAIR guide input (image minus reconstruction so far)")
+    ap.add_argument("--residual-glimpse", action="store_true", help="with --dair: the glimpse encoder crops the residual")
     ap.add_argument(
         "--compute-dtype",
         choices=("float32", "bfloat16"),
@@ -154,6 +155,7 @@ def main(argv=None) -> dict:
     cfg = AIRConfig.tutorial(
         presence_estimator=est,
         guide_input="difference" if args.dair else "image",
+        glimpse_input="residual" if args.residual_glimpse else "image",
         compute_dtype=args.compute_dtype,
     )
     particles = OptimConfig(num_particles=args.particles).for_estimator(est).num_particles
@@ -210,6 +212,7 @@ def main(argv=None) -> dict:
         "batch_size": B,
         "estimator": args.estimator,
         "guide_input": cfg.guide_input,
+        "glimpse_input": cfg.glimpse_input,
         "compute_dtype": cfg.compute_dtype,
         "particles": particles,
         "device": str(device),

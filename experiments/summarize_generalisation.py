@@ -6,7 +6,8 @@ set, localisation, from the JSON files of ``numpyro-air evaluate --json``.
 Reads ``RUN/eval_heldout_seed<N>.json`` (the 10,000-canvas 0-2-digit held-out split) and
 ``RUN/eval_0to3_seed<N>.json`` (1,000 held-out scenes of each count 0-3) of every seed of
 ``RUN/metrics.jsonl``: N is the seed, or, for the JSON of older versions (no ``seed`` in it), the
-index of the seed in the run.
+index of the seed in the run. With ``evaluate --importance K`` in the 0-3 JSON, the last column
+is the 0 / 1 / 2 / 3-digit accuracy of the count posterior's argmax (else "-").
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ def rows(name: str, run: Path) -> list:
             continue
         per = " / ".join(f"{100 * g['accuracy_by_count'][c]['accuracy']:.1f}" for c in ("0", "1", "2"))
         loc = g["localisation"]
+        imp = g.get("accuracy_by_count_importance")
+        post = " / ".join(f"{100 * imp[c]['accuracy']:.1f}" for c in ("0", "1", "2", "3")) if imp else "-"
         out.append(
             f"| {name} | {seed} | {h['step']} | {100 * h['count_accuracy']:.2f}% | "
             f"{100 * h['count_accuracy_greedy']:.2f}% | "
             f"{per} / **{100 * g['accuracy_by_count']['3']['accuracy']:.1f}%** | "
             f"{100 * g['accuracy_by_count_greedy']['3']['accuracy']:.1f}% | {loc['mean_centre_error']:.2f} | "
-            f"{100 * loc['matched_within_radius']:.1f}% | {loc['mean_iou']:.3f} |"
+            f"{100 * loc['matched_within_radius']:.1f}% | {loc['mean_iou']:.3f} | {post} |"
         )
     return out
 
@@ -55,8 +58,8 @@ def main(argv=None) -> str:
     a = ap.parse_args(argv)
     lines = [
         "| model | seed | step | 0-2 held-out (10k) | greedy | 0-3 set: 0 / 1 / 2 / **3** digits | 3 digits, greedy "
-        "| centre error (px) | matched within 3 px | mean IoU |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| centre error (px) | matched within 3 px | mean IoU | count posterior: 0 / 1 / 2 / 3 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for spec in a.runs:
         name, _, path = spec.partition("=")
