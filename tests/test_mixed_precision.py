@@ -64,7 +64,7 @@ def test_bfloat16_loss_and_gradient_stay_close_to_float32():
     bf16 = f32.replace(compute_dtype="bfloat16")
     images = jnp.asarray(make_scenes(8, 20, seed=4))
     svi32, svi16 = make_svi(f32, OptimConfig()), make_svi(bf16, OptimConfig())
-    params = svi32.get_params(svi32.init(jax.random.PRNGKey(0), images))
+    params = svi32.get_params(jax.jit(svi32.init)(jax.random.PRNGKey(0), images))
     (l32, g32), (l16, g16) = _loss_and_grad(svi32, f32, images)(params), _loss_and_grad(svi16, bf16, images)(params)
     assert l16.dtype == jnp.float32 and np.isfinite(l16)
     assert abs(float(l16) - float(l32)) < 1e-2 * abs(float(l32)), (l16, l32)
