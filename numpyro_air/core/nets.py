@@ -30,8 +30,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .config import COMPUTE_DTYPES
-
 if TYPE_CHECKING:  # annotations only
     from .config import AIRConfig
 
@@ -77,9 +75,8 @@ def _low_precision_operands(dtype):
 def mixed_precision(compute_dtype: str, kind: str = "dense") -> dict:
     """Keyword arguments of ``nn.Dense`` (``kind="dense"``), ``nn.Conv`` ("conv") or
     ``nn.ConvTranspose`` ("conv_transpose") for ``compute_dtype``: none for "float32"; for
-    "bfloat16", bfloat16 operands with a float32 product (f32 accumulation)."""
-    if compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+    "bfloat16" (or any other float dtype name; :class:`AIRConfig` allows float32 and bfloat16
+    only), operands in that dtype with a float32 product (f32 accumulation)."""
     if compute_dtype == "float32":
         return {}
     kw = {"promote_dtype": _low_precision_operands(compute_dtype)}
