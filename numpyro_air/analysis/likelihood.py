@@ -49,6 +49,16 @@ def log_weight(
 
 
 # ----------------------------------------------------------------------------- chunked estimates
+def _chunk(num_samples: int, chunk_size: Optional[int]) -> int:
+    """Samples per chunk (``num_samples`` when ``chunk_size`` is None); checks both are >= 1."""
+    if int(num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples!r}")
+    chunk = int(num_samples) if chunk_size is None else min(int(chunk_size), int(num_samples))
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+    return chunk
+
+
 def _chunked_keys(key: jax.Array, num_samples: int, chunk_size: int):
     """Keys (num_chunks, chunk_size, ...) and a validity mask (num_chunks, chunk_size); the
     padding of the last chunk reuses leading keys and is masked out."""
@@ -80,11 +90,7 @@ def importance_estimates(
     :param chunk_size: samples evaluated at once (vmapped); default: all ``num_samples``.
         Samples are scanned chunk by chunk with a running logsumexp and sum.
     """
-    if int(num_samples) < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples!r}")
-    chunk = int(num_samples) if chunk_size is None else min(int(chunk_size), int(num_samples))
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+    chunk = _chunk(num_samples, chunk_size)
     one = partial(log_weight, model, guide, params, args=args, kwargs=kwargs, plate=plate)
     keys, valid = _chunked_keys(key, int(num_samples), chunk)
     shape = jax.eval_shape(one, keys[0, 0])  # (B,) and dtype, from an abstract trace
@@ -177,11 +183,7 @@ def count_posterior(
     :func:`log_marginal_likelihood`; draws are chunked the same way (sample i uses
     ``random.split(key, num_samples)[i]``).
     """
-    if int(num_samples) < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples!r}")
-    chunk = int(num_samples) if chunk_size is None else min(int(chunk_size), int(num_samples))
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+    chunk = _chunk(num_samples, chunk_size)
     kwargs = {"config": config, "z_pres_prior": z_pres_prior}
     counts_axis = jnp.arange(config.num_steps + 1)
 
