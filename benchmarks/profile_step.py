@@ -2,6 +2,7 @@
 
 Usage:  python benchmarks/profile_step.py [--batch-size 64] [--steps 20] [--device cpu|gpu|tpu]
                                           [--top 15] [--trace-dir DIR] [--infer] [--json]
+                                          [--compute-dtype float32|bfloat16]
 
 Runs the bare step ``jax.jit(make_update(svi, cfg))`` of the tutorial recipe (as ``roofline.py`` and
 ``svi_step.py`` build it) under ``jax.profiler.trace`` for ``--steps`` steps after compilation,
@@ -17,6 +18,8 @@ it on the same thread: a ``while`` thunk contains its body's thunks) and sums th
   gradient, the finiteness test);
 - ``element-wise (forward/backward)``: the remaining fusions and element-wise ops of the ELBO and
   its gradient (activations, log-probabilities, the STN's interpolation weights, ...);
+- ``dtype conversions``: converts alone or fused only with data movement (the bfloat16 operands
+  of ``--compute-dtype bfloat16``);
 - ``reductions``, ``copies / transposes / slices``, ``RNG`` (threefry), ``scan loop`` (the while
   thunks' own time: loop control, not their bodies), ``other``.
 
@@ -58,6 +61,7 @@ CATEGORIES = (
     "element-wise (forward/backward)",
     "reductions",
     "copies / transposes / slices",
+    "dtype conversions",
     "RNG",
     "scan loop",
     "other",
@@ -94,6 +98,28 @@ def hlo_instructions(hlo_text: str) -> dict:
     return instrs
 
 
+# ops that only move, reshape or select data
+_MOVES = {
+    "copy",
+    "transpose",
+    "bitcast",
+    "slice",
+    "dynamic-slice",
+    "dynamic-update-slice",
+    "concatenate",
+    "broadcast",
+    "reshape",
+    "parameter",
+    "tuple",
+    "get-tuple-element",
+    "pad",
+    "reverse",
+    "fusion",
+    "constant",
+    "iota",
+}
+
+
 def categorize(ins: dict, forward_only: bool = False) -> str:
     """One of :data:`CATEGORIES` for an instruction of :func:`hlo_instructions`; with
     ``forward_only`` (a program without a gradient) nothing is optimiser or NaN-guard work."""
@@ -104,25 +130,9 @@ def categorize(ins: dict, forward_only: bool = False) -> str:
         return "matmul"
     if "threefry" in src or body & {"rng-bit-generator", "rng"}:
         return "RNG"
-    if body <= {
-        "copy",
-        "transpose",
-        "bitcast",
-        "slice",
-        "dynamic-slice",
-        "dynamic-update-slice",
-        "concatenate",
-        "broadcast",
-        "reshape",
-        "parameter",
-        "tuple",
-        "get-tuple-element",
-        "pad",
-        "reverse",
-        "fusion",
-        "constant",
-        "iota",
-    }:
+    if "convert" in body and body <= _MOVES | {"convert"}:
+        return "dtype conversions"
+    if body <= _MOVES:
         return "copies / transposes / slices"
     after_grad = not forward_only and bool(src) and "jvp(" not in src and "transpose(" not in src
     if after_grad and ("reduce" in body or "is_finite" in src):
@@ -235,7 +245,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--top", type=int, default=15, help="instructions listed by self time")
     ap.add_argument("--trace-dir", help="keep the trace here (default: a temporary directory)")
     ap.add_argument("--infer", action="store_true", help="profile infer(..., reconstruct=False) instead of the step")
+    ap.add_argument(
+        "--compute-dtype", choices=("float32", "bfloat16"), default="float32", help="the step's AIRConfig.compute_dtype"
+    )
     ap.add_argument("--json", action="store_true", help="also write results/<device>_profile[_infer]_b<B>.json")
+    ap.add_argument("--json-name", help="file name under results/ for --json (default: the name above)")
     a = ap.parse_args(argv)
     if a.batch_size < 1 or a.steps < 1:
         ap.error("--batch-size and --steps must be >= 1")
@@ -245,7 +259,7 @@ def main(argv=None) -> dict:
         fn, state, pool = build_infer(a.batch_size, device)
         step = lambda params, images, i: (params, fn(params, images, i))  # noqa: E731  (the step's signature)
     else:
-        fn, state, pool, _, _ = build_bare_step(a.batch_size, device)
+        fn, state, pool, _, _ = build_bare_step(a.batch_size, device, compute_dtype=a.compute_dtype)
         step = fn
     hlo = fn.lower(state, pool[0], ids[0]).compile().as_text()
     for i in range(3):
@@ -260,6 +274,7 @@ def main(argv=None) -> dict:
         {
             "what": "infer(reconstruct=False)" if a.infer else "training step",
             "batch_size": a.batch_size,
+            "compute_dtype": a.compute_dtype,
             "steps": a.steps,
             "device": str(device),
             "cpu": cpu_model(),
@@ -277,7 +292,11 @@ def main(argv=None) -> dict:
     for r in out["top_ops"]:
         print(f"  {r['ms']:6.2f} ms  {r['name']:28s} {r['category']:32s} {r['shape']:22s} {r['source']}")
     if a.json:
-        p = Path(__file__).resolve().parent / "results" / f"{a.device}_profile{'_infer' if a.infer else ''}_b{a.batch_size}.json"
+        name = a.json_name or (
+            f"{a.device}_profile{'_infer' if a.infer else ''}_b{a.batch_size}"
+            f"{'' if a.compute_dtype == 'float32' else '_' + a.compute_dtype}.json"
+        )
+        p = Path(__file__).resolve().parent / "results" / name
         p.write_text(json.dumps(out, indent=1))
         print(f"wrote {p}")
     return out

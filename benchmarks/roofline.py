@@ -170,15 +170,15 @@ def stream_bandwidth(device, megabytes: float, repeats: int) -> dict:
     return {"array_bytes": 4 * n, "bytes_moved": 3 * 4 * n, "sec": sec, "bytes_per_sec": 3 * 4 * n / sec}
 
 
-def build_bare_step(batch: int, device, seed: int = 0):
+def build_bare_step(batch: int, device, seed: int = 0, compute_dtype: str = "float32"):
     """(step_fn, state, pool, svi, cfg): the bare jitted step ``jax.jit(make_update(svi, cfg))`` of
-    the tutorial recipe, its state on ``device`` and 4 random (B, 50, 50) batches already there,
-    as ``svi_step.py`` builds them."""
+    the tutorial recipe (dense-layer operands in ``compute_dtype``), its state on ``device`` and 4
+    random (B, 50, 50) batches already there, as ``svi_step.py`` builds them."""
     from numpyro_air import AIRConfig
     from numpyro_air.train.recipes import OptimConfig
     from numpyro_air.train.svi import make_svi, make_update
 
-    cfg = AIRConfig.tutorial()
+    cfg = AIRConfig.tutorial(compute_dtype=compute_dtype)
     rng = np.random.default_rng(seed)
     shape = (batch, cfg.image_size, cfg.image_size)
     with jax.default_device(device):

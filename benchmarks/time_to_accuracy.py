@@ -1,12 +1,12 @@
 """Time to count accuracy: train a recipe from scratch and time reaching 90% / 95%.
 
-Usage:  python benchmarks/time_to_accuracy.py [--preset tutorial|concrete|fast] [--max-steps 12000]
+Usage:  python benchmarks/time_to_accuracy.py [--preset NAME] [--max-steps 12000]
                                               [--eval-every 250] [--eval-images 2000]
                                               [--seed 0] [--batch-size 64] [--targets 0.90 0.95] [--stop-at]
                                               [--device cpu|gpu|tpu] [--json]
 
-Trains ``numpyro_air.Recipe.tutorial()`` (``--preset tutorial``, Pyro's recipe) or
-``Recipe.concrete()`` (``--preset concrete``) or ``Recipe.fast()`` (``--preset fast``) (one seed) on the cached multi-MNIST
+Trains a recipe of ``numpyro_air.PRESETS`` (``--preset``: ``tutorial`` is Pyro's recipe) (one seed,
+its optimiser settings and learning-rate schedule, batch ``--batch-size``) on the cached multi-MNIST
 (``load_multi_mnist(MultiMNISTConfig())``: 60,000 training canvases of 0-2 digits) with the loop's
 own pieces: ``numpyro_air.train.step.make_step`` and ``numpyro_air.train.step.BatchSource`` (data set on the
 device, batch i of the seed's order at step i), reading back the losses every 100 steps as the
@@ -102,11 +102,11 @@ def evaluate(trainer: Trainer, air, images: np.ndarray, counts: np.ndarray, seed
 
 def train_to_targets(args, log) -> dict:
     """The training run: evaluations every ``args.eval_every`` steps, targets' steps and seconds."""
-    from numpyro_air import Recipe, load_multi_mnist
+    from numpyro_air import PRESETS, load_multi_mnist
     from numpyro_air.data import MultiMNISTConfig, to_float
     from numpyro_air.train.loop import TrainConfig
 
-    recipe = getattr(Recipe, args.preset)()
+    recipe = PRESETS[args.preset]
     train_set, test_set = load_multi_mnist(MultiMNISTConfig(), progress=False)
     eval_images = to_float(test_set.images[: args.eval_images])
     eval_counts = np.asarray(test_set.counts[: args.eval_images])
@@ -145,6 +145,12 @@ def train_to_targets(args, log) -> dict:
     }
 
 
+def _console_script() -> str:
+    """``numpyro-air`` of this interpreter's environment (beside ``sys.executable``), else of PATH."""
+    here = Path(sys.executable).parent / "numpyro-air"
+    return str(here) if here.exists() else "numpyro-air"
+
+
 def whole_command(args) -> dict:
     """Wall seconds and final held-out accuracy of ``numpyro-air train`` per seed (fresh processes)."""
     import shlex
@@ -157,7 +163,7 @@ def whole_command(args) -> dict:
     runs = []
     for seed in args.seeds or [args.seed]:
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = ["numpyro-air", "train", "--preset", args.preset, "-n", str(args.whole_command), "--seed", str(seed)]
+            cmd = [_console_script(), "train", "--preset", args.preset, "-n", str(args.whole_command), "--seed", str(seed)]
             cmd += ["--out", tmp, "--no-progress", *shlex.split(args.extra)]
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -192,12 +198,14 @@ def whole_command(args) -> dict:
 
 
 def main(argv=None) -> dict:
+    from numpyro_air import PRESETS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--preset",
-        choices=("tutorial", "concrete", "fast"),
+        choices=list(PRESETS),
         default="tutorial",
-        help="Recipe.tutorial() (Pyro's recipe), Recipe.concrete() (relaxed presence) or Recipe.fast() (concrete, lr 3e-4)",
+        help="a recipe of numpyro_air.PRESETS (tutorial: Pyro's recipe)",
     )
     ap.add_argument("--max-steps", type=int, default=12000)
     ap.add_argument("--eval-every", type=int, default=250)
@@ -227,7 +235,7 @@ def main(argv=None) -> dict:
     with jax.default_device(device):
         res = train_to_targets(args, log)
     res |= {
-        "recipe": f"Recipe.{args.preset}()",
+        "recipe": f"PRESETS[{args.preset!r}]",
         "batch_size": args.batch_size,
         "seed": args.seed,
         "max_steps": args.max_steps,

@@ -2,7 +2,8 @@
 
 Usage:  python benchmarks/vs_pyro.py --pyro-air-dir DIR [--pyro-python .venv-pyro/bin/python]
                                      [--batch-sizes 64 256] [--infer-batch 1000] [--steps 20] [--warmup 3]
-                                     [--infer-steps 5] [--rounds 2] [--sides ours pyro] [--torch-threads N] [--json]
+                                     [--infer-steps 5] [--rounds 2] [--sides ours pyro] [--torch-threads N]
+                                     [--compute-dtype float32|bfloat16] [--json]
 
 Setup of the Pyro side (once; none of it is part of this repository):
 
@@ -88,7 +89,7 @@ def ours_child(a) -> dict:
     from numpyro_air import infer
 
     device = jax.devices()[0]
-    step_fn, state, pool, svi, cfg = build_bare_step(a.batch_size, device, a.seed)
+    step_fn, state, pool, svi, cfg = build_bare_step(a.batch_size, device, a.seed, a.compute_dtype)
     if a.task == "train":
         box = {"state": state, "i": 0}
 
@@ -192,6 +193,8 @@ def run_child(side: str, task: str, batch: int, args, settings: dict) -> dict:
         str(args.warmup),
         "--steps",
         str(args.steps if task == "train" else args.infer_steps),
+        "--compute-dtype",
+        args.compute_dtype,
     ]
     if side == "pyro":
         cmd += [
@@ -255,6 +258,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--sides", nargs="+", choices=("ours", "pyro"), default=["ours", "pyro"])
     ap.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--compute-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="our side's AIRConfig.compute_dtype (Pyro's side stays float32)",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     # child mode (internal)
     ap.add_argument("--child", choices=("ours", "pyro"), help=argparse.SUPPRESS)
@@ -301,6 +310,7 @@ def main(argv=None) -> dict:
         "cpu_model": _cpu_model(),
         "nproc": _nproc(),
         "loadavg_1min": os.getloadavg()[0],
+        "compute_dtype": args.compute_dtype,
         "python": sys.version.split()[0],
         "jax_version": next((r.get("jax_version") for r in runs if "jax_version" in r), None),
         "device": "cpu (both sides: default JAX device / torch CPU)",

@@ -504,6 +504,52 @@ def test_optimizer_baseline_lr_applies_to_every_bl_param(small_air):
             assert np.all(np.sign(delta) == -np.sign(g)), name
 
 
+@pytest.mark.parametrize("warmup, decay, final", [(4, 0, 0.0), (3, 6, 0.1)])
+def test_learning_rate_schedule_moves_both_groups_by_their_scheduled_rate(small_air, warmup, decay, final):
+    """Adam moves each coordinate by ~lr_t * sign(g) when every gradient has the same sign and size:
+    step t's move is the schedule's rate at t (linear warmup from 0, cosine decay to final * lr,
+    held after), for the main and the baseline group each at its own peak."""
+    _, params, _ = small_air
+    lr, blr, steps = 1e-3, 2e-2, 12
+
+    def want_rate(peak, t):
+        if t < warmup:
+            return peak * t / warmup
+        if decay == 0:
+            return peak
+        u = min(t - warmup, decay) / decay
+        return peak * (final + (1 - final) * 0.5 * (1 + np.cos(np.pi * u)))
+
+    grads = jax.tree.map(lambda a: np.ones(a.shape, np.float32), params)
+    tx = make_optimizer(lr, blr, warmup_steps=warmup, decay_steps=decay, final_lr_fraction=final)
+
+    @jax.jit
+    def moves(p):
+        def body(carry, _):
+            p, s = carry
+            u, s = tx.update(grads, s, p)
+            new = optax.apply_updates(p, u)
+            return (new, s), jax.tree.map(lambda a, b: (a - b).reshape(-1)[0], new, p)
+
+        return jax.lax.scan(body, (p, tx.init(p)), None, length=steps)[1]
+
+    got = moves(params)
+    for name in params:
+        peak = blr if is_baseline_param(name) else lr
+        want = [-want_rate(peak, t) for t in range(steps)]
+        for leaf in jax.tree.leaves(got[name]):
+            np.testing.assert_allclose(np.asarray(leaf, np.float64), want, rtol=1e-3, atol=1e-9, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"warmup_steps": -1}, "warmup_steps"), ({"decay_steps": 2.5}, "decay_steps"), ({"final_lr_fraction": 1.5}, "final_lr")],
+)
+def test_learning_rate_schedule_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_optimizer(1e-4, 1e-3, **kwargs)
+
+
 def _adam_mu(state, group):
     mus = optax.tree_utils.tree_get_all_with_path(state.inner_states[group], "mu")
     assert len(mus) == 1

@@ -19,9 +19,11 @@ from numpyro_air.data import MultiDSpritesConfig, MultiMNISTConfig, ScatteredMNI
 from numpyro_air.train import loop as training
 from numpyro_air.train import recipes as recipes_module
 from numpyro_air.train import svi as svi_module
+from numpyro_air.train.checkpoint import CheckpointError
 from numpyro_air.train.loop import TrainConfig, check_meta, run_meta
 
 ROOT = Path(__file__).resolve().parents[1]
+_SCHEDULE = ("warmup_steps", "decay_steps", "final_lr_fraction")
 
 
 def configs(*argv):
@@ -29,20 +31,27 @@ def configs(*argv):
 
 
 def test_the_table_holds_the_named_recipes():
-    assert list(PRESETS) == ["pyro-default", "tutorial", "concrete", "fast"]
+    assert list(PRESETS) == ["pyro-default", "tutorial", "concrete", "fast", "minute"]
     assert PRESETS["pyro-default"] == Recipe.pyro_default() == Recipe(AIRConfig(), OptimConfig())
     assert PRESETS["tutorial"] == Recipe.tutorial() and PRESETS["concrete"] == Recipe.concrete()
     assert PRESETS["fast"] == Recipe.fast()
     assert PRESETS["fast"].optim.learning_rate == pytest.approx(3 * PRESETS["concrete"].optim.learning_rate)
+    minute = PRESETS["minute"]
+    assert minute == Recipe.minute() and minute.air == Recipe.fast().air
+    assert minute.optim == dataclasses.replace(
+        Recipe.fast().optim, learning_rate=2e-3, warmup_steps=100, decay_steps=1100, final_lr_fraction=0.05
+    )
+    assert dict(minute.train) == {"num_steps": 1200, "eval_train_images": 2000}
+    assert all(not PRESETS[name].train for name in ("pyro-default", "tutorial", "concrete", "fast"))
     with pytest.raises(TypeError):
         PRESETS["mine"] = Recipe.tutorial()  # read-only
 
 
-@pytest.mark.parametrize("name", ["pyro-default", "tutorial", "concrete", "fast"])
+@pytest.mark.parametrize("name", ["pyro-default", "tutorial", "concrete", "fast", "minute"])
 def test_cli_preset_is_the_table_entry_and_the_dataclass_defaults(name):
     air, opt, tcfg, data = configs("--preset", name)
     assert (air, opt) == (PRESETS[name].air, PRESETS[name].optim)
-    assert tcfg == TrainConfig() and data == MultiMNISTConfig(canvas_size=air.image_size)
+    assert tcfg == TrainConfig(**dict(PRESETS[name].train)) and data == MultiMNISTConfig(canvas_size=air.image_size)
 
 
 def test_no_preset_is_pyro_default_and_only_given_flags_override():
@@ -94,16 +103,42 @@ def test_help_shows_each_default_and_the_presets_that_differ():
     assert f"scattered MNIST: digit side in pixels ({ScatteredMNISTConfig().digit_size})" in text
     assert f"multi-dSprites: largest sprite size in pixels ({MultiDSpritesConfig().max_size})" in text
     tutorial = Recipe.tutorial()
-    assert f"({AIRConfig().z_pres_prior}; tutorial, concrete, fast: {tutorial.air.z_pres_prior})" in text
+    assert f"({AIRConfig().z_pres_prior}; tutorial, concrete, fast, minute: {tutorial.air.z_pres_prior})" in text
     assert (
-        f"({OptimConfig().baseline_learning_rate}; tutorial, concrete, fast: {tutorial.optim.baseline_learning_rate})"
+        f"({OptimConfig().baseline_learning_rate}; tutorial, concrete, fast, minute: {tutorial.optim.baseline_learning_rate})"
     ) in text
-    assert f"({OptimConfig().learning_rate}; fast: {Recipe.fast().optim.learning_rate})" in text
+    lr_fast, lr_minute = Recipe.fast().optim.learning_rate, Recipe.minute().optim.learning_rate
+    assert f"({OptimConfig().learning_rate}; fast: {lr_fast}; minute: {lr_minute})" in text
     assert f"ELBO particles (1; --estimator vimco: {VIMCO_ELBO().num_particles})" in text
 
 
+def test_schedule_flags_set_the_optimiser_and_old_checkpoints_still_resume():
+    """--warmup-steps/--decay-steps/--final-lr-fraction set OptimConfig's schedule fields; a
+    checkpoint written before they existed (no such keys) matches a run without a schedule, and one
+    with another schedule is refused."""
+    _, opt, _, _ = configs("--preset", "fast", "--warmup-steps", "10", "--decay-steps", "90", "--final-lr-fraction", "0.1")
+    assert opt == dataclasses.replace(Recipe.fast().optim, warmup_steps=10, decay_steps=90, final_lr_fraction=0.1)
+    air, plain, tcfg, _ = configs("--preset", "fast")
+    now = run_meta(air, plain, tcfg, {}, 0, 5)
+    older = dict(now, optim_config={k: v for k, v in now["optim_config"].items() if k not in _SCHEDULE})
+    check_meta(older, now, "ckpt.npz")
+    with pytest.raises(CheckpointError, match="decay_steps: checkpoint 0 vs now 90"):
+        check_meta(older, run_meta(air, opt, tcfg, {}, 0, 5), "ckpt.npz")
+    with pytest.raises(ValueError, match="warmup_steps must be an integer >= 0"):
+        OptimConfig(warmup_steps=-5)
+
+
+def test_a_recipe_sets_its_own_loop_defaults(monkeypatch):
+    """``Recipe.train`` gives the loop settings of a preset (e.g. its step count): used by the CLI
+    where no flag is given, overridden by flags."""
+    mine = Recipe(AIRConfig(), OptimConfig(), train=(("num_steps", 321), ("eval_train_images", 50)))
+    monkeypatch.setattr(recipes_module, "PRESETS", {"pyro-default": Recipe.pyro_default(), "mine": mine})
+    assert configs("--preset", "mine")[2] == TrainConfig(num_steps=321, eval_train_images=50)
+    assert configs("--preset", "mine", "-n", "7")[2] == TrainConfig(num_steps=7, eval_train_images=50)
+
+
 def test_unknown_preset_is_an_error_naming_the_presets():
-    with pytest.raises(ValueError, match="--preset must be one of pyro-default, tutorial, concrete, fast, got 'fastest'"):
+    with pytest.raises(ValueError, match="--preset must be one of pyro-default, tutorial, concrete, fast, minute, got 'fastest'"):
         configs("--preset", "fastest")
     with pytest.raises(SystemExit, match="error: --preset must be one of"):
         cli.main(["--preset", "fastest", "--out", "unused"])

@@ -65,6 +65,9 @@ FIELDS = {
     "num_particles": ("optim", "num_particles"),
     "signal_decay": ("optim", "signal_decay"),
     "loss_scale": ("optim", "loss_scale"),
+    "warmup_steps": ("optim", "warmup_steps"),
+    "decay_steps": ("optim", "decay_steps"),
+    "final_lr_fraction": ("optim", "final_lr_fraction"),
     "model_steps": ("air", "num_steps"),
     "window_size": ("air", "window_size"),
     "encoder_latent_size": ("air", "z_what_size"),
@@ -252,10 +255,18 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         "--preset",
         metavar="NAME",
         help="a recipe of numpyro_air.PRESETS: {presets} (default %s). tutorial = Pyro's working recipe; concrete = "
-        "its networks with relaxed (Concrete) presence; fast = concrete with three times the learning rate" % DEFAULT_PRESET,
+        "its networks with relaxed (Concrete) presence; fast = concrete with three times the learning rate; minute = fast at "
+        "lr 2e-3 with warmup and cosine decay, 1,200 steps (95%%%% held-out in a minute on a 2-core CPU)" % DEFAULT_PRESET,
     )
     a("--likelihood-sd", type=float, help="({air.likelihood_sd}; not a Pyro CLI flag)")
     a("--clip-norm", type=float, help="clip each parameter group's gradient norm (off)")
+    a("--warmup-steps", type=int, help="raise both learning rates linearly from 0 over N steps ({optim.warmup_steps})")
+    a(
+        "--decay-steps",
+        type=int,
+        help="then decay them (cosine) to --final-lr-fraction of their value over N steps, 0: no decay ({optim.decay_steps})",
+    )
+    a("--final-lr-fraction", type=float, help="where --decay-steps ends, as a fraction of each rate ({optim.final_lr_fraction})")
     a("--num-particles", type=int, help="ELBO particles ({particles}; --estimator vimco: {vimco_particles})")
     # --- estimators and variants
     a("--estimator", choices=["nvil", "vimco", "concrete"], help="z_pres gradient estimator ({air.presence_estimator})")
@@ -398,7 +409,8 @@ def configs_from_args(args: argparse.Namespace, images=None):
         ds_recipe = DATASET_RECIPES[d["dataset"]]
         recipe, train_defaults = ds_recipe.recipe, {"num_steps": ds_recipe.train_steps}
     else:
-        recipe, train_defaults = PRESETS[_recipe_name(d)], {}
+        recipe = PRESETS[_recipe_name(d)]
+        train_defaults = dict(recipe.train)
     given: dict = {"air": {}, "optim": {}, "train": {}, "data": {}}
     for dest, (group, field) in FIELDS.items():
         if dest in d:

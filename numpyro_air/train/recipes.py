@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple
 
 from ..core.config import AIRConfig
 from ..estimators.nvil import check_loss_scale, check_signal_decay
@@ -28,13 +28,29 @@ class OptimConfig:
     normalize_signal: bool = False
     signal_decay: float = 0.9
     loss_scale: float = 1.0
+    # learning-rate schedule of both groups (train.optim.lr_schedule): linear warmup from 0 over
+    # warmup_steps, then cosine decay to final_lr_fraction * lr over decay_steps (0: constant)
+    warmup_steps: int = 0
+    decay_steps: int = 0
+    final_lr_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.num_particles is not None and self.num_particles < 1:
             raise ValueError(f"num_particles must be >= 1, got {self.num_particles!r}")
         check_signal_decay(self.signal_decay)
         check_loss_scale(self.loss_scale)
-        make_optimizer(self.learning_rate, self.baseline_learning_rate, self.clip_norm)  # validates
+        self.optimizer()  # validates
+
+    def optimizer(self):
+        """The optax transformation these settings describe (:func:`~.optim.make_optimizer`)."""
+        return make_optimizer(
+            self.learning_rate,
+            self.baseline_learning_rate,
+            self.clip_norm,
+            self.warmup_steps,
+            self.decay_steps,
+            self.final_lr_fraction,
+        )
 
     @classmethod
     def tutorial(cls, **overrides) -> "OptimConfig":
@@ -51,10 +67,13 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A model configuration with the optimiser settings it is meant to train with."""
+    """A model configuration with the optimiser settings it is meant to train with, and the
+    loop settings (``TrainConfig`` fields, as (name, value) pairs) it was measured with, which
+    ``numpyro-air train --preset`` uses where no flag says otherwise."""
 
     air: AIRConfig
     optim: OptimConfig
+    train: Tuple[Tuple[str, Any], ...] = ()
 
     @classmethod
     def pyro_default(cls) -> "Recipe":
@@ -81,6 +100,17 @@ class Recipe:
         base = cls.concrete()
         return cls(base.air, dataclasses.replace(base.optim, learning_rate=3e-4))
 
+    @classmethod
+    def minute(cls) -> "Recipe":
+        """:meth:`fast` at learning rate 2e-3 with a schedule (linear warmup over 100 steps, cosine
+        decay to 5% over the next 1,100) and 1,200 steps: ``numpyro-air train --preset minute``
+        counts >= 95% of the held-out split within a minute of the whole command on the 2-core CPU
+        (``benchmarks/time_to_accuracy.py --whole-command``). Its final evaluation counts 2,000
+        training images (not all 60,000); the held-out split is counted whole."""
+        base = cls.fast()
+        optim = dataclasses.replace(base.optim, learning_rate=2e-3, warmup_steps=100, decay_steps=1100, final_lr_fraction=0.05)
+        return cls(base.air, optim, train=(("num_steps", 1_200), ("eval_train_images", 2_000)))
+
 
 # Every named recipe, for Python (``make_svi(PRESETS["fast"])``) and ``numpyro-air train --preset``.
 PRESETS: Mapping[str, Recipe] = MappingProxyType(
@@ -89,5 +119,6 @@ PRESETS: Mapping[str, Recipe] = MappingProxyType(
         "tutorial": Recipe.tutorial(),
         "concrete": Recipe.concrete(),
         "fast": Recipe.fast(),
+        "minute": Recipe.minute(),
     }
 )

@@ -15,7 +15,6 @@ from ..core.model import model
 from ..core.prior import concrete_temperature, z_pres_prior_probs
 from ..estimators.nvil import NVIL_ELBO, with_signal_stats
 from ..estimators.vimco import VIMCO_ELBO
-from .optim import make_optimizer
 from .recipes import OptimConfig, Recipe
 
 
@@ -32,7 +31,7 @@ def make_svi(config: AIRConfig | Recipe, optim: Optional[OptimConfig] = None) ->
     if isinstance(config, Recipe):
         config, optim = config.air, (config.optim if optim is None else optim)
     optim = OptimConfig() if optim is None else optim
-    tx = make_optimizer(optim.learning_rate, optim.baseline_learning_rate, optim.clip_norm)
+    tx = optim.optimizer()
     guide_fn = guide
     if optim.normalize_signal and config.presence_estimator == "nvil":
         guide_fn = with_signal_stats(guide, {"z_pres": (config.num_steps,)})
