@@ -2,7 +2,7 @@
 # GPU check in one go (a few minutes): device-neutral tests on the accelerator, the SVI-step
 # benchmark (batch 64 and 256, float32 and bfloat16), the seeds benchmark, the loop against its step and time to
 # accuracy (fast, concrete and tutorial presets), the whole `numpyro-air train` command of the
-# fast preset for 3 seeds, then a short table.
+# fast and minute presets for 3 seeds each, then a short table.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # on a machine where `jax.devices('gpu')` works
 #
@@ -47,6 +47,8 @@ done
 # the whole command a user types (compile, steps, final evaluation, figures), 3 seeds, target 60 s
 python3 benchmarks/time_to_accuracy.py --preset fast --whole-command 2500 --seeds 1 2 3 --extra "--device gpu" --json \
     > "$OUT/whole_command_fast.json"
+python3 benchmarks/time_to_accuracy.py --preset minute --whole-command 1200 --seeds 1 2 3 --extra "--device gpu" --json \
+    > "$OUT/whole_command_minute.json"
 python3 - "$OUT" "$TEST_RC" <<'PY'
 import json, pathlib, sys
 out, rc = pathlib.Path(sys.argv[1]), int(sys.argv[2])
@@ -67,9 +69,10 @@ for preset in ("fast", "concrete", "tutorial"):
         r = json.loads(p.read_text().strip().splitlines()[-1])
         wall = w.read_text().strip() if w.exists() else "?"
         print(f"time to accuracy ({preset}): {json.dumps(r.get('reached'))}, command wall clock {wall} s")
-p = out / "whole_command_fast.json"
-if p.exists() and p.stat().st_size:
-    print("whole command (fast):", p.read_text().strip().splitlines()[-1][:400])
+for preset in ("fast", "minute"):
+    p = out / f"whole_command_{preset}.json"
+    if p.exists() and p.stat().st_size:
+        print(f"whole command ({preset}):", p.read_text().strip().splitlines()[-1][:400])
 p = out / "train_loop.json"
 if p.exists() and p.stat().st_size:
     print("train loop vs step:", p.read_text().strip().splitlines()[-1][:300])

@@ -172,6 +172,12 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
             vimco_particles=OptimConfig().for_estimator("vimco").num_particles,
             checkpoint=CHECKPOINT_NAME,
             presets=", ".join(PRESETS),
+            preset_loops="; ".join(
+                f"{name}: " + ", ".join(f"{_flag(dest)} {value}" for dest, value in recipe.train)
+                for name, recipe in PRESETS.items()
+                if recipe.train
+            )
+            or "none",
         )
 
 
@@ -256,7 +262,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         metavar="NAME",
         help="a recipe of numpyro_air.PRESETS: {presets} (default %s). tutorial = Pyro's working recipe; concrete = "
         "its networks with relaxed (Concrete) presence; fast = concrete with three times the learning rate; minute = fast at "
-        "lr 2e-3 with warmup and cosine decay, 1,200 steps (95%%%% held-out in a minute on a 2-core CPU)" % DEFAULT_PRESET,
+        "lr 2e-3 with warmup and cosine decay, 1,200 steps (95%%%% held-out in a minute on a 2-core CPU). Loop settings "
+        "a preset sets where no flag is given: {preset_loops}" % DEFAULT_PRESET,
     )
     a("--likelihood-sd", type=float, help="({air.likelihood_sd}; not a Pyro CLI flag)")
     a("--clip-norm", type=float, help="clip each parameter group's gradient norm (off)")
