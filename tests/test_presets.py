@@ -135,8 +135,8 @@ def test_a_recipe_sets_its_own_loop_defaults(monkeypatch):
     monkeypatch.setattr(recipes_module, "PRESETS", {"pyro-default": Recipe.pyro_default(), "mine": mine})
     assert configs("--preset", "mine")[2] == TrainConfig(num_steps=321, eval_train_images=50)
     assert configs("--preset", "mine", "-n", "7")[2] == TrainConfig(num_steps=7, eval_train_images=50)
-    text = " ".join(cli.build_parser().format_help().split())
-    assert "where no flag is given: mine: --num-steps 321, --eval-train-images 50" in text
+    text = "".join(cli.build_parser().format_help().split())  # argparse wraps lines, also at hyphens
+    assert "wherenoflagisgiven:mine:--num-steps321,--eval-train-images50" in text
 
 
 def test_unknown_preset_is_an_error_naming_the_presets():
