@@ -94,20 +94,31 @@ def discrete_reading(air):
     return dataclasses.replace(air, presence_estimator="nvil", use_baselines=False)
 
 
+def count_metrics(true, inferred, num_steps: int, suffix: str = "") -> dict:
+    """``count_accuracy``, ``confusion`` and ``accuracy_by_count`` (each name + ``suffix``) of
+    inferred counts (N,) against the true ones (N,)."""
+    from numpyro_air.analysis.inference import confusion_matrix
+    from numpyro_air.analysis.metrics import accuracy_by_count
+
+    return {
+        f"count_accuracy{suffix}": float((inferred == true).mean()),
+        f"confusion{suffix}": confusion_matrix(true, inferred, num_steps).tolist(),
+        f"accuracy_by_count{suffix}": accuracy_by_count(true, inferred),
+    }
+
+
 def evaluate_file(params, air, ev, key, batch_size: int) -> dict:
     """Counts (sampled and greedy), per-count accuracy and localisation of one evaluation set
     (``ev.counts`` (N,); ``ev.images`` (N, H, W) or (N, H, W, C) uint8 or float in [0, 1])."""
-    from numpyro_air.analysis.inference import confusion_matrix, infer_batched
-    from numpyro_air.analysis.metrics import accuracy_by_count, localisation
+    from numpyro_air.analysis.inference import infer_batched
+    from numpyro_air.analysis.metrics import localisation
     from numpyro_air.data import to_float
 
     out = {}
     images = to_float(ev.images)
     for name, greedy in (("", False), ("_greedy", True)):
         res = infer_batched(params, images, key, air, greedy, batch_size, reconstruct=False)
-        out[f"count_accuracy{name}"] = float((res["counts"] == ev.counts).mean())
-        out[f"confusion{name}"] = confusion_matrix(ev.counts, res["counts"], air.num_steps).tolist()
-        out[f"accuracy_by_count{name}"] = accuracy_by_count(ev.counts, res["counts"])
+        out |= count_metrics(ev.counts, res["counts"], air.num_steps, name)
         if ev.boxes is not None:
             out[f"localisation{name}"] = localisation(ev.boxes, ev.counts, res["boxes"], res["z_pres"] > 0)
     return out
@@ -122,9 +133,7 @@ def importance_counts(params, air, ev, key, num_samples: int, batch_size: int) -
     import numpy as np
     from tqdm import tqdm
 
-    from numpyro_air.analysis.inference import confusion_matrix
     from numpyro_air.analysis.likelihood import count_posterior
-    from numpyro_air.analysis.metrics import accuracy_by_count
     from numpyro_air.data import to_float
 
     batch = max(1, min(batch_size, 250))
@@ -133,13 +142,7 @@ def importance_counts(params, air, ev, key, num_samples: int, batch_size: int) -
         x = jnp.asarray(to_float(ev.images[i : i + batch]))
         post = count_posterior(params, x, jax.random.fold_in(key, i), air, num_samples, min(num_samples, 10))
         counts.append(np.asarray(post.argmax(-1)))
-    n = np.concatenate(counts)
-    return {
-        "importance_samples": num_samples,
-        "count_accuracy_importance": float((n == ev.counts).mean()),
-        "confusion_importance": confusion_matrix(ev.counts, n, air.num_steps).tolist(),
-        "accuracy_by_count_importance": accuracy_by_count(ev.counts, n),
-    }
+    return {"importance_samples": num_samples} | count_metrics(ev.counts, np.concatenate(counts), air.num_steps, "_importance")
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> dict:
