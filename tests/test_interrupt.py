@@ -112,6 +112,8 @@ def wait_for_train_row(metrics: Path, proc, timeout: float = 300) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_writes_checkpoint_and_resume_is_exact(setup, signum):
+    """Either signal stops the run with a checkpoint, the log and the resume command; the resumed
+    run (SIGINT's) ends bit for bit where the uninterrupted one ends."""
     tmp, env, args, ref = setup
     out = tmp / f"sig{int(signum)}"
     proc = subprocess.Popen(
@@ -128,6 +130,8 @@ def test_signal_writes_checkpoint_and_resume_is_exact(setup, signum):
     command = re.search(r"resume with:\n\s+(.+)", err).group(1)
     assert command.startswith("numpyro-air train ")  # as users type it
     assert shlex.split(command)[-2:] == ["--load", str(out / "checkpoint.npz")]
+    if signum != signal.SIGINT:
+        return  # one signal's resume suffices: both stop through the same save (and the SIGKILL test resumes too)
     again = subprocess.run(runnable(command), capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert_same_arrays(read_checkpoint(out / "checkpoint.npz")[1], ref)
