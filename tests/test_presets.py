@@ -128,6 +128,10 @@ def test_schedule_flags_set_the_optimiser_and_old_checkpoints_still_resume():
         OptimConfig(warmup_steps=-5)
 
 
+def test_no_figures_flag():
+    assert configs()[2].final_figures and not configs("--no-figures")[2].final_figures
+
+
 def test_a_recipe_sets_its_own_loop_defaults(monkeypatch):
     """``Recipe.train`` gives the loop settings of a preset (e.g. its step count): used by the CLI
     where no flag is given, overridden by flags."""

@@ -112,7 +112,7 @@ def test_outputs_of_a_run(full_run):
 def test_resume_matches_uninterrupted(tmp_path, datasets, full_run):
     out_full, _ = full_run
     part = tmp_path / "part"
-    run(part, 2, datasets)
+    run(part, 2, datasets, final_figures=False)
     # rows logged after the checkpoint (step 2) by a run killed before its next checkpoint: dropped on resume
     train2, eval2 = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
     with open(part / "metrics.jsonl", "a") as f:
@@ -122,7 +122,7 @@ def test_resume_matches_uninterrupted(tmp_path, datasets, full_run):
             {**eval2, "step": 4, "test_accuracy": 0.0},
         ):
             f.write(json.dumps(row) + "\n")
-    run(part, 4, datasets, load=part / "checkpoint.npz")
+    run(part, 4, datasets, load=part / "checkpoint.npz", final_figures=False)
     m_full, leaves_full = read_checkpoint(out_full / "checkpoint.npz")
     m_res, leaves_res = read_checkpoint(part / "checkpoint.npz")
     assert m_full["step"] == m_res["step"] == 4
@@ -431,8 +431,9 @@ def test_loop_uses_the_annealed_prior_of_each_step_and_logs_elbo_per_image(tmp_p
     assert not np.allclose(z_pres_prior_probs(air, 1), z_pres_prior_probs(air, 2))
     out = tmp_path / "anneal"
     kw = dict(progress=False, log=lambda s: None)
-    train(air, OPT, tcfg(1, progress_every=1), *datasets, out, **kw)
-    tc2 = tcfg(2, progress_every=1)
+    train(air, OPT, tcfg(1, progress_every=1, final_figures=False), *datasets, out, **kw)
+    assert (out / "summary.json").is_file() and not list(out.glob("*.png"))  # final_figures=False: none drawn
+    tc2 = tcfg(2, progress_every=1, final_figures=False)
     state1, start, _ = initial_states(
         make_svi(air, OPT),
         tc2,
@@ -490,7 +491,7 @@ def test_exception_in_the_loop_writes_the_last_good_state(tmp_path, datasets, mo
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [2, 3]  # log closed with the pending row
     monkeypatch.undo()
-    run(out, 6, datasets, load=out / "checkpoint.npz")  # and the run resumes from it
+    run(out, 6, datasets, load=out / "checkpoint.npz", final_figures=False)  # and the run resumes from it
     assert read_checkpoint(out / "checkpoint.npz")[0]["step"] == 6
 
 

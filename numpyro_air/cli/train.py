@@ -125,6 +125,7 @@ SWITCHES = {
     "dair": ("air", "guide_input", "difference"),
     "residual_glimpse": ("air", "glimpse_input", "residual"),
     "normalize_signal": ("optim", "normalize_signal", True),
+    "no_figures": ("train", "final_figures", False),
 }
 
 
@@ -308,6 +309,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     a("--overwrite", action="store_true", help="replace an existing run in --out")
     a("--eval-train-images", type=int, help="training images used for the train accuracy (all)")
     a("--no-progress", action="store_true", help="no progress bar")
+    a("--no-figures", action="store_true", help="no figures or curves at the end (metrics, checkpoints, summary as usual)")
     # --- data
     a(
         "--data",

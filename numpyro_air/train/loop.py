@@ -52,7 +52,9 @@ CHECKPOINT_NAME = "checkpoint.npz"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Loop settings. ``eval_every``/``save_every``/``viz_every`` = 0 turns that off."""
+    """Loop settings. ``eval_every``/``save_every``/``viz_every`` = 0 turns that off;
+    ``final_figures=False`` skips the figures and curves at the end (metrics, checkpoints and
+    ``summary.json`` are written all the same)."""
 
     num_steps: int = 200_000
     batch_size: int = 64
@@ -64,6 +66,7 @@ class TrainConfig:
     eval_train_images: Optional[int] = None  # None: all training images (Pyro's metric)
     save_every: int = 10_000
     viz_every: int = 0
+    final_figures: bool = True
 
     def __post_init__(self) -> None:
         for name in ("num_steps", "eval_every", "save_every", "viz_every", "seed"):
@@ -428,7 +431,8 @@ def finish(run: Setup, at: Snapshot, records: Records) -> dict:
     save_all(run, at)
     if not at.last.get("eval") or at.last["eval"][0]["step"] != at.step:
         at = recorded(at, records.write(eval_rows(run, at)))
-    figures_all(run, at, final=True)
+    if run.tcfg.final_figures:
+        figures_all(run, at, final=True)
     records.close()
     final = at.last["eval"]
     summary = {
@@ -439,19 +443,25 @@ def finish(run: Setup, at: Snapshot, records: Records) -> dict:
     accuracies = [r.get("test_accuracy", r.get("train_accuracy")) for r in final]
     if None not in accuracies:  # data without counts have no accuracy to summarise
         summary["seeds_reaching"] = accuracy_summary(accuracies)
+    if run.writer and run.tcfg.final_figures:
+        save_final_curves(run, records, final)
     if run.writer:
-        viz.save_curves(viz.read_jsonl(records.metrics.path), run.out_dir)
-        for r in final:
-            tag = "" if run.tcfg.num_seeds == 1 else f"_seed{r['seed']}"
-            for split in ("test", "train"):
-                if f"{split}_confusion" in r:
-                    viz.save_confusion_figure(
-                        run.out_dir / f"confusion_{split}{tag}.png",
-                        r[f"{split}_confusion"],
-                        f"{split}: accuracy {r[f'{split}_accuracy']:.4f} (one guide sample)",
-                    )
         (run.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def save_final_curves(run: Setup, records: Records, final: List[dict]) -> None:
+    """The training curves and each seed's confusion matrices, as PNGs in the run directory."""
+    viz.save_curves(viz.read_jsonl(records.metrics.path), run.out_dir)
+    for r in final:
+        tag = "" if run.tcfg.num_seeds == 1 else f"_seed{r['seed']}"
+        for split in ("test", "train"):
+            if f"{split}_confusion" in r:
+                viz.save_confusion_figure(
+                    run.out_dir / f"confusion_{split}{tag}.png",
+                    r[f"{split}_confusion"],
+                    f"{split}: accuracy {r[f'{split}_accuracy']:.4f} (one guide sample)",
+                )
 
 
 def start(run: Setup, load, mesh) -> Snapshot:

@@ -111,7 +111,9 @@ class _Set:
 rng = np.random.default_rng(0)
 train_set = _Set((rng.uniform(0, 0.5, (32, 20, 20)) * 255).astype(np.uint8), rng.integers(0, 3, 32))
 test_set = _Set(train_set.images[:8], train_set.counts[:8])
-tc = TrainConfig(num_steps=2, batch_size=8, seed=5, num_seeds=2, progress_every=1, eval_batch_size=8, save_every=0)
+tc = TrainConfig(
+    num_steps=2, batch_size=8, seed=5, num_seeds=2, progress_every=1, eval_batch_size=8, save_every=0, final_figures=False
+)
 with tempfile.TemporaryDirectory() as tmp:
     kw = dict(progress=False, log=lambda s: None)
     train(cfg, OptimConfig(baseline_learning_rate=0.1), tc, train_set, test_set, Path(tmp) / "one", **kw)
