@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
+import time
 from pathlib import Path
 
 
@@ -43,3 +45,18 @@ def pick_device(kind: str | None):
     if not devices:
         raise SystemExit(f"error: --device {kind}: JAX reports no {kind} devices")
     return devices[0]
+
+
+def median_times(call, steps: int, warmup: int) -> dict:
+    """Time ``call()`` (blocking) ``warmup`` + ``steps`` times after one first call: median,
+    minimum and every timed call's seconds, and the first call's (compilation included)."""
+    t0 = time.perf_counter()
+    call()
+    first = time.perf_counter() - t0
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        call()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return {"sec_median": statistics.median(times), "sec_min": min(times), "first_call_sec": first, "times": times}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,21 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model, nproc  # noqa: E402
+from machine import cpu_model, median_times, nproc  # noqa: E402
 
 SHAPES = {"image projection": (2500, 1024), "decoder output": (200, 784), "LSTM recurrent": (256, 1024)}
 
 
 def _median_ms(f, *args, repeats: int) -> float:
-    jax.block_until_ready(f(*args))
-    for _ in range(3):
-        jax.block_until_ready(f(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    """Median milliseconds of ``repeats`` blocked calls of ``f(*args)`` after a first call and 3 more."""
+    return 1e3 * median_times(lambda: jax.block_until_ready(f(*args)), repeats, 3)["sec_median"]
 
 
 def main(argv=None) -> dict:

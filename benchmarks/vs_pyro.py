@@ -48,6 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model as _cpu_model  # noqa: E402
+from machine import median_times as _median_times
 from machine import nproc as _nproc
 
 HERE = Path(__file__).resolve().parent
@@ -66,20 +67,6 @@ _TORCH_NL = {
 
 
 # ----------------------------------------------------------------------------- children
-def _median_times(call, steps: int, warmup: int) -> dict:
-    """Time ``call()`` (blocking) ``warmup`` + ``steps`` times after one first call."""
-    t0 = time.perf_counter()
-    call()
-    first = time.perf_counter() - t0
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        call()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return {"sec_median": statistics.median(times), "sec_min": min(times), "first_call_sec": first, "times": times}
-
-
 def ours_child(a) -> dict:
     """Our training step (bare, pre-placed batch) or guide-only inference."""
     import jax

@@ -24,7 +24,6 @@ from numpyro_air.cli import main as cli_main
 from numpyro_air.core.guide import guide
 from numpyro_air.core.model import model
 from numpyro_air.estimators.nvil import NVIL_ELBO, with_signal_stats
-from numpyro_air.train.optim import make_optimizer
 
 
 class FixedDivisorNVIL(NVIL_ELBO):
@@ -47,7 +46,7 @@ def fixed_divisor_svi(divisor: float):
     def make_svi(air, opt):
         if air.presence_estimator != "nvil" or opt.normalize_signal:
             raise SystemExit("the ablation replaces plain NVIL: use the nvil estimator without --normalize-signal")
-        tx = make_optimizer(opt.learning_rate, opt.baseline_learning_rate, opt.clip_norm)
+        tx = opt.optimizer()
         elbo = FixedDivisorNVIL(divisor, num_particles=opt.num_particles, loss_scale=opt.loss_scale)
         return SVI(model, with_signal_stats(guide, {"z_pres": (air.num_steps,)}), tx, elbo, config=air)
 
