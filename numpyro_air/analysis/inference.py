@@ -85,11 +85,16 @@ def infer(
 def decode_windows(params: dict, z_what: jnp.ndarray, config: AIRConfig) -> jnp.ndarray:
     """Each object's decoded window before placement: z_what (..., z) -> (..., w, w) grayscale or
     (..., w, w, C) colour, with the model's decoder (``params["decode$params"]``), e.g.
-    ``infer(...)["z_what"]`` (B, T, z)."""
+    ``infer(...)["z_what"]`` (B, T, z). With ``composition="over"``: the colour times the
+    opacity (what the object shows where nothing covers it)."""
     if z_what.shape[-1:] != (config.z_what_size,):
         raise ValueError(f"z_what must end in ({config.z_what_size},), got shape {z_what.shape}")
     flat = handlers.substitute(lambda: register_decoder(config)(z_what.reshape(-1, config.z_what_size)), data=params)()
-    return flat.reshape(z_what.shape[:-1] + config.window_shape)
+    w, C, D = config.window_size, config.channels, config.decoder_channels
+    window = flat.reshape(z_what.shape[:-1] + (w, w, D))
+    if config.composition == "over":
+        window = window[..., :C] * window[..., C:]
+    return window.reshape(z_what.shape[:-1] + config.window_shape)
 
 
 def infer_batched(

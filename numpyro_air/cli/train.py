@@ -80,6 +80,7 @@ FIELDS = {
     "conv_decoder": ("air", "conv_decoder"),
     "conv_embed": ("air", "conv_embed"),
     "compute_dtype": ("air", "compute_dtype"),
+    "composition": ("air", "composition"),
     "conv_embed_features": ("air", "conv_embed_features"),
     "bl_predict_net": ("air", "bl_predict_net"),
     "non_linearity": ("air", "non_linearity"),
@@ -230,6 +231,11 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         "--compute-dtype",
         choices=["float32", "bfloat16"],
         help="matmul and convolution operands; bfloat16 keeps float32 accumulation, parameters and ELBO ({air.compute_dtype})",
+    )
+    a(
+        "--composition",
+        choices=["add", "over"],
+        help="objects on the canvas: add (AIR's sum) or over (decoded opacities, earlier steps in front) ({air.composition})",
     )
     a("--bl-predict-net", type=int, nargs="*", help="baseline predict hidden sizes ({air.bl_predict_net})")
     a("--non-linearity", type=str, help="relu, elu, tanh, ... (or torch names ReLU, ELU, ...)")

@@ -15,6 +15,7 @@ NON_LINEARITIES = ("relu", "elu", "leaky_relu", "tanh", "sigmoid", "softplus", "
 ANNEAL_MODES = ("none", "lin", "exp")
 GUIDE_INPUTS = ("image", "difference")
 GLIMPSE_INPUTS = ("image", "residual")
+COMPOSITIONS = ("add", "over")  # how objects combine on the canvas (AIRConfig.composition)
 PRESENCE_ESTIMATORS = ("nvil", "vimco", "concrete")
 CHANNELS = (1, 3)  # grayscale, RGB
 COMPUTE_DTYPES = ("float32", "bfloat16")  # matmul operands (accumulation is always float32)
@@ -124,6 +125,12 @@ class AIRConfig:
     # bfloat16 with float32 accumulation; parameters, optimiser state, the spatial transformer,
     # the likelihood and the ELBO stay float32 (core.nets.mixed_precision)
     compute_dtype: str = "float32"
+    # composition (not in Pyro's example): how the objects make the canvas. "add" (AIR's): the
+    # presence-weighted sum of the placed windows. "over": the decoder also draws an opacity
+    # (one more output channel, through the same output bias and sigmoid) and the objects occlude
+    # each other front to back, step 0 in front: canvas = sum_t T_t w_t a_t c_t with transmittance
+    # T_t = prod_{s<t} (1 - w_s a_s) (w the effective presence, a the placed opacity, c the colour)
+    composition: str = "add"
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -184,6 +191,10 @@ class AIRConfig:
         self._validate_conv()
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
+        if self.composition not in COMPOSITIONS:
+            raise ValueError(f"composition must be one of {COMPOSITIONS}, got {self.composition!r}")
+        if self.composition == "over" and not self.decoder_output_use_sigmoid:
+            raise ValueError('composition="over" needs decoder_output_use_sigmoid=True (opacities must lie in (0, 1))')
 
     def _validate_conv(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -305,6 +316,11 @@ class AIRConfig:
         """One window's shape: (w, w) grayscale, (w, w, C) colour."""
         w = self.window_size
         return (w, w) if self.channels == 1 else (w, w, self.channels)
+
+    @property
+    def decoder_channels(self) -> int:
+        """Channels the decoder draws per window pixel: C, plus an opacity with ``composition="over"``."""
+        return self.channels + (self.composition == "over")
 
     @property
     def num_pixels(self) -> int:

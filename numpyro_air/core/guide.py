@@ -23,12 +23,13 @@ from numpyro.contrib.module import flax_module
 
 from .config import AIRConfig
 from .model import (
+    CanvasState,
+    add_object,
     batch_size_of,
-    per_scene,
+    empty_canvas,
     presence_mask,
     prior_loc_scale,
     register_decoder,
-    render,
     sample_presence,
     temperatures,
     validate_images,
@@ -46,7 +47,8 @@ class GuideCarry(NamedTuple):
     ``h``, ``c`` (B, rnn_hidden): LSTM state; ``z_where`` (B, 3), ``z_what`` (B, z): the previous
     step's samples; ``z_pres`` (B,): the previous step's effective presence, i.e. the running
     product of presences (1 before step 0); ``bl``: the baseline LSTM's (h, c), or None without
-    baseline networks; ``canvas`` (B, *image_shape): DAIR only (else None), the reconstruction of steps < t.
+    baseline networks; ``canvas``: DAIR only (else None), the reconstruction of steps < t as the
+    model's :data:`CanvasState` (canvas (B, *image_shape), transmittance or None).
     """
 
     h: jnp.ndarray
@@ -55,7 +57,7 @@ class GuideCarry(NamedTuple):
     z_what: jnp.ndarray
     z_pres: jnp.ndarray
     bl: Optional[State] = None
-    canvas: Optional[jnp.ndarray] = None
+    canvas: Optional[CanvasState] = None
 
 
 class RecurrentNet(NamedTuple):
@@ -169,7 +171,7 @@ def _initial_carry(nets: GuideNets, config: AIRConfig, B: int) -> GuideCarry:
         bcast(nets.z_what0),
         jnp.ones((B,), jnp.float32),
         None if nets.bl_rnn is None else (bcast(nets.bl_rnn.h0), bcast(nets.bl_rnn.c0)),
-        None if nets.decode is None else jnp.zeros((B,) + config.image_shape, jnp.float32),
+        None if nets.decode is None else empty_canvas(config, B),
     )
 
 
@@ -201,8 +203,9 @@ def guide(
         and ``glimpse`` (B, T, *window_shape), what the glimpse encoder read.
 
     ``guide_input="difference"`` (DAIR): at step t the recurrent and baseline networks read the
-    residual x - sum_{s<t} w_s render(z_what_s, z_where_s) (w_s the effective presence), drawn with
-    the model's decoder and ``window_to_image`` exactly as the model's canvas (see
+    residual x - canvas_t, the canvas of steps < t (w_s-weighted objects, w_s the effective
+    presence, added or occluding as ``composition`` says), drawn with the model's decoder and
+    ``window_to_image`` exactly as the model's canvas (see
     :func:`_detached_decoder` for the gradient flow). The glimpse encoder reads the image, or with
     ``glimpse_input="residual"`` the same residual (the DAIR paper's glimpse).
     The image projection can no longer be computed once: the LSTM's image block is applied to the
@@ -225,7 +228,7 @@ def guide(
         extra = {}
         proj, bl_proj = img_proj, bl_img_proj
         if difference:
-            extra["residual"], proj, bl_proj = _project_residual(nets, images, carry.canvas)
+            extra["residual"], proj, bl_proj = _project_residual(nets, images, carry.canvas[0])
         lat = jnp.concatenate([carry.z_where, carry.z_what, carry.z_pres[:, None]], axis=-1)
         h, c = nets.rnn.step(proj, lat, (carry.h, carry.c))
         logit, loc_offset, scale_factor = nets.predict(h)
@@ -243,7 +246,7 @@ def guide(
             extra["glimpse"] = glimpse
         canvas = None
         if difference:
-            canvas = carry.canvas + render(nets.decode, z_what, z_where, config) * per_scene(z_pres, config)
+            canvas = add_object(carry.canvas, nets.decode, z_what, z_where, z_pres, config)
         new_carry = GuideCarry(h, c, z_where, z_what, z_pres, bl_state, canvas)
         out = dict(
             z_pres=z_pres,

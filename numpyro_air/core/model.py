@@ -110,11 +110,47 @@ def register_decoder(config: AIRConfig) -> Callable[[jnp.ndarray], jnp.ndarray]:
     return flax_module(DECODER_NAME, module, jnp.zeros((1, config.z_what_size)))
 
 
-def render(decode: Callable, z_what: jnp.ndarray, z_where: jnp.ndarray, config: AIRConfig) -> jnp.ndarray:
-    """One object per image, unweighted: decoder window of z_what (B, z) placed at z_where (B, 3)
-    by ``window_to_image``; returns (B, *image_shape). The canvas is the presence-weighted sum."""
-    window = decode(z_what).reshape((z_what.shape[0],) + config.window_shape)
-    return window_to_image(z_where, window, config.image_shape)
+CanvasState = Tuple[jnp.ndarray, Optional[jnp.ndarray]]
+"""The canvas so far (B, *image_shape) and, with ``composition="over"``, the transmittance
+(B, H, W) that objects drawn later (behind) still show through; None with "add"."""
+
+
+def empty_canvas(config: AIRConfig, batch: int) -> CanvasState:
+    """The state before any object: a black canvas, fully transmissive with "over"."""
+    canvas = jnp.zeros((batch,) + config.image_shape, jnp.float32)
+    trans = jnp.ones((batch, config.height, config.width), jnp.float32) if config.composition == "over" else None
+    return canvas, trans
+
+
+def render(decode: Callable, z_what: jnp.ndarray, z_where: jnp.ndarray, config: AIRConfig):
+    """One object per image, unweighted: the decoder's window of z_what (B, z) placed at z_where
+    (B, 3) by ``window_to_image``. Returns (colour (B, *image_shape), opacity (B, H, W) or None):
+    the opacity is the decoder's extra channel with ``composition="over"``, None with "add"."""
+    B, w, C, D = z_what.shape[0], config.window_size, config.channels, config.decoder_channels
+    window = decode(z_what).reshape((B, w, w) if D == 1 else (B, w, w, D))
+    placed = window_to_image(z_where, window, (config.height, config.width) + (() if D == 1 else (D,)))
+    if config.composition == "add":
+        return placed, None
+    colour = placed[..., 0] if C == 1 else placed[..., :C]
+    return colour, placed[..., C]
+
+
+def add_object(
+    state: CanvasState, decode: Callable, z_what: jnp.ndarray, z_where: jnp.ndarray, w: jnp.ndarray, config: AIRConfig
+) -> CanvasState:
+    """Draw one object per scene, weighted by its effective presence w (B,), onto the canvas.
+
+    "add": canvas + w * colour. "over" (front to back, earlier objects in front): with coverage
+    k = w * opacity, canvas + T * k * colour and transmittance T * (1 - k).
+    """
+    canvas, trans = state
+    colour, opacity = render(decode, z_what, z_where, config)
+    if opacity is None:
+        return canvas + colour * per_scene(w, config), None
+    cover = opacity * w[:, None, None]
+    seen = trans * cover
+    canvas = canvas + colour * (seen if config.channels == 1 else seen[..., None])
+    return canvas, trans * (1.0 - cover)
 
 
 def per_scene(w: jnp.ndarray, config: AIRConfig) -> jnp.ndarray:
@@ -168,7 +204,8 @@ def model(
         annealing never recompiles; default ``config.concrete_temperature``); the prior's is it
         times ``config.prior_temperature_ratio``. Ignored otherwise.
     :param batch_size: number of scenes when ``images`` is None.
-    :return: the canvas (B, *image_shape) (sum of placed objects, no clamp).
+    :return: the canvas (B, *image_shape) (the placed objects, added or, with
+        ``composition="over"``, occluding each other front to back; no clamp).
 
     Sites: ``z_pres`` (T, B), ``z_where`` (T, B, 3), ``z_what`` (T, B, z) from a scan over
     T = num_steps with ``plate("data", B)`` inside, ``canvas`` (deterministic) and ``obs``
@@ -194,7 +231,7 @@ def model(
     where_loc, where_sd = prior_loc_scale(config)
 
     def step(carry, logit_t):
-        canvas, z_pres_prev = carry
+        state, z_pres_prev = carry
         with numpyro.plate("data", B):
             z_pres = sample_presence(config, jnp.broadcast_to(logit_t, (B,)), z_pres_prev, prior_temp)
             mask = presence_mask(config, z_pres)
@@ -202,11 +239,10 @@ def model(
             what_d = dist.Normal(0.0, 1.0).expand((B, config.z_what_size)).to_event(1)
             z_where = numpyro.sample("z_where", where_d.mask(mask) if mask is not None else where_d)
             z_what = numpyro.sample("z_what", what_d.mask(mask) if mask is not None else what_d)
-        canvas = canvas + render(decode, z_what, z_where, config) * per_scene(z_pres, config)
-        return (canvas, z_pres), None
+        return (add_object(state, decode, z_what, z_where, z_pres, config), z_pres), None
 
-    init = (jnp.zeros((B,) + config.image_shape, jnp.float32), jnp.ones((B,), jnp.float32))
-    (canvas, _), _ = scan(step, init, logits, length=T)
+    init = (empty_canvas(config, B), jnp.ones((B,), jnp.float32))
+    ((canvas, _), _), _ = scan(step, init, logits, length=T)
     numpyro.deterministic("canvas", canvas)
     with numpyro.plate("data", B):
         numpyro.sample(

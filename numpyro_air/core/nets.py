@@ -363,8 +363,9 @@ def encoder_module(config: AIRConfig) -> nn.Module:
 
 
 def decoder_module(config: AIRConfig) -> nn.Module:
-    """The decoder ``config`` asks for: z_what (B, z) -> window (B, w*w*C)."""
-    w, C = config.window_size, config.channels
+    """The decoder ``config`` asks for: z_what (B, z) -> window (B, w*w*C'), channels last, with
+    C' = ``config.decoder_channels`` (the colour channels, then the opacity with "over")."""
+    w, C = config.window_size, config.decoder_channels
     bias, sigmoid, nl = config.decoder_output_bias, config.decoder_output_use_sigmoid, config.non_linearity
     if config.conv_decoder is None:
         return Decoder(config.decoder_net, w * w * C, bias, sigmoid, nl, config.init, config.compute_dtype)
