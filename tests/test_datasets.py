@@ -78,6 +78,7 @@ def test_dataset_alone_is_its_recipe(name):
 def test_dataset_recipes_fit_their_scenes():
     ds = DATASET_RECIPES["multi-dsprites"].recipe.air
     assert (ds.image_size, ds.channels, ds.num_steps) == (64, 3, 3) and ds.conv_embed is not None
+    assert ds.composition == "over" and ds.decoder_output_use_sigmoid  # sprites occlude each other
     assert ds.image_size / ds.scale_prior_mean >= 18  # a window holds the largest sprite
     sc = DATASET_RECIPES["scattered-mnist"].recipe.air
     assert (sc.image_size, sc.channels, sc.num_steps, sc.window_size) == (48, 1, 5, 14)
@@ -94,6 +95,7 @@ def test_dataset_flags_override_and_model_steps_follow_the_counts():
     assert opt == PRESETS["tutorial"].optim and air.presence_estimator == "nvil"  # the preset's recipe
     assert (air.image_size, air.channels, air.window_size) == (64, 3, 20) and data == MultiDSpritesConfig()
     assert tcfg.num_steps != DATASET_RECIPES["multi-dsprites"].train_steps
+    assert configs("--dataset", "multi-dsprites", "--composition", "add")[0].composition == "add"
     air, _, _, data = configs("--dataset", "multi-dsprites", "--canvas-size", "48", "--max-objects", "2")
     assert air.image_size == 48 and data.canvas_size == 48 and data.max_objects == 2
     # no --dataset: Pyro's defaults on multi-MNIST, as before

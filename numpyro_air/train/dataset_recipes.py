@@ -33,7 +33,8 @@ def _multi_dsprites() -> DatasetRecipe:
     (scale prior 2.5 with a wide sd 0.5 for the size range; at 3, windows of 21 px, sprites were
     split over two steps longer), a 24x24x3 glimpse, a convolutional image embedding for the
     LSTM (the 12,288 inputs would need 12.6 M weights per LSTM), the relaxed presence of
-    ``fast``."""
+    ``fast``, and occluding objects (``composition="over"``: the sprites are drawn over each other;
+    against "add" +0.7 to +1.1 points of held-out accuracy in each of 4 seeds, 2026-12-05)."""
     air = Recipe.fast().air.replace(
         image_size=64,
         channels=3,
@@ -42,6 +43,7 @@ def _multi_dsprites() -> DatasetRecipe:
         scale_prior_mean=2.5,
         scale_prior_sd=0.5,
         conv_embed=(16, 32, 32, 64),
+        composition="over",
     )
     return DatasetRecipe(Recipe(air, Recipe.fast().optim), MultiDSpritesConfig(), 10_000)
 
