@@ -122,7 +122,7 @@ def test_pyro_conversion_refuses_what_pyro_cannot_hold():
     from numpyro_air.pyro_compat import pyro_state_dict_shapes
 
     for cfg in (AIRConfig(conv_encoder=(8,)), AIRConfig(channels=3), AIRConfig(image_width=60)):
-        with pytest.raises(ValueError, match="Pyro's AIR has square grayscale canvases and MLPs only"):
+        with pytest.raises(ValueError, match="Pyro's AIR has square grayscale canvases, added objects and MLPs only"):
             pyro_state_dict_shapes(cfg)
 
 
