@@ -26,26 +26,17 @@ from numpyro_air.data import dsprites as D  # noqa: E402
 
 
 def visible_fractions(n: int, seed_seq, cfg: D.MultiDSpritesConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(counts (n,), visible fraction (n, K), NaN for absent slots), drawing the generator's
-    random numbers in its order."""
-    k, h = cfg.max_objects, cfg.canvas_size
-    rng = np.random.Generator(np.random.PCG64(D._seed_sequence(seed_seq)))
-    counts = rng.integers(0, k + 1, size=n).astype(np.int32)
-    shapes = rng.integers(0, len(D.SHAPES), size=(n, k))
-    sizes = rng.uniform(cfg.min_size, cfg.max_size, size=(n, k))
-    angles = rng.uniform(0.0, 2.0 * np.pi, size=(n, k))
-    for _ in range(3):  # hue, saturation, value: drawn, not needed
-        rng.uniform(0.0, 1.0, size=(n, k))
-    where = rng.uniform(0.0, 1.0, size=(n, k, 2))
-    vis = np.full((n, k), np.nan)
+    """(counts (n,), visible fraction (n, K), NaN for absent slots), from the generator's own
+    random draws and sprite placement."""
+    h = cfg.canvas_size
+    counts, shapes, sizes, angles, _, where = D._draw(seed_seq, n, cfg.max_objects, cfg.min_size, cfg.max_size)
+    vis = np.full((n, cfg.max_objects), np.nan)
     for i in range(n):
         masks = []
         for j in range(int(counts[i])):
-            xmin, xmax, ymin, ymax = D._extent(int(shapes[i, j]), float(sizes[i, j]), float(angles[i, j]))
-            lo_x, hi_x, lo_y, hi_y = 0.5 - xmin, h - 0.5 - xmax, 0.5 - ymin, h - 0.5 - ymax
-            cx = lo_x + where[i, j, 0] * max(hi_x - lo_x, 0.0)
-            cy = lo_y + where[i, j, 1] * max(hi_y - lo_y, 0.0)
-            a, top, left = D._render(int(shapes[i, j]), float(sizes[i, j]), float(angles[i, j]), cx, cy, h, cfg.supersample)
+            a, top, left, _, _ = D._place(
+                int(shapes[i, j]), float(sizes[i, j]), float(angles[i, j]), where[i, j], h, cfg.supersample
+            )
             m = np.zeros((h, h))
             m[top : top + a.shape[0], left : left + a.shape[1]] = a
             masks.append(m)

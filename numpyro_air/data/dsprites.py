@@ -245,6 +245,37 @@ def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     return np.array([colorsys.hsv_to_rgb(*row) for row in hsv.tolist()], dtype=np.float64).reshape(hsv.shape)
 
 
+def _draw(seed, n: int, k: int, min_size: float, max_size: float):
+    """Every random number of ``n`` scenes, in the generator's order: counts (n,), shapes, sizes,
+    angles (n, k), colours (n, k, 3) in [0, 255] and positions (n, k, 2) in [0, 1) within each
+    sprite's allowed range."""
+    rng = np.random.Generator(np.random.PCG64(_seed_sequence(seed)))
+    counts = rng.integers(0, k + 1, size=n).astype(np.int32)
+    shapes = rng.integers(0, len(SHAPES), size=(n, k))
+    sizes = rng.uniform(min_size, max_size, size=(n, k))
+    angles = rng.uniform(0.0, 2.0 * np.pi, size=(n, k))
+    hsv = np.stack(
+        [rng.uniform(0.0, 1.0, size=(n, k)), rng.uniform(*_SAT_RANGE, size=(n, k)), rng.uniform(*_SAT_RANGE, size=(n, k))],
+        axis=-1,
+    )
+    colours = _hsv_to_rgb(hsv.reshape(-1, 3)).reshape(n, k, 3).astype(np.float32) * np.float32(255.0)
+    where = rng.uniform(0.0, 1.0, size=(n, k, 2))
+    return counts, shapes, sizes, angles, colours, where
+
+
+def _place(shape: int, size: float, angle: float, where, canvas: int, ss: int):
+    """A sprite's coverage at relative position ``where`` (2,) in [0, 1): its centre ranges over
+    the positions that keep the rotated shape inside the canvas with half a pixel of margin.
+    Returns (alpha, top, left, cx, cy) as :func:`_render` plus the centre."""
+    margin = 0.5
+    xmin, xmax, ymin, ymax = _extent(shape, size, angle)
+    lo_x, hi_x = margin - xmin, canvas - margin - xmax
+    lo_y, hi_y = margin - ymin, canvas - margin - ymax
+    cx = lo_x + where[0] * max(hi_x - lo_x, 0.0)
+    cy = lo_y + where[1] * max(hi_y - lo_y, 0.0)
+    return (*_render(shape, size, angle, cx, cy, canvas, ss), cx, cy)
+
+
 def generate_multi_dsprites(
     num_images: int,
     *,
@@ -280,23 +311,12 @@ def generate_multi_dsprites(
     _check_params(max_objects, canvas_size, min_size, max_size, supersample)
     _check_int("num_images", num_images, 0)
     n, k, h = int(num_images), int(max_objects), int(canvas_size)
-    rng = np.random.Generator(np.random.PCG64(_seed_sequence(seed)))
-    counts = rng.integers(0, k + 1, size=n).astype(np.int32)
-    shapes = rng.integers(0, len(SHAPES), size=(n, k))
-    sizes = rng.uniform(min_size, max_size, size=(n, k))
-    angles = rng.uniform(0.0, 2.0 * np.pi, size=(n, k))
-    hsv = np.stack(
-        [rng.uniform(0.0, 1.0, size=(n, k)), rng.uniform(*_SAT_RANGE, size=(n, k)), rng.uniform(*_SAT_RANGE, size=(n, k))],
-        axis=-1,
-    )
-    colours = _hsv_to_rgb(hsv.reshape(-1, 3)).reshape(n, k, 3).astype(np.float32) * np.float32(255.0)
-    where = rng.uniform(0.0, 1.0, size=(n, k, 2))  # position within the allowed range
+    counts, shapes, sizes, angles, colours, where = _draw(seed, n, k, min_size, max_size)
 
     images = np.zeros((n, h, h, 3), dtype=np.uint8)
     labels = np.full((n, k), -1, dtype=np.int32)
     boxes = np.zeros((n, k, 4), dtype=np.float32)
     scene = np.zeros((h, h, 3), dtype=np.float32)
-    margin = 0.5
 
     from tqdm import tqdm
 
@@ -306,13 +326,8 @@ def generate_multi_dsprites(
             if c:
                 scene.fill(0.0)
                 for j in range(c):
-                    sh, sz, ang = int(shapes[i, j]), float(sizes[i, j]), float(angles[i, j])
-                    xmin, xmax, ymin, ymax = _extent(sh, sz, ang)
-                    lo_x, hi_x = margin - xmin, h - margin - xmax
-                    lo_y, hi_y = margin - ymin, h - margin - ymax
-                    cx = lo_x + where[i, j, 0] * max(hi_x - lo_x, 0.0)
-                    cy = lo_y + where[i, j, 1] * max(hi_y - lo_y, 0.0)
-                    alpha, top, left = _render(sh, sz, ang, cx, cy, h, supersample)
+                    sh = int(shapes[i, j])
+                    alpha, top, left, cx, cy = _place(sh, float(sizes[i, j]), float(angles[i, j]), where[i, j], h, supersample)
                     rows, cols = np.nonzero(alpha)
                     if rows.size == 0:  # cannot happen for sizes >= 1; keep an empty box
                         boxes[i, j] = (cx, cy, 0, 0)
