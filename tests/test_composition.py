@@ -22,7 +22,7 @@ from numpyro_air.analysis.inference import decode_windows
 from numpyro_air.cli import train as cli
 from numpyro_air.core.guide import guide
 from numpyro_air.core.model import add_object, empty_canvas, model
-from numpyro_air.core.nets import Decoder
+from numpyro_air.core.nets import decoder_module
 from numpyro_air.pyro_compat import pyro_state_dict_shapes
 
 H, W, C = 20, 28, 3
@@ -32,8 +32,7 @@ PATTERN = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 1], [0, 0, 0]], np.float32)
 
 
 def random_params(config: AIRConfig, rng, sd: float = 0.4):
-    out = config.window_size**2 * config.decoder_channels
-    init = Decoder(config.decoder_net, out).init(jax.random.PRNGKey(0), jnp.zeros((1, config.z_what_size)))
+    init = decoder_module(config).init(jax.random.PRNGKey(0), jnp.zeros((1, config.z_what_size)))
     leaves, treedef = jax.tree.flatten(init["params"])
     return jax.tree.unflatten(treedef, [jnp.asarray(rng.normal(0, sd, x.shape), jnp.float32) for x in leaves])
 
@@ -94,9 +93,7 @@ def test_an_opaque_front_object_hides_the_one_behind():
     config = OVER.replace(decoder_output_bias=12.0)
     rng = np.random.default_rng(1)
     params = random_params(config, rng, sd=0.05)
-    decode = lambda z: Decoder(config.decoder_net, config.window_size**2 * 4, 12.0, True).apply(  # noqa: E731
-        {"params": params}, z
-    )
+    decode = lambda z: decoder_module(config).apply({"params": params}, z)  # noqa: E731
     z_where = jnp.asarray([[1.5, 0.1, -0.1]], jnp.float32)
     front, back = jnp.asarray(rng.normal(size=(1, 8)), jnp.float32), jnp.asarray(rng.normal(size=(1, 8)), jnp.float32)
     one = jnp.ones((1,), jnp.float32)
@@ -108,21 +105,9 @@ def test_an_opaque_front_object_hides_the_one_behind():
     np.testing.assert_allclose(np.asarray(both[0][0])[inside], np.asarray(state[0][0])[inside], atol=1e-3)  # hidden
     edge = (np.asarray(state[1][0]) > 0.05) & (np.asarray(state[1][0]) < 0.95)  # half-covered: both show
     assert edge.any() and np.abs(np.asarray(both[0][0] - state[0][0])[edge]).max() > 1e-3
-    summed = add_object(
-        add_object(
-            empty_canvas(OVER.replace(composition="add"), 1),
-            decode_rgb(decode),
-            front,
-            z_where,
-            one,
-            OVER.replace(composition="add"),
-        ),
-        decode_rgb(decode),
-        back,
-        z_where,
-        one,
-        OVER.replace(composition="add"),
-    )
+    added = OVER.replace(composition="add")
+    summed = add_object(empty_canvas(added, 1), decode_rgb(decode), front, z_where, one, added)
+    summed = add_object(summed, decode_rgb(decode), back, z_where, one, added)
     assert np.abs(np.asarray(summed[0]) - np.asarray(both[0]))[0][inside].max() > 0.5
 
 
@@ -140,13 +125,12 @@ def test_fractional_presence_and_the_residual_through_dair(rng):
     params = params_of(tr)
     params["decode$params"] = random_params(config, rng, sd=0.5)
     zw, zwhat = random_latents(config, rng, 4)
-    zp = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 1], [0, 0, 0]], np.float32)
-    _, out = run(guide, 0, images, config, data={**params, "z_pres": zp.T.copy(), "z_where": zw, "z_what": zwhat})
-    _, before = np_over(zp, zw, zwhat, jax.tree.map(np.asarray, params["decode$params"]), config)
+    _, out = run(guide, 0, images, config, data={**params, "z_pres": PATTERN.T.copy(), "z_where": zw, "z_what": zwhat})
+    _, before = np_over(PATTERN, zw, zwhat, jax.tree.map(np.asarray, params["decode$params"]), config)
     np.testing.assert_allclose(out["residual"], np.asarray(images)[:, None] - before, atol=2e-5)
     assert np.abs(before[0, 2] - before[0, 1]).max() > 0.05
     # fractional presences: coverage scales with w, and w = 0 draws nothing
-    decode = lambda z: Decoder(config.decoder_net, 200, -2.0, True).apply({"params": params["decode$params"]}, z)  # noqa: E731
+    decode = lambda z: decoder_module(config).apply({"params": params["decode$params"]}, z)  # noqa: E731
     z_where, z = jnp.asarray(zw[0, :2]), jnp.asarray(zwhat[0, :2])
     half = add_object(empty_canvas(config, 2), decode, z, z_where, jnp.asarray([0.5, 0.0]), config)
     full = add_object(empty_canvas(config, 2), decode, z, z_where, jnp.ones(2), config)
