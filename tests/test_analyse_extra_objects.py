@@ -1,0 +1,60 @@
+"""experiments/analyse_extra_objects.py: distances of the extra window of overcounted scenes, on
+hand-placed boxes whose answers are known."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PATH = Path(__file__).resolve().parents[1] / "experiments" / "analyse_extra_objects.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("analyse_extra_objects", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def box(cx: float, cy: float, side: float = 10.0) -> list:
+    return [cx - side / 2, cy - side / 2, side, side]
+
+
+def test_extra_window_distances(script):
+    # scene 0: one digit at (20, 20); window 0 misplaced at (28, 26) (10 px off), window 1 on the digit
+    # scene 1: one digit, counted right; scene 2: two digits, counted three (extra on a digit too)
+    true = np.array(
+        [
+            [box(20, 20), box(0, 0)],
+            [box(30, 30), box(0, 0)],
+            [box(10, 10), box(40, 10)],
+        ]
+    )
+    inferred = np.array(
+        [
+            [box(28, 26), box(20, 20), box(0, 0)],
+            [box(30, 30), box(0, 0), box(0, 0)],
+            [box(10, 10), box(34, 10), box(40, 10)],
+        ]
+    )
+    res = {
+        "boxes": inferred,
+        "counts": np.array([2, 1, 3]),
+        "pres_prob": np.array([[0.9, 0.8, 0.0], [0.9, 0.1, 0.0], [0.9, 0.9, 0.6]]),
+    }
+    out = script.analyse(res, np.array([1, 1, 2]), true)
+    assert sorted(out) == ["1", "2"]
+    one = out["1"]
+    assert (one["scenes"], one["overcounted"]) == (2, 1)
+    assert one["extra_to_earlier_window_px"]["median"] == pytest.approx(10.0)
+    assert one["extra_to_true_object_px"]["median"] == pytest.approx(0.0)
+    assert one["first_to_true_object_px"]["median"] == pytest.approx(10.0)
+    assert one["extra_presence_prob"] == pytest.approx(0.8)
+    two = out["2"]
+    assert two["extra_to_earlier_window_px"]["median"] == pytest.approx(6.0)  # (40, 10) vs (34, 10)
+    assert two["extra_to_true_object_px"]["median"] == pytest.approx(0.0)
+    assert two["extra_presence_prob"] == pytest.approx(0.6)
