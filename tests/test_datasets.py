@@ -84,6 +84,8 @@ def test_dataset_recipes_fit_their_scenes():
     assert (sc.image_size, sc.channels, sc.num_steps, sc.window_size) == (48, 1, 5, 14)
     assert sc.image_size / sc.scale_prior_mean == pytest.approx(14, abs=0.5)  # a window is one digit
     assert sc.guide_input == "difference" and sc.glimpse_input == "image"  # DAIR, the image glimpse
+    assert configs("--dataset", "scattered-mnist", "--no-dair")[0].guide_input == "image"  # AIR's recipe
+    assert configs("--dataset", "multi-mnist", "--dair")[0].guide_input == "difference"
     assert DATASET_RECIPES["multi-mnist"].recipe == PRESETS["fast"]
 
 

@@ -124,6 +124,7 @@ SWITCHES = {
     "decoder_output_use_sigmoid": ("air", "decoder_output_use_sigmoid", True),
     "z_pres_prior_raw": ("air", "z_pres_prior_raw", True),
     "dair": ("air", "guide_input", "difference"),
+    "no_dair": ("air", "guide_input", "image"),
     "residual_glimpse": ("air", "glimpse_input", "residual"),
     "normalize_signal": ("optim", "normalize_signal", True),
     "no_figures": ("train", "final_figures", False),
@@ -298,7 +299,13 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     a("--signal-decay", type=float, help="nvil: decay of the running signal statistics ({optim.signal_decay})")
     a("--loss-scale", type=float, help="nvil: multiply the costs ({optim.loss_scale}; Pyro-exact: N/B, see --pyro-loss-scale)")
     a("--pyro-loss-scale", action="store_true", help="nvil: loss scale num_train / batch_size, as Pyro's plate")
-    a("--dair", action="store_true", help="DAIR: the guide's LSTM reads the image minus the reconstruction so far")
+    guide_input = p.add_mutually_exclusive_group()
+    guide_input.add_argument(
+        "--dair", action="store_true", help="DAIR: the guide's LSTM reads the image minus the reconstruction so far"
+    )
+    guide_input.add_argument(
+        "--no-dair", action="store_true", help="AIR's guide input (the image) where a recipe uses DAIR (scattered-mnist)"
+    )
     a("--residual-glimpse", action="store_true", help="with --dair: the glimpse encoder crops that residual too")
     a(
         "--num-seeds",

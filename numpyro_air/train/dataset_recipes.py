@@ -56,7 +56,7 @@ def _scattered_mnist() -> DatasetRecipe:
     to a per-step presence probability of 0.02 (against empty windows the weak prior left);
     DAIR's recurrent input, the image minus the reconstruction so far, with the glimpse still
     cropped from the image (held-out accuracy 83.9-86.4% in 3 seeds, AIR 78.3-84.2%, 2026-12-05);
-    10,000 steps (continuing AIR to 20,000 did not raise held-out accuracy)."""
+    10,000 steps (continuing AIR to 20,000 did not raise its test-split accuracy)."""
     data = ScatteredMNISTConfig()
     air = Recipe.fast().air.replace(
         guide_input="difference",
