@@ -15,7 +15,8 @@ For each true count c with overcounted scenes (c + 1 objects inferred), over tho
 A small distance to a true object and a large one to the earlier windows means the extra window
 sits on an object that an earlier window missed (the earlier window is misplaced), rather than
 on an empty patch. ``--figure`` draws up to 8 such scenes of the smallest overcounted true count
-(image and reconstruction, the windows coloured by step).
+(data and reconstruction with the windows coloured by step,
+``numpyro_air.analysis.figures.save_reconstruction_figure``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from numpyro_air.analysis import figures as viz
 from numpyro_air.analysis.inference import infer_batched
 from numpyro_air.analysis.metrics import box_centres
 from numpyro_air.data import load_eval_npz
@@ -61,32 +63,6 @@ def analyse(res: dict, counts: np.ndarray, boxes: np.ndarray) -> dict:
     return out
 
 
-def figure(path: Path, images: np.ndarray, res: dict, idx: np.ndarray, num_steps: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(2, len(idx), figsize=(2 * len(idx), 4.3), squeeze=False)
-    for j, i in enumerate(idx):
-        for row, im in enumerate((images[i], res["reconstruction"][i])):
-            ax = axes[row, j]
-            ax.imshow(np.clip(im, 0, 1), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([]), ax.set_yticks([])
-            for t in range(num_steps):
-                if res["z_pres"][i, t] > 0:
-                    x0, y0, w, h = res["boxes"][i, t]
-                    ax.add_patch(plt.Rectangle((x0, y0), w, h, fill=False, lw=1.5, color=colours[t % len(colours)]))
-            ax.set_xlim(-0.5, im.shape[1] - 0.5), ax.set_ylim(im.shape[0] - 0.5, -0.5)  # windows may leave the canvas
-        axes[0, j].set_title(f"scene {i}", fontsize=8)
-    axes[0, 0].set_ylabel("image"), axes[1, 0].set_ylabel("reconstruction")
-    fig.suptitle("counted one too many (windows coloured by step: blue, orange, green, ...)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint")
@@ -105,7 +81,10 @@ def main(argv=None) -> dict:
     if a.figure and result["by_true_count"]:
         c = int(min(result["by_true_count"], key=int))
         idx = np.flatnonzero((ev.counts == c) & (res["counts"] == c + 1))[:8]
-        figure(Path(a.figure), images, res, idx, config.num_steps)
+        title = f"{c} true, counted {c + 1} (windows coloured by step: red, green, blue, ...)"
+        viz.save_reconstruction_figure(
+            a.figure, images[idx], res["reconstruction"][idx], res["boxes"][idx], res["z_pres"][idx], title
+        )
     return result
 
 
