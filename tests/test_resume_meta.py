@@ -92,3 +92,17 @@ def test_different_data_description_is_refused_naming_the_difference():
     assert msg.startswith("ckpt.npz: data does not match the current run"), msg
     assert "cache: checkpoint 'y' vs now 'x'" in msg and "num_train: checkpoint 100 vs now None" in msg, msg
     assert "air_config" not in msg and "optim_config" not in msg  # only the data differs
+
+
+def test_parameter_averaging_may_start_or_stop_at_a_resume():
+    """``--average-decay`` reaches OptimConfig; a checkpoint resumes with averaging added, changed
+    or removed (it never changes the updates), while any other optimiser field still must match."""
+    from numpyro_air.cli.train import build_parser, configs_from_args
+
+    opt = configs_from_args(build_parser().parse_args(["--preset", "tutorial", "--average-decay", "0.999"]))[1]
+    assert opt == dataclasses.replace(OptimConfig.tutorial(), average_decay=0.999)
+    averaged = _meta(opt=opt)
+    check_meta(_meta(), averaged, "ckpt.npz")
+    check_meta(averaged, _meta(), "ckpt.npz")
+    with pytest.raises(CheckpointError, match="learning_rate"):
+        check_meta(_meta(opt=dataclasses.replace(opt, learning_rate=1e-3)), _meta(), "ckpt.npz")

@@ -589,3 +589,105 @@ def test_loop_compiles_its_step_once_and_a_failing_action_logs_each_row_once(tmp
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["step"]) for r in rows] == [("train", 2), ("eval", 2), ("train", 4)]
     assert read_checkpoint(out / "checkpoint.npz")[0]["step"] == 4
+
+
+# ----------------------------------------------------------------------------- parameter averaging
+
+OPT_AVG = OptimConfig(baseline_learning_rate=0.1, average_decay=0.5)
+
+
+def test_param_average_keeps_the_updates_and_averages_their_parameters():
+    import optax
+
+    from numpyro_air.train.optim import average_rate, averaged_params, with_param_average
+
+    inner = optax.sgd(0.1)
+    tx = with_param_average(inner, decay=0.9)
+    params = {"a": jnp.array([1.0, -2.0]), "b": jnp.array(3.0)}
+    grad = lambda p: jax.tree.map(lambda v: 2 * v + 1, p)  # noqa: E731
+    p, p_plain = params, params
+    state, plain = tx.init(params), inner.init(params)
+    want = jax.tree.map(np.asarray, params)
+    for n in range(1, 31):
+        u, state = tx.update(grad(p), state, p)
+        u_plain, plain = inner.update(grad(p_plain), plain)
+        p, p_plain = optax.apply_updates(p, u), optax.apply_updates(p_plain, u_plain)
+        r = min(0.9, (1 + n) / (10 + n))
+        assert float(average_rate(0.9, n)) == pytest.approx(r)
+        want = jax.tree.map(lambda a, v: r * a + (1 - r) * np.asarray(v), want, p)
+    for k in params:  # the updates are the inner optimiser's; the average follows the recursion
+        np.testing.assert_array_equal(p[k], p_plain[k])
+        np.testing.assert_allclose(averaged_params(state)[k], want[k], rtol=1e-6)
+        assert not np.allclose(want[k], p[k], atol=1e-3)  # an average of the path, not the last point
+    assert int(state.average_count) == 30 and averaged_params(plain) is None
+    with pytest.raises(ValueError, match="parameters"):
+        tx.update(grad(p), state)
+    for bad in (0.0, 1.0, -0.5, True):
+        with pytest.raises(ValueError, match="average_decay"):
+            OptimConfig(average_decay=bad)
+
+
+@pytest.fixture(scope="module")
+def averaged_run(tmp_path_factory, datasets):
+    """A run of 2 steps without averaging, resumed to step 4 with averaging."""
+    out = tmp_path_factory.mktemp("avg")
+    run(out, 2, datasets, final_figures=False)
+    _, at2 = read_checkpoint(out / "checkpoint.npz")
+    train(
+        AIR,
+        OPT_AVG,
+        tcfg(4, final_figures=False),
+        *datasets,
+        out,
+        load=out / "checkpoint.npz",
+        progress=False,
+        log=lambda s: None,
+    )
+    return out, at2
+
+
+def test_averaged_run_checkpoint_and_readers(averaged_run, full_run, tmp_path):
+    from numpyro_air.train.checkpoint import export_params
+
+    out, at2 = averaged_run
+    _, plain = read_checkpoint(full_run[0] / "checkpoint.npz")
+    _, avg = read_checkpoint(out / "checkpoint.npz")
+    params = sorted(n for n in plain if n.startswith("params/"))
+    assert sorted(n[len("average/") :] for n in avg if n.startswith("average/")) == [n[len("params/") :] for n in params]
+    # the optimiser's moments keep their names, and averaging does not change the updates
+    state_names = sorted(n for n in plain if n.startswith("state/"))
+    assert sorted(n for n in avg if n.startswith("state/")) == sorted(state_names + ["state/average_count"])
+    assert int(avg["state/average_count"]) == 2  # averaging began at the resume, from the step-2 parameters
+    for n in params:
+        np.testing.assert_allclose(avg[n], plain[n], rtol=1e-4, atol=1e-6, err_msg=n)
+    moved = [n for n in params if not np.allclose(avg["average/" + n[7:]], avg[n], atol=1e-7)]
+    assert len(moved) > len(params) // 2  # the average lags the last parameters ...
+    assert len([n for n in params if not np.allclose(avg["average/" + n[7:]], at2[n], atol=1e-7)]) > len(params) // 2
+    name = "decode$params/MLP_0/Dense_0/kernel"  # ... and is not the starting point either
+    _, auto = load_params(out / "checkpoint.npz")
+    _, last = load_params(out / "checkpoint.npz", weights="last")
+    np.testing.assert_array_equal(auto["decode$params"]["MLP_0"]["Dense_0"]["kernel"], avg["average/" + name])
+    np.testing.assert_array_equal(last["decode$params"]["MLP_0"]["Dense_0"]["kernel"], avg["params/" + name])
+    with pytest.raises(CheckpointError, match="no averaged parameters"):
+        load_params(full_run[0] / "checkpoint.npz", weights="average")
+    exported = export_params(out / "checkpoint.npz", tmp_path / "w.npz")
+    meta, arrays = read_npz(exported)
+    assert meta["weights"] == "average" and not any(n.startswith("average/") for n in arrays)
+    np.testing.assert_array_equal(arrays["params/" + name], avg["average/" + name])
+
+
+def test_a_run_without_averaging_resumes_an_averaged_checkpoint(tmp_path, datasets, averaged_run):
+    again = tmp_path / "again"
+    train(
+        AIR,
+        OPT,
+        tcfg(6, final_figures=False),
+        *datasets,
+        again,
+        load=averaged_run[0] / "checkpoint.npz",
+        progress=False,
+        log=lambda s: None,
+    )
+    meta, dropped = read_checkpoint(again / "checkpoint.npz")
+    assert meta["step"] == 6 and meta["optim_config"]["average_decay"] is None
+    assert not any(n.startswith("average/") for n in dropped) and "state/average_count" not in dropped

@@ -59,6 +59,13 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         help="run the model and guide for T steps instead of the trained number (the networks are shared across "
         "steps), e.g. to count more objects than the training scenes held",
     )
+    p.add_argument(
+        "--weights",
+        choices=["auto", "average", "last"],
+        default="auto",
+        help="which parameters of a checkpoint: the moving average a run trained with --average-decay keeps, or "
+        "the last step's (auto: the average when there is one)",
+    )
     p.add_argument("--device", choices=["cpu", "gpu", "tpu"])
     p.add_argument("--figures", type=str, help="also write boxes/reconstruction/prior/window/confusion PNGs here")
     p.add_argument(
@@ -152,13 +159,13 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
     import numpy as np
 
     from numpyro_air.data import DataError, load_images, to_float
-    from numpyro_air.train.checkpoint import CheckpointError, load_params, read_npz
+    from numpyro_air.train.checkpoint import CheckpointError, has_average, load_params, read_npz
     from numpyro_air.train.loop import canvas_shape
 
     ckpt = resolve_checkpoint(args.checkpoint)
     try:
-        air, params = load_params(ckpt)
-        meta = read_npz(ckpt)[0]
+        air, params = load_params(ckpt, weights=args.weights)
+        meta, arrays = read_npz(ckpt)
         ev = load_images(args.data)
     except (CheckpointError, DataError) as e:
         raise SystemExit(f"error: {e}") from None
@@ -181,6 +188,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
         "seed": meta.get("seed"),
         "presence": "discrete reading of a relaxed-presence model" if args.discrete else air.presence_estimator,
         "model_steps": air.num_steps,
+        "weights": "average" if args.weights != "last" and has_average(arrays) else meta.get("weights", "last"),
     }
     if args.importance < 0:
         raise SystemExit(f"error: --importance must be >= 1 (0: off), got {args.importance}")

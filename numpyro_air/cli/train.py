@@ -68,6 +68,7 @@ FIELDS = {
     "warmup_steps": ("optim", "warmup_steps"),
     "decay_steps": ("optim", "decay_steps"),
     "final_lr_fraction": ("optim", "final_lr_fraction"),
+    "average_decay": ("optim", "average_decay"),
     "model_steps": ("air", "num_steps"),
     "window_size": ("air", "window_size"),
     "encoder_latent_size": ("air", "z_what_size"),
@@ -282,6 +283,13 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         help="then decay them (cosine) to --final-lr-fraction of their value over N steps, 0: no decay ({optim.decay_steps})",
     )
     a("--final-lr-fraction", type=float, help="where --decay-steps ends, as a fraction of each rate ({optim.final_lr_fraction})")
+    a(
+        "--average-decay",
+        type=float,
+        metavar="D",
+        help="also keep a moving average of the parameters with decay D in (0, 1), e.g. 0.999 (Polyak averaging); "
+        "evaluation, figures and the checkpoint's readers then use the average; may be added when resuming (off)",
+    )
     a("--num-particles", type=int, help="ELBO particles ({particles}; --estimator vimco: {vimco_particles})")
     # --- estimators and variants
     a("--estimator", choices=["nvil", "vimco", "concrete"], help="z_pres gradient estimator ({air.presence_estimator})")

@@ -4,6 +4,9 @@ A checkpoint is an uncompressed ``.npz`` (a zip of ``.npy`` files; zip CRC-32 pe
 
 - ``params/<site>/<path>``: every parameter under its NumPyro site and Flax path, e.g.
   ``params/rnn$params/img/kernel`` (kernels are (in, out), as Flax);
+- ``average/<site>/<path>`` (runs with ``OptimConfig.average_decay``): the moving average of
+  every parameter (Polyak averaging), named as the parameter; ``state/average_count`` counts the
+  updates averaged;
 - ``state/<path>``: the rest of the SVI state (optimiser moments and count, mutable state such
   as decaying-average baselines, the RNG key), named by its path in ``SVIState``;
 - ``__meta__``: a JSON string (configs, step, seed, data description, format version, schema
@@ -44,7 +47,9 @@ FORMAT_VERSION = 2
 SCHEMA_VERSION = 1  # 1: schema_version, numpyro_air_version in __meta__; per-seed files named by seed
 META_KEY = "__meta__"
 PARAMS_PREFIX = "params/"
+AVERAGE_PREFIX = "average/"
 STATE_PREFIX = "state/"
+WEIGHTS = ("auto", "average", "last")  # which parameters load_params reads
 # SVIState.optim_state = (count, (params, optax state)) for NumPyro's optax wrapper.
 _PARAMS_PATH = ("optim_state", 1, 0)
 
@@ -62,9 +67,14 @@ def _key(entry) -> Any:
 
 def leaf_name(path: tuple) -> str:
     """Name of an SVI-state leaf: ``params/<site>/...`` for parameters, else ``state/...``."""
-    keys = tuple(_key(e) for e in path)
+    # train.optim.ParamAverageState wraps the optimiser's state: its field is left out of names
+    keys = tuple(k for k in (_key(e) for e in path) if k != "optimizer_state")
     if keys[: len(_PARAMS_PATH)] == _PARAMS_PATH:
         return PARAMS_PREFIX + "/".join(map(str, keys[len(_PARAMS_PATH) :]))
+    if "averaged_params" in keys:
+        return AVERAGE_PREFIX + "/".join(map(str, keys[keys.index("averaged_params") + 1 :]))
+    if keys and keys[-1] == "average_count":
+        return STATE_PREFIX + "average_count"
     return STATE_PREFIX + "/".join(map(str, keys))
 
 
@@ -224,6 +234,7 @@ def restore_into(template: Any, arrays: Dict[str, np.ndarray], path: str | os.Pa
     checking names, shapes and dtypes."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
     names = [leaf_name(p) for p, _ in flat]
+    arrays = _with_average(arrays, names)
     missing, extra = sorted(set(names) - set(arrays)), sorted(set(arrays) - set(names))
     if missing or extra:
         raise CheckpointError(
@@ -236,6 +247,40 @@ def restore_into(template: Any, arrays: Dict[str, np.ndarray], path: str | os.Pa
             raise CheckpointError(f"{path}: {name} has shape {a.shape} {a.dtype}, expected {tuple(t.shape)} {t.dtype}")
         out.append(jax.numpy.asarray(a))
     return jax.tree.unflatten(treedef, out)
+
+
+def _with_average(arrays: Dict[str, np.ndarray], names: List[str]) -> Dict[str, np.ndarray]:
+    """``arrays`` adapted to a run that averages its parameters or not: a checkpoint written
+    without averaging starts the average at its parameters (count 0); the average of a checkpoint
+    is dropped when the run resuming it does not average."""
+    wants = any(n.startswith(AVERAGE_PREFIX) for n in names)
+    has = any(n.startswith(AVERAGE_PREFIX) for n in arrays)
+    if wants and not has:
+        start = {AVERAGE_PREFIX + n[len(PARAMS_PREFIX) :]: a for n, a in arrays.items() if n.startswith(PARAMS_PREFIX)}
+        return {**arrays, **start, STATE_PREFIX + "average_count": np.zeros((), np.int32)}
+    if has and not wants:
+        return {n: a for n, a in arrays.items() if not (n.startswith(AVERAGE_PREFIX) or n == STATE_PREFIX + "average_count")}
+    return arrays
+
+
+def has_average(arrays: Dict[str, np.ndarray]) -> bool:
+    """True when a checkpoint's arrays hold averaged parameters (``average/...``)."""
+    return any(name.startswith(AVERAGE_PREFIX) for name in arrays)
+
+
+def select_params(
+    arrays: Dict[str, np.ndarray], weights: str = "auto", path: str | os.PathLike = "<checkpoint>"
+) -> Dict[str, np.ndarray]:
+    """The ``params/...`` arrays of the chosen weights: "last" the parameters of the last step,
+    "average" their moving average (:class:`CheckpointError` if the file has none), "auto" the
+    average when the file has one, else the last parameters. Averages are renamed ``params/...``."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    if weights == "average" and not has_average(arrays):
+        raise CheckpointError(f"{path} holds no averaged parameters (train with --average-decay to keep them)")
+    if weights == "last" or not has_average(arrays):
+        return {n: a for n, a in arrays.items() if n.startswith(PARAMS_PREFIX)}
+    return {PARAMS_PREFIX + n[len(AVERAGE_PREFIX) :]: a for n, a in arrays.items() if n.startswith(AVERAGE_PREFIX)}
 
 
 def unflatten_params(arrays: Dict[str, np.ndarray]) -> dict:
@@ -262,21 +307,29 @@ def config_from_meta(meta: dict, path: str | os.PathLike = "<checkpoint>"):
         raise CheckpointError(f"{path}: configuration in the checkpoint is invalid: {e}") from e
 
 
-def load_params(path: str | os.PathLike, dtype=np.float32) -> Tuple[Any, dict]:
+def load_params(path: str | os.PathLike, dtype=np.float32, weights: str = "auto") -> Tuple[Any, dict]:
     """``(AIRConfig, params)`` from a training checkpoint or a params-only file, without building
     an SVI state. ``params`` is the nested dict ``svi.get_params`` returns (jax arrays, cast to
-    ``dtype``; params files may store float16)."""
+    ``dtype``; params files may store float16). ``weights`` (:func:`select_params`): "auto" reads
+    the averaged parameters of a run trained with ``average_decay`` and the last ones otherwise.
+    (AIR's parameters are unconstrained, so the average needs no transform.)"""
     meta, arrays = read_npz(path)
+    arrays = select_params(arrays, weights, path)
     params = jax.tree.map(lambda a: jax.numpy.asarray(a, dtype), unflatten_params(arrays))
     if not params:
         raise CheckpointError(f"{path} holds no parameters")
     return config_from_meta(meta, path), params
 
 
-def export_params(src: str | os.PathLike, dst: str | os.PathLike, dtype=None, overwrite: bool = False) -> Path:
+def export_params(
+    src: str | os.PathLike, dst: str | os.PathLike, dtype=None, overwrite: bool = False, weights: str = "auto"
+) -> Path:
     """Write the parameters of checkpoint ``src`` to a params-only file ``dst`` (optionally cast,
-    e.g. ``numpy.float16`` to halve the size). ``load_params(dst)`` reads it back."""
+    e.g. ``numpy.float16`` to halve the size). ``load_params(dst)`` reads it back. ``weights`` as
+    :func:`select_params` (the averaged parameters when ``src`` has them); the file records which."""
     meta, arrays = read_npz(src)
-    params = {k: (a if dtype is None else a.astype(dtype)) for k, a in arrays.items() if k.startswith(PARAMS_PREFIX)}
+    chosen = "average" if weights != "last" and has_average(arrays) else "last"
+    selected = select_params(arrays, weights, src)
+    params = {k: (a if dtype is None else a.astype(dtype)) for k, a in selected.items()}
     keep = {k: meta[k] for k in ("air_config", "optim_config", "step", "seed", "data") if k in meta}
-    return write_npz(dst, params, keep | {"kind": "params", "source": str(src)}, overwrite=overwrite)
+    return write_npz(dst, params, keep | {"kind": "params", "source": str(src), "weights": chosen}, overwrite=overwrite)

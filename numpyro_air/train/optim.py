@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from ..core.sites import is_baseline_param
@@ -40,6 +41,64 @@ def check_schedule(warmup_steps: int, decay_steps: int, final_lr_fraction: float
         raise ValueError(f"final_lr_fraction must be in [0, 1], got {final_lr_fraction!r}")
 
 
+class ParamAverageState(NamedTuple):
+    """State of :func:`with_param_average`: the wrapped optimiser's state, the number of updates
+    averaged so far and the running average of the parameters."""
+
+    optimizer_state: Any
+    average_count: jnp.ndarray  # int32 scalar
+    averaged_params: Any  # pytree like the parameters
+
+
+def check_average_decay(decay: Optional[float]) -> None:
+    """Raise ValueError unless ``decay`` is None or a number in (0, 1)."""
+    if decay is not None and (isinstance(decay, bool) or not (isinstance(decay, (int, float)) and 0.0 < decay < 1.0)):
+        raise ValueError(f"average_decay must be in (0, 1) or None, got {decay!r}")
+
+
+def average_rate(decay: float, count: jnp.ndarray) -> jnp.ndarray:
+    """The weight of the old average at the ``count``-th (1-based) averaged update:
+    ``min(decay, (1 + count) / (10 + count))``, so the first updates are not swamped by the
+    starting point (the warm-up of TensorFlow's ``ExponentialMovingAverage``)."""
+    count = jnp.asarray(count, jnp.float32)
+    return jnp.minimum(jnp.float32(decay), (1.0 + count) / (10.0 + count))
+
+
+def with_param_average(inner: optax.GradientTransformation, decay: float) -> optax.GradientTransformation:
+    """``inner`` with an exponential moving average of the parameters it produces (Polyak
+    averaging): the updates are ``inner``'s, and after each one
+    ``average = r * average + (1 - r) * (params + updates)`` with ``r = average_rate(decay, n)``.
+    The average starts at the initial parameters; ``update`` needs ``params``. The state keeps
+    ``inner``'s state as one field, so checkpoints name it as they do without averaging."""
+    check_average_decay(decay)
+
+    def init(params):
+        return ParamAverageState(inner.init(params), jnp.zeros([], jnp.int32), jax.tree.map(jnp.array, params))
+
+    def update(grads, state: ParamAverageState, params=None):
+        if params is None:
+            raise ValueError("with_param_average needs the parameters: call update(grads, state, params)")
+        updates, inner_state = inner.update(grads, state.optimizer_state, params)
+        count = state.average_count + 1
+        r = average_rate(decay, count)
+        new = jax.tree.map(lambda a, p, u: r * a + (1.0 - r) * (p + u), state.averaged_params, params, updates)
+        return updates, ParamAverageState(inner_state, count, new)
+
+    return optax.GradientTransformation(init, update)
+
+
+def averaged_params(optim_state) -> Optional[Any]:
+    """The averaged (unconstrained) parameters held in an optax state built with
+    :func:`with_param_average`, or None when it has none (``optim_state`` as NumPyro's optax wrapper
+    keeps it, or any pytree containing a :class:`ParamAverageState`)."""
+    found = [
+        node.averaged_params
+        for node in jax.tree.leaves(optim_state, is_leaf=lambda n: isinstance(n, ParamAverageState))
+        if isinstance(node, ParamAverageState)
+    ]
+    return found[0] if found else None
+
+
 def make_optimizer(
     learning_rate: float = 1e-4,
     baseline_learning_rate: float = 1e-3,
@@ -50,13 +109,16 @@ def make_optimizer(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    average_decay: Optional[float] = None,
 ) -> optax.GradientTransformation:
     """Adam(lr) for model/guide parameters and Adam(baseline_lr) for every ``bl_*`` parameter
     (PyTorch-default betas and eps, as Pyro). Defaults are Pyro's (1e-4, 1e-3); the tutorial
     recipe uses (1e-4, 0.1). ``clip_norm`` clips each group's global gradient norm separately
     (the baseline gradients are orders of magnitude larger than the guide's). ``warmup_steps``,
     ``decay_steps`` and ``final_lr_fraction`` shape both rates alike (:func:`lr_schedule`); the
-    schedule's step count lives in the optimiser state, so a resumed run continues it."""
+    schedule's step count lives in the optimiser state, so a resumed run continues it.
+    ``average_decay`` (None: off) also keeps an exponential moving average of the parameters in
+    the optimiser state (:func:`with_param_average`); the updates are the same with or without it."""
     for name, v in (("learning_rate", learning_rate), ("baseline_learning_rate", baseline_learning_rate)):
         if not v > 0:
             raise ValueError(f"{name} must be positive, got {v!r}")
@@ -67,4 +129,6 @@ def make_optimizer(
         adam = optax.adam(lr_schedule(lr, warmup_steps, decay_steps, final_lr_fraction), b1=b1, b2=b2, eps=eps)
         return adam if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
 
-    return optax.multi_transform({"main": group(learning_rate), "baseline": group(baseline_learning_rate)}, param_labels)
+    check_average_decay(average_decay)
+    tx = optax.multi_transform({"main": group(learning_rate), "baseline": group(baseline_learning_rate)}, param_labels)
+    return tx if average_decay is None else with_param_average(tx, average_decay)

@@ -33,6 +33,10 @@ class OptimConfig:
     warmup_steps: int = 0
     decay_steps: int = 0
     final_lr_fraction: float = 0.0
+    # Polyak averaging: an exponential moving average of the parameters with this decay (None:
+    # off; e.g. 0.999 averages over about the last 1,000 steps), kept in the optimiser state;
+    # evaluation, figures and load_params then use the averaged parameters (train.optim.with_param_average)
+    average_decay: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.num_particles is not None and self.num_particles < 1:
@@ -50,6 +54,7 @@ class OptimConfig:
             self.warmup_steps,
             self.decay_steps,
             self.final_lr_fraction,
+            average_decay=self.average_decay,
         )
 
     @classmethod
