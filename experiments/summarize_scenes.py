@@ -38,8 +38,9 @@ def _seed_of(path: Path) -> int:
     return int(read_npz(path)[0]["seed"])
 
 
-def run_evals(run: Path, evals: dict, out: Path, figures_seed: int | None) -> dict:
-    """{name: {seed: evaluate's JSON}}; writes each JSON under out/evals."""
+def run_evals(run: Path, evals: dict, out: Path, figures_seed: int | None, weights: str = "auto") -> dict:
+    """{name: {seed: evaluate's JSON}}; writes each JSON under out/evals. ``weights`` as
+    ``numpyro-air evaluate --weights`` (the parameter average of runs that keep one, or the last)."""
     paths = [p for p in [run / "checkpoint.npz", *seed_files(run / "checkpoint.npz")] if p.is_file()]
     by_seed = {_seed_of(p): p for p in paths}
     first = min(by_seed) if figures_seed is None else figures_seed
@@ -48,7 +49,7 @@ def run_evals(run: Path, evals: dict, out: Path, figures_seed: int | None) -> di
     for name, (file, steps) in evals.items():
         results[name] = {}
         for seed, ckpt in sorted(by_seed.items()):
-            argv = ["--checkpoint", str(ckpt), "--data", str(file), "--json"]
+            argv = ["--checkpoint", str(ckpt), "--data", str(file), "--json", "--weights", weights]
             if steps is not None:
                 argv += ["--model-steps", str(steps)]
             if seed == first:
@@ -145,10 +146,11 @@ def main(argv=None) -> dict:
     p.add_argument("--out", required=True)
     p.add_argument("--target", type=float, default=0.95)
     p.add_argument("--figures-seed", type=int)
+    p.add_argument("--weights", choices=["auto", "average", "last"], default="auto", help="as numpyro-air evaluate --weights")
     a = p.parse_args(argv)
     run, out = Path(a.run), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = run_evals(run, dict(a.eval), out, a.figures_seed)
+    results = run_evals(run, dict(a.eval), out, a.figures_seed, a.weights)
     s = summarize(run, results, a.target)
     s["accuracy_mean_sd"] = {
         name: [float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None]
