@@ -633,16 +633,11 @@ def averaged_run(tmp_path_factory, datasets):
     out = tmp_path_factory.mktemp("avg")
     run(out, 2, datasets, final_figures=False)
     _, at2 = read_checkpoint(out / "checkpoint.npz")
+    lines = []
     train(
-        AIR,
-        OPT_AVG,
-        tcfg(4, final_figures=False),
-        *datasets,
-        out,
-        load=out / "checkpoint.npz",
-        progress=False,
-        log=lambda s: None,
+        AIR, OPT_AVG, tcfg(4, final_figures=False), *datasets, out, load=out / "checkpoint.npz", progress=False, log=lines.append
     )
+    assert any("parameter averaging starts here" in line for line in lines), lines
     return out, at2
 
 
@@ -674,20 +669,26 @@ def test_averaged_run_checkpoint_and_readers(averaged_run, full_run, tmp_path):
     meta, arrays = read_npz(exported)
     assert meta["weights"] == "average" and not any(n.startswith("average/") for n in arrays)
     np.testing.assert_array_equal(arrays["params/" + name], avg["average/" + name])
+    _, again = load_params(exported, weights="average")  # a file exported from an average says so
+    np.testing.assert_array_equal(again["decode$params"]["MLP_0"]["Dense_0"]["kernel"], avg["average/" + name])
+    # what the loop evaluates and draws during training: the average
+    from types import SimpleNamespace
+
+    from numpyro_air.train.checkpoint import restore_into
+    from numpyro_air.train.loop import Setup
+    from numpyro_air.train.svi import make_svi
+
+    svi = make_svi(AIR, OPT_AVG)
+    state = restore_into(jax.eval_shape(svi.init, jax.random.PRNGKey(0), jnp.zeros((8, CANVAS, CANVAS))), avg)
+    seen = Setup.params(SimpleNamespace(svi=svi), jax.tree.map(lambda a: a[None], state), 0)
+    np.testing.assert_array_equal(seen["decode$params"]["MLP_0"]["Dense_0"]["kernel"], avg["average/" + name])
 
 
 def test_a_run_without_averaging_resumes_an_averaged_checkpoint(tmp_path, datasets, averaged_run):
-    again = tmp_path / "again"
-    train(
-        AIR,
-        OPT,
-        tcfg(6, final_figures=False),
-        *datasets,
-        again,
-        load=averaged_run[0] / "checkpoint.npz",
-        progress=False,
-        log=lambda s: None,
-    )
+    again, lines = tmp_path / "again", []
+    load = averaged_run[0] / "checkpoint.npz"
+    train(AIR, OPT, tcfg(6, final_figures=False), *datasets, again, load=load, progress=False, log=lines.append)
+    assert any("parameter average is dropped" in line for line in lines), lines
     meta, dropped = read_checkpoint(again / "checkpoint.npz")
     assert meta["step"] == 6 and meta["optim_config"]["average_decay"] is None
     assert not any(n.startswith("average/") for n in dropped) and "state/average_count" not in dropped

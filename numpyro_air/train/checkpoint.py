@@ -38,7 +38,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -229,12 +229,26 @@ def read_checkpoint(path: str | os.PathLike) -> Tuple[dict, Dict[str, np.ndarray
     return meta, arrays
 
 
-def restore_into(template: Any, arrays: Dict[str, np.ndarray], path: str | os.PathLike = "<checkpoint>") -> Any:
+def restore_into(
+    template: Any,
+    arrays: Dict[str, np.ndarray],
+    path: str | os.PathLike = "<checkpoint>",
+    note: Optional[Callable[[str], None]] = None,
+) -> Any:
     """Put named ``arrays`` into the structure of ``template`` (arrays or ShapeDtypeStructs),
-    checking names, shapes and dtypes."""
+    checking names, shapes and dtypes. A parameter average is started or dropped to match the
+    template (:func:`_with_average`); ``note`` (e.g. a log function) is told so."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
     names = [leaf_name(p) for p, _ in flat]
-    arrays = _with_average(arrays, names)
+    adapted = _with_average(arrays, names)
+    if note is not None and adapted is not arrays:
+        started = any(n.startswith(AVERAGE_PREFIX) for n in adapted)
+        note(
+            f"{path}: parameter averaging starts here, from the checkpoint's parameters"
+            if started
+            else f"{path}: the checkpoint's parameter average is dropped (this run does not average; --average-decay keeps it)"
+        )
+    arrays = adapted
     missing, extra = sorted(set(names) - set(arrays)), sorted(set(arrays) - set(names))
     if missing or extra:
         raise CheckpointError(
@@ -269,14 +283,16 @@ def has_average(arrays: Dict[str, np.ndarray]) -> bool:
 
 
 def select_params(
-    arrays: Dict[str, np.ndarray], weights: str = "auto", path: str | os.PathLike = "<checkpoint>"
+    arrays: Dict[str, np.ndarray], weights: str = "auto", path: str | os.PathLike = "<checkpoint>", meta_weights: str = "last"
 ) -> Dict[str, np.ndarray]:
     """The ``params/...`` arrays of the chosen weights: "last" the parameters of the last step,
     "average" their moving average (:class:`CheckpointError` if the file has none), "auto" the
-    average when the file has one, else the last parameters. Averages are renamed ``params/...``."""
+    average when the file has one, else the last parameters. Averages are renamed ``params/...``.
+    ``meta_weights`` is what a params-only file says it holds (``export_params`` records it), so
+    "average" also accepts a file exported from an average."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
-    if weights == "average" and not has_average(arrays):
+    if weights == "average" and not has_average(arrays) and meta_weights != "average":
         raise CheckpointError(f"{path} holds no averaged parameters (train with --average-decay to keep them)")
     if weights == "last" or not has_average(arrays):
         return {n: a for n, a in arrays.items() if n.startswith(PARAMS_PREFIX)}
@@ -314,7 +330,7 @@ def load_params(path: str | os.PathLike, dtype=np.float32, weights: str = "auto"
     the averaged parameters of a run trained with ``average_decay`` and the last ones otherwise.
     (AIR's parameters are unconstrained, so the average needs no transform.)"""
     meta, arrays = read_npz(path)
-    arrays = select_params(arrays, weights, path)
+    arrays = select_params(arrays, weights, path, meta.get("weights", "last"))
     params = jax.tree.map(lambda a: jax.numpy.asarray(a, dtype), unflatten_params(arrays))
     if not params:
         raise CheckpointError(f"{path} holds no parameters")
@@ -328,8 +344,8 @@ def export_params(
     e.g. ``numpy.float16`` to halve the size). ``load_params(dst)`` reads it back. ``weights`` as
     :func:`select_params` (the averaged parameters when ``src`` has them); the file records which."""
     meta, arrays = read_npz(src)
-    chosen = "average" if weights != "last" and has_average(arrays) else "last"
-    selected = select_params(arrays, weights, src)
+    chosen = "average" if weights != "last" and has_average(arrays) else meta.get("weights", "last")
+    selected = select_params(arrays, weights, src, meta.get("weights", "last"))
     params = {k: (a if dtype is None else a.astype(dtype)) for k, a in selected.items()}
     keep = {k: meta[k] for k in ("air_config", "optim_config", "step", "seed", "data") if k in meta}
     return write_npz(dst, params, keep | {"kind": "params", "source": str(src), "weights": chosen}, overwrite=overwrite)

@@ -177,10 +177,11 @@ def check_meta(meta: dict, expected: dict, path) -> None:
 # ----------------------------------------------------------------------------- pieces
 
 
-def initial_states(svi, tcfg: TrainConfig, example: jnp.ndarray, load=None, meta_of=None):
+def initial_states(svi, tcfg: TrainConfig, example: jnp.ndarray, load=None, meta_of=None, log=None):
     """SVI states stacked on a seeds axis (K, ...): fresh (seed k from ``tcfg.seed_of(k)``), or
     restored from the per-seed checkpoints at ``load`` (files named by index, as older versions
-    wrote them, too). Returns (states, start step, wall seconds already spent)."""
+    wrote them, too). Returns (states, start step, wall seconds already spent). ``log`` gets a line
+    when a restore starts or drops the parameter average (``OptimConfig.average_decay``)."""
     K = tcfg.num_seeds
     keys = jnp.stack([jax.random.PRNGKey(tcfg.seed_of(k)) for k in range(K)])
     init = jax.jit(jax.vmap(svi.init, in_axes=(0, None)))
@@ -195,7 +196,7 @@ def initial_states(svi, tcfg: TrainConfig, example: jnp.ndarray, load=None, meta
         else:
             path, meta, arrays = read_seed_checkpoint(load, tcfg.seed_of(k), k)
         check_meta(meta, meta_of(k, meta.get("step", 0)), path)
-        restored.append((meta, restore_into(template, arrays, path)))
+        restored.append((meta, restore_into(template, arrays, path, note=None if k else log)))
     steps = sorted({m["step"] for m, _ in restored})
     if len(steps) != 1:
         raise CheckpointError(f"per-seed checkpoints under {load} are at different steps: {steps}")
@@ -476,7 +477,7 @@ def start(run: Setup, load, mesh) -> Snapshot:
     """The states (fresh or restored, replicated over ``mesh``) and the wall clock of the run."""
     example = jnp.asarray(to_float(run.train_set.images[: run.tcfg.batch_size]))  # shapes for init
     meta_of = lambda k, step: run_meta(run.air, run.opt, run.tcfg, run.data_desc, k, step)  # noqa: E731
-    states, step, wall_offset = initial_states(run.svi, run.tcfg, example, load, meta_of)
+    states, step, wall_offset = initial_states(run.svi, run.tcfg, example, load, meta_of, run.log)
     if mesh is not None:
         states = jax.device_put(states, parallel.replicated(mesh))
     t0 = time.time()

@@ -59,7 +59,9 @@ def check_average_decay(decay: Optional[float]) -> None:
 def average_rate(decay: float, count: jnp.ndarray) -> jnp.ndarray:
     """The weight of the old average at the ``count``-th (1-based) averaged update:
     ``min(decay, (1 + count) / (10 + count))``, so the first updates are not swamped by the
-    starting point (the warm-up of TensorFlow's ``ExponentialMovingAverage``)."""
+    starting point (the warm-up of TensorFlow's ``ExponentialMovingAverage``). While the warm-up
+    rate is the smaller one (count below about ``9 / (1 - decay)``: 8,990 for 0.999), the average
+    after n updates weights the m-th about as ``9 m**8 / n**9``: a mean age of n / 10 updates."""
     count = jnp.asarray(count, jnp.float32)
     return jnp.minimum(jnp.float32(decay), (1.0 + count) / (10.0 + count))
 

@@ -34,8 +34,10 @@ class OptimConfig:
     decay_steps: int = 0
     final_lr_fraction: float = 0.0
     # Polyak averaging: an exponential moving average of the parameters with this decay (None:
-    # off; e.g. 0.999 averages over about the last 1,000 steps), kept in the optimiser state;
-    # evaluation, figures and load_params then use the averaged parameters (train.optim.with_param_average)
+    # off), kept in the optimiser state; evaluation, figures and load_params then use it. Its
+    # warm-up (train.optim.average_rate) gives the n-th update a mean age of n / 10 steps until
+    # n reaches about 9 / (1 - decay), then 1 / (1 - decay): 0.999 averages about the last 1,000
+    # steps of a long run, the last 500 after 5,000 averaged steps (train.optim.with_param_average)
     average_decay: Optional[float] = None
 
     def __post_init__(self) -> None:
