@@ -159,13 +159,13 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
     import numpy as np
 
     from numpyro_air.data import DataError, load_images, to_float
-    from numpyro_air.train.checkpoint import CheckpointError, has_average, load_params, read_npz
+    from numpyro_air.train.checkpoint import CheckpointError, chosen_weights, params_from_arrays, read_npz
     from numpyro_air.train.loop import canvas_shape
 
     ckpt = resolve_checkpoint(args.checkpoint)
     try:
-        air, params = load_params(ckpt, weights=args.weights)
-        meta, arrays = read_npz(ckpt)
+        meta, arrays = read_npz(ckpt)  # read and checksummed once
+        air, params = params_from_arrays(meta, arrays, ckpt, weights=args.weights)
         ev = load_images(args.data)
     except (CheckpointError, DataError) as e:
         raise SystemExit(f"error: {e}") from None
@@ -188,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
         "seed": meta.get("seed"),
         "presence": "discrete reading of a relaxed-presence model" if args.discrete else air.presence_estimator,
         "model_steps": air.num_steps,
-        "weights": "average" if args.weights != "last" and has_average(arrays) else meta.get("weights", "last"),
+        "weights": chosen_weights(arrays, args.weights, meta.get("weights", "last")),
     }
     if args.importance < 0:
         raise SystemExit(f"error: --importance must be >= 1 (0: off), got {args.importance}")

@@ -38,7 +38,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -242,10 +242,9 @@ def restore_into(
     names = [leaf_name(p) for p, _ in flat]
     adapted = _with_average(arrays, names)
     if note is not None and adapted is not arrays:
-        started = any(n.startswith(AVERAGE_PREFIX) for n in adapted)
         note(
             f"{path}: parameter averaging starts here, from the checkpoint's parameters"
-            if started
+            if has_average(adapted)
             else f"{path}: the checkpoint's parameter average is dropped (this run does not average; --average-decay keeps it)"
         )
     arrays = adapted
@@ -267,8 +266,7 @@ def _with_average(arrays: Dict[str, np.ndarray], names: List[str]) -> Dict[str, 
     """``arrays`` adapted to a run that averages its parameters or not: a checkpoint written
     without averaging starts the average at its parameters (count 0); the average of a checkpoint
     is dropped when the run resuming it does not average."""
-    wants = any(n.startswith(AVERAGE_PREFIX) for n in names)
-    has = any(n.startswith(AVERAGE_PREFIX) for n in arrays)
+    wants, has = has_average(names), has_average(arrays)
     if wants and not has:
         start = {AVERAGE_PREFIX + n[len(PARAMS_PREFIX) :]: a for n, a in arrays.items() if n.startswith(PARAMS_PREFIX)}
         return {**arrays, **start, STATE_PREFIX + "average_count": np.zeros((), np.int32)}
@@ -277,9 +275,19 @@ def _with_average(arrays: Dict[str, np.ndarray], names: List[str]) -> Dict[str, 
     return arrays
 
 
-def has_average(arrays: Dict[str, np.ndarray]) -> bool:
-    """True when a checkpoint's arrays hold averaged parameters (``average/...``)."""
-    return any(name.startswith(AVERAGE_PREFIX) for name in arrays)
+def has_average(names: Iterable[str]) -> bool:
+    """True when a checkpoint's array names (or its ``{name: array}``) hold averaged parameters
+    (``average/...``)."""
+    return any(name.startswith(AVERAGE_PREFIX) for name in names)
+
+
+def chosen_weights(arrays: Dict[str, np.ndarray], weights: str = "auto", meta_weights: str = "last") -> str:
+    """What :func:`select_params` reads for ``weights``: "average" when it is asked for anything but
+    "last" and the file has an average, else what the file's parameters are (``meta_weights``: a
+    params-only file records it, "last" otherwise)."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    return "average" if weights != "last" and has_average(arrays) else meta_weights
 
 
 def select_params(
@@ -290,13 +298,12 @@ def select_params(
     average when the file has one, else the last parameters. Averages are renamed ``params/...``.
     ``meta_weights`` is what a params-only file says it holds (``export_params`` records it), so
     "average" also accepts a file exported from an average."""
-    if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
-    if weights == "average" and not has_average(arrays) and meta_weights != "average":
+    chosen = chosen_weights(arrays, weights, meta_weights)
+    if weights == "average" and chosen != "average":
         raise CheckpointError(f"{path} holds no averaged parameters (train with --average-decay to keep them)")
-    if weights == "last" or not has_average(arrays):
-        return {n: a for n, a in arrays.items() if n.startswith(PARAMS_PREFIX)}
-    return {PARAMS_PREFIX + n[len(AVERAGE_PREFIX) :]: a for n, a in arrays.items() if n.startswith(AVERAGE_PREFIX)}
+    if chosen == "average" and has_average(arrays):
+        return {PARAMS_PREFIX + n[len(AVERAGE_PREFIX) :]: a for n, a in arrays.items() if n.startswith(AVERAGE_PREFIX)}
+    return {n: a for n, a in arrays.items() if n.startswith(PARAMS_PREFIX)}
 
 
 def unflatten_params(arrays: Dict[str, np.ndarray]) -> dict:
@@ -330,6 +337,13 @@ def load_params(path: str | os.PathLike, dtype=np.float32, weights: str = "auto"
     the averaged parameters of a run trained with ``average_decay`` and the last ones otherwise.
     (AIR's parameters are unconstrained, so the average needs no transform.)"""
     meta, arrays = read_npz(path)
+    return params_from_arrays(meta, arrays, path, dtype, weights)
+
+
+def params_from_arrays(
+    meta: dict, arrays: Dict[str, np.ndarray], path: str | os.PathLike = "<checkpoint>", dtype=np.float32, weights: str = "auto"
+) -> Tuple[Any, dict]:
+    """:func:`load_params` of a file already read (``read_npz``'s ``(meta, arrays)``)."""
     arrays = select_params(arrays, weights, path, meta.get("weights", "last"))
     params = jax.tree.map(lambda a: jax.numpy.asarray(a, dtype), unflatten_params(arrays))
     if not params:
@@ -344,7 +358,7 @@ def export_params(
     e.g. ``numpy.float16`` to halve the size). ``load_params(dst)`` reads it back. ``weights`` as
     :func:`select_params` (the averaged parameters when ``src`` has them); the file records which."""
     meta, arrays = read_npz(src)
-    chosen = "average" if weights != "last" and has_average(arrays) else meta.get("weights", "last")
+    chosen = chosen_weights(arrays, weights, meta.get("weights", "last"))
     selected = select_params(arrays, weights, src, meta.get("weights", "last"))
     params = {k: (a if dtype is None else a.astype(dtype)) for k, a in selected.items()}
     keep = {k: meta[k] for k in ("air_config", "optim_config", "step", "seed", "data") if k in meta}
