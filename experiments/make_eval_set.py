@@ -46,6 +46,7 @@ _SCENE_OPTIONS = {
     "max_digits": (int, ("multi-mnist", "scattered-mnist")),
     "min_digits": (int, ("scattered-mnist",)),
     "digit_size": (int, ("scattered-mnist",)),
+    "max_overlap": (int, ("scattered-mnist",)),
     "max_objects": (int, ("multi-dsprites",)),
     "min_size": (float, ("multi-dsprites",)),
     "max_size": (float, ("multi-dsprites",)),
@@ -151,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     for name, (kind, where) in _SCENE_OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         if kind is int:
-            kind = _non_negative_int if name in ("max_digits", "max_objects", "min_digits") else _positive_int
+            kind = _non_negative_int if name in ("max_digits", "max_objects", "min_digits", "max_overlap") else _positive_int
         p.add_argument(flag, type=kind, default=None, help=f"{', '.join(where)} (default: the generator's)")
     p.add_argument("--per-count", type=_positive_int, default=1000, help="scenes per count (default 1000)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="generator seed (default 0)")

@@ -94,6 +94,8 @@ def test_dataset_flags_override_and_model_steps_follow_the_counts():
     assert data.max_digits == 7 and air.num_steps == 7 and tcfg.num_steps == 50
     air, _, _, _ = configs("--dataset", "scattered-mnist", "--max-digits", "7", "-t", "4")
     assert air.num_steps == 4  # -t given: kept
+    assert configs("--dataset", "scattered-mnist", "--max-overlap", "98")[3].max_overlap == 98
+    assert configs("--dataset", "scattered-mnist", "--max-overlap", "none")[3].max_overlap is None
     air, opt, tcfg, data = configs("--dataset", "multi-dsprites", "--preset", "tutorial", "--window-size", "20")
     assert opt == PRESETS["tutorial"].optim and air.presence_estimator == "nvil"  # the preset's recipe
     assert (air.image_size, air.channels, air.window_size) == (64, 3, 20) and data == MultiDSpritesConfig()
@@ -115,6 +117,8 @@ def test_dataset_flags_override_and_model_steps_follow_the_counts():
         (["--dataset", "multi-dsprites", "--canvas-size", "16"], "canvas_size=16 cannot hold a rotated sprite"),
         (["--dataset", "scattered-mnist", "--canvas-size", "12", "--digit-size", "8"], "window_size (14)"),
         (["--dataset", "scattered-mnist", "--min-digits", "4", "--max-digits", "2"], "min_digits"),
+        (["--dataset", "multi-dsprites", "--max-overlap", "98"], "--max-overlap: not an option of --dataset multi-dsprites"),
+        (["--dataset", "scattered-mnist", "--max-overlap", "-1"], "max_overlap must be >= 0"),
     ],
 )
 def test_dataset_bad_flags_are_one_error_line(argv, message, capsys):
@@ -154,6 +158,18 @@ def test_make_eval_set_scattered_more_digits_than_trained(tmp_path, make_eval_se
     assert ev.images.shape == (4, 48, 48) and sorted(ev.counts.tolist()) == [6, 6, 7, 7]
     present = np.arange(7)[None, :] < ev.counts[:, None]
     assert set(ev.labels[present].tolist()) <= set(TEST_LABELS.tolist())  # MNIST test digits only
+    # SPAIR's bound at 0: the digits' squares, hence their tight boxes, never intersect
+    apart = tmp_path / "apart.npz"
+    make_eval_set.main(
+        [*argv[:2], "--out", str(apart), *argv[4:], "--max-digits", "7", "--digit-size", "8", "--max-overlap", "0"]
+    )
+    ev = load_eval_npz(apart)
+    for i in range(len(ev.counts)):
+        x0, y0, w, h = ev.boxes[i, : ev.counts[i]].T
+        dx = np.minimum(x0[:, None] + w[:, None], x0 + w) - np.maximum(x0[:, None], x0)
+        dy = np.minimum(y0[:, None] + h[:, None], y0 + h) - np.maximum(y0[:, None], y0)
+        inter = np.clip(dx, 0, None) * np.clip(dy, 0, None)
+        assert np.all(inter[~np.eye(len(x0), dtype=bool)] == 0)
 
 
 # -------------------------------------------------------------------- evaluate --model-steps

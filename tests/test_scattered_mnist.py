@@ -108,6 +108,51 @@ def test_ground_truth_rebuilds_the_canvas(canvas, size, lo, hi):
         assert overlapped > 0  # overlapping digits do occur (they are summed)
 
 
+def _squares(ds: MultiMNIST, i: int, digits: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of image i's digit squares, in drawing order, from its boxes and labels."""
+    rows, cols = [], []
+    for j in range(int(ds.counts[i])):
+        x0, y0, _, _ = (int(v) for v in ds.boxes[i, j])
+        _, (left, top, _, _) = _resize(digits[ds.labels[i, j]], size)
+        rows.append(y0 - top)
+        cols.append(x0 - left)
+    return np.array(rows), np.array(cols)
+
+
+def _worst_overlap(ds: MultiMNIST, digits: np.ndarray, size: int) -> np.ndarray:
+    """(N,) per image: the most pixels one digit's square shares with the squares before it."""
+    worst = np.zeros(len(ds), np.int64)
+    for i in range(len(ds)):
+        r, c = _squares(ds, i, digits, size)
+        for j in range(1, len(r)):
+            shared = np.maximum(size - np.abs(r[:j] - r[j]), 0) * np.maximum(size - np.abs(c[:j] - c[j]), 0)
+            worst[i] = max(worst[i], int(shared.sum()))
+    return worst
+
+
+@pytest.mark.parametrize("bound", [98, 0])
+def test_max_overlap_bounds_the_shared_pixels(bound):
+    """SPAIR's bound: each digit's square shares at most ``max_overlap`` pixels with the squares
+    drawn before it (summed), checked from the ground truth; without it the same seed breaks it."""
+    digits = textured_digits()
+    kw = dict(min_digits=3, max_digits=6, seed=4)
+    bounded = generate_scattered_mnist(digits, np.arange(40), 80, max_overlap=bound, **kw)
+    free = generate_scattered_mnist(digits, np.arange(40), 80, **kw)
+    assert _worst_overlap(bounded, digits, 14).max() <= bound
+    assert (_worst_overlap(free, digits, 14) > bound).sum() >= 10
+    np.testing.assert_array_equal(bounded.counts, free.counts)  # counts are drawn first, as before
+    if bound == 0:  # squares apart: every present slot's pixels are its own digit's
+        assert bounded.images.max() <= 49 < free.images.max()
+
+
+def test_max_overlap_that_never_binds_draws_the_same_scenes():
+    """A bound no scene can exceed moves no digit and uses no randomness: the output equals the
+    unbounded generator's (so the option leaves the default scenes as they were)."""
+    digits = textured_digits()
+    a = generate_scattered_mnist(digits, np.arange(40), 40, max_overlap=14 * 14 * 4, seed=2)
+    assert_same(a, generate_scattered_mnist(digits, np.arange(40), 40, seed=2))
+
+
 def test_real_mnist_digits_fit_their_boxes():
     from numpyro_air.data import load_mnist
 
@@ -193,7 +238,8 @@ def test_cache_written_once_reused_and_regenerated_when_corrupt(tmp_path, monkey
 
 def test_cache_path_keyed_by_every_field():
     base = ScatteredMNISTConfig()
-    changes = dict(canvas_size=50, digit_size=12, min_digits=0, max_digits=6, num_train=5, num_test=5, seed=1)
+    changes = dict(canvas_size=50, digit_size=12, min_digits=0, max_digits=6, num_train=5, num_test=5, seed=1, max_overlap=98)
+    assert "max_overlap" not in base.to_dict()  # unbounded scenes keep the cache keys they had
     paths = {scattered_cache_path(base, "m", "/c")}
     for name, value in changes.items():
         paths.add(scattered_cache_path(ScatteredMNISTConfig(**{name: value}), "m", "/c"))
@@ -214,6 +260,8 @@ def test_cache_path_keyed_by_every_field():
         (dict(num_train=-1), "num_train must be >= 0"),
         (dict(num_test="5"), "num_test must be an int"),
         (dict(seed=-3), "seed must be >= 0"),
+        (dict(max_overlap=-1), "max_overlap must be >= 0"),
+        (dict(max_overlap=9.5), "max_overlap must be an int"),
     ],
 )
 def test_config_validation_names_the_field(kwargs, message):

@@ -106,6 +106,7 @@ FIELDS = {
     "crowding": ("data", "crowding"),
     "min_digits": ("data", "min_digits"),
     "digit_size": ("data", "digit_size"),
+    "max_overlap": ("data", "max_overlap"),
     "max_objects": ("data", "max_objects"),
     "min_size": ("data", "min_size"),
     "max_size": ("data", "max_size"),
@@ -130,6 +131,16 @@ SWITCHES = {
     "normalize_signal": ("optim", "normalize_signal", True),
     "no_figures": ("train", "final_figures", False),
 }
+
+
+def int_or_none(text: str) -> Optional[int]:
+    """argparse type: an int, or None for "none"."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
 
 
 def _show(value) -> str:
@@ -353,6 +364,13 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     a("--crowding", type=int, help="multi-MNIST: place digits as the closest pair of an N-digit scene (0: off)")
     a("--min-digits", type=int, help="scattered MNIST: fewest digits per canvas ({scattered.min_digits})")
     a("--digit-size", type=int, help="scattered MNIST: digit side in pixels ({scattered.digit_size})")
+    a(
+        "--max-overlap",
+        type=int_or_none,
+        metavar="N|none",
+        help="scattered MNIST: most pixels a digit's square may share with the squares drawn before it "
+        "(SPAIR: digit_size**2 // 2 = 98; none: overlap bounded only by saturation; default: none)",
+    )
     a("--max-objects", type=int, help="multi-dSprites: most sprites per scene ({dsprites.max_objects})")
     a("--min-size", type=float, help="multi-dSprites: smallest sprite size in pixels ({dsprites.min_size})")
     a("--max-size", type=float, help="multi-dSprites: largest sprite size in pixels ({dsprites.max_size})")

@@ -9,6 +9,11 @@ Recipe (numpy ``Generator``, everything a pure function of the seed):
   resize, :func:`numpyro_air.data.multi_mnist._resize`);
 * its top-left corner (row, column) is uniform in [0, canvas_size - digit_size] each, so the
   whole digit lies inside the canvas;
+* optionally (``max_overlap``, SPAIR's bound; off by default) the digits' squares may overlap by
+  at most ``max_overlap`` pixels: a digit whose square shares more than that many pixels with the
+  squares of the digits before it, summed over them, is moved (a new position, up to 100 tries)
+  and, failing that, the image is redrawn; SPAIR's scattered-MNIST scenes use half a square,
+  ``digit_size ** 2 // 2`` = 98 pixels for 14x14 digits;
 * pixels combine as in multi-MNIST: the digits are summed (exactly, in uint16); if any pixel
   exceeds 255 all of the image's digits and positions are redrawn, keeping its count; the result
   is stored as uint8. Digits may overlap, but never where their sum would saturate.
@@ -78,10 +83,13 @@ _CANVAS_SIZE = 48
 _DIGIT_SIZE = 14
 _MIN_DIGITS = 1
 _MAX_DIGITS = 5
+_MOVES = 100  # positions tried for one digit under max_overlap before the image is redrawn
 
 
-def _check_params(canvas_size: int, digit_size: int, min_digits: int, max_digits: int) -> None:
+def _check_params(canvas_size: int, digit_size: int, min_digits: int, max_digits: int, max_overlap: int | None = None) -> None:
     """Validate generator parameters, raising ValueError naming the offending field."""
+    if max_overlap is not None:
+        _check_int("max_overlap", max_overlap, 0)
     _check_int("canvas_size", canvas_size, 1)
     _check_int("digit_size", digit_size, 1)
     _check_int("min_digits", min_digits, 0)
@@ -103,6 +111,9 @@ class ScatteredMNISTConfig:
         num_train: number of training canvases (from MNIST train digits).
         num_test: number of held-out canvases (from MNIST test digits).
         seed: non-negative integer seed; train and test use different derived streams.
+        max_overlap: None (digits overlap freely, as long as no summed pixel exceeds 255) or the
+            most pixels a digit's square may share with the squares drawn before it (SPAIR's
+            protocol: ``digit_size ** 2 // 2``).
     """
 
     canvas_size: int = _CANVAS_SIZE
@@ -112,16 +123,19 @@ class ScatteredMNISTConfig:
     num_train: int = 60000
     num_test: int = 10000
     seed: int = 0
+    max_overlap: int | None = None
 
     def __post_init__(self) -> None:
-        _check_params(self.canvas_size, self.digit_size, self.min_digits, self.max_digits)
+        _check_params(self.canvas_size, self.digit_size, self.min_digits, self.max_digits, self.max_overlap)
         _check_int("num_train", self.num_train, 0)
         _check_int("num_test", self.num_test, 0)
         _check_int("seed", self.seed, 0)
 
     def to_dict(self) -> dict[str, int]:
-        """Plain JSON-able dict of the fields."""
-        return {f.name: int(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Plain JSON-able dict of the fields; ``max_overlap`` only when set, so that the caches of
+        unbounded scenes keep their keys."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: int(v) for k, v in d.items() if not (k == "max_overlap" and v is None)}
 
     def cache_key(self, mnist_id: str) -> str:
         """SHA-256 of (generator name, format version, every field, MNIST source fingerprint)."""
@@ -140,6 +154,27 @@ def _draw(rng: np.random.Generator, shape: tuple[int, ...], n_digits: int, high:
     rows = rng.integers(0, high, size=shape)
     cols = rng.integers(0, high, size=shape)
     return idx, rows, cols
+
+
+def _shared_pixels(rows: np.ndarray, cols: np.ndarray, j: int, size: int) -> int:
+    """Pixels the ``size`` x ``size`` square at (rows[j], cols[j]) shares with the squares before
+    it, summed over them."""
+    dr = np.maximum(size - np.abs(rows[:j] - rows[j]), 0)
+    dc = np.maximum(size - np.abs(cols[:j] - cols[j]), 0)
+    return int(np.sum(dr * dc))
+
+
+def _spread(rows: np.ndarray, cols: np.ndarray, size: int, max_overlap: int, rng: np.random.Generator, high: int) -> bool:
+    """Move digits (in place, in drawing order) until each square shares at most ``max_overlap``
+    pixels with the squares before it; False when one found no such place in ``_MOVES`` tries."""
+    for j in range(1, len(rows)):
+        moves = 0
+        while _shared_pixels(rows, cols, j, size) > max_overlap:
+            if moves == _MOVES:
+                return False
+            rows[j], cols[j] = rng.integers(0, high, size=2)
+            moves += 1
+    return True
 
 
 class _Placer:
@@ -190,6 +225,7 @@ def generate_scattered_mnist(
     digit_size: int = _DIGIT_SIZE,
     min_digits: int = _MIN_DIGITS,
     max_digits: int = _MAX_DIGITS,
+    max_overlap: int | None = None,
     seed: int | np.random.SeedSequence = 0,
     progress: bool = False,
     desc: str = "scattered MNIST",
@@ -203,6 +239,8 @@ def generate_scattered_mnist(
         canvas_size: canvas side in pixels.
         digit_size: side every digit is resized to.
         min_digits, max_digits: counts are uniform over {min_digits, ..., max_digits}.
+        max_overlap: None, or the most pixels a digit's square may share with the squares drawn
+            before it (see the module docstring; no randomness is used unless it binds).
         seed: non-negative int or a ``numpy.random.SeedSequence``; the output is a pure
             function of it.
         progress: show a tqdm progress bar.
@@ -214,8 +252,8 @@ def generate_scattered_mnist(
 
     Raises:
         ValueError: invalid parameter (the message names it).
-        DataError: invalid digits, or an image could not be drawn without saturating pixels
-            after many attempts (canvas too small for max_digits).
+        DataError: invalid digits, or an image could not be drawn without saturating pixels (or
+            within ``max_overlap``) after many attempts (canvas too small for max_digits).
     """
     digits = np.ascontiguousarray(digits)
     digit_labels = np.asarray(digit_labels)
@@ -223,7 +261,7 @@ def generate_scattered_mnist(
         raise DataError(f"digits must be a (M, s, s) uint8 array, got {_describe(digits)}")
     if digit_labels.shape != digits.shape[:1] or not np.issubdtype(digit_labels.dtype, np.integer):
         raise DataError(f"digit_labels must be a ({digits.shape[0]},) integer array, got {_describe(digit_labels)}")
-    _check_params(canvas_size, digit_size, min_digits, max_digits)
+    _check_params(canvas_size, digit_size, min_digits, max_digits, max_overlap)
     _check_int("num_images", num_images, 0)
     n, k, h, w = int(num_images), int(max_digits), int(canvas_size), int(digit_size)
     if n and k and digits.shape[0] == 0:
@@ -249,13 +287,17 @@ def generate_scattered_mnist(
         for i in range(n):
             c = int(counts[i])
             if c:
-                d_idx, d_r, d_c = idx[i, :c], rows[i, :c], cols[i, :c]
+                d_idx, d_r, d_c = idx[i, :c], rows[i, :c].copy(), cols[i, :c].copy()
                 attempts = 1
-                while not placer.place(images[i], boxes[i], d_idx, d_r, d_c):
+                while not (
+                    (max_overlap is None or _spread(d_r, d_c, w, max_overlap, retry_rng, high))
+                    and placer.place(images[i], boxes[i], d_idx, d_r, d_c)
+                ):
                     if attempts >= _MAX_ATTEMPTS:
+                        bound = "" if max_overlap is None else f" or squares sharing more than {max_overlap} pixels"
                         raise DataError(
                             f"could not place {c} digits of {w}x{w} on a {h}x{h} canvas without a "
-                            f"pixel exceeding 255 after {attempts} draws; use a larger canvas_size, "
+                            f"pixel exceeding 255{bound} after {attempts} draws; use a larger canvas_size, "
                             "a smaller digit_size or fewer max_digits"
                         )
                     attempts += 1
