@@ -5,8 +5,9 @@
 On an evaluation file with ``boxes`` (most probable path, deterministic): for each true count,
 the number of scenes and the count accuracy of those where two true boxes intersect ("overlap")
 and of the others ("apart"), and the share of the miscounted scenes that overlap. The generators
-allow overlap (scattered MNIST as long as no summed pixel exceeds 255; sprites are drawn over
-each other), so this separates what crowding costs from what the model misses elsewhere.
+allow overlap (scattered MNIST up to SPAIR's bound, or while no summed pixel exceeds 255 with
+``--max-overlap none``; sprites are drawn over each other), so this separates what crowding
+costs from what the model misses elsewhere.
 """
 
 from __future__ import annotations

@@ -46,12 +46,19 @@ _SCENE_OPTIONS = {
     "max_digits": (int, ("multi-mnist", "scattered-mnist")),
     "min_digits": (int, ("scattered-mnist",)),
     "digit_size": (int, ("scattered-mnist",)),
-    "max_overlap": (int, ("scattered-mnist",)),
+    "max_overlap": ("int|none", ("scattered-mnist",)),
     "max_objects": (int, ("multi-dsprites",)),
     "min_size": (float, ("multi-dsprites",)),
     "max_size": (float, ("multi-dsprites",)),
     "canvas_size": (int, tuple(DATASETS)),
 }
+
+
+def _overlap(text: str) -> int | None:
+    """--max-overlap: an int >= 0, or None for "none" (no bound)."""
+    if text.strip().lower() == "none":
+        return None
+    return _non_negative_int(text)
 
 
 def _positive_int(text: str) -> int:
@@ -151,9 +158,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--dataset", choices=list(DATASETS), default="multi-mnist", help="generator (default multi-mnist)")
     for name, (kind, where) in _SCENE_OPTIONS.items():
         flag = "--" + name.replace("_", "-")
-        if kind is int:
-            kind = _non_negative_int if name in ("max_digits", "max_objects", "min_digits", "max_overlap") else _positive_int
-        p.add_argument(flag, type=kind, default=None, help=f"{', '.join(where)} (default: the generator's)")
+        if kind == "int|none":
+            kind = _overlap
+        elif kind is int:
+            kind = _non_negative_int if name in ("max_digits", "max_objects", "min_digits") else _positive_int
+        p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"{', '.join(where)} (default: the generator's)")
     p.add_argument("--per-count", type=_positive_int, default=1000, help="scenes per count (default 1000)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="generator seed (default 0)")
     p.add_argument("--mnist", default=None, help="MNIST source for load_mnist (default: embedded MNIST)")
@@ -165,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         raise SystemExit(f"error: {out} already exists; pass --overwrite to replace it")
     if out.is_dir():
         raise SystemExit(f"error: {out} is a directory")
-    options = {k: getattr(args, k) for k in _SCENE_OPTIONS if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in _SCENE_OPTIONS if hasattr(args, k)}
     wrong = [k for k in options if args.dataset not in _SCENE_OPTIONS[k][1]]
     if wrong:
         raise SystemExit(f"error: {', '.join('--' + k.replace('_', '-') for k in wrong)}: not an option of {args.dataset}")

@@ -172,6 +172,17 @@ def test_make_eval_set_scattered_more_digits_than_trained(tmp_path, make_eval_se
         assert np.all(inter[~np.eye(len(x0), dtype=bool)] == 0)
 
 
+def test_make_eval_set_reproduces_the_unbounded_scattered_file(tmp_path, make_eval_set):
+    """``--max-overlap none`` draws the scenes of before SPAIR's bound: the committed held-out file
+    of those results, byte for byte in every array."""
+    committed = ROOT / "experiments" / "results" / "scenes" / "evalsets" / "scattered_1to5.npz"
+    out = tmp_path / "again.npz"
+    make_eval_set.main(["--dataset", "scattered-mnist", "--per-count", "500", "--max-overlap", "none", "--out", str(out)])
+    a, b = load_eval_npz(committed), load_eval_npz(out)
+    for name in ("images", "counts", "labels", "boxes"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
 # -------------------------------------------------------------------- evaluate --model-steps
 def test_evaluate_with_more_steps_than_trained(tmp_path, make_eval_set):
     from numpyro_air.cli import evaluate

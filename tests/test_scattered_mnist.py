@@ -50,6 +50,7 @@ def assert_same(a: MultiMNIST, b: MultiMNIST) -> None:
 def test_shapes_dtypes_and_defaults():
     cfg = ScatteredMNISTConfig()
     assert (cfg.canvas_size, cfg.digit_size, cfg.min_digits, cfg.max_digits) == (48, 14, 1, 5)
+    assert cfg.max_overlap == 14 * 14 // 2  # SPAIR's bound: half a digit's square
     ds = generate_scattered_mnist(textured_digits(), np.arange(40), 37, seed=1)
     assert isinstance(ds, MultiMNIST) and len(ds) == 37
     assert ds.images.shape == (37, 48, 48) and ds.images.dtype == np.uint8
@@ -137,7 +138,7 @@ def test_max_overlap_bounds_the_shared_pixels(bound):
     digits = textured_digits()
     kw = dict(min_digits=3, max_digits=6, seed=4)
     bounded = generate_scattered_mnist(digits, np.arange(40), 80, max_overlap=bound, **kw)
-    free = generate_scattered_mnist(digits, np.arange(40), 80, **kw)
+    free = generate_scattered_mnist(digits, np.arange(40), 80, max_overlap=None, **kw)
     assert _worst_overlap(bounded, digits, 14).max() <= bound
     assert (_worst_overlap(free, digits, 14) > bound).sum() >= 10
     np.testing.assert_array_equal(bounded.counts, free.counts)  # counts are drawn first, as before
@@ -147,10 +148,10 @@ def test_max_overlap_bounds_the_shared_pixels(bound):
 
 def test_max_overlap_that_never_binds_draws_the_same_scenes():
     """A bound no scene can exceed moves no digit and uses no randomness: the output equals the
-    unbounded generator's (so the option leaves the default scenes as they were)."""
+    unbounded generator's (so ``max_overlap=None`` draws the scenes of before the bound)."""
     digits = textured_digits()
     a = generate_scattered_mnist(digits, np.arange(40), 40, max_overlap=14 * 14 * 4, seed=2)
-    assert_same(a, generate_scattered_mnist(digits, np.arange(40), 40, seed=2))
+    assert_same(a, generate_scattered_mnist(digits, np.arange(40), 40, max_overlap=None, seed=2))
 
 
 def test_real_mnist_digits_fit_their_boxes():
@@ -238,8 +239,8 @@ def test_cache_written_once_reused_and_regenerated_when_corrupt(tmp_path, monkey
 
 def test_cache_path_keyed_by_every_field():
     base = ScatteredMNISTConfig()
-    changes = dict(canvas_size=50, digit_size=12, min_digits=0, max_digits=6, num_train=5, num_test=5, seed=1, max_overlap=98)
-    assert "max_overlap" not in base.to_dict()  # unbounded scenes keep the cache keys they had
+    changes = dict(canvas_size=50, digit_size=12, min_digits=0, max_digits=6, num_train=5, num_test=5, seed=1, max_overlap=None)
+    assert "max_overlap" not in ScatteredMNISTConfig(max_overlap=None).to_dict()  # unbounded: the keys they had
     paths = {scattered_cache_path(base, "m", "/c")}
     for name, value in changes.items():
         paths.add(scattered_cache_path(ScatteredMNISTConfig(**{name: value}), "m", "/c"))

@@ -369,7 +369,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         type=int_or_none,
         metavar="N|none",
         help="scattered MNIST: most pixels a digit's square may share with the squares drawn before it "
-        "(SPAIR: digit_size**2 // 2 = 98; none: overlap bounded only by saturation; default: none)",
+        "(SPAIR's protocol: digit_size**2 // 2; none: overlap bounded only by saturation; {scattered.max_overlap})",
     )
     a("--max-objects", type=int, help="multi-dSprites: most sprites per scene ({dsprites.max_objects})")
     a("--min-size", type=float, help="multi-dSprites: smallest sprite size in pixels ({dsprites.min_size})")

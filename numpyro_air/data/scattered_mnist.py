@@ -9,11 +9,11 @@ Recipe (numpy ``Generator``, everything a pure function of the seed):
   resize, :func:`numpyro_air.data.multi_mnist._resize`);
 * its top-left corner (row, column) is uniform in [0, canvas_size - digit_size] each, so the
   whole digit lies inside the canvas;
-* optionally (``max_overlap``, SPAIR's bound; off by default) the digits' squares may overlap by
-  at most ``max_overlap`` pixels: a digit whose square shares more than that many pixels with the
-  squares of the digits before it, summed over them, is moved (a new position, up to 100 tries)
-  and, failing that, the image is redrawn; SPAIR's scattered-MNIST scenes use half a square,
-  ``digit_size ** 2 // 2`` = 98 pixels for 14x14 digits;
+* SPAIR's overlap bound (``max_overlap``, default 98 = half of a 14x14 square, as SPAIR's
+  scattered-MNIST scenes; ``None``: no bound): a digit whose square shares more than
+  ``max_overlap`` pixels with the squares of the digits before it, summed over them, is moved (a
+  new position, up to 100 tries) and, failing that, the image is redrawn; scale it with
+  ``digit_size`` (SPAIR uses ``digit_size ** 2 // 2``);
 * pixels combine as in multi-MNIST: the digits are summed (exactly, in uint16); if any pixel
   exceeds 255 all of the image's digits and positions are redrawn, keeping its count; the result
   is stored as uint8. Digits may overlap, but never where their sum would saturate.
@@ -83,6 +83,7 @@ _CANVAS_SIZE = 48
 _DIGIT_SIZE = 14
 _MIN_DIGITS = 1
 _MAX_DIGITS = 5
+_MAX_OVERLAP = 98  # SPAIR's bound for 14x14 digits: half a square
 _MOVES = 100  # positions tried for one digit under max_overlap before the image is redrawn
 
 
@@ -111,9 +112,10 @@ class ScatteredMNISTConfig:
         num_train: number of training canvases (from MNIST train digits).
         num_test: number of held-out canvases (from MNIST test digits).
         seed: non-negative integer seed; train and test use different derived streams.
-        max_overlap: None (digits overlap freely, as long as no summed pixel exceeds 255) or the
-            most pixels a digit's square may share with the squares drawn before it (SPAIR's
-            protocol: ``digit_size ** 2 // 2``).
+        max_overlap: the most pixels a digit's square may share with the squares drawn before
+            it (SPAIR's protocol: ``digit_size ** 2 // 2``), or None: digits overlap freely, as
+            long as no summed pixel exceeds 255 (the scenes of numpyro-air before 2026-12-05,
+            evening).
     """
 
     canvas_size: int = _CANVAS_SIZE
@@ -123,7 +125,7 @@ class ScatteredMNISTConfig:
     num_train: int = 60000
     num_test: int = 10000
     seed: int = 0
-    max_overlap: int | None = None
+    max_overlap: int | None = _MAX_OVERLAP
 
     def __post_init__(self) -> None:
         _check_params(self.canvas_size, self.digit_size, self.min_digits, self.max_digits, self.max_overlap)
@@ -133,7 +135,7 @@ class ScatteredMNISTConfig:
 
     def to_dict(self) -> dict[str, int]:
         """Plain JSON-able dict of the fields; ``max_overlap`` only when set, so that the caches of
-        unbounded scenes keep their keys."""
+        unbounded scenes keep the keys they had before the bound existed."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {k: int(v) for k, v in d.items() if not (k == "max_overlap" and v is None)}
 
@@ -225,7 +227,7 @@ def generate_scattered_mnist(
     digit_size: int = _DIGIT_SIZE,
     min_digits: int = _MIN_DIGITS,
     max_digits: int = _MAX_DIGITS,
-    max_overlap: int | None = None,
+    max_overlap: int | None = _MAX_OVERLAP,
     seed: int | np.random.SeedSequence = 0,
     progress: bool = False,
     desc: str = "scattered MNIST",
@@ -239,8 +241,8 @@ def generate_scattered_mnist(
         canvas_size: canvas side in pixels.
         digit_size: side every digit is resized to.
         min_digits, max_digits: counts are uniform over {min_digits, ..., max_digits}.
-        max_overlap: None, or the most pixels a digit's square may share with the squares drawn
-            before it (see the module docstring; no randomness is used unless it binds).
+        max_overlap: the most pixels a digit's square may share with the squares drawn before it,
+            or None (see the module docstring; no randomness is used unless it binds).
         seed: non-negative int or a ``numpy.random.SeedSequence``; the output is a pure
             function of it.
         progress: show a tqdm progress bar.
