@@ -8,7 +8,8 @@
 Scenes come from the generator of ``--dataset`` (:func:`numpyro_air.data.generate_dataset`):
 ``multi-mnist`` (Pyro's recipe, counts 0..``--max-digits``, default 3, 50x50), ``multi-dsprites``
 (64x64 RGB, 0..``--max-objects`` sprites of ``--min-size``..``--max-size`` px) or
-``scattered-mnist`` (48x48, ``--min-digits``..``--max-digits`` digits of ``--digit-size`` px); the
+``scattered-mnist`` (48x48, ``--min-digits``..``--max-digits`` digits of ``--digit-size`` px whose
+squares overlap by at most ``--max-overlap`` px, SPAIR's 98 by default, ``none``: unbounded); the
 options not given keep the generator's defaults. MNIST-based scenes use the MNIST *test* digits
 of :func:`numpyro_air.data.load_mnist` (``--mnist``: an IDX directory, ``.npz`` or Zarr ``.zip``;
 default the embedded canonical MNIST). Scenes are generated in chunks until every count has at
@@ -58,7 +59,10 @@ def _overlap(text: str) -> int | None:
     """--max-overlap: an int >= 0, or None for "none" (no bound)."""
     if text.strip().lower() == "none":
         return None
-    return _non_negative_int(text)
+    try:
+        return _non_negative_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'none', got {text!r}") from None
 
 
 def _positive_int(text: str) -> int:

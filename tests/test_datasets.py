@@ -134,6 +134,23 @@ def test_dataset_and_own_data_exclude_each_other(tmp_path):
         cli.main(["--data", str(tmp_path / "d.npz"), "--dataset", "multi-dsprites", "--out", str(tmp_path / "o")])
 
 
+def test_scenes_that_cannot_be_drawn_are_one_error_line(tmp_path, monkeypatch):
+    """Two 14x14 digits on a 14x14 canvas cannot share at most 0 pixels: the generator gives up
+    (after 3 draws here) and the CLI prints one line naming the remedy, no traceback."""
+    from numpyro_air.data import scattered_mnist
+
+    monkeypatch.setattr(scattered_mnist, "_MAX_ATTEMPTS", 3)
+    source = write_mnist_npz(tmp_path / "fake.npz", fake_mnist())
+    argv = ["--dataset", "scattered-mnist", "--canvas-size", "14", "--min-digits", "2", "--max-digits", "2"]
+    argv += ["--max-overlap", "0", "--num-train", "2", "--num-test", "2", "--mnist", str(source)]
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--data-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "never")])
+    msg = str(e.value)
+    assert msg.startswith("error: could not place 2 digits of 14x14 on a 14x14 canvas") and "\n" not in msg, msg
+    assert "squares sharing more than 0 pixels" in msg and "a larger max_overlap" in msg
+    assert not (tmp_path / "never").exists()
+
+
 # ------------------------------------------------------------------------ make_eval_set.py
 def test_make_eval_set_multi_dsprites(tmp_path, make_eval_set, capsys):
     out = tmp_path / "ds.npz"

@@ -106,3 +106,17 @@ def test_parameter_averaging_may_start_or_stop_at_a_resume():
     check_meta(averaged, _meta(), "ckpt.npz")
     with pytest.raises(CheckpointError, match="learning_rate"):
         check_meta(_meta(opt=dataclasses.replace(opt, learning_rate=1e-3)), _meta(), "ckpt.npz")
+
+
+def test_checkpoint_from_before_the_overlap_bound_resumes_unbounded_scenes_only():
+    """A scattered-MNIST checkpoint written before ``max_overlap`` existed drew unbounded scenes: it
+    resumes with ``--max-overlap none`` and is refused, naming the field, with SPAIR's bound."""
+
+    def meta(data):
+        return run_meta(AIRConfig.tutorial(), OptimConfig.tutorial(), TrainConfig(batch_size=64, seed=1), data, 0, 500)
+
+    before = {"dataset": "scattered-mnist", "canvas_size": 48, "digit_size": 14, "mnist": "embedded"}
+    check_meta(meta(before), meta(before | {"max_overlap": None}), "ckpt.npz")
+    with pytest.raises(CheckpointError, match="max_overlap: checkpoint None vs now 98"):
+        check_meta(meta(before), meta(before | {"max_overlap": 98}), "ckpt.npz")
+    check_meta(meta(before | {"max_overlap": 98}), meta(before | {"max_overlap": 98}), "ckpt.npz")

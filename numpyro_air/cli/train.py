@@ -556,7 +556,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
     user_data = load_user_data(d)
     import jax
 
-    from numpyro_air.data import load_dataset
+    from numpyro_air.data import DataError, load_dataset
     from numpyro_air.train.checkpoint import CheckpointError
     from numpyro_air.train.loop import TrainingInterrupted, train
 
@@ -593,13 +593,16 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
         )
     t = time.time()
     if user_data is None:
-        train_set, test_set = load_dataset(
-            d.get("dataset", "multi-mnist"),
-            data,
-            source=d.get("mnist"),
-            cache_dir=d.get("data_dir"),
-            progress=not d.get("no_progress"),
-        )
+        try:
+            train_set, test_set = load_dataset(
+                d.get("dataset", "multi-mnist"),
+                data,
+                source=d.get("mnist"),
+                cache_dir=d.get("data_dir"),
+                progress=not d.get("no_progress"),
+            )
+        except DataError as e:
+            raise SystemExit(f"error: {e}") from None
         print(
             f"data: {d.get('dataset', 'multi-mnist')}, {len(train_set)} train / {len(test_set)} test scenes "
             f"({time.time() - t:.1f}s); devices {jax.devices()}",

@@ -300,7 +300,8 @@ def generate_scattered_mnist(
                         raise DataError(
                             f"could not place {c} digits of {w}x{w} on a {h}x{h} canvas without a "
                             f"pixel exceeding 255{bound} after {attempts} draws; use a larger canvas_size, "
-                            "a smaller digit_size or fewer max_digits"
+                            f"a smaller digit_size{'' if max_overlap is None else ', a larger max_overlap'} "
+                            "or fewer max_digits"
                         )
                     attempts += 1
                     d_idx, d_r, d_c = _draw(retry_rng, (c,), m, high)

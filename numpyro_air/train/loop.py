@@ -129,13 +129,21 @@ def run_meta(air: AIRConfig, opt: OptimConfig, tcfg: TrainConfig, data_desc: dic
     }
 
 
+# Generator-config fields added after checkpoints recorded their data, per dataset, with the value
+# that draws the scenes of before they existed (not necessarily today's default).
+_DATA_FIELDS_BEFORE = {"multi-mnist": {"crowding": 0}, "scattered-mnist": {"max_overlap": None}}
+
+
 def _normalised(meta: dict, key: str, path):
     """A checkpoint's configuration as the current code writes it: fields added since it was
-    written take their defaults, so an older checkpoint of the same run still resumes (a field
-    that differs is still refused). Anything unreadable is returned as stored."""
+    written take their defaults (data fields: the value of the scenes of before, see
+    ``_DATA_FIELDS_BEFORE``), so an older checkpoint of the same run still resumes (a field that
+    differs is still refused). Anything unreadable is returned as stored."""
     got = meta.get(key)
     if not isinstance(got, dict):
         return got
+    if key == "data":
+        return _DATA_FIELDS_BEFORE.get(got.get("dataset"), {}) | got
     try:
         if key == "air_config":
             return config_from_meta(meta, path).to_dict()
