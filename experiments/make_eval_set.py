@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from numpyro_air.cli.train import int_or_none
 from numpyro_air.data import DATASETS, DataError, MultiMNIST, dataset_config, generate_dataset, save_eval_npz
 
 #: spawn-key tag of the evaluation-set streams (keeps them apart from the loaders' (0,), (1,)).
@@ -53,16 +54,6 @@ _SCENE_OPTIONS = {
     "max_size": (float, ("multi-dsprites",)),
     "canvas_size": (int, tuple(DATASETS)),
 }
-
-
-def _overlap(text: str) -> int | None:
-    """--max-overlap: an int >= 0, or None for "none" (no bound)."""
-    if text.strip().lower() == "none":
-        return None
-    try:
-        return _non_negative_int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'none', got {text!r}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -162,8 +153,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--dataset", choices=list(DATASETS), default="multi-mnist", help="generator (default multi-mnist)")
     for name, (kind, where) in _SCENE_OPTIONS.items():
         flag = "--" + name.replace("_", "-")
-        if kind == "int|none":
-            kind = _overlap
+        if kind == "int|none":  # a negative value is refused by the generator's config
+            kind = int_or_none
         elif kind is int:
             kind = _non_negative_int if name in ("max_digits", "max_objects", "min_digits") else _positive_int
         p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"{', '.join(where)} (default: the generator's)")

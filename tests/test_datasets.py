@@ -187,6 +187,9 @@ def test_make_eval_set_scattered_more_digits_than_trained(tmp_path, make_eval_se
         dy = np.minimum(y0[:, None] + h[:, None], y0 + h) - np.maximum(y0[:, None], y0)
         inter = np.clip(dx, 0, None) * np.clip(dy, 0, None)
         assert np.all(inter[~np.eye(len(x0), dtype=bool)] == 0)
+    with pytest.raises(SystemExit, match="max_overlap must be >= 0"):
+        make_eval_set.main([*argv[:2], "--out", str(tmp_path / "no.npz"), *argv[4:], "--max-overlap", "-1"])
+    assert not (tmp_path / "no.npz").exists()
 
 
 def test_make_eval_set_reproduces_the_unbounded_scattered_file(tmp_path, make_eval_set):
