@@ -48,7 +48,7 @@ _SCENE_OPTIONS = {
     "max_digits": (int, ("multi-mnist", "scattered-mnist")),
     "min_digits": (int, ("scattered-mnist",)),
     "digit_size": (int, ("scattered-mnist",)),
-    "max_overlap": ("int|none", ("scattered-mnist",)),
+    "max_overlap": (int_or_none, ("scattered-mnist",)),  # a negative value is refused by the config
     "max_objects": (int, ("multi-dsprites",)),
     "min_size": (float, ("multi-dsprites",)),
     "max_size": (float, ("multi-dsprites",)),
@@ -153,9 +153,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--dataset", choices=list(DATASETS), default="multi-mnist", help="generator (default multi-mnist)")
     for name, (kind, where) in _SCENE_OPTIONS.items():
         flag = "--" + name.replace("_", "-")
-        if kind == "int|none":  # a negative value is refused by the generator's config
-            kind = int_or_none
-        elif kind is int:
+        if kind is int:
             kind = _non_negative_int if name in ("max_digits", "max_objects", "min_digits") else _positive_int
         p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"{', '.join(where)} (default: the generator's)")
     p.add_argument("--per-count", type=_positive_int, default=1000, help="scenes per count (default 1000)")

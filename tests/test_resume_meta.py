@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from numpyro_air.core.config import AIRConfig
+from numpyro_air.data import MultiDSpritesConfig, MultiMNISTConfig, ScatteredMNISTConfig
 from numpyro_air.train.checkpoint import CheckpointError
 from numpyro_air.train.loop import TrainConfig, check_meta, run_meta
 from numpyro_air.train.recipes import OptimConfig
@@ -90,7 +92,7 @@ def test_different_data_description_is_refused_naming_the_difference():
         check_meta(other, here, "ckpt.npz")
     msg = str(err.value)
     assert msg.startswith("ckpt.npz: data does not match the current run"), msg
-    assert "cache: checkpoint 'y' vs now 'x'" in msg and "num_train: checkpoint 100 vs now None" in msg, msg
+    assert "cache: checkpoint 'y' vs now 'x'" in msg and "num_train: checkpoint 100 vs now (absent)" in msg, msg
     assert "air_config" not in msg and "optim_config" not in msg  # only the data differs
 
 
@@ -108,15 +110,60 @@ def test_parameter_averaging_may_start_or_stop_at_a_resume():
         check_meta(_meta(opt=dataclasses.replace(opt, learning_rate=1e-3)), _meta(), "ckpt.npz")
 
 
+@pytest.mark.parametrize("config", [MultiMNISTConfig, ScatteredMNISTConfig, MultiDSpritesConfig])
+def test_later_fields_are_omitted_from_cache_keys_at_their_value_of_before(config):
+    """Each generator declares the fields it gained later once (``LATER_FIELDS``): at their value of
+    before, ``to_dict`` (hence the cache key) is what it was before the field existed."""
+    for field, before in config.LATER_FIELDS.items():
+        assert field in dataclasses.asdict(config()) and field not in config(**{field: before}).to_dict()
+    assert set(config().to_dict()) >= {f.name for f in dataclasses.fields(config)} - set(config.LATER_FIELDS)
+
+
+def _data_meta(data):
+    return run_meta(AIRConfig.tutorial(), OptimConfig.tutorial(), TrainConfig(batch_size=64, seed=1), data, 0, 500)
+
+
 def test_checkpoint_from_before_the_overlap_bound_resumes_unbounded_scenes_only():
     """A scattered-MNIST checkpoint written before ``max_overlap`` existed drew unbounded scenes: it
     resumes with ``--max-overlap none`` and is refused, naming the field, with SPAIR's bound."""
-
-    def meta(data):
-        return run_meta(AIRConfig.tutorial(), OptimConfig.tutorial(), TrainConfig(batch_size=64, seed=1), data, 0, 500)
-
+    later = ScatteredMNISTConfig.LATER_FIELDS
     before = {"dataset": "scattered-mnist", "canvas_size": 48, "digit_size": 14, "mnist": "embedded"}
-    check_meta(meta(before), meta(before | {"max_overlap": None}), "ckpt.npz")
+    check_meta(_data_meta(before), _data_meta(before | {"max_overlap": None}), "ckpt.npz", later)
+    with pytest.raises(CheckpointError, match=r"max_overlap: checkpoint \(absent\) vs now None"):
+        check_meta(_data_meta(before), _data_meta(before | {"max_overlap": None}), "ckpt.npz")  # not told: refused
     with pytest.raises(CheckpointError, match="max_overlap: checkpoint None vs now 98"):
-        check_meta(meta(before), meta(before | {"max_overlap": 98}), "ckpt.npz")
-    check_meta(meta(before | {"max_overlap": 98}), meta(before | {"max_overlap": 98}), "ckpt.npz")
+        check_meta(_data_meta(before), _data_meta(before | {"max_overlap": 98}), "ckpt.npz", later)
+    check_meta(_data_meta(before | {"max_overlap": 98}), _data_meta(before | {"max_overlap": 98}), "ckpt.npz", later)
+
+
+def test_checkpoint_from_before_crowding_resumes_pyro_scenes_only():
+    """The same for multi-MNIST's ``crowding``: absent from a checkpoint means Pyro's scenes (0)."""
+    later = MultiMNISTConfig.LATER_FIELDS
+    before = {"dataset": "multi-mnist", "max_digits": 2, "mnist": "embedded"}
+    check_meta(_data_meta(before), _data_meta(before | {"crowding": 0}), "ckpt.npz", later)
+    with pytest.raises(CheckpointError, match="crowding: checkpoint 0 vs now 3"):
+        check_meta(_data_meta(before), _data_meta(before | {"crowding": 3}), "ckpt.npz", later)
+
+
+def test_train_cli_gives_the_loop_its_generators_later_fields(tmp_path, monkeypatch):
+    """``numpyro-air train --dataset X`` hands the loop X's ``LATER_FIELDS`` for the resume check
+    (own images: none)."""
+    from test_data import write_mnist_npz
+    from test_data_provenance import fake_mnist
+
+    from numpyro_air.cli import train as cli
+    from numpyro_air.train import loop
+
+    seen = {}
+
+    def fake_train(air, opt, tcfg, train_set, test_set, out_dir, **kw):
+        seen.update(kw)
+        Path(out_dir).mkdir()
+        return {}
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    source = write_mnist_npz(tmp_path / "fake.npz", fake_mnist())
+    argv = ["--dataset", "scattered-mnist", "--num-train", "2", "--num-test", "2", "--mnist", str(source)]
+    cli.main([*argv, "--data-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert seen["data_later"] == ScatteredMNISTConfig.LATER_FIELDS == {"max_overlap": None}
+    assert seen["data_desc"]["max_overlap"] == 98

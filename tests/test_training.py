@@ -495,7 +495,9 @@ def test_resume_on_other_data_is_refused(tmp_path, full_run, datasets):
     """The checkpoint records the data description; resuming it with another one is refused
     before any step, naming the field that differs (``full_run`` was trained with ``{}``)."""
     out, _ = full_run
-    with pytest.raises(CheckpointError, match=r"data does not match the current run \(cache: checkpoint None vs now 'other'\)"):
+    with pytest.raises(
+        CheckpointError, match=r"data does not match the current run \(cache: checkpoint \(absent\) vs now 'other'\)"
+    ):
         run(tmp_path / "x", 6, datasets, load=out / "checkpoint.npz", data_desc={"cache": "other"})
     assert not (tmp_path / "x" / "checkpoint.npz").exists()
 

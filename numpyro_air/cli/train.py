@@ -625,6 +625,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
             test_set,
             out,
             data_desc=data_desc,
+            data_later=type(data).LATER_FIELDS if user_data is None else None,
             load=d.get("load"),
             save=d.get("save"),
             overwrite=d.get("overwrite", False),

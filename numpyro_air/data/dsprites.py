@@ -48,6 +48,8 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 from matplotlib.path import Path as _Polygon
@@ -112,7 +114,10 @@ class MultiDSpritesConfig:
         min_size, max_size: sprite size ~ U[min_size, max_size] pixels (unrotated larger side).
         supersample: anti-aliasing factor (sprites are filled on a grid this much finer).
         seed: non-negative integer seed.
+        LATER_FIELDS: none yet (:class:`~.multi_mnist.MultiMNISTConfig`).
     """
+
+    LATER_FIELDS: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     max_objects: int = 3
     canvas_size: int = 64

@@ -51,6 +51,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 from PIL import Image
@@ -112,6 +114,12 @@ def _check_params(max_digits: int, canvas_size: int, scale_mean: float, scale_sd
         )
 
 
+def without_later_fields(d: dict, later: Mapping[str, Any]) -> dict:
+    """``d`` without the fields of ``later`` that hold their value of before (a config's
+    ``to_dict``: scenes drawn as before keep the cache keys they had)."""
+    return {k: v for k, v in d.items() if not (k in later and v == later[k])}
+
+
 def _check_crowding(crowding: int, max_digits: int) -> None:
     _check_int("crowding", crowding, 0)
     if crowding and crowding < max(max_digits, 2):
@@ -131,7 +139,12 @@ class MultiMNISTConfig:
         seed: non-negative integer seed; train and test use different derived streams.
         crowding: 0 (Pyro's scenes) or m >= max_digits: digits placed as in the most crowded
             pair of an m-digit scene (module docstring).
+        LATER_FIELDS: the fields added after the first release, each with the value that draws
+            the scenes of before it existed: ``to_dict`` omits a field at that value (the caches
+            keep their keys) and a resume fills it into older checkpoints' data descriptions.
     """
+
+    LATER_FIELDS: ClassVar[Mapping[str, Any]] = MappingProxyType({"crowding": 0})
 
     max_digits: int = 2
     canvas_size: int = 50
@@ -150,13 +163,11 @@ class MultiMNISTConfig:
         _check_crowding(self.crowding, self.max_digits)
 
     def to_dict(self) -> dict[str, int | float]:
-        """Plain JSON-able dict of the fields (ints and floats); ``crowding`` only when set, so
-        that the caches of Pyro's scenes keep their keys."""
+        """Plain JSON-able dict of the fields (ints and floats), without the ``LATER_FIELDS`` at
+        their value of before."""
         floats = {"scale_mean", "scale_sd"}
         d = {f.name: (float if f.name in floats else int)(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        if not d["crowding"]:
-            del d["crowding"]
-        return d
+        return without_later_fields(d, self.LATER_FIELDS)
 
     def cache_key(self, mnist_id: str) -> str:
         """SHA-256 of (format version, every field, MNIST source fingerprint)."""

@@ -44,6 +44,8 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -64,6 +66,7 @@ from .multi_mnist import (
     _write_cache,
     default_cache_dir,
     generate_splits,
+    without_later_fields,
 )
 
 __all__ = [
@@ -116,7 +119,11 @@ class ScatteredMNISTConfig:
             it (SPAIR's protocol: ``digit_size ** 2 // 2``), or None: digits overlap freely, as
             long as no summed pixel exceeds 255 (the scenes of numpyro-air before 2026-12-05,
             evening).
+        LATER_FIELDS: fields added later, with the value that draws the scenes of before
+            (:class:`~.multi_mnist.MultiMNISTConfig`).
     """
+
+    LATER_FIELDS: ClassVar[Mapping[str, Any]] = MappingProxyType({"max_overlap": None})
 
     canvas_size: int = _CANVAS_SIZE
     digit_size: int = _DIGIT_SIZE
@@ -134,10 +141,10 @@ class ScatteredMNISTConfig:
         _check_int("seed", self.seed, 0)
 
     def to_dict(self) -> dict[str, int]:
-        """Plain JSON-able dict of the fields; ``max_overlap`` only when set, so that the caches of
-        unbounded scenes keep the keys they had before the bound existed."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {k: int(v) for k, v in d.items() if not (k == "max_overlap" and v is None)}
+        """Plain JSON-able dict of the fields, without the ``LATER_FIELDS`` at their value of
+        before (unbounded scenes keep the cache keys they had before the bound existed)."""
+        d = without_later_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, self.LATER_FIELDS)
+        return {k: int(v) for k, v in d.items()}
 
     def cache_key(self, mnist_id: str) -> str:
         """SHA-256 of (generator name, format version, every field, MNIST source fingerprint)."""

@@ -21,7 +21,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence
+from types import MappingProxyType
+from typing import Any, Callable, Iterator, List, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -129,21 +130,16 @@ def run_meta(air: AIRConfig, opt: OptimConfig, tcfg: TrainConfig, data_desc: dic
     }
 
 
-# Generator-config fields added after checkpoints recorded their data, per dataset, with the value
-# that draws the scenes of before they existed (not necessarily today's default).
-_DATA_FIELDS_BEFORE = {"multi-mnist": {"crowding": 0}, "scattered-mnist": {"max_overlap": None}}
-
-
-def _normalised(meta: dict, key: str, path):
+def _normalised(meta: dict, key: str, path, data_later: Mapping[str, Any]):
     """A checkpoint's configuration as the current code writes it: fields added since it was
-    written take their defaults (data fields: the value of the scenes of before, see
-    ``_DATA_FIELDS_BEFORE``), so an older checkpoint of the same run still resumes (a field that
-    differs is still refused). Anything unreadable is returned as stored."""
+    written take their defaults (data fields: their value of before, ``data_later``), so an older
+    checkpoint of the same run still resumes (a field that differs is still refused). Anything
+    unreadable is returned as stored."""
     got = meta.get(key)
     if not isinstance(got, dict):
         return got
     if key == "data":
-        return _DATA_FIELDS_BEFORE.get(got.get("dataset"), {}) | got
+        return dict(data_later) | got
     try:
         if key == "air_config":
             return config_from_meta(meta, path).to_dict()
@@ -163,11 +159,13 @@ def _without_paths(desc):
     return desc
 
 
-def check_meta(meta: dict, expected: dict, path) -> None:
+def check_meta(meta: dict, expected: dict, path, data_later: Mapping[str, Any] = MappingProxyType({})) -> None:
     """Raise :class:`CheckpointError` naming every field where a checkpoint differs from the run
-    (the ``path`` entries of the data description excepted)."""
+    (the ``path`` entries of the data description excepted). ``data_later``: data fields added
+    after older checkpoints were written, with the value of the data of before (a generator
+    config's ``LATER_FIELDS``)."""
     for key in ("air_config", "optim_config", "batch_size", "seed", "data"):
-        got, want = _normalised(meta, key, path), expected[key]
+        got, want = _normalised(meta, key, path, data_later), expected[key]
         if key == "data":
             got, want = _without_paths(got), _without_paths(want)
         if key == "optim_config" and isinstance(got, dict) and isinstance(want, dict):
@@ -175,8 +173,9 @@ def check_meta(meta: dict, expected: dict, path) -> None:
             got, want = ({k: v for k, v in d.items() if k != "average_decay"} for d in (got, want))
         if got != want:
             if isinstance(got, dict) and isinstance(want, dict):
-                diff = sorted(f for f in set(got) | set(want) if got.get(f) != want.get(f))
-                detail = ", ".join(f"{f}: checkpoint {got.get(f)!r} vs now {want.get(f)!r}" for f in diff)
+                shown = lambda d, f: repr(d[f]) if f in d else "(absent)"  # noqa: E731
+                diff = sorted(f for f in set(got) | set(want) if shown(got, f) != shown(want, f))
+                detail = ", ".join(f"{f}: checkpoint {shown(got, f)} vs now {shown(want, f)}" for f in diff)
             else:
                 detail = f"checkpoint {got!r} vs now {want!r}"
             raise CheckpointError(f"{path}: {key} does not match the current run ({detail})")
@@ -185,10 +184,11 @@ def check_meta(meta: dict, expected: dict, path) -> None:
 # ----------------------------------------------------------------------------- pieces
 
 
-def initial_states(svi, tcfg: TrainConfig, example: jnp.ndarray, load=None, meta_of=None, log=None):
+def initial_states(svi, tcfg: TrainConfig, example: jnp.ndarray, load=None, meta_of=None, log=None, data_later=None):
     """SVI states stacked on a seeds axis (K, ...): fresh (seed k from ``tcfg.seed_of(k)``), or
     restored from the per-seed checkpoints at ``load`` (files named by index, as older versions
-    wrote them, too). Returns (states, start step, wall seconds already spent). ``log`` gets a line
+    wrote them, too), each checked against ``meta_of(k, step)`` (:func:`check_meta` with
+    ``data_later``). Returns (states, start step, wall seconds already spent). ``log`` gets a line
     when a restore starts or drops the parameter average (``OptimConfig.average_decay``)."""
     K = tcfg.num_seeds
     keys = jnp.stack([jax.random.PRNGKey(tcfg.seed_of(k)) for k in range(K)])
@@ -203,7 +203,7 @@ def initial_states(svi, tcfg: TrainConfig, example: jnp.ndarray, load=None, meta
             meta, arrays = read_checkpoint(path)
         else:
             path, meta, arrays = read_seed_checkpoint(load, tcfg.seed_of(k), k)
-        check_meta(meta, meta_of(k, meta.get("step", 0)), path)
+        check_meta(meta, meta_of(k, meta.get("step", 0)), path, data_later or MappingProxyType({}))
         restored.append((meta, restore_into(template, arrays, path, note=None if k else log)))
     steps = sorted({m["step"] for m, _ in restored})
     if len(steps) != 1:
@@ -274,6 +274,7 @@ class Setup:
     data_desc: dict
     log: Callable[[str], None]
     writer: bool  # process 0 writes the files
+    data_later: Mapping[str, Any]  # check_meta's data fields of before
 
     def params(self, states, k: int):
         """Seed k's constrained parameters: their moving average when the run keeps one
@@ -485,7 +486,7 @@ def start(run: Setup, load, mesh) -> Snapshot:
     """The states (fresh or restored, replicated over ``mesh``) and the wall clock of the run."""
     example = jnp.asarray(to_float(run.train_set.images[: run.tcfg.batch_size]))  # shapes for init
     meta_of = lambda k, step: run_meta(run.air, run.opt, run.tcfg, run.data_desc, k, step)  # noqa: E731
-    states, step, wall_offset = initial_states(run.svi, run.tcfg, example, load, meta_of, run.log)
+    states, step, wall_offset = initial_states(run.svi, run.tcfg, example, load, meta_of, run.log, run.data_later)
     if mesh is not None:
         states = jax.device_put(states, parallel.replicated(mesh))
     t0 = time.time()
@@ -501,6 +502,7 @@ def train(
     out_dir: str | os.PathLike,
     *,
     data_desc: Optional[dict] = None,
+    data_later: Optional[Mapping[str, Any]] = None,
     load: Optional[str | os.PathLike] = None,
     save: Optional[str | os.PathLike] = None,
     overwrite: bool = False,
@@ -517,7 +519,10 @@ def train(
     "eval": accuracies and confusion matrices of the sets with counts, ``test_elbo`` for a test set
     without), per-seed checkpoints and figures under ``out_dir``. ``load`` resumes
     from a checkpoint; the batch of step i and the SVI RNG are pure functions of the seed and the
-    saved state, so a resumed run equals the uninterrupted one. ``devices``: shard every batch
+    saved state, so a resumed run equals the uninterrupted one. ``data_desc`` is recorded in the
+    checkpoints and must match on resume; ``data_later`` gives data fields added after older
+    checkpoints were written their value of before (a generator config's ``LATER_FIELDS``).
+    ``devices``: shard every batch
     over these devices. Raises :class:`TrainingInterrupted` after SIGINT/SIGTERM.
     """
     out_dir, K = Path(out_dir), tcfg.num_seeds
@@ -526,7 +531,20 @@ def train(
     check_data(air, tcfg, train_set, test_set)
     mesh = parallel.data_mesh(devices, tcfg.batch_size)  # before any compilation
     writer = jax.process_index() == 0
-    run = Setup(air, opt, tcfg, make_svi(air, opt), train_set, test_set, out_dir, save_base, data_desc or {}, log, writer)
+    run = Setup(
+        air,
+        opt,
+        tcfg,
+        make_svi(air, opt),
+        train_set,
+        test_set,
+        out_dir,
+        save_base,
+        data_desc or {},
+        log,
+        writer,
+        MappingProxyType(dict(data_later or {})),
+    )
     at = start(run, load, mesh)
     step_fn, actions = make_step(run.svi, air, K, mesh), periodic_actions(tcfg)
     batches = BatchSource(train_set.images, tcfg.batch_size, [tcfg.seed_of(k) for k in range(K)], mesh)
