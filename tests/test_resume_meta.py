@@ -145,9 +145,27 @@ def test_checkpoint_from_before_crowding_resumes_pyro_scenes_only():
         check_meta(_data_meta(before), _data_meta(before | {"crowding": 3}), "ckpt.npz", later)
 
 
-def test_train_cli_gives_the_loop_its_generators_later_fields(tmp_path, monkeypatch):
-    """``numpyro-air train --dataset X`` hands the loop X's ``LATER_FIELDS`` for the resume check
-    (own images: none)."""
+def test_a_checkpoint_of_0_3_0_resumes_on_pyro_scenes():
+    """0.3.0 described multi-MNIST data without ``dataset`` and ``crowding``: the CLI's fields of
+    before resume it on the same scenes and refuse it on crowded ones or another generator."""
+    from numpyro_air.cli.train import data_fields_of_before
+
+    config = MultiMNISTConfig()
+    old = dataclasses.asdict(config) | {"mnist": "embedded"}
+    del old["crowding"]
+    now = {"dataset": "multi-mnist"} | dataclasses.asdict(config) | {"mnist": "embedded"}
+    later = data_fields_of_before("multi-mnist", config)
+    assert later == {"dataset": "multi-mnist", "crowding": 0}
+    check_meta(_data_meta(old), _data_meta(now), "ckpt.npz", later)
+    with pytest.raises(CheckpointError, match="crowding: checkpoint 0 vs now 3"):
+        check_meta(_data_meta(old), _data_meta(now | {"crowding": 3}), "ckpt.npz", later)
+    assert data_fields_of_before("scattered-mnist", ScatteredMNISTConfig()) == {"max_overlap": None}
+    assert data_fields_of_before("multi-dsprites", MultiDSpritesConfig()) == {}
+
+
+@pytest.mark.parametrize("dataset, config", [("scattered-mnist", ScatteredMNISTConfig), ("multi-mnist", MultiMNISTConfig)])
+def test_train_cli_gives_the_loop_its_generators_later_fields(tmp_path, monkeypatch, dataset, config):
+    """``numpyro-air train --dataset X`` hands the loop X's fields of before for the resume check."""
     from test_data import write_mnist_npz
     from test_data_provenance import fake_mnist
 
@@ -163,7 +181,7 @@ def test_train_cli_gives_the_loop_its_generators_later_fields(tmp_path, monkeypa
 
     monkeypatch.setattr(loop, "train", fake_train)
     source = write_mnist_npz(tmp_path / "fake.npz", fake_mnist())
-    argv = ["--dataset", "scattered-mnist", "--num-train", "2", "--num-test", "2", "--mnist", str(source)]
+    argv = ["--dataset", dataset, "--num-train", "2", "--num-test", "2", "--mnist", str(source)]
     cli.main([*argv, "--data-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--no-progress"])
-    assert seen["data_later"] == ScatteredMNISTConfig.LATER_FIELDS == {"max_overlap": None}
-    assert seen["data_desc"]["max_overlap"] == 98
+    assert seen["data_later"] == cli.data_fields_of_before(dataset, config())
+    assert set(seen["data_later"]) >= set(config.LATER_FIELDS) and seen["data_desc"]["dataset"] == dataset

@@ -500,6 +500,13 @@ def test_resume_on_other_data_is_refused(tmp_path, full_run, datasets):
     ):
         run(tmp_path / "x", 6, datasets, load=out / "checkpoint.npz", data_desc={"cache": "other"})
     assert not (tmp_path / "x" / "checkpoint.npz").exists()
+    # a data field added later resumes at its value of before only when train() is told so
+    with pytest.raises(CheckpointError, match=r"crowding: checkpoint \(absent\) vs now 0"):
+        run(tmp_path / "y", 4, datasets, load=out / "checkpoint.npz", data_desc={"crowding": 0})
+    with pytest.raises(CheckpointError, match=r"crowding: checkpoint 0 vs now 3"):
+        run(tmp_path / "y", 4, datasets, load=out / "checkpoint.npz", data_desc={"crowding": 3}, data_later={"crowding": 0})
+    summary = run(tmp_path / "y", 4, datasets, load=out / "checkpoint.npz", data_desc={"crowding": 0}, data_later={"crowding": 0})
+    assert summary["steps"] == 4, summary
 
 
 def test_batch_source_reshuffles_every_epoch():

@@ -133,6 +133,13 @@ SWITCHES = {
 }
 
 
+def data_fields_of_before(dataset: str, config) -> dict:
+    """The fields of the data description that checkpoints of older versions lack, with the value
+    that describes their data: the generator config's ``LATER_FIELDS``, and ``dataset``, which
+    joined the description after 0.3.0, when multi-MNIST was the only generator."""
+    return ({"dataset": "multi-mnist"} if dataset == "multi-mnist" else {}) | dict(type(config).LATER_FIELDS)
+
+
 def int_or_none(text: str) -> Optional[int]:
     """argparse type: an int, or None for "none"."""
     if text.strip().lower() == "none":
@@ -625,7 +632,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
             test_set,
             out,
             data_desc=data_desc,
-            data_later=type(data).LATER_FIELDS if user_data is None else None,
+            data_later=None if user_data is not None else data_fields_of_before(name, data),
             load=d.get("load"),
             save=d.get("save"),
             overwrite=d.get("overwrite", False),

@@ -139,9 +139,10 @@ class MultiMNISTConfig:
         seed: non-negative integer seed; train and test use different derived streams.
         crowding: 0 (Pyro's scenes) or m >= max_digits: digits placed as in the most crowded
             pair of an m-digit scene (module docstring).
-        LATER_FIELDS: the fields added after the first release, each with the value that draws
-            the scenes of before it existed: ``to_dict`` omits a field at that value (the caches
-            keep their keys) and a resume fills it into older checkpoints' data descriptions.
+        LATER_FIELDS: the fields added after caches and checkpoints had been written, each with
+            the value that draws the scenes of before it existed: ``to_dict`` omits a field at
+            that value (the caches keep their keys), and ``numpyro-air train`` fills it into the
+            data descriptions of older checkpoints it resumes.
     """
 
     LATER_FIELDS: ClassVar[Mapping[str, Any]] = MappingProxyType({"crowding": 0})

@@ -174,7 +174,7 @@ def check_meta(meta: dict, expected: dict, path, data_later: Mapping[str, Any] =
         if got != want:
             if isinstance(got, dict) and isinstance(want, dict):
                 shown = lambda d, f: repr(d[f]) if f in d else "(absent)"  # noqa: E731
-                diff = sorted(f for f in set(got) | set(want) if shown(got, f) != shown(want, f))
+                diff = sorted(f for f in set(got) | set(want) if (f in got) != (f in want) or got.get(f) != want.get(f))
                 detail = ", ".join(f"{f}: checkpoint {shown(got, f)} vs now {shown(want, f)}" for f in diff)
             else:
                 detail = f"checkpoint {got!r} vs now {want!r}"
@@ -184,7 +184,9 @@ def check_meta(meta: dict, expected: dict, path, data_later: Mapping[str, Any] =
 # ----------------------------------------------------------------------------- pieces
 
 
-def initial_states(svi, tcfg: TrainConfig, example: jnp.ndarray, load=None, meta_of=None, log=None, data_later=None):
+def initial_states(
+    svi, tcfg: TrainConfig, example: jnp.ndarray, load=None, meta_of=None, log=None, data_later=MappingProxyType({})
+):
     """SVI states stacked on a seeds axis (K, ...): fresh (seed k from ``tcfg.seed_of(k)``), or
     restored from the per-seed checkpoints at ``load`` (files named by index, as older versions
     wrote them, too), each checked against ``meta_of(k, step)`` (:func:`check_meta` with
@@ -203,7 +205,7 @@ def initial_states(svi, tcfg: TrainConfig, example: jnp.ndarray, load=None, meta
             meta, arrays = read_checkpoint(path)
         else:
             path, meta, arrays = read_seed_checkpoint(load, tcfg.seed_of(k), k)
-        check_meta(meta, meta_of(k, meta.get("step", 0)), path, data_later or MappingProxyType({}))
+        check_meta(meta, meta_of(k, meta.get("step", 0)), path, data_later)
         restored.append((meta, restore_into(template, arrays, path, note=None if k else log)))
     steps = sorted({m["step"] for m, _ in restored})
     if len(steps) != 1:
@@ -520,10 +522,10 @@ def train(
     without), per-seed checkpoints and figures under ``out_dir``. ``load`` resumes
     from a checkpoint; the batch of step i and the SVI RNG are pure functions of the seed and the
     saved state, so a resumed run equals the uninterrupted one. ``data_desc`` is recorded in the
-    checkpoints and must match on resume; ``data_later`` gives data fields added after older
-    checkpoints were written their value of before (a generator config's ``LATER_FIELDS``).
-    ``devices``: shard every batch
-    over these devices. Raises :class:`TrainingInterrupted` after SIGINT/SIGTERM.
+    checkpoints and must match on resume; ``data_later`` gives data fields that older checkpoints
+    lack the value of their data (``numpyro-air train`` passes the generator config's
+    ``LATER_FIELDS``; without it such a checkpoint is refused, naming the field). ``devices``:
+    shard every batch over these devices. Raises :class:`TrainingInterrupted` after SIGINT/SIGTERM.
     """
     out_dir, K = Path(out_dir), tcfg.num_seeds
     save_base = Path(save) if save is not None else out_dir / CHECKPOINT_NAME
