@@ -159,7 +159,10 @@ def test_a_checkpoint_of_0_3_0_resumes_on_pyro_scenes():
     check_meta(_data_meta(old), _data_meta(now), "ckpt.npz", later)
     with pytest.raises(CheckpointError, match="crowding: checkpoint 0 vs now 3"):
         check_meta(_data_meta(old), _data_meta(now | {"crowding": 3}), "ckpt.npz", later)
-    assert data_fields_of_before("scattered-mnist", ScatteredMNISTConfig()) == {"max_overlap": None}
+    scattered = data_fields_of_before("scattered-mnist", ScatteredMNISTConfig())
+    assert scattered == {"max_overlap": None}
+    with pytest.raises(CheckpointError, match=r"dataset: checkpoint \(absent\) vs now 'scattered-mnist'"):
+        check_meta(_data_meta(old), _data_meta(now | {"dataset": "scattered-mnist"}), "ckpt.npz", scattered)
     assert data_fields_of_before("multi-dsprites", MultiDSpritesConfig()) == {}
 
 

@@ -572,9 +572,11 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
     if user_data is None:
         name = d.get("dataset", "multi-mnist")
         data_desc = {"dataset": name} | dataclasses.asdict(data)
+        data_later = data_fields_of_before(name, data)
         if name != "multi-dsprites":
             data_desc["mnist"] = d.get("mnist", "embedded")
     else:
+        data_later = None
         data_desc = {"source": "images"} | {
             split: None if ds is None else ds.describe() for split, ds in zip(("train", "test"), user_data)
         }
@@ -632,7 +634,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
             test_set,
             out,
             data_desc=data_desc,
-            data_later=None if user_data is not None else data_fields_of_before(name, data),
+            data_later=data_later,
             load=d.get("load"),
             save=d.get("save"),
             overwrite=d.get("overwrite", False),
