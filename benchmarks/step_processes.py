@@ -11,7 +11,8 @@ older commit) that tree's own ``benchmarks/svi_step.py`` is run with ``PYTHONPAT
 ``numpyro_air`` is imported from there, alternating with the current tree. Prints every process's median, the median over
 processes and the fastest process, per tree. ``--compute-dtypes float32 bfloat16`` times each
 listed ``AIRConfig.compute_dtype`` of the current tree, interleaved the same way (one process of
-each per round).
+each per round); with ``--baseline-src`` as well, the baseline tree runs each dtype of
+``--baseline-compute-dtypes`` (default: the same list) in the same rounds.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from machine import cpu_model, nproc  # noqa: E402
 
 
 def one(batch: int, steps: int, src: str | None, extra: tuple = ()) -> float:
@@ -46,15 +49,24 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--baseline-src", help="source tree imported for the baseline (PYTHONPATH)")
     ap.add_argument("--compute-dtypes", nargs="+", choices=("float32", "bfloat16"), help="time these compute dtypes")
+    ap.add_argument(
+        "--baseline-compute-dtypes",
+        nargs="+",
+        choices=("float32", "bfloat16"),
+        help="with --compute-dtypes and --baseline-src: the dtypes the baseline tree runs (default: --compute-dtypes)",
+    )
     ap.add_argument("--estimator", default="nvil", help="svi_step.py's --estimator (default nvil: Pyro's tutorial step)")
     ap.add_argument("--json", action="store_true", help="also write results/cpu_step_processes_b<B>.json")
     ap.add_argument("--json-name", help="file name under results/ for --json (default cpu_step_processes_b<B>.json)")
     a = ap.parse_args(argv)
-    if a.compute_dtypes and a.baseline_src:
-        ap.error("--compute-dtypes times the current tree only: drop --baseline-src")
+    if a.baseline_compute_dtypes and not (a.compute_dtypes and a.baseline_src):
+        ap.error("--baseline-compute-dtypes needs --compute-dtypes and --baseline-src")
     est = ("--estimator", a.estimator)
     if a.compute_dtypes:
         runs = {dt: (None, (*est, "--compute-dtype", dt)) for dt in a.compute_dtypes}
+        if a.baseline_src:
+            dtypes = a.baseline_compute_dtypes or a.compute_dtypes
+            runs |= {f"baseline {dt}": (a.baseline_src, (*est, "--compute-dtype", dt)) for dt in dtypes}
     else:
         runs = {"current": (None, est)} | ({"baseline": (a.baseline_src, est)} if a.baseline_src else {})
     trees = {name: src for name, (src, _) in runs.items()}
@@ -62,12 +74,14 @@ def main(argv=None) -> dict:
     for i in range(a.processes):
         for name, (src, extra) in runs.items():
             times[name].append(one(a.batch_size, a.steps, src, extra))
-            print(f"process {i + 1}/{a.processes} {name:8s} {1e3 * times[name][-1]:6.1f} ms", flush=True)
+            print(f"process {i + 1}/{a.processes} {name:16s} {1e3 * times[name][-1]:6.1f} ms", flush=True)
     out = {
         "batch_size": a.batch_size,
         "steps": a.steps,
         "estimator": a.estimator,
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cpu_model": cpu_model(),
+        "nproc": nproc(),
         "trees": {
             k: {
                 "src": trees[k] or "this checkout",

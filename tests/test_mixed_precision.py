@@ -13,7 +13,7 @@ import pytest
 from conftest import SMALL, make_scenes
 
 from numpyro_air import AIRConfig
-from numpyro_air.core.nets import ConvDecoder, ConvEmbed, mixed_precision
+from numpyro_air.core.nets import ConvDecoder, ConvEmbed, bf16_matmul, mixed_precision, to_bfloat16
 from numpyro_air.train.recipes import OptimConfig
 from numpyro_air.train.svi import make_svi
 
@@ -78,6 +78,7 @@ def test_bfloat16_loss_and_gradient_stay_close_to_float32():
 def test_mixed_precision_keywords_and_validation():
     assert mixed_precision("float32") == {} and mixed_precision("float32", "conv") == {}
     assert set(mixed_precision("bfloat16")) == {"promote_dtype", "dot_general"}
+    assert mixed_precision("bfloat16")["dot_general"].__name__ == "_bf16_dot_general"
     assert set(mixed_precision("bfloat16", "conv")) == {"promote_dtype", "conv_general_dilated"}
     assert mixed_precision("bfloat16", "conv_transpose")["preferred_element_type"] == jnp.float32
     with pytest.raises(ValueError, match="compute_dtype must be one of"):
@@ -89,3 +90,52 @@ def test_mixed_precision_keywords_and_validation():
     dec = ConvDecoder(8, 1, (4,), 8, compute_dtype="bfloat16")
     z = jnp.ones((2, 3))
     assert dec.apply(dec.init(jax.random.PRNGKey(0), z), z).dtype == jnp.float32
+
+
+def test_to_bfloat16_rounds_as_astype():
+    """The integer-op rounding gives ``astype``'s bits for normal, subnormal, huge (-> inf) and
+    infinite values, keeps NaN a NaN of its sign, and differentiates like ``astype``."""
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=50_000) * 10.0 ** rng.integers(-45, 39, 50_000)).astype(np.float32)
+    bits = np.array(
+        [
+            0x7FC00000,
+            0xFFC00000,
+            0x7F800001,
+            0xFFFFFFFF,
+            0x7F800000,
+            0xFF800000,
+            0x7F7FFFFF,
+            1,
+            0x80000001,
+            0x3F808000,
+            0x3F818000,
+        ],
+        np.uint32,
+    )
+    x = np.concatenate([x, bits.view(np.float32)])
+    got = np.asarray(jax.jit(to_bfloat16)(jnp.asarray(x))).view(np.uint16)
+    want = np.asarray(jnp.asarray(x).astype(jnp.bfloat16)).view(np.uint16)
+    nan = np.isnan(x)
+    np.testing.assert_array_equal(got[~nan], want[~nan])
+    assert np.all((got[nan] & 0x7F80) == 0x7F80) and np.all(got[nan] & 0x7F) and np.all((got[nan] >> 15) == (want[nan] >> 15))
+    g = jax.grad(lambda v: jnp.sum(to_bfloat16(v).astype(jnp.float32) ** 2))(jnp.asarray([1.5, -2.0]))
+    assert g.dtype == jnp.float32 and np.allclose(g, [3.0, -4.0])
+
+
+def test_bf16_matmul_gradients_are_float32_products():
+    """Forward: the float32 product of the rounded operands. Backward: the cotangent is rounded
+    to bfloat16 once and each gradient is a float32 product (not rounded to bfloat16 after it,
+    as differentiating through ``astype`` does): checked against float64 to 1e-5."""
+    rng = np.random.default_rng(1)
+    x, w = rng.normal(size=(3, 16, 300)).astype(np.float32), rng.normal(size=(300, 40)).astype(np.float32)
+    ct = rng.normal(size=(3, 16, 40)).astype(np.float32)
+    r = lambda a: np.asarray(jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32), np.float64)  # noqa: E731
+    out, vjp = jax.vjp(bf16_matmul, jnp.asarray(x), jnp.asarray(w))
+    dx, dw = vjp(jnp.asarray(ct))
+    np.testing.assert_allclose(out, r(x) @ r(w), rtol=1e-5, atol=1e-4)
+    want_dx, want_dw = r(ct) @ r(w).T, np.einsum("bik,bin->kn", r(x), r(ct))
+    assert dx.dtype == dw.dtype == jnp.float32
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(dw, want_dw, rtol=1e-5, atol=1e-3)
+    assert np.abs(np.asarray(dw) - r(want_dw)).max() > 1e-3  # a bfloat16-rounded gradient differs

@@ -60,13 +60,87 @@ def _uniform(bound: float):
     return init
 
 
+@jax.custom_jvp
+def to_bfloat16(x: jnp.ndarray) -> jnp.ndarray:
+    """float32 -> bfloat16, rounded to nearest even (the same bits as ``x.astype(jnp.bfloat16)``;
+    a NaN stays a NaN of the same sign), computed with integer operations on the float's bits,
+    which XLA:CPU fuses and vectorises with the operations around them. Differentiable: the
+    tangent is rounded with ``astype``, so a cotangent returns as float32 as through ``astype``."""
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    rounded = ((bits + jnp.uint32(0x7FFF) + ((bits >> 16) & jnp.uint32(1))) >> 16).astype(jnp.uint16)
+    quiet_nan = ((bits >> 16) | jnp.uint32(0x40)).astype(jnp.uint16)
+    return jax.lax.bitcast_convert_type(jnp.where(jnp.isnan(x), quiet_nan, rounded), jnp.bfloat16)
+
+
+@to_bfloat16.defjvp
+def _to_bfloat16_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return to_bfloat16(x), t.astype(jnp.bfloat16)
+
+
+def round_operand(x: jnp.ndarray, dtype) -> jnp.ndarray:
+    """``x`` as a matmul operand of ``dtype``: float32 -> bfloat16 by :func:`to_bfloat16`,
+    any other pair by ``astype``."""
+    dtype = jnp.dtype(dtype)
+    if x.dtype == jnp.float32 and dtype == jnp.bfloat16:
+        return to_bfloat16(x)
+    return x.astype(dtype)
+
+
+def _bf16_product(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+    """``a @ b`` of two bfloat16 matrices, accumulated and returned in float32."""
+    return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def bf16_matmul(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
+    """(..., K) @ (K, N) -> (..., N) float32 with bfloat16 operands and float32 accumulation in
+    the forward product and both backward products: the output cotangent is rounded to bfloat16
+    once, and the gradients of ``x`` and ``w`` come out of their products as float32 (through
+    ``astype`` they would be rounded to bfloat16 and converted back, a round trip of every
+    weight gradient)."""
+    return _bf16_product(to_bfloat16(x), to_bfloat16(w))
+
+
+def _bf16_matmul_fwd(x, w):
+    xb, wb = to_bfloat16(x), to_bfloat16(w)
+    return _bf16_product(xb, wb), (xb, wb)
+
+
+def _bf16_matmul_bwd(res, g):
+    xb, wb = res
+    gb = to_bfloat16(g)
+    dx = _bf16_product(gb, wb.T)
+    dw = _bf16_product(xb.reshape(-1, xb.shape[-1]).T, gb.reshape(-1, gb.shape[-1]))
+    return dx, dw
+
+
+bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+
+
+def _bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """``nn.Dense``'s product (lhs (..., K) contracted with rhs (K, N), no batch dimensions) as
+    :func:`bf16_matmul`."""
+    del precision, preferred_element_type
+    (contract_l, contract_r), batch = dimension_numbers
+    if tuple(contract_l) != (lhs.ndim - 1,) or tuple(contract_r) != (0,) or any(batch) or rhs.ndim != 2:
+        raise ValueError(f"bfloat16 dense product expects (..., K) @ (K, N), got {dimension_numbers}")
+    return bf16_matmul(lhs, rhs)
+
+
+def _keep_operands(inputs, kernel, *rest, dtype=None, inexact=True):
+    """A Flax ``promote_dtype`` that leaves every operand as it is (float32 parameters)."""
+    del dtype, inexact
+    return (inputs, kernel, *rest)
+
+
 def _low_precision_operands(dtype):
-    """A Flax ``promote_dtype`` that rounds a layer's input and kernel to ``dtype`` and leaves the
-    bias (and anything after it) in float32."""
+    """A Flax ``promote_dtype`` that rounds a layer's input and kernel to ``dtype``
+    (:func:`round_operand`) and leaves the bias (and anything after it) in float32."""
 
     def promote(inputs, kernel, *rest, dtype=None, inexact=True):
         del dtype, inexact
-        return (inputs.astype(low), kernel.astype(low), *rest)
+        return (round_operand(inputs, low), round_operand(kernel, low), *rest)
 
     low = jnp.dtype(dtype)
     return promote
@@ -79,6 +153,8 @@ def mixed_precision(compute_dtype: str, kind: str = "dense") -> dict:
     only), operands in that dtype with a float32 product (f32 accumulation)."""
     if compute_dtype == "float32":
         return {}
+    if kind == "dense" and jnp.dtype(compute_dtype) == jnp.bfloat16:
+        return {"promote_dtype": _keep_operands, "dot_general": _bf16_dot_general}
     kw = {"promote_dtype": _low_precision_operands(compute_dtype)}
     f32 = jnp.float32
     if kind == "dense":
