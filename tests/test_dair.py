@@ -228,23 +228,30 @@ def np_crop(z_where, image, window_size: int) -> np.ndarray:
     return np_place((1.0 / s, -x / s, -y / s), image, window_size)
 
 
-@pytest.mark.parametrize("source", ["image", "residual"])
+@pytest.mark.parametrize("source", ["image", "residual", "both"])
 def test_glimpse_is_the_crop_of_the_image_or_of_the_residual(images, setup, source):
     """``glimpse_input="residual"`` (the DAIR paper's glimpse): the encoder's input at step t is
     the crop at z_where_t of image - reconstruction(steps < t), against a numpy crop of the numpy
-    residual; with "image" it is the crop of the image. z_what's density follows the glimpse."""
+    residual; with "image" it is the crop of the image, with "both" the two crops as channels
+    (image first). z_what's density follows the glimpse."""
     params, latents = setup
     config = CONFIG.replace(glimpse_input=source)
+    if source == "both":  # the encoder's input doubles: its first layer is drawn for 2 w^2 inputs
+        params = dict(params, **{"encode$params": _init_encoder(config)})
     tr, out = trace_guide(config, images, {**params, **latents})
-    glimpse = np.asarray(out["glimpse"])  # (B, T, w, w)
+    glimpse = np.asarray(out["glimpse"])  # (B, T, w, w) or (B, T, w, w, 2)
     w = config.window_size
-    assert glimpse.shape == (4, config.num_steps, w, w)
+    assert glimpse.shape == (4, config.num_steps, w, w) + ((2,) if source == "both" else ())
+    assert config.glimpse_channels == (2 if source == "both" else 1)
     residual = np_residuals(np.asarray(images), params, latents, config)
     expected = np.zeros(glimpse.shape)
     for b in range(4):
         for t in range(config.num_steps):
-            src = residual[b, t] if source == "residual" else np.asarray(images[b], np.float64)
-            expected[b, t] = np_crop(latents["z_where"][t, b], src, w)
+            crops = {
+                "image": np_crop(latents["z_where"][t, b], np.asarray(images[b], np.float64), w),
+                "residual": np_crop(latents["z_where"][t, b], residual[b, t], w),
+            }
+            expected[b, t] = np.stack([crops["image"], crops["residual"]], -1) if source == "both" else crops[source]
     np.testing.assert_allclose(glimpse, expected, atol=3e-5)
     if source == "residual":  # equal to the image's crop at step 0, different once an object is drawn
         of_image = np.asarray(trace_guide(CONFIG, images, {**params, **latents})[1]["glimpse"])
@@ -253,7 +260,8 @@ def test_glimpse_is_the_crop_of_the_image_or_of_the_residual(images, setup, sour
     # z_what ~ N(encode(glimpse)): its log-density at the pinned z_what is that of the glimpse's encoding
     from numpyro_air.core.nets import encoder_module
 
-    loc, sd = encoder_module(config).apply({"params": params["encode$params"]}, jnp.asarray(glimpse.reshape(-1, w * w)))
+    flat = jnp.asarray(glimpse.reshape(4 * config.num_steps, -1))
+    loc, sd = encoder_module(config).apply({"params": params["encode$params"]}, flat)
     z = latents["z_what"].transpose(1, 0, 2).reshape(-1, config.z_what_size)
     lp = jax.scipy.stats.norm.logpdf(z, loc, sd).sum(-1).reshape(4, config.num_steps)
     mask = np.cumprod(latents["z_pres"].T, axis=1) > 0
@@ -261,8 +269,39 @@ def test_glimpse_is_the_crop_of_the_image_or_of_the_residual(images, setup, sour
     np.testing.assert_allclose(np.asarray(site["fn"].log_prob(site["value"])).T, np.where(mask, lp, 0.0), rtol=1e-4, atol=1e-3)
 
 
+def _init_encoder(config: AIRConfig) -> dict:
+    """Fresh encoder parameters for ``config``'s glimpse (w * w * glimpse_channels inputs)."""
+    from numpyro_air.core.nets import encoder_module
+
+    x = jnp.zeros((1, config.window_size**2 * config.glimpse_channels))
+    return encoder_module(config).init(jax.random.PRNGKey(3), x)["params"]
+
+
 def test_residual_glimpse_needs_dair():
-    with pytest.raises(ValueError, match="glimpse_input=.residual. needs guide_input=.difference."):
-        AIRConfig(glimpse_input="residual")
+    for source in ("residual", "both"):
+        with pytest.raises(ValueError, match=f"glimpse_input=.{source}. needs guide_input=.difference."):
+            AIRConfig(glimpse_input=source)
     with pytest.raises(ValueError, match="glimpse_input must be one of"):
         CONFIG.replace(glimpse_input="canvas")
+
+
+def test_glimpse_flags_of_the_train_command(capsys):
+    """``--residual-glimpse`` and ``--image-and-residual-glimpse`` set ``glimpse_input``; the two
+    together are refused by the parser; the conv encoder reads 2C channels with "both"."""
+    from numpyro_air.cli import train as cli
+    from numpyro_air.core.nets import encoder_module
+
+    air = lambda *argv: cli.configs_from_args(cli.build_parser().parse_args(["--dair", *argv]))[0]  # noqa: E731
+    assert air().glimpse_input == "image"
+    assert air("--residual-glimpse").glimpse_input == "residual"
+    both = air("--image-and-residual-glimpse")
+    assert both.glimpse_input == "both" and both.glimpse_channels == 2
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["--dair", "--residual-glimpse", "--image-and-residual-glimpse"])
+    assert "not allowed with" in capsys.readouterr().err
+    conv = CONFIG.replace(glimpse_input="both", conv_encoder=(4,))
+    x = jnp.zeros((2, conv.window_size**2 * 2))
+    loc, sd = encoder_module(conv).apply(encoder_module(conv).init(jax.random.PRNGKey(0), x), x)
+    assert loc.shape == sd.shape == (2, conv.z_what_size)
+    kernel = encoder_module(conv).init(jax.random.PRNGKey(0), x)["params"]["ConvStack_0"]["Conv_0"]["kernel"]
+    assert kernel.shape[2] == 2  # input channels of the first convolution

@@ -128,6 +128,7 @@ SWITCHES = {
     "dair": ("air", "guide_input", "difference"),
     "no_dair": ("air", "guide_input", "image"),
     "residual_glimpse": ("air", "glimpse_input", "residual"),
+    "image_and_residual_glimpse": ("air", "glimpse_input", "both"),
     "normalize_signal": ("optim", "normalize_signal", True),
     "no_figures": ("train", "final_figures", False),
 }
@@ -332,7 +333,15 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     guide_input.add_argument(
         "--no-dair", action="store_true", help="AIR's guide input (the image) where a recipe uses DAIR (scattered-mnist)"
     )
-    a("--residual-glimpse", action="store_true", help="with --dair: the glimpse encoder crops that residual too")
+    glimpse = p.add_mutually_exclusive_group()
+    glimpse.add_argument(
+        "--residual-glimpse", action="store_true", help="with --dair: the glimpse encoder crops that residual too"
+    )
+    glimpse.add_argument(
+        "--image-and-residual-glimpse",
+        action="store_true",
+        help="with --dair: the glimpse encoder reads the image's and the residual's crops as channels",
+    )
     a(
         "--num-seeds",
         type=int,

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 NON_LINEARITIES = ("relu", "elu", "leaky_relu", "tanh", "sigmoid", "softplus", "gelu", "silu", "selu")
 ANNEAL_MODES = ("none", "lin", "exp")
 GUIDE_INPUTS = ("image", "difference")
-GLIMPSE_INPUTS = ("image", "residual")
+GLIMPSE_INPUTS = ("image", "residual", "both")
 COMPOSITIONS = ("add", "over")  # how objects combine on the canvas (AIRConfig.composition)
 PRESENCE_ESTIMATORS = ("nvil", "vimco", "concrete")
 CHANNELS = (1, 3)  # grayscale, RGB
@@ -97,7 +97,8 @@ class AIRConfig:
     # or "difference" (DAIR: the image minus the guide's reconstruction of steps < t).
     guide_input: str = "image"
     # glimpse_input: what the glimpse encoder (z_what) crops at step t: "image" or, with DAIR only,
-    # "residual" (the image minus the reconstruction of steps < t, as the DAIR paper describes).
+    # "residual" (the image minus the reconstruction of steps < t, as the DAIR paper describes) or
+    # "both" (the image's and the residual's crops side by side as channels: 2C per pixel).
     glimpse_input: str = "image"
     # presence_estimator: "nvil" (score function + learned baselines, Pyro's), "vimco" (same
     # model and guide without baseline networks; the trainer builds a VIMCO objective) or
@@ -229,8 +230,8 @@ class AIRConfig:
             raise ValueError(f"guide_input must be one of {GUIDE_INPUTS}, got {self.guide_input!r}")
         if self.glimpse_input not in GLIMPSE_INPUTS:
             raise ValueError(f"glimpse_input must be one of {GLIMPSE_INPUTS}, got {self.glimpse_input!r}")
-        if self.glimpse_input == "residual" and self.guide_input != "difference":
-            raise ValueError('glimpse_input="residual" needs guide_input="difference" (DAIR renders the residual)')
+        if self.glimpse_input != "image" and self.guide_input != "difference":
+            raise ValueError(f'glimpse_input="{self.glimpse_input}" needs guide_input="difference" (DAIR renders the residual)')
         if self.presence_estimator not in PRESENCE_ESTIMATORS:
             raise ValueError(f"presence_estimator must be one of {PRESENCE_ESTIMATORS}, got {self.presence_estimator!r}")
         for name in ("concrete_temperature", "concrete_prior_temperature"):
@@ -316,6 +317,12 @@ class AIRConfig:
         """One window's shape: (w, w) grayscale, (w, w, C) colour."""
         w = self.window_size
         return (w, w) if self.channels == 1 else (w, w, self.channels)
+
+    @property
+    def glimpse_channels(self) -> int:
+        """Channels of the glimpse encoder's input per window pixel: C, or 2C (image and residual)
+        with ``glimpse_input="both"``."""
+        return self.channels * (2 if self.glimpse_input == "both" else 1)
 
     @property
     def decoder_channels(self) -> int:

@@ -207,7 +207,8 @@ def guide(
     presence, added or occluding as ``composition`` says), drawn with the model's decoder and
     ``window_to_image`` exactly as the model's canvas (see
     :func:`_detached_decoder` for the gradient flow). The glimpse encoder reads the image, or with
-    ``glimpse_input="residual"`` the same residual (the DAIR paper's glimpse).
+    ``glimpse_input="residual"`` the same residual (the DAIR paper's glimpse), or with "both" the
+    image's and the residual's crops as channels (``glimpse`` then (B, T, w, w, 2C)).
     The image projection can no longer be computed once: the LSTM's image block is applied to the
     residual at every step.
     """
@@ -240,7 +241,7 @@ def guide(
             extra["baseline"] = _baseline_value(config, nets.bl_predict(bl_state[0]), carry.z_pres)
         with numpyro.plate("data", B):
             z_pres = _sample_presence(config, logit, carry.z_pres, temp, greedy, extra.get("baseline"))
-            source = extra["residual"] if config.glimpse_input == "residual" else images
+            source = _glimpse_source(config, images, extra.get("residual"))
             z_where, z_what, glimpse = _sample_where_what(config, nets.encode, source, loc, sd, z_pres, greedy)
         if difference:
             extra["glimpse"] = glimpse
@@ -260,6 +261,18 @@ def guide(
 
     _, ys = scan(step, _initial_carry(nets, config, B), None, length=config.num_steps)
     return {k: jnp.swapaxes(v, 0, 1) for k, v in ys.items()}
+
+
+def _glimpse_source(config: AIRConfig, images: jnp.ndarray, residual: Optional[jnp.ndarray]) -> jnp.ndarray:
+    """What the glimpse encoder crops (``config.glimpse_input``): the images (B, H, W[, C]), DAIR's
+    residual of the same shape, or both as channels (B, H, W, 2C): the image's C, then the residual's."""
+    if config.glimpse_input == "image":
+        return images
+    if config.glimpse_input == "residual":
+        return residual
+    if config.channels == 1:
+        return jnp.stack([images, residual], axis=-1)
+    return jnp.concatenate([images, residual], axis=-1)
 
 
 def _project_residual(nets: GuideNets, images: jnp.ndarray, canvas: jnp.ndarray):

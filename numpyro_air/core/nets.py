@@ -424,12 +424,13 @@ def flops_per_example(module: nn.Module, input_size: int, batch: int = 64) -> fl
 
 # ----------------------------------------------------------------------------- choice by config
 def encoder_module(config: AIRConfig) -> nn.Module:
-    """The glimpse encoder ``config`` asks for: window (B, w*w*C) -> z_what loc, scale (B, z)."""
+    """The glimpse encoder ``config`` asks for: window (B, w*w*C') -> z_what loc, scale (B, z), with
+    C' = ``config.glimpse_channels``."""
     if config.conv_encoder is None:
         return Encoder(config.encoder_net, config.z_what_size, config.non_linearity, config.init, config.compute_dtype)
     return ConvEncoder(
         config.window_size,
-        config.channels,
+        config.glimpse_channels,
         config.z_what_size,
         config.conv_encoder,
         config.encoder_net[-1],
