@@ -236,8 +236,9 @@ def test_glimpse_is_the_crop_of_the_image_or_of_the_residual(images, setup, sour
     (image first). z_what's density follows the glimpse."""
     params, latents = setup
     config = CONFIG.replace(glimpse_input=source)
-    if source == "both":  # the encoder's input doubles: its first layer is drawn for 2 w^2 inputs
-        params = dict(params, **{"encode$params": _init_encoder(config)})
+    if source == "both":  # the encoder's input doubles: the guide draws its first layer for 2 w^2 inputs
+        params = dict(params, **{"encode$params": params_of(trace_guide(config, images, {})[0])["encode$params"]})
+        assert params["encode$params"]["MLP_0"]["Dense_0"]["kernel"].shape[0] == 2 * config.window_size**2
     tr, out = trace_guide(config, images, {**params, **latents})
     glimpse = np.asarray(out["glimpse"])  # (B, T, w, w) or (B, T, w, w, 2)
     w = config.window_size
@@ -267,14 +268,6 @@ def test_glimpse_is_the_crop_of_the_image_or_of_the_residual(images, setup, sour
     mask = np.cumprod(latents["z_pres"].T, axis=1) > 0
     site = tr["z_what"]
     np.testing.assert_allclose(np.asarray(site["fn"].log_prob(site["value"])).T, np.where(mask, lp, 0.0), rtol=1e-4, atol=1e-3)
-
-
-def _init_encoder(config: AIRConfig) -> dict:
-    """Fresh encoder parameters for ``config``'s glimpse (w * w * glimpse_channels inputs)."""
-    from numpyro_air.core.nets import encoder_module
-
-    x = jnp.zeros((1, config.window_size**2 * config.glimpse_channels))
-    return encoder_module(config).init(jax.random.PRNGKey(3), x)["params"]
 
 
 def test_residual_glimpse_needs_dair():

@@ -137,7 +137,7 @@ def _register_nets(config: AIRConfig) -> GuideNets:
     encode = flax_module(
         "encode",
         encoder_module(config),
-        jnp.zeros((1, config.window_size**2 * config.channels)),
+        jnp.zeros((1, config.window_size**2 * config.glimpse_channels)),
     )
     z_where0 = numpyro.param("z_where_init", jnp.zeros((1, 3)))
     z_what0 = numpyro.param("z_what_init", jnp.zeros((1, config.z_what_size)))
