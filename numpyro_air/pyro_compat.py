@@ -200,13 +200,15 @@ def _prior_buffers(config: AIRConfig) -> dict[str, np.ndarray]:
 
 
 def _check_pyro_shaped(config: AIRConfig) -> None:
-    """Pyro's AIR is square, grayscale and all-MLP: refuse what it cannot hold."""
+    """Pyro's AIR is square, grayscale, all-MLP and reads the image (no DAIR): refuse what it cannot hold."""
     extras = [n for n in ("conv_encoder", "conv_decoder", "conv_embed") if getattr(config, n) is not None]
     if config.composition != "add":
         extras.append(f'composition="{config.composition}"')
+    if config.guide_input != "image":
+        extras.append(f'guide_input="{config.guide_input}" (DAIR), glimpse_input="{config.glimpse_input}"')
     if config.channels != 1 or config.width != config.height or extras:
         raise ValueError(
-            "Pyro's AIR has square grayscale canvases, added objects and MLPs only; this config has "
+            "Pyro's AIR has square grayscale canvases, added objects, AIR's guide and MLPs only; this config has "
             f"{config.height}x{config.width}x{config.channels} images" + (f" and {', '.join(extras)}" if extras else "")
         )
 

@@ -121,8 +121,16 @@ def test_pyro_conversion_refuses_what_pyro_cannot_hold():
     from numpyro_air import AIRConfig
     from numpyro_air.pyro_compat import pyro_state_dict_shapes
 
-    for cfg in (AIRConfig(conv_encoder=(8,)), AIRConfig(channels=3), AIRConfig(image_width=60)):
-        with pytest.raises(ValueError, match="Pyro's AIR has square grayscale canvases, added objects and MLPs only"):
+    dair = AIRConfig(guide_input="difference")
+    cfgs = (
+        AIRConfig(conv_encoder=(8,)),
+        AIRConfig(channels=3),
+        AIRConfig(image_width=60),
+        dair,
+        dair.replace(glimpse_input="both"),
+    )
+    for cfg in cfgs:
+        with pytest.raises(ValueError, match="Pyro's AIR has square grayscale canvases, added objects, AIR's guide and MLPs"):
             pyro_state_dict_shapes(cfg)
 
 

@@ -298,3 +298,24 @@ def test_glimpse_flags_of_the_train_command(capsys):
     assert loc.shape == sd.shape == (2, conv.z_what_size)
     kernel = encoder_module(conv).init(jax.random.PRNGKey(0), x)["params"]["ConvStack_0"]["Conv_0"]["kernel"]
     assert kernel.shape[2] == 2  # input channels of the first convolution
+
+
+def test_both_glimpse_of_colour_scenes_is_image_then_residual(setup):
+    """RGB "both": channels 0-2 of the glimpse are the image's crop, channels 3-5 the residual's
+    (each as its own ``glimpse_input`` crops it, same parameters and latents)."""
+    _, latents = setup
+    rgb = CONFIG.replace(channels=3)
+    images = jnp.asarray(np.random.default_rng(5).uniform(0, 1, (4, rgb.image_size, rgb.image_size, 3)), jnp.float32)
+    params = params_of(trace_guide(rgb, images, {})[0])
+    params["decode$params"] = jax.tree.map(lambda x: x + 0.3, params["decode$params"])  # objects far from 0
+    both = rgb.replace(glimpse_input="both")
+    both_params = dict(params, **{"encode$params": params_of(trace_guide(both, images, {})[0])["encode$params"]})
+    glimpse = {
+        src: np.asarray(trace_guide(rgb.replace(glimpse_input=src), images, {**params, **latents})[1]["glimpse"])
+        for src in ("image", "residual")
+    }
+    got = np.asarray(trace_guide(both, images, {**both_params, **latents})[1]["glimpse"])
+    assert got.shape == glimpse["image"].shape[:-1] + (6,)
+    np.testing.assert_allclose(got[..., :3], glimpse["image"], atol=1e-6)
+    np.testing.assert_allclose(got[..., 3:], glimpse["residual"], atol=1e-6)
+    assert np.abs(glimpse["image"][:, 1:] - glimpse["residual"][:, 1:]).max() > 1e-2  # the two differ after step 0

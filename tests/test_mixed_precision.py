@@ -139,3 +139,21 @@ def test_bf16_matmul_gradients_are_float32_products():
     np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(dw, want_dw, rtol=1e-5, atol=1e-3)
     assert np.abs(np.asarray(dw) - r(want_dw)).max() > 1e-3  # a bfloat16-rounded gradient differs
+
+
+@pytest.mark.parametrize("in_axes", [(None, 0), (0, None), (0, 0)], ids=["weights-batched", "inputs-batched", "both"])
+def test_bf16_matmul_primal_and_vmapped_gradients(in_axes):
+    """The primal (no VJP: inference) is the float32 product of the rounded operands; the
+    gradients under ``jax.vmap`` with either operand or both batched (seeds sharing images, or
+    not) run on the CPU and equal each unbatched gradient."""
+    rng = np.random.default_rng(2)
+    x, w = rng.normal(size=(2, 5, 24)).astype(np.float32), rng.normal(size=(2, 24, 6)).astype(np.float32)
+    r = lambda a: np.asarray(jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32), np.float64)  # noqa: E731
+    np.testing.assert_allclose(jax.jit(bf16_matmul)(x[0], w[0]), r(x[0]) @ r(w[0]), rtol=1e-5, atol=1e-5)
+    grad = jax.grad(lambda a, b: jnp.sum(jnp.sin(bf16_matmul(a, b))), argnums=(0, 1))
+    args = [a if ax == 0 else a[0] for a, ax in zip((x, w), in_axes)]
+    dx, dw = jax.jit(jax.vmap(grad, in_axes=in_axes))(*args)
+    for k in range(2):
+        one = grad(*[a[k] if ax == 0 else a for a, ax in zip(args, in_axes)])
+        np.testing.assert_allclose(dx[k], one[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(dw[k], one[1], rtol=1e-5, atol=1e-6)

@@ -66,6 +66,8 @@ def to_bfloat16(x: jnp.ndarray) -> jnp.ndarray:
     a NaN stays a NaN of the same sign), computed with integer operations on the float's bits,
     which XLA:CPU fuses and vectorises with the operations around them. Differentiable: the
     tangent is rounded with ``astype``, so a cotangent returns as float32 as through ``astype``."""
+    if x.dtype != jnp.float32:
+        raise TypeError(f"to_bfloat16 rounds float32 values, got {x.dtype}")
     bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
     rounded = ((bits + jnp.uint32(0x7FFF) + ((bits >> 16) & jnp.uint32(1))) >> 16).astype(jnp.uint16)
     quiet_nan = ((bits >> 16) | jnp.uint32(0x40)).astype(jnp.uint16)
@@ -107,11 +109,35 @@ def _bf16_matmul_fwd(x, w):
     return _bf16_product(xb, wb), (xb, wb)
 
 
+@jax.custom_batching.custom_vmap
+def _weight_gradient(x: jnp.ndarray, g: jnp.ndarray) -> jnp.ndarray:
+    """x^T g (K, N) float32 from bfloat16 x (M, K) and g (M, N). Its batching rule keeps the
+    product a plain matrix product when only one operand is batched (XLA:CPU runs no bfloat16
+    product whose batched operand's free dimensions are split by the contracted one)."""
+    return _bf16_product(x.T, g)
+
+
+@_weight_gradient.def_vmap
+def _weight_gradient_vmap(axis_size: int, in_batched, x, g):
+    x_batched, g_batched = in_batched
+    if x_batched and g_batched:  # (S, M, K), (S, M, N): a batched product
+        return _bf16_product(jnp.swapaxes(x, -1, -2), g), True
+    if g_batched:  # x (M, K), g (S, M, N): one product with S * N columns
+        S, M, N = g.shape
+        out = _bf16_product(x.T, jnp.moveaxis(g, 0, 1).reshape(M, S * N))  # (K, S * N)
+        return jnp.moveaxis(out.reshape(-1, S, N), 1, 0), True
+    if x_batched:  # x (S, M, K), g (M, N): one product with S * K rows
+        S, M, K = x.shape
+        out = _bf16_product(jnp.moveaxis(x, 0, 1).reshape(M, S * K).T, g)  # (S * K, N)
+        return out.reshape(S, K, -1), True
+    return _weight_gradient(x, g), False
+
+
 def _bf16_matmul_bwd(res, g):
     xb, wb = res
     gb = to_bfloat16(g)
     dx = _bf16_product(gb, wb.T)
-    dw = _bf16_product(xb.reshape(-1, xb.shape[-1]).T, gb.reshape(-1, gb.shape[-1]))
+    dw = _weight_gradient(xb.reshape(-1, xb.shape[-1]), gb.reshape(-1, gb.shape[-1]))
     return dx, dw
 
 
@@ -121,7 +147,8 @@ bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
 def _bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
     """``nn.Dense``'s product (lhs (..., K) contracted with rhs (K, N), no batch dimensions) as
     :func:`bf16_matmul`."""
-    del precision, preferred_element_type
+    if precision is not None or preferred_element_type is not None:
+        raise ValueError("the bfloat16 dense product sets its own precision (bfloat16 operands, float32 product)")
     (contract_l, contract_r), batch = dimension_numbers
     if tuple(contract_l) != (lhs.ndim - 1,) or tuple(contract_r) != (0,) or any(batch) or rhs.ndim != 2:
         raise ValueError(f"bfloat16 dense product expects (..., K) @ (K, N), got {dimension_numbers}")
