@@ -237,7 +237,7 @@ def test_glimpse_is_the_crop_of_the_image_or_of_the_residual(images, setup, sour
     params, latents = setup
     config = CONFIG.replace(glimpse_input=source)
     if source == "both":  # the encoder's input doubles: the guide draws its first layer for 2 w^2 inputs
-        params = dict(params, **{"encode$params": params_of(trace_guide(config, images, {})[0])["encode$params"]})
+        params = _with_encoder_of(config, images, params)
         assert params["encode$params"]["MLP_0"]["Dense_0"]["kernel"].shape[0] == 2 * config.window_size**2
     tr, out = trace_guide(config, images, {**params, **latents})
     glimpse = np.asarray(out["glimpse"])  # (B, T, w, w) or (B, T, w, w, 2)
@@ -268,6 +268,12 @@ def test_glimpse_is_the_crop_of_the_image_or_of_the_residual(images, setup, sour
     mask = np.cumprod(latents["z_pres"].T, axis=1) > 0
     site = tr["z_what"]
     np.testing.assert_allclose(np.asarray(site["fn"].log_prob(site["value"])).T, np.where(mask, lp, 0.0), rtol=1e-4, atol=1e-3)
+
+
+def _with_encoder_of(config, images, params) -> dict:
+    """``params`` with the glimpse encoder the guide draws for ``config`` (its input size follows
+    ``config.glimpse_channels``)."""
+    return dict(params, **{"encode$params": params_of(trace_guide(config, images, {})[0])["encode$params"]})
 
 
 def test_residual_glimpse_needs_dair():
@@ -309,7 +315,7 @@ def test_both_glimpse_of_colour_scenes_is_image_then_residual(setup):
     params = params_of(trace_guide(rgb, images, {})[0])
     params["decode$params"] = jax.tree.map(lambda x: x + 0.3, params["decode$params"])  # objects far from 0
     both = rgb.replace(glimpse_input="both")
-    both_params = dict(params, **{"encode$params": params_of(trace_guide(both, images, {})[0])["encode$params"]})
+    both_params = _with_encoder_of(both, images, params)
     glimpse = {
         src: np.asarray(trace_guide(rgb.replace(glimpse_input=src), images, {**params, **latents})[1]["glimpse"])
         for src in ("image", "residual")

@@ -92,6 +92,11 @@ def test_mixed_precision_keywords_and_validation():
     assert dec.apply(dec.init(jax.random.PRNGKey(0), z), z).dtype == jnp.float32
 
 
+def _rounded(a) -> np.ndarray:
+    """``a`` rounded to bfloat16 by ``astype``, as float64."""
+    return np.asarray(jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
 def test_to_bfloat16_rounds_as_astype():
     """The integer-op rounding gives ``astype``'s bits for normal, subnormal, huge (-> inf) and
     infinite values, keeps NaN a NaN of its sign, and differentiates like ``astype``."""
@@ -130,15 +135,14 @@ def test_bf16_matmul_gradients_are_float32_products():
     rng = np.random.default_rng(1)
     x, w = rng.normal(size=(3, 16, 300)).astype(np.float32), rng.normal(size=(300, 40)).astype(np.float32)
     ct = rng.normal(size=(3, 16, 40)).astype(np.float32)
-    r = lambda a: np.asarray(jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32), np.float64)  # noqa: E731
     out, vjp = jax.vjp(bf16_matmul, jnp.asarray(x), jnp.asarray(w))
     dx, dw = vjp(jnp.asarray(ct))
-    np.testing.assert_allclose(out, r(x) @ r(w), rtol=1e-5, atol=1e-4)
-    want_dx, want_dw = r(ct) @ r(w).T, np.einsum("bik,bin->kn", r(x), r(ct))
+    np.testing.assert_allclose(out, _rounded(x) @ _rounded(w), rtol=1e-5, atol=1e-4)
+    want_dx, want_dw = _rounded(ct) @ _rounded(w).T, np.einsum("bik,bin->kn", _rounded(x), _rounded(ct))
     assert dx.dtype == dw.dtype == jnp.float32
     np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(dw, want_dw, rtol=1e-5, atol=1e-3)
-    assert np.abs(np.asarray(dw) - r(want_dw)).max() > 1e-3  # a bfloat16-rounded gradient differs
+    assert np.abs(np.asarray(dw) - _rounded(want_dw)).max() > 1e-3  # a bfloat16-rounded gradient differs
 
 
 @pytest.mark.parametrize("in_axes", [(None, 0), (0, None), (0, 0)], ids=["weights-batched", "inputs-batched", "both"])
@@ -148,8 +152,7 @@ def test_bf16_matmul_primal_and_vmapped_gradients(in_axes):
     not) run on the CPU and equal each unbatched gradient."""
     rng = np.random.default_rng(2)
     x, w = rng.normal(size=(2, 5, 24)).astype(np.float32), rng.normal(size=(2, 24, 6)).astype(np.float32)
-    r = lambda a: np.asarray(jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32), np.float64)  # noqa: E731
-    np.testing.assert_allclose(jax.jit(bf16_matmul)(x[0], w[0]), r(x[0]) @ r(w[0]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(bf16_matmul)(x[0], w[0]), _rounded(x[0]) @ _rounded(w[0]), rtol=1e-5, atol=1e-5)
     grad = jax.grad(lambda a, b: jnp.sum(jnp.sin(bf16_matmul(a, b))), argnums=(0, 1))
     args = [a if ax == 0 else a[0] for a, ax in zip((x, w), in_axes)]
     dx, dw = jax.jit(jax.vmap(grad, in_axes=in_axes))(*args)

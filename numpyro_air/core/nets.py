@@ -102,7 +102,7 @@ def bf16_matmul(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
     once, and the gradients of ``x`` and ``w`` come out of their products as float32 (through
     ``astype`` they would be rounded to bfloat16 and converted back, a round trip of every
     weight gradient)."""
-    return _bf16_product(to_bfloat16(x), to_bfloat16(w))
+    return _bf16_matmul_fwd(x, w)[0]
 
 
 def _bf16_matmul_fwd(x, w):
