@@ -31,8 +31,47 @@ atexit.register(shutil.rmtree, _JAX_CACHE_DIR, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _JAX_CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+# Subprocesses (the CLI and script tests) share it: a train command's evaluation compiles what the
+# ``evaluate`` and ``plot`` commands of the same test compile again.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE_DIR
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+
+from background import Background  # noqa: E402
 
 from numpyro_air import AIRConfig  # noqa: E402
+
+_BACKGROUND = pytest.StashKey[Background]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the ``BACKGROUND`` jobs of the collected modules (tests/background.py)."""
+    modules = dict.fromkeys(m for m in (getattr(item, "module", None) for item in session.items) if m is not None)
+    background = Background()
+    atexit.register(shutil.rmtree, background.root, ignore_errors=True)
+    session.config.stash[_BACKGROUND] = background
+    background.start(job for module in modules for job in getattr(module, "BACKGROUND", ()))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _BACKGROUND in session.config.stash:
+        session.config.stash[_BACKGROUND].close()
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    """The wall time of each background job (they do not appear among the tests' durations)."""
+    background = config.stash.get(_BACKGROUND, None)
+    if background is not None and background.seconds:
+        terminalreporter.write_sep("=", "background jobs (wall time, beside the tests)")
+        for name, seconds in sorted(background.seconds.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{seconds:7.2f}s {name}")
+
+
+@pytest.fixture(scope="session")
+def background(request) -> Background:
+    """The session's background jobs: ``background.result(job)`` is a job's value."""
+    return request.config.stash[_BACKGROUND]
+
 
 SMALL = dict(
     image_size=20,

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from numpyro_air import cli
 from numpyro_air.cli import EXAMPLES, example_epilog
 from numpyro_air.train.checkpoint import read_npz
+
+RUN_EXAMPLES = Path(__file__).resolve().parent / "scripts" / "run_cli_examples.py"
 
 # What the test changes in each example to keep it small: (option, value) replaced or appended.
 SMALLER = {
@@ -43,20 +48,22 @@ def test_every_help_text_ends_with_its_example(capsys):
         assert all(line.startswith(("numpyro-air ", "python experiments/")) for line in EXAMPLES[command])
 
 
-def test_examples_run_as_typed_in_order(tmp_path, monkeypatch, make_eval_set, capsys):
-    monkeypatch.chdir(tmp_path)
+def example_commands(workdir: Path, run) -> tuple[Path, subprocess.CompletedProcess]:
+    """Every example line, smaller, in order, in one fresh process in ``workdir``."""
+    lines = [smaller(line) for c in ("train", "evaluate", "plot", "demo") for line in EXAMPLES[c]]
+    return workdir, run([sys.executable, str(RUN_EXAMPLES), json.dumps(lines)], cwd=workdir, timeout=900)
+
+
+BACKGROUND = (example_commands,)
+
+
+def test_examples_run_as_typed_in_order(background):
     lines = [line for c in ("train", "evaluate", "plot", "demo") for line in EXAMPLES[c]]
     assert EXAMPLES["numpyro-air"][0] in lines
-    results = []
-    for line in lines:
-        argv = smaller(line)
-        if argv[0] == "python":
-            assert argv[1] == "experiments/make_eval_set.py"
-            results.append(make_eval_set.main(argv[2:]))
-        else:
-            assert argv[0] == "numpyro-air"
-            module = __import__(f"numpyro_air.cli.{argv[1]}", fromlist=["main"])
-            results.append(module.main(argv[2:], prog=f"numpyro-air {argv[1]}"))
+    assert all(a[0] == "numpyro-air" or a[:2] == ["python", "experiments/make_eval_set.py"] for a in map(smaller, lines))
+    tmp_path, proc = background.result(example_commands)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
     run = tmp_path / "runs" / "fast"
     assert read_npz(run / "checkpoint.npz")[0]["step"] == 2
     evaluated = results[2]

@@ -23,7 +23,7 @@ from numpyro_air.train.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_SAVE = ROOT / "tests" / "scripts" / "train_slow_save.py"
-STEPS = 1200
+STEPS = 600
 CLI = [sys.executable, "-m", "numpyro_air.cli"]  # = the `numpyro-air` console command, without PATH
 
 
@@ -44,16 +44,13 @@ def fake_mnist(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("interrupt")
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    )
-    args = [
+def run_env() -> dict:
+    return dict(os.environ, JAX_PLATFORMS="cpu")  # with the suite's compilation cache (conftest.py)
+
+
+def run_args(tmp: Path) -> list:
+    """The run every test interrupts: tiny tutorial networks on 32 fake-MNIST scenes."""
+    return [
         "--preset",
         "tutorial",
         "-n",
@@ -61,7 +58,7 @@ def setup(tmp_path_factory):
         "-b",
         "8",
         "--mnist",
-        str(fake_mnist(tmp / "mnist.npz")),
+        str(tmp / "mnist.npz"),
         "--data-dir",
         str(tmp / "cache"),
         "--num-train",
@@ -88,10 +85,20 @@ def setup(tmp_path_factory):
         "--seed",
         "2",
     ]
-    ref = tmp / "ref"
-    proc = subprocess.run([*CLI, "train", *args, "--out", str(ref)], capture_output=True, text=True, env=env, timeout=600)
+
+
+def reference_run(workdir: Path, run) -> subprocess.CompletedProcess:
+    """The uninterrupted run (in ``workdir / "ref"``), which every resumed run must end on."""
+    fake_mnist(workdir / "mnist.npz")
+    return run([*CLI, "train", *run_args(workdir), "--out", str(workdir / "ref")], env=run_env(), timeout=900)
+
+
+@pytest.fixture(scope="module")
+def setup(background):
+    proc = background.result(reference_run)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp, env, args, read_checkpoint(ref / "checkpoint.npz")[1]
+    tmp = Path(proc.args[proc.args.index("--out") + 1]).parent
+    return tmp, run_env(), run_args(tmp), read_checkpoint(tmp / "ref" / "checkpoint.npz")[1]
 
 
 def assert_same_arrays(a: dict, b: dict) -> None:
@@ -167,12 +174,12 @@ def _last_logged_step(metrics: Path) -> int:
     return max((json.loads(line)["step"] for line in lines), default=0)
 
 
-def _kill_and_check(cmd, env, out: Path, during_save: bool, rng) -> int:
+def _kill_and_check(popen, cmd, env, out: Path, during_save: bool, rng) -> int:
     """Start ``cmd``, SIGKILL it at a random instant (a random step past the last checkpoint, plus a
     random delay) or while a save is between writing its temporary file and the rename; return
     the step of the checkpoint left behind (0 if none), after checking it and the log."""
     before = read_checkpoint(out / "checkpoint.npz")[0]["step"] if (out / "checkpoint.npz").exists() else 0
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    proc = popen(cmd, env=env, stderr=subprocess.DEVNULL)
     if during_save:
         for line in proc.stdout:
             if line.startswith("SAVING"):
@@ -184,8 +191,7 @@ def _kill_and_check(cmd, env, out: Path, during_save: bool, rng) -> int:
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.3))
     proc.kill()
-    proc.wait(timeout=60)
-    proc.stdout.close()
+    proc.communicate(timeout=60)
     step = read_checkpoint(out / "checkpoint.npz")[0]["step"] if (out / "checkpoint.npz").exists() else 0
     assert step >= before
     for line in (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []:
@@ -195,21 +201,31 @@ def _kill_and_check(cmd, env, out: Path, during_save: bool, rng) -> int:
     return step
 
 
-def test_sigkill_at_random_instants_resumes_from_last_checkpoint(setup):
-    tmp, env, args, ref = setup
-    out = tmp / "killed"
+def killed_runs(workdir: Path, run) -> tuple[Path, list, subprocess.CompletedProcess]:
+    """The run SIGKILLed inside its first save (no checkpoint left: it starts over), then at a random
+    step, then finished with the plain console command (whose saves need no 3-s pause); the kills'
+    checks are ``_kill_and_check``'s. Returns the output directory, the checkpoint step each kill
+    left and the last leg."""
+    fake_mnist(workdir / "mnist.npz")
+    env, args, out = run_env(), run_args(workdir), workdir / "killed"
     base = [sys.executable, str(SLOW_SAVE), *args, "--out", str(out), "--save-every", "200"]
     rng = np.random.default_rng(7)
     steps = []
-    # first inside the first save (no checkpoint left: the run starts over), then at a random step
-    for attempt, during_save in enumerate([True, False]):
+    for during_save in (True, False):
         resume = ["--load", str(out / "checkpoint.npz")] if (out / "checkpoint.npz").exists() else ["--overwrite"]
-        steps.append(_kill_and_check(base + resume, env, out, during_save, rng))
-        assert steps[-1] % 200 == 0, steps
-    assert len(set(steps)) >= 2, steps  # the kills landed at different points of the run
-    # the last leg with the plain console command: its saves need no 3-s pause
+        steps.append(_kill_and_check(run.popen, base + resume, env, out, during_save, rng))
     plain = [*CLI, "train", *args, "--out", str(out), "--save-every", "200", "--load", str(out / "checkpoint.npz")]
-    final = subprocess.run(plain, capture_output=True, text=True, env=env, timeout=600)
+    return out, steps, run(plain, env=env, timeout=900)
+
+
+BACKGROUND = (reference_run, killed_runs)
+
+
+def test_sigkill_at_random_instants_resumes_from_last_checkpoint(setup, background):
+    ref = setup[3]
+    out, steps, final = background.result(killed_runs)
+    assert all(step % 200 == 0 for step in steps), steps
+    assert len(set(steps)) >= 2, steps  # the kills landed at different points of the run
     assert final.returncode == 0, final.stderr[-3000:]
     assert not list(out.glob("checkpoint.npz.*.tmp")), "a start removes the temporary file of a killed save"
     assert_same_arrays(read_checkpoint(out / "checkpoint.npz")[1], ref)

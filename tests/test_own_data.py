@@ -44,11 +44,12 @@ def write_pngs(d: Path, images: np.ndarray, mode: str | None = None, suffix: str
     return d
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
-    return subprocess.run(
-        [sys.executable, "-m", "numpyro_air.cli", *args], capture_output=True, text=True, timeout=900, env=env, cwd=cwd
-    )
+CLI_ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+
+
+def cli_argv(*args: str) -> list:
+    """``numpyro-air ARGS`` for this interpreter (no PATH lookup)."""
+    return [sys.executable, "-m", "numpyro_air.cli", *args]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -299,10 +300,8 @@ def test_cli_canvas_of_non_square_colour_data(tmp_path):
     assert (air.image_size, air.image_width, air.channels) == (20, 24, 3) and air.image_shape == (20, 24, 3)
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """Small grayscale data: train.npz with counts, a test PNG directory without, and bad files."""
-    d = tmp_path_factory.mktemp("own")
+def write_files(d: Path) -> Path:
+    """Small grayscale data in ``d``: train.npz with counts, a test PNG directory without, bad files."""
     x, counts = scenes(12, seed=1)
     np.savez(d / "train.npz", images=x, counts=counts)
     write_pngs(d / "test_png", scenes(6, seed=2)[0], "L")
@@ -314,32 +313,82 @@ def files(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--data", "nan.npz"], "nan.npz: float 'images' contain NaN"),
-        (["--data", "counts.npz"], "counts.npz: 'counts' has 5 entries but there are 12 images"),
-        (["--data", "missing.npz"], "missing.npz: no such file or directory"),
-        (["--data", "train.npz"], "window_size 28 is larger than the 20x20 images of train.npz: pass --window-size"),
-        (["--data", "train.npz", "--test-data", "small.npz", "--window-size", "8"], "small.npz: images of shape (10, 10)"),
-        (["--test-data", "small.npz"], "--test-data needs --data"),
-        (["--data", "train.npz", "--window-size", "8", "--num-train", "5"], "--num-train: options of the generated"),
-        (["--data", "train.npz", "--window-size", "8", "-b", "64"], "batch_size 64 exceeds the 12 training images"),
-    ],
-    ids=["nan", "counts-length", "missing", "window", "test-shape", "test-alone", "generator-flag", "batch"],
-)
-def test_cli_bad_data_is_one_error_line_and_writes_nothing(files, args, message):
-    out = files / "never"
-    proc = cli("train", *args, "--out", str(out), cwd=files)
+BAD_DATA = {  # id: (arguments of `numpyro-air train`, the one error line's message)
+    "nan": (["--data", "nan.npz"], "nan.npz: float 'images' contain NaN"),
+    "counts-length": (["--data", "counts.npz"], "counts.npz: 'counts' has 5 entries but there are 12 images"),
+    "missing": (["--data", "missing.npz"], "missing.npz: no such file or directory"),
+    "window": (["--data", "train.npz"], "window_size 28 is larger than the 20x20 images of train.npz: pass --window-size"),
+    "test-shape": (
+        ["--data", "train.npz", "--test-data", "small.npz", "--window-size", "8"],
+        "small.npz: images of shape (10, 10)",
+    ),
+    "test-alone": (["--test-data", "small.npz"], "--test-data needs --data"),
+    "generator-flag": (
+        ["--data", "train.npz", "--window-size", "8", "--num-train", "5"],
+        "--num-train: options of the generated",
+    ),
+    "batch": (["--data", "train.npz", "--window-size", "8", "-b", "64"], "batch_size 64 exceeds the 12 training images"),
+}
+
+
+def own_data_commands(workdir: Path, run) -> tuple[Path, dict]:
+    """Every CLI command of the grayscale tests below, on ``write_files(workdir)``, in order."""
+    write_files(workdir)
+
+    def cli_(*args: str) -> subprocess.CompletedProcess:
+        return run(cli_argv(*args), env=CLI_ENV, cwd=workdir)
+
+    procs = {name: cli_("train", *args, "--out", str(workdir / f"never-{name}")) for name, (args, _) in BAD_DATA.items()}
+    out = workdir / "run"
+    procs["train"] = cli_("train", "--data", "train.npz", "--test-data", "test_png", "--out", str(out), *TINY)
+    procs["evaluate"] = cli_("evaluate", "--checkpoint", str(out), "--data", "test_png", "--json")
+    procs["evaluate-nan"] = cli_("evaluate", "--checkpoint", str(out), "--data", "nan.npz")
+    procs["other-data"] = cli_("train", "--data", "test_png", "--out", str(out), "--load", str(out / "checkpoint.npz"), *TINY)
+    return workdir, procs
+
+
+def rgb_commands(workdir: Path, run) -> tuple[Path, dict]:
+    """Train on a non-square RGB npz (held out: RGB PNGs), evaluate with figures, plot."""
+    x, counts = scenes(12, 20, 24, 3, seed=3)
+    x[..., 1] //= 3  # magenta squares
+    np.savez(workdir / "rgb.npz", images=x, counts=counts)
+    y = scenes(4, 20, 24, 3, seed=4)[0]
+    y[..., 0] //= 3  # cyan squares
+    write_pngs(workdir / "rgb_png", y)
+    out = workdir / "run"
+    procs = {
+        "train": run(
+            cli_argv("train", "--data", "rgb.npz", "--test-data", "rgb_png", "--out", str(out), *TINY), env=CLI_ENV, cwd=workdir
+        )
+    }
+    ev = cli_argv("evaluate", "--checkpoint", str(out), "--data", "rgb.npz", "--figures", "eval_figs", "--json")
+    procs["evaluate"] = run(ev, env=CLI_ENV, cwd=workdir)
+    procs["plot"] = run(cli_argv("plot", str(out), "--out", "plot_figs"), env=CLI_ENV, cwd=workdir)
+    return workdir, procs
+
+
+BACKGROUND = (own_data_commands, rgb_commands)
+
+
+@pytest.fixture(scope="module")
+def own_data(background) -> tuple[Path, dict]:
+    return background.result(own_data_commands)
+
+
+@pytest.mark.parametrize("name", list(BAD_DATA))
+def test_cli_bad_data_is_one_error_line_and_writes_nothing(own_data, name):
+    files, procs = own_data
+    proc, message = procs[name], BAD_DATA[name][1]
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode != 0 and last.startswith("error:") and message in last, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    assert not out.exists()
+    assert not (files / f"never-{name}").exists()
 
 
-def test_cli_trains_on_own_data_and_evaluates_without_counts(files):
+def test_cli_trains_on_own_data_and_evaluates_without_counts(own_data):
+    files, procs = own_data
     out = files / "run"
-    proc = cli("train", "--data", "train.npz", "--test-data", "test_png", "--out", str(out), *TINY, cwd=files)
+    proc = procs["train"]
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["kind"] == "train"]
@@ -358,30 +407,25 @@ def test_cli_trains_on_own_data_and_evaluates_without_counts(files):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["seeds_reaching"]["num_seeds"] == 1
     # evaluate on the PNG directory: no counts, so the ELBO only
-    ev = cli("evaluate", "--checkpoint", str(out), "--data", "test_png", "--json", cwd=files)
+    ev = procs["evaluate"]
     assert ev.returncode == 0, ev.stderr[-3000:]
     res = json.loads(ev.stdout.strip().splitlines()[-1])
     assert res["num_images"] == 6 and np.isfinite(res["elbo"]) and "count_accuracy" not in res
     # a bad --data for evaluate is one error line too
-    bad = cli("evaluate", "--checkpoint", str(out), "--data", "nan.npz", cwd=files)
+    bad = procs["evaluate-nan"]
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error: nan.npz: float 'images'")
     assert "Traceback" not in bad.stderr
     # resuming on other data is refused, naming the data
-    other = cli("train", "--data", "test_png", "--out", str(out), "--load", str(out / "checkpoint.npz"), *TINY, cwd=files)
+    other = procs["other-data"]
     assert other.returncode != 0 and "data does not match the current run" in other.stderr, other.stderr[-2000:]
     assert "Traceback" not in other.stderr
 
 
 @pytest.mark.skipif(not COLOUR, reason="needs AIRConfig image_width/channels (non-square and colour canvases)")
-def test_cli_trains_on_non_square_rgb_npz(tmp_path):
-    x, counts = scenes(12, 20, 24, 3, seed=3)
-    x[..., 1] //= 3  # magenta squares
-    np.savez(tmp_path / "rgb.npz", images=x, counts=counts)
-    y = scenes(4, 20, 24, 3, seed=4)[0]
-    y[..., 0] //= 3  # cyan squares
-    write_pngs(tmp_path / "rgb_png", y)
+def test_cli_trains_on_non_square_rgb_npz(background):
+    tmp_path, procs = background.result(rgb_commands)
     out = tmp_path / "run"
-    proc = cli("train", "--data", "rgb.npz", "--test-data", "rgb_png", "--out", str(out), *TINY, cwd=tmp_path)
+    proc = procs["train"]
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["elbo"]) for r in rows if r["kind"] == "train")
@@ -391,10 +435,10 @@ def test_cli_trains_on_non_square_rgb_npz(tmp_path):
     assert (meta["air_config"]["image_size"], meta["air_config"]["image_width"], meta["air_config"]["channels"]) == (20, 24, 3)
     # the figures of the run, of `evaluate --figures` and of `plot`: colour PNGs
     figures = ("boxes.png", "reconstructions.png", "prior_samples.png", "windows.png")
-    ev = cli("evaluate", "--checkpoint", str(out), "--data", "rgb.npz", "--figures", "eval_figs", "--json", cwd=tmp_path)
+    ev = procs["evaluate"]
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert (tmp_path / "eval_figs" / "confusion.png").is_file()
-    plot = cli("plot", str(out), "--out", "plot_figs", cwd=tmp_path)
+    plot = procs["plot"]
     assert plot.returncode == 0, plot.stderr[-3000:]
     for d in (out, tmp_path / "eval_figs", tmp_path / "plot_figs"):
         for name in figures:

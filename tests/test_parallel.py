@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,14 @@ from numpyro_air.train.loop import TrainConfig
 SCRIPT = Path(__file__).parent / "scripts" / "parallel_check.py"
 
 
-@pytest.fixture(scope="module")
-def result():
+def parallel_check(workdir: Path, run) -> subprocess.CompletedProcess:
     flags = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
-    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, env=env, timeout=600)
+    return run([sys.executable, str(SCRIPT)], env=dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu"), timeout=900)
+
+
+@pytest.fixture(scope="module")
+def result(background):
+    proc = background.result(parallel_check)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout)
 
@@ -84,37 +88,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process(tmp_path):
+def two_processes(workdir: Path, run) -> tuple:
+    """Process 0 and 1 of a 2-process run (concurrently), then the 1-process run."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    port = _free_port()
+    argv = [[sys.executable, str(MULTIHOST), str(p), str(port), str(workdir / f"p{p}")] for p in (0, 1)]
+    with ThreadPoolExecutor(2) as pool:
+        pair = list(pool.map(lambda a: run(a, env=env, timeout=900), argv))
+    single = run([sys.executable, str(MULTIHOST), "-1", "0", str(workdir / "single")], env=env, timeout=900)
+    return workdir, pair, single
+
+
+BACKGROUND = (parallel_check, two_processes)
+
+
+def test_two_processes_equal_one_process(background):
     """2 CPU processes (jax.distributed on localhost, one device each, each building its half of
     every batch) train like one process with the same global batch; only process 0 writes."""
     import numpy as np
 
     from numpyro_air.train.checkpoint import read_checkpoint
 
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(MULTIHOST), str(p), str(port), str(tmp_path / f"p{p}")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for p in (0, 1)
-    ]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    single = subprocess.run(
-        [sys.executable, str(MULTIHOST), "-1", "0", str(tmp_path / "single")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    tmp_path, pair, single = background.result(two_processes)
+    for p in pair:
+        assert p.returncode == 0, p.stderr[-3000:]
     assert single.returncode == 0, single.stderr[-3000:]
-    r0, r1, rs = (json.loads(o.strip().splitlines()[-1]) for o in (outs[0][0], outs[1][0], single.stdout))
+    r0, r1, rs = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (*pair, single))
     assert r0["process_count"] == r1["process_count"] == 2 and rs["process_count"] == 1
     assert len(r0["elbos"]) == 3 and r0["elbos"] == pytest.approx(rs["elbos"], rel=1e-5)
     assert "checkpoint.npz" in r0["files"] and r1["files"] == []  # only process 0 writes files

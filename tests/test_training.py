@@ -298,73 +298,48 @@ def test_confusion_and_summary():
     assert accuracy_summary([0.99, 0.96, 0.5]) == {">=90%": 2, ">=95%": 2, ">=98%": 1, "num_seeds": 3}
 
 
-def test_cli_train_evaluate_plot(tmp_path):
+BAD_OPTIONS = ((["--num-seeds", "0"], "num_seeds"), (["--device", "tpu"], "tpu"), (["--window-size", "60"], "window_size"))
+
+
+def cli_commands(workdir: Path, run) -> tuple[Path, dict, object]:
+    """``experiments/train.py`` twice (the second refused), ``evaluate.py`` on an evaluation file and
+    on a corrupt checkpoint, ``plot.py``, and ``train.py`` with each of ``BAD_OPTIONS``."""
     x, y = fake_digits(60, 5)
-    np.savez(tmp_path / "mnist.npz", x_train=x, y_train=y, x_test=x[:30], y_test=y[:30])
+    np.savez(workdir / "mnist.npz", x_train=x, y_train=y, x_test=x[:30], y_test=y[:30])
+    out = workdir / "run"
+    args = ["--preset", "tutorial", "-n", "2", "-b", "8", "--mnist", str(workdir / "mnist.npz")]
+    args += ["--data-dir", str(workdir / "cache"), "--num-train", "32", "--num-test", "16", "--rnn-hidden-size", "16"]
+    args += ["--encoder-latent-size", "4", "--encoder-net", "16", "--decoder-net", "16", "--predict-net", "8"]
+    args += ["--bl-predict-net", "8", "--progress-every", "1", "--out", str(out), "--no-progress", "--seed", "1"]
+    script = {name: [sys.executable, str(ROOT / "experiments" / f"{name}.py")] for name in ("train", "evaluate", "plot")}
+    procs = {"train": run(script["train"] + args), "again": run(script["train"] + args)}
+    x2, y2 = fake_digits(30, 6)
+    ds = generate_multi_mnist(x2, y2, 12, canvas_size=50, seed=9)
+    save_eval_npz(workdir / "eval.npz", ds)
+    evaluation = ["--data", str(workdir / "eval.npz")]
+    procs["evaluate"] = run(script["evaluate"] + ["--checkpoint", str(out), *evaluation, "--json", "--iwae", "3"])
+    (workdir / "bad.msgpack").write_bytes(b"garbage")
+    procs["bad"] = run(script["evaluate"] + ["--checkpoint", str(workdir / "bad.msgpack"), *evaluation])
+    procs["plot"] = run(script["plot"] + [str(out), "--no-model-figures", "--out", str(workdir / "figs")])
+    for i, (bad, _) in enumerate(BAD_OPTIONS):
+        procs[f"bad-option-{i}"] = run(script["train"] + ["--out", str(workdir / "o"), *bad])
+    return workdir, procs, ds
+
+
+BACKGROUND = (cli_commands,)
+
+
+def test_cli_train_evaluate_plot(background):
+    tmp_path, procs, ds = background.result(cli_commands)
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        str(ROOT / "experiments" / "train.py"),
-        "--preset",
-        "tutorial",
-        "-n",
-        "2",
-        "-b",
-        "8",
-        "--mnist",
-        str(tmp_path / "mnist.npz"),
-        "--data-dir",
-        str(tmp_path / "cache"),
-        "--num-train",
-        "32",
-        "--num-test",
-        "16",
-        "--rnn-hidden-size",
-        "16",
-        "--encoder-latent-size",
-        "4",
-        "--encoder-net",
-        "16",
-        "--decoder-net",
-        "16",
-        "--predict-net",
-        "8",
-        "--bl-predict-net",
-        "8",
-        "--progress-every",
-        "1",
-        "--out",
-        str(out),
-        "--no-progress",
-        "--seed",
-        "1",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    proc = procs["train"]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "checkpoint.npz").is_file() and (out / "command.txt").is_file()
     # refusing to overwrite without --overwrite
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    again = procs["again"]
     assert again.returncode != 0 and "already exists" in again.stderr
-    # evaluate.py on an evaluation file
-    x2, y2 = fake_digits(30, 6)
-    ds = generate_multi_mnist(x2, y2, 12, canvas_size=50, seed=9)
-    save_eval_npz(tmp_path / "eval.npz", ds)
-    ev = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / "evaluate.py"),
-            "--checkpoint",
-            str(out),
-            "--data",
-            str(tmp_path / "eval.npz"),
-            "--json",
-            "--iwae",
-            "3",
-        ],  # a run directory
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    # evaluate.py on an evaluation file (a run directory as the checkpoint)
+    ev = procs["evaluate"]
     assert ev.returncode == 0, ev.stderr[-3000:]
     res = json.loads(ev.stdout.strip().splitlines()[-1])
     conf = np.asarray(res["confusion"])
@@ -377,42 +352,20 @@ def test_cli_train_evaluate_plot(tmp_path):
     loc = res["localisation"]  # the evaluation file has ground-truth boxes
     assert loc["true_objects"] == int(ds.counts.sum()) and 0.0 <= loc["matched_within_radius"] <= 1.0
     # a corrupt checkpoint gives a clear error, not a traceback
-    (tmp_path / "bad.msgpack").write_bytes(b"garbage")
-    bad = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / "evaluate.py"),
-            "--checkpoint",
-            str(tmp_path / "bad.msgpack"),
-            "--data",
-            str(tmp_path / "eval.npz"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    bad = procs["bad"]
     assert bad.returncode != 0 and "not a numpyro-air checkpoint" in bad.stderr
     # plot.py regenerates the curves from the log
-    pl = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "plot.py"), str(out), "--no-model-figures", "--out", str(tmp_path / "figs")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    pl = procs["plot"]
     assert pl.returncode == 0, pl.stderr[-3000:]
     assert (tmp_path / "figs" / "elbo.png").is_file() and (tmp_path / "figs" / "accuracy.png").is_file()
 
 
-def test_cli_rejects_bad_options(tmp_path):
-    cases = ((["--num-seeds", "0"], "num_seeds"), (["--device", "tpu"], "tpu"), (["--window-size", "60"], "window_size"))
-    for args, msg in cases:
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / "experiments" / "train.py"), "--out", str(tmp_path / "o"), *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+def test_cli_rejects_bad_options(background):
+    tmp_path, procs, _ = background.result(cli_commands)
+    for i, (args, msg) in enumerate(BAD_OPTIONS):
+        proc = procs[f"bad-option-{i}"]
         assert proc.returncode != 0 and msg in proc.stderr, (args, proc.stderr[-2000:])
+    assert not (tmp_path / "o").exists()
 
 
 def test_loop_uses_the_annealed_prior_of_each_step_and_logs_elbo_per_image(tmp_path, datasets):

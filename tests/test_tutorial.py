@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-import matplotlib
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "docs" / "tutorial.ipynb"
+RUN_SNIPPETS = ROOT / "tests" / "scripts" / "run_snippets.py"
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +34,20 @@ def test_saved_with_figures_small_and_from_the_builder(notebook):
     assert images >= 6  # data, prior, window, curves, inference, own images
 
 
-def test_every_code_cell_runs(notebook, monkeypatch, tmp_path):
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def tutorial_cells(workdir: Path, run) -> subprocess.CompletedProcess:
+    """Every code cell with a few training steps, in a fresh process (beside the other tests)."""
+    env = dict(os.environ, NUMPYRO_AIR_TUTORIAL_STEPS="4", NUMPYRO_AIR_TUTORIAL_SCALE="0.05")
+    probes = ["STEPS", 'len(log["elbo"])', "float(accuracy)", 'summary["steps"]']
+    argv = [sys.executable, str(RUN_SNIPPETS), str(NOTEBOOK), *(a for p in probes for a in ("--probe", p))]
+    return run(argv, env=env, cwd=workdir, timeout=900)
 
-    monkeypatch.setenv("NUMPYRO_AIR_TUTORIAL_STEPS", "4")
-    monkeypatch.setenv("NUMPYRO_AIR_TUTORIAL_SCALE", "0.05")
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "__tutorial__"}
-    for cell in notebook["cells"]:
-        if cell["cell_type"] == "code":
-            exec(compile("".join(cell["source"]), "<tutorial cell>", "exec"), namespace)
-            plt.close("all")
-    assert namespace["STEPS"] == 4 and len(namespace["log"]["elbo"]) == 4
-    assert 0.0 <= namespace["accuracy"] <= 1.0 and namespace["summary"]["steps"] == 2
+
+BACKGROUND = (tutorial_cells,)
+
+
+def test_every_code_cell_runs(background):
+    proc = background.result(tutorial_cells)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    steps, logged, accuracy, summary_steps = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert steps == 4 and logged == 4
+    assert 0.0 <= accuracy <= 1.0 and summary_steps == 2
