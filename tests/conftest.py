@@ -31,9 +31,13 @@ atexit.register(shutil.rmtree, _JAX_CACHE_DIR, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _JAX_CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-# Subprocesses (the CLI and script tests) share it: a train command's evaluation compiles what the
-# ``evaluate`` and ``plot`` commands of the same test compile again.
-os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE_DIR
+# The subprocesses (CLI and script tests) share a second one, so that what a train command's
+# evaluation compiled is not compiled again by the ``evaluate`` and ``plot`` commands of the same
+# test; it is separate from this process's (its entries are written without a lock, and the
+# subprocesses run beside this process and may be killed mid-write).
+_SUBPROCESS_CACHE_DIR = tempfile.mkdtemp(prefix="numpyro_air_test_jax_cache_subprocesses_")
+atexit.register(shutil.rmtree, _SUBPROCESS_CACHE_DIR, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _SUBPROCESS_CACHE_DIR
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
@@ -45,8 +49,12 @@ _BACKGROUND = pytest.StashKey[Background]()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the ``BACKGROUND`` jobs of the collected modules (tests/background.py)."""
-    modules = dict.fromkeys(m for m in (getattr(item, "module", None) for item in session.items) if m is not None)
+    """Start the ``BACKGROUND`` jobs of the modules whose selected tests use the ``background``
+    fixture (tests/background.py), in collection order."""
+    users = (item for item in session.items if "background" in getattr(item, "fixturenames", ()))
+    modules = dict.fromkeys(m for m in (getattr(item, "module", None) for item in users) if m is not None)
+    if session.config.option.collectonly:
+        modules = {}
     background = Background()
     atexit.register(shutil.rmtree, background.root, ignore_errors=True)
     session.config.stash[_BACKGROUND] = background

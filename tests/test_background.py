@@ -37,8 +37,19 @@ def test_values_in_order_failures_raised_and_unscheduled_jobs_run_here(tmp_path)
     assert isinstance(info.value.__cause__, AssertionError) and "exit status 3" in str(info.value.__cause__)
     assert sorted(background.seconds) == sorted(f"{__name__}.{f.__name__}" for f in (echo, broken, echo_again))
     unscheduled = Background(tmp_path / "other")
-    assert unscheduled.result(echo)[2] == "hello"  # runs on the spot
+    value = unscheduled.result(echo)
+    assert value[2] == "hello" and unscheduled.result(echo) == value  # runs on the spot, once
     assert (tmp_path / "other" / f"{__name__}.echo" / "done").read_text().strip() == "hello"
+
+
+def test_commands_see_the_environment_of_the_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKGROUND_PROBE", "at start")
+    background = Background(tmp_path)
+    background.start([])
+    monkeypatch.setenv("BACKGROUND_PROBE", "changed by a test")
+    show = [sys.executable, "-c", "import os; print(os.environ['BACKGROUND_PROBE'], os.environ.get('EXTRA'))"]
+    assert background.run(show).stdout.split() == ["at", "start", "None"]
+    assert background.run(show, env=background.env(EXTRA="1")).stdout.split() == ["at", "start", "1"]
 
 
 def test_close_kills_running_processes_and_refuses_new_ones(tmp_path):

@@ -12,6 +12,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def run_args(tmp: Path) -> list:
 def reference_run(workdir: Path, run) -> subprocess.CompletedProcess:
     """The uninterrupted run (in ``workdir / "ref"``), which every resumed run must end on."""
     fake_mnist(workdir / "mnist.npz")
-    return run([*CLI, "train", *run_args(workdir), "--out", str(workdir / "ref")], env=run_env(), timeout=900)
+    return run([*CLI, "train", *run_args(workdir), "--out", str(workdir / "ref")], env=run.env(JAX_PLATFORMS="cpu"), timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +181,8 @@ def _kill_and_check(popen, cmd, env, out: Path, during_save: bool, rng) -> int:
     the step of the checkpoint left behind (0 if none), after checking it and the log."""
     before = read_checkpoint(out / "checkpoint.npz")[0]["step"] if (out / "checkpoint.npz").exists() else 0
     proc = popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    watchdog = threading.Timer(600, proc.kill)  # a hung run ends the loops below (and fails)
+    watchdog.start()
     if during_save:
         for line in proc.stdout:
             if line.startswith("SAVING"):
@@ -190,6 +193,7 @@ def _kill_and_check(popen, cmd, env, out: Path, during_save: bool, rng) -> int:
             assert proc.poll() is None, "the run ended before it could be killed"
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.3))
+    watchdog.cancel()
     proc.kill()
     proc.communicate(timeout=60)
     step = read_checkpoint(out / "checkpoint.npz")[0]["step"] if (out / "checkpoint.npz").exists() else 0
@@ -207,7 +211,7 @@ def killed_runs(workdir: Path, run) -> tuple[Path, list, subprocess.CompletedPro
     checks are ``_kill_and_check``'s. Returns the output directory, the checkpoint step each kill
     left and the last leg."""
     fake_mnist(workdir / "mnist.npz")
-    env, args, out = run_env(), run_args(workdir), workdir / "killed"
+    env, args, out = run.env(JAX_PLATFORMS="cpu"), run_args(workdir), workdir / "killed"
     base = [sys.executable, str(SLOW_SAVE), *args, "--out", str(out), "--save-every", "200"]
     rng = np.random.default_rng(7)
     steps = []

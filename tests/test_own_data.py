@@ -5,7 +5,6 @@ directories, and ``numpyro-air train --data/--test-data`` and ``evaluate --data`
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +43,7 @@ def write_pngs(d: Path, images: np.ndarray, mode: str | None = None, suffix: str
     return d
 
 
-CLI_ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+CLI_ENV = dict(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")  # over the session's
 
 
 def cli_argv(*args: str) -> list:
@@ -336,7 +335,7 @@ def own_data_commands(workdir: Path, run) -> tuple[Path, dict]:
     write_files(workdir)
 
     def cli_(*args: str) -> subprocess.CompletedProcess:
-        return run(cli_argv(*args), env=CLI_ENV, cwd=workdir)
+        return run(cli_argv(*args), env=run.env(**CLI_ENV), cwd=workdir)
 
     procs = {name: cli_("train", *args, "--out", str(workdir / f"never-{name}")) for name, (args, _) in BAD_DATA.items()}
     out = workdir / "run"
@@ -358,12 +357,14 @@ def rgb_commands(workdir: Path, run) -> tuple[Path, dict]:
     out = workdir / "run"
     procs = {
         "train": run(
-            cli_argv("train", "--data", "rgb.npz", "--test-data", "rgb_png", "--out", str(out), *TINY), env=CLI_ENV, cwd=workdir
+            cli_argv("train", "--data", "rgb.npz", "--test-data", "rgb_png", "--out", str(out), *TINY),
+            env=run.env(**CLI_ENV),
+            cwd=workdir,
         )
     }
     ev = cli_argv("evaluate", "--checkpoint", str(out), "--data", "rgb.npz", "--figures", "eval_figs", "--json")
-    procs["evaluate"] = run(ev, env=CLI_ENV, cwd=workdir)
-    procs["plot"] = run(cli_argv("plot", str(out), "--out", "plot_figs"), env=CLI_ENV, cwd=workdir)
+    procs["evaluate"] = run(ev, env=run.env(**CLI_ENV), cwd=workdir)
+    procs["plot"] = run(cli_argv("plot", str(out), "--out", "plot_figs"), env=run.env(**CLI_ENV), cwd=workdir)
     return workdir, procs
 
 

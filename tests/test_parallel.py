@@ -2,7 +2,6 @@
 single-device, single-seed computations; bad scale-out inputs fail early and clearly."""
 
 import json
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,7 @@ SCRIPT = Path(__file__).parent / "scripts" / "parallel_check.py"
 
 def parallel_check(workdir: Path, run) -> subprocess.CompletedProcess:
     flags = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
-    return run([sys.executable, str(SCRIPT)], env=dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu"), timeout=900)
+    return run([sys.executable, str(SCRIPT)], env=run.env(XLA_FLAGS=flags, JAX_PLATFORMS="cpu"), timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +89,7 @@ def _free_port() -> int:
 
 def two_processes(workdir: Path, run) -> tuple:
     """Process 0 and 1 of a 2-process run (concurrently), then the 1-process run."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = run.env(JAX_PLATFORMS="cpu")
     port = _free_port()
     argv = [[sys.executable, str(MULTIHOST), str(p), str(port), str(workdir / f"p{p}")] for p in (0, 1)]
     with ThreadPoolExecutor(2) as pool:

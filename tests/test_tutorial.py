@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +35,7 @@ def test_saved_with_figures_small_and_from_the_builder(notebook):
 
 def tutorial_cells(workdir: Path, run) -> subprocess.CompletedProcess:
     """Every code cell with a few training steps, in a fresh process (beside the other tests)."""
-    env = dict(os.environ, NUMPYRO_AIR_TUTORIAL_STEPS="4", NUMPYRO_AIR_TUTORIAL_SCALE="0.05")
+    env = run.env(NUMPYRO_AIR_TUTORIAL_STEPS="4", NUMPYRO_AIR_TUTORIAL_SCALE="0.05")
     probes = ["STEPS", 'len(log["elbo"])', "float(accuracy)", 'summary["steps"]']
     argv = [sys.executable, str(RUN_SNIPPETS), str(NOTEBOOK), *(a for p in probes for a in ("--probe", p))]
     return run(argv, env=env, cwd=workdir, timeout=900)
