@@ -45,10 +45,6 @@ def fake_mnist(path: Path) -> Path:
     return path
 
 
-def run_env() -> dict:
-    return dict(os.environ, JAX_PLATFORMS="cpu")  # with the suite's compilation cache (conftest.py)
-
-
 def run_args(tmp: Path) -> list:
     """The run every test interrupts: tiny tutorial networks on 32 fake-MNIST scenes."""
     return [
@@ -95,11 +91,11 @@ def reference_run(workdir: Path, run) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def setup(background):
+def reference(background) -> dict:
+    """The uninterrupted run's final checkpoint arrays."""
     proc = background.result(reference_run)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    tmp = Path(proc.args[proc.args.index("--out") + 1]).parent
-    return tmp, run_env(), run_args(tmp), read_checkpoint(tmp / "ref" / "checkpoint.npz")[1]
+    return read_checkpoint(Path(proc.args[proc.args.index("--out") + 1]) / "checkpoint.npz")[1]
 
 
 def assert_same_arrays(a: dict, b: dict) -> None:
@@ -118,31 +114,47 @@ def wait_for_train_row(metrics: Path, proc, timeout: float = 300) -> None:
     raise AssertionError("no progress row within the timeout")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_signal_writes_checkpoint_and_resume_is_exact(setup, signum):
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def signalled_runs(workdir: Path, run) -> dict:
+    """For each of ``SIGNALS``: the run stopped by it after its first logged step (its process, the
+    checkpoint's step and the log's rows right after the stop), and for SIGINT the run resumed
+    with the command it printed (the other signal's run is not resumed: both stop through the
+    same save, and the SIGKILL test resumes too)."""
+    fake_mnist(workdir / "mnist.npz")
+    env, args, stopped = run.env(JAX_PLATFORMS="cpu"), run_args(workdir), {}
+    for signum in SIGNALS:
+        out = workdir / f"sig{int(signum)}"
+        proc = run.popen([*CLI, "train", *args, "--out", str(out)], env=env)
+        wait_for_train_row(out / "metrics.jsonl", proc)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=300)
+        step = read_checkpoint(out / "checkpoint.npz")[0]["step"] if (out / "checkpoint.npz").exists() else None
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        command = re.search(r"resume with:\n\s+(.+)", err)
+        again = run(runnable(command.group(1)), env=env) if command and signum == signal.SIGINT else None
+        stopped[signum] = dict(out=out, returncode=proc.returncode, stderr=err, step=step, rows=rows, again=again)
+    return stopped
+
+
+@pytest.mark.parametrize("signum", SIGNALS)
+def test_signal_writes_checkpoint_and_resume_is_exact(reference, background, signum):
     """Either signal stops the run with a checkpoint, the log and the resume command; the resumed
     run (SIGINT's) ends bit for bit where the uninterrupted one ends."""
-    tmp, env, args, ref = setup
-    out = tmp / f"sig{int(signum)}"
-    proc = subprocess.Popen(
-        [*CLI, "train", *args, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    wait_for_train_row(out / "metrics.jsonl", proc)
-    proc.send_signal(signum)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + int(signum), err[-3000:]
-    meta, _ = read_checkpoint(out / "checkpoint.npz")
-    assert 0 < meta["step"] < STEPS  # stopped mid-run, after a finished step
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert rows and all(r["step"] <= meta["step"] for r in rows)
+    stopped = background.result(signalled_runs)[signum]
+    out, err = stopped["out"], stopped["stderr"]
+    assert stopped["returncode"] == 128 + int(signum), err[-3000:]
+    assert stopped["step"] is not None and 0 < stopped["step"] < STEPS  # stopped mid-run, after a finished step
+    assert stopped["rows"] and all(r["step"] <= stopped["step"] for r in stopped["rows"])
     command = re.search(r"resume with:\n\s+(.+)", err).group(1)
     assert command.startswith("numpyro-air train ")  # as users type it
     assert shlex.split(command)[-2:] == ["--load", str(out / "checkpoint.npz")]
     if signum != signal.SIGINT:
-        return  # one signal's resume suffices: both stop through the same save (and the SIGKILL test resumes too)
-    again = subprocess.run(runnable(command), capture_output=True, text=True, env=env, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert_same_arrays(read_checkpoint(out / "checkpoint.npz")[1], ref)
+        assert stopped["again"] is None
+        return
+    assert stopped["again"].returncode == 0, stopped["again"].stderr[-3000:]
+    assert_same_arrays(read_checkpoint(out / "checkpoint.npz")[1], reference)
 
 
 def test_resume_command_is_the_console_command_and_runs_without_path(tmp_path):
@@ -222,14 +234,13 @@ def killed_runs(workdir: Path, run) -> tuple[Path, list, subprocess.CompletedPro
     return out, steps, run(plain, env=env, timeout=900)
 
 
-BACKGROUND = (reference_run, killed_runs)
+BACKGROUND = (reference_run, killed_runs, signalled_runs)
 
 
-def test_sigkill_at_random_instants_resumes_from_last_checkpoint(setup, background):
-    ref = setup[3]
+def test_sigkill_at_random_instants_resumes_from_last_checkpoint(reference, background):
     out, steps, final = background.result(killed_runs)
     assert all(step % 200 == 0 for step in steps), steps
     assert len(set(steps)) >= 2, steps  # the kills landed at different points of the run
     assert final.returncode == 0, final.stderr[-3000:]
     assert not list(out.glob("checkpoint.npz.*.tmp")), "a start removes the temporary file of a killed save"
-    assert_same_arrays(read_checkpoint(out / "checkpoint.npz")[1], ref)
+    assert_same_arrays(read_checkpoint(out / "checkpoint.npz")[1], reference)
