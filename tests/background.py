@@ -4,8 +4,8 @@ Most tests run in the pytest process and are bound by XLA compilation, which kee
 the slowest tests only wait on subprocesses (whole training commands, the notebook, multi-device
 scripts). A module lists such work in ``BACKGROUND`` (functions ``job(workdir, run) -> value``,
 where ``run(argv, **popen_kwargs)`` is a ``subprocess.run`` with captured text output,
-``run.popen`` a ``subprocess.Popen`` with text pipes, both stopped when the session ends, and
-``run.env(**overrides)`` the session's environment);
+``run.popen`` a ``subprocess.Popen`` with text pipes, both stopped when the test run ends, and
+``run.env(**overrides)`` the test run's environment);
 when collection ends, ``conftest.py`` starts the jobs of the collected modules in a daemon
 thread, one after another in collection order, so they use the second core while the in-process
 tests run. A test asks for a job's value with the ``background`` fixture's ``result(job)``: it
@@ -31,7 +31,7 @@ Job = Callable[[Path, "Background"], Any]
 class Background:
     """Runs jobs one at a time in a daemon thread; ``result(job)`` waits for one job's value.
 
-    Commands run with the environment and working directory the session had when ``start`` was
+    Commands run with the environment and working directory the test run had when ``start`` was
     called (a test's ``monkeypatch`` does not leak into them) unless a job passes its own."""
 
     def __init__(self, root: Path | None = None, wait_limit: float = 3600) -> None:
@@ -66,7 +66,7 @@ class Background:
         return value
 
     def env(self, **overrides: str) -> dict:
-        """The session's environment (as at ``start``) with ``overrides``."""
+        """The test run's environment (as at ``start``) with ``overrides``."""
         return dict(self._env, **overrides)
 
     def __call__(self, argv: list, timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
@@ -87,18 +87,18 @@ class Background:
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
     def popen(self, argv: list, **kwargs) -> subprocess.Popen:
-        """A started ``subprocess.Popen`` (text pipes, the session's environment and directory,
+        """A started ``subprocess.Popen`` (text pipes, the test run's environment and directory,
         unless ``kwargs`` say otherwise), killed by ``close`` if still running."""
         options = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self._env, cwd=self._cwd)
         with self._cond:
             if self._closed:
-                raise RuntimeError("the test session has ended")
+                raise RuntimeError("the test run has ended")
             proc = subprocess.Popen(argv, **(options | kwargs))
             self._running.add(proc)
         return proc
 
     def close(self) -> None:
-        """Stop scheduling and kill the processes still running (the session ends)."""
+        """Stop scheduling and kill the processes still running (the test run ends)."""
         with self._cond:
             self._closed = True
             running = list(self._running)
