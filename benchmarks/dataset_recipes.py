@@ -1,13 +1,14 @@
 """Steps per second of each benchmark's recipe (``numpyro-air train --dataset NAME``), the way the
 training loop runs it: ``make_step`` with K seeds, each case in a fresh process.
 
-    python benchmarks/dataset_recipes.py [--seeds 1 4] [--steps 20] [--only NAME ...] [--device cpu] [--json]
+    python benchmarks/dataset_recipes.py [--seeds 1 4] [--steps 20] [--only NAME ...] [--dair] [--device cpu] [--json]
 
 For each dataset of ``DATASET_RECIPES`` and each K of ``--seeds``: the recipe's model on random
 scenes of its canvas (batch 64), the compiled step, 3 warm-up steps, then the median of
 ``--steps`` blocked steps; XLA's FLOP count of the compiled step (``cost_analysis``), the
 process's peak resident memory, and the time 100,000 steps would take at the measured rate.
-``--json`` writes ``results/<device>_dataset_recipes.json``.
+``--dair`` times each recipe with DAIR's guide input (``guide_input="difference"``, as ``--dair``).
+``--json`` writes ``results/<device>_dataset_recipes.json`` (``..._dair.json`` with ``--dair``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ HERE = Path(__file__).resolve().parent
 NAMES = ("multi-mnist", "multi-dsprites", "scattered-mnist")
 
 
-def measure(name: str, seeds: int, steps: int) -> dict:
-    """One (dataset, K seeds) case, in this process."""
+def measure(name: str, seeds: int, steps: int, dair: bool = False) -> dict:
+    """One (dataset, K seeds) case, in this process (DAIR's guide input if ``dair``)."""
     import jax
     import jax.numpy as jnp
 
@@ -35,7 +36,7 @@ def measure(name: str, seeds: int, steps: int) -> dict:
     from numpyro_air.train.step import DeviceRows, make_step
 
     recipe = DATASET_RECIPES[name].recipe
-    air, batch = recipe.air, 64
+    air, batch = (recipe.air.replace(guide_input="difference") if dair else recipe.air), 64
     svi = make_svi(air, recipe.optim)
     data = jax.random.randint(jax.random.PRNGKey(0), (1024,) + tuple(air.image_shape), 0, 256).astype(jnp.uint8)
     first = data[:batch].astype(jnp.float32) / 255.0
@@ -59,6 +60,7 @@ def measure(name: str, seeds: int, steps: int) -> dict:
     sec = statistics.median(times)
     return {
         "dataset": name,
+        "guide_input": air.guide_input,
         "seeds": seeds,
         "canvas": list(air.image_shape),
         "model_steps": air.num_steps,
@@ -73,34 +75,40 @@ def measure(name: str, seeds: int, steps: int) -> dict:
     }
 
 
+def air_label(dair: bool) -> str:
+    return "DAIR" if dair else "AIR "
+
+
 def main(argv=None) -> list:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--only", nargs="+", choices=NAMES)
     ap.add_argument("--device", choices=["cpu", "gpu", "tpu"], default="cpu")
+    ap.add_argument("--dair", action="store_true", help="DAIR's guide input (the image minus the reconstruction)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
         os.environ["JAX_PLATFORMS"] = {"gpu": "cuda"}.get(a.device, a.device)
-        print(json.dumps(measure(a.child[0], int(a.child[1]), a.steps)))
+        print(json.dumps(measure(a.child[0], int(a.child[1]), a.steps, a.dair)))
         return []
     results = []
     for name in a.only or NAMES:
         for k in a.seeds:
             cmd = [sys.executable, __file__, "--child", name, str(k), "--steps", str(a.steps), "--device", a.device]
+            cmd += ["--dair"] if a.dair else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             r = json.loads(out)
             results.append(r)
             print(
-                f"{name:16s} K={k}: {r['steps_per_sec']:.2f} steps/s ({r['sec_per_step'] * 1e3:.0f} ms), "
+                f"{name:16s} {air_label(a.dair)} K={k}: {r['steps_per_sec']:.2f} steps/s ({r['sec_per_step'] * 1e3:.0f} ms), "
                 f"{r['gflop_per_step']:.1f} GFLOP/step, 100k steps {r['hours_for_100k_steps']:.1f} h, "
                 f"compile {r['compile_sec']:.0f} s, peak {r['peak_rss_mb']:.0f} MB",
                 flush=True,
             )
     if a.json:
-        path = HERE / "results" / f"{a.device}_dataset_recipes.json"
+        path = HERE / "results" / f"{a.device}_dataset_recipes{'_dair' if a.dair else ''}.json"
         path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "cases": results}, indent=1))
         print(f"wrote {path}")
     return results
