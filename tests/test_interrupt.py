@@ -98,6 +98,12 @@ def reference(background) -> dict:
     return read_checkpoint(Path(proc.args[proc.args.index("--out") + 1]) / "checkpoint.npz")[1]
 
 
+def saved_step(out: Path) -> int | None:
+    """The step of ``out``'s checkpoint, None if there is none."""
+    path = out / "checkpoint.npz"
+    return read_checkpoint(path)[0]["step"] if path.exists() else None
+
+
 def assert_same_arrays(a: dict, b: dict) -> None:
     assert sorted(a) == sorted(b)
     for name in a:
@@ -130,7 +136,7 @@ def signalled_runs(workdir: Path, run) -> dict:
         wait_for_train_row(out / "metrics.jsonl", proc)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=300)
-        step = read_checkpoint(out / "checkpoint.npz")[0]["step"] if (out / "checkpoint.npz").exists() else None
+        step = saved_step(out)
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         command = re.search(r"resume with:\n\s+(.+)", err)
         again = run(runnable(command.group(1)), env=env) if command and signum == signal.SIGINT else None
@@ -191,7 +197,7 @@ def _kill_and_check(popen, cmd, env, out: Path, during_save: bool, rng) -> int:
     """Start ``cmd``, SIGKILL it at a random instant (a random step past the last checkpoint, plus a
     random delay) or while a save is between writing its temporary file and the rename; return
     the step of the checkpoint left behind (0 if none), after checking it and the log."""
-    before = read_checkpoint(out / "checkpoint.npz")[0]["step"] if (out / "checkpoint.npz").exists() else 0
+    before = saved_step(out) or 0
     proc = popen(cmd, env=env, stderr=subprocess.DEVNULL)
     watchdog = threading.Timer(600, proc.kill)  # a hung run ends the loops below (and fails)
     watchdog.start()
@@ -208,7 +214,7 @@ def _kill_and_check(popen, cmd, env, out: Path, during_save: bool, rng) -> int:
     watchdog.cancel()
     proc.kill()
     proc.communicate(timeout=60)
-    step = read_checkpoint(out / "checkpoint.npz")[0]["step"] if (out / "checkpoint.npz").exists() else 0
+    step = saved_step(out) or 0
     assert step >= before
     for line in (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []:
         json.loads(line)  # whole lines only
