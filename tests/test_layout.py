@@ -14,7 +14,7 @@ import pytest
 import numpyro_air
 
 PKG_DIR = Path(numpyro_air.__file__).parent
-MAX_LEVELS = 6
+MAX_LEVELS = 7  # train.loop -> analysis.evaluation -> analysis.inference -> core.guide -> core.model -> core.nets -> core.conv
 ROLES = ("core", "estimators", "train", "analysis", "data", "cli")
 # old module path -> new module path (kept one release as warning re-exports)
 DEPRECATED = {
@@ -101,7 +101,7 @@ def test_modules_live_in_role_folders():
         assert (PKG_DIR / role / "__init__.py").is_file(), role
 
 
-def test_no_import_cycles_and_at_most_six_levels():
+def test_no_import_cycles_and_at_most_seven_levels():
     graph = _graph()
     facades = {n for n, (_, is_pkg) in _modules().items() if is_pkg}
     memo: dict = {}

@@ -13,7 +13,8 @@ import pytest
 from conftest import SMALL, make_scenes
 
 from numpyro_air import AIRConfig
-from numpyro_air.core.nets import ConvDecoder, ConvEmbed, bf16_matmul, mixed_precision, to_bfloat16
+from numpyro_air.core.conv import patch_conv
+from numpyro_air.core.nets import ConvDecoder, ConvEmbed, bf16_matmul, conv_keywords, mixed_precision, to_bfloat16
 from numpyro_air.train.recipes import OptimConfig
 from numpyro_air.train.svi import make_svi
 
@@ -52,6 +53,8 @@ def test_bfloat16_operands_with_float32_products_and_state(conv):
     low = [o for o in ops if o[1] == "bf16"]
     assert low and all(o[2:] == ("bf16", "f32") for o in low), ops  # bf16 x bf16 -> f32
     assert all(o[3] == "f32" for o in ops)  # no product is rounded to bfloat16
+    # inside the steps' loop (encoder, decoder) convolutions run as matrix products; the embedding
+    # of the image, once per step outside the loop, as XLA's convolution
     assert {o[0] for o in low} == ({"dot_general", "convolution"} if conv else {"dot_general"})
     ops32 = _dots(_loss_and_grad(svi32, f32, images).lower(params).as_text())
     assert ops32 and all(o[1:] == ("f32", "f32", "f32") for o in ops32)
@@ -76,11 +79,16 @@ def test_bfloat16_loss_and_gradient_stay_close_to_float32():
 
 
 def test_mixed_precision_keywords_and_validation():
-    assert mixed_precision("float32") == {} and mixed_precision("float32", "conv") == {}
+    assert mixed_precision("float32") == {}
+    assert conv_keywords("float32", in_loop=True) == {"conv_general_dilated": patch_conv}
+    assert conv_keywords("float32", in_loop=False) == {"conv_general_dilated": jax.lax.conv_general_dilated}
     assert set(mixed_precision("bfloat16")) == {"promote_dtype", "dot_general"}
     assert mixed_precision("bfloat16")["dot_general"].__name__ == "_bf16_dot_general"
-    assert set(mixed_precision("bfloat16", "conv")) == {"promote_dtype", "conv_general_dilated"}
-    assert mixed_precision("bfloat16", "conv_transpose")["preferred_element_type"] == jnp.float32
+    for in_loop, conv in ((True, patch_conv), (False, jax.lax.conv_general_dilated)):
+        kw = conv_keywords("bfloat16", in_loop)
+        assert set(kw) == {"promote_dtype", "conv_general_dilated"}
+        assert kw["conv_general_dilated"].func is conv
+        assert kw["conv_general_dilated"].keywords == {"preferred_element_type": jnp.float32}
     with pytest.raises(ValueError, match="compute_dtype must be one of"):
         AIRConfig(compute_dtype="float16")
     # the convolutional modules keep float32 outputs

@@ -12,7 +12,8 @@ Convolutional options, drop-in replacements of the MLPs on flat (channels-last, 
 tensors: :class:`ConvEncoder` (window (B, w*w*C) -> z_what loc, scale), :class:`ConvDecoder`
 (z_what -> window (B, w*w*C)) and :class:`ConvEmbed` (image (B, H*W*C) -> features for the
 guide's LSTM, so its image projection has F x 4*hidden weights instead of H*W*C x 4*hidden).
-Every convolution has kernel 4, stride 2 and "SAME" padding (each halves the side, rounding up).
+Every convolution has kernel 4, stride 2 and "SAME" padding (each halves the side, rounding up);
+those inside the steps' loop run as slices and one matrix product (:func:`conv_keywords`).
 :func:`encoder_module`, :func:`decoder_module` and :func:`embed_module` pick the kind a config asks for.
 
 Mixed precision (``compute_dtype="bfloat16"``, every module's last field): each dense layer and
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from .conv import patch_conv, transpose_padding
 
 if TYPE_CHECKING:  # annotations only
     from .config import AIRConfig
@@ -174,22 +177,34 @@ def _low_precision_operands(dtype):
     return promote
 
 
-def mixed_precision(compute_dtype: str, kind: str = "dense") -> dict:
-    """Keyword arguments of ``nn.Dense`` (``kind="dense"``), ``nn.Conv`` ("conv") or
-    ``nn.ConvTranspose`` ("conv_transpose") for ``compute_dtype``: none for "float32"; for
-    "bfloat16" (or any other float dtype name; :class:`AIRConfig` allows float32 and bfloat16
-    only), operands in that dtype with a float32 product (f32 accumulation)."""
+def mixed_precision(compute_dtype: str) -> dict:
+    """Keyword arguments of ``nn.Dense`` for ``compute_dtype``: none for "float32"; for "bfloat16"
+    (or any other float dtype name; :class:`AIRConfig` allows float32 and bfloat16 only), operands
+    in that dtype with a float32 product (f32 accumulation)."""
     if compute_dtype == "float32":
         return {}
-    if kind == "dense" and jnp.dtype(compute_dtype) == jnp.bfloat16:
+    if jnp.dtype(compute_dtype) == jnp.bfloat16:
         return {"promote_dtype": _keep_operands, "dot_general": _bf16_dot_general}
-    kw = {"promote_dtype": _low_precision_operands(compute_dtype)}
     f32 = jnp.float32
-    if kind == "dense":
-        return kw | {"dot_general": partial(jax.lax.dot_general, preferred_element_type=f32)}
-    if kind == "conv":
-        return kw | {"conv_general_dilated": partial(jax.lax.conv_general_dilated, preferred_element_type=f32)}
-    return kw | {"preferred_element_type": f32}
+    return {
+        "promote_dtype": _low_precision_operands(compute_dtype),
+        "dot_general": partial(jax.lax.dot_general, preferred_element_type=f32),
+    }
+
+
+def conv_keywords(compute_dtype: str, in_loop: bool) -> dict:
+    """Keyword arguments of ``nn.Conv``: the product is :func:`~numpyro_air.core.conv.patch_conv`
+    for a convolution that runs inside the model's or guide's step loop (XLA:CPU's convolution
+    gradients are an order of magnitude slower there), XLA's own convolution elsewhere (about
+    twice as fast outside a loop); with a compute dtype other than float32, operands in that dtype
+    and a float32 product."""
+    conv = patch_conv if in_loop else jax.lax.conv_general_dilated
+    if compute_dtype == "float32":
+        return {"conv_general_dilated": conv}
+    return {
+        "promote_dtype": _low_precision_operands(compute_dtype),
+        "conv_general_dilated": partial(conv, preferred_element_type=jnp.float32),
+    }
 
 
 def _dense(
@@ -345,17 +360,28 @@ def halved(side: int, times: int) -> int:
     return side
 
 
+def _conv_transpose(features: int, name: str, kw: dict) -> nn.Conv:
+    """A stride-2 "SAME" transposed convolution (output side = 2 x input side), the same map and
+    parameters (``kernel`` (K, K, in, out), ``bias``; same initialisation) as Flax's
+    ``nn.ConvTranspose(features, (K, K), strides=(2, 2), padding="SAME")``, written as an
+    ``nn.Conv`` with input dilation so that it runs as :func:`~numpyro_air.core.conv.patch_conv`."""
+    pad = transpose_padding(KERNEL, STRIDE)
+    return nn.Conv(features, (KERNEL, KERNEL), padding=(pad, pad), input_dilation=(STRIDE, STRIDE), name=name, **kw)
+
+
 class ConvStack(nn.Module):
-    """Stride-2 convolutions with ``nl`` after each: (B, H, W, C) -> (B, H', W', channels[-1])."""
+    """Stride-2 convolutions with ``nl`` after each: (B, H, W, C) -> (B, H', W', channels[-1]);
+    ``in_loop``: it runs inside the steps' loop (see :func:`conv_keywords`)."""
 
     channels: Sequence[int]
     nl: str = "relu"
     compute_dtype: str = "float32"
+    in_loop: bool = True
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         f = non_linearity(self.nl)
-        kw = mixed_precision(self.compute_dtype, "conv")
+        kw = conv_keywords(self.compute_dtype, self.in_loop)
         for i, c in enumerate(self.channels):
             x = f(nn.Conv(c, (KERNEL, KERNEL), strides=(STRIDE, STRIDE), padding="SAME", name=f"Conv_{i}", **kw)(x))
         return x
@@ -399,13 +425,13 @@ class ConvDecoder(nn.Module):
         f = non_linearity(self.nl)
         ws, C, n = self.window_size, self.image_channels, len(self.channels)
         base = halved(ws, n)
-        kw, kw_t = mixed_precision(self.compute_dtype), mixed_precision(self.compute_dtype, "conv_transpose")
+        kw, kw_c = mixed_precision(self.compute_dtype), conv_keywords(self.compute_dtype, in_loop=True)
         h = f(nn.Dense(self.hidden, name="Dense_0", **kw)(z))
         h = f(nn.Dense(base * base * self.channels[0], name="Dense_1", **kw)(h))
         h = h.reshape(z.shape[0], base, base, self.channels[0])
         outs = list(self.channels[1:]) + [C]
         for i, c in enumerate(outs):
-            h = nn.ConvTranspose(c, (KERNEL, KERNEL), strides=(STRIDE, STRIDE), padding="SAME", name=f"ConvT_{i}", **kw_t)(h)
+            h = _conv_transpose(c, f"ConvT_{i}", kw_c)(h)
             if i < len(outs) - 1:
                 h = f(h)
         out = h[:, :ws, :ws, :].reshape(z.shape[0], ws * ws * C)
@@ -416,7 +442,8 @@ class ConvDecoder(nn.Module):
 
 class ConvEmbed(nn.Module):
     """Image (B, H*W*C) -> features (B, features) after ``nl``: stride-2 convolutions, then one
-    dense layer of the flattened maps."""
+    dense layer of the flattened maps. ``in_loop``: applied at every step (DAIR's residual), not
+    once per image (see :func:`conv_keywords`)."""
 
     height: int
     width: int
@@ -425,11 +452,12 @@ class ConvEmbed(nn.Module):
     features: int = 256
     nl: str = "relu"
     compute_dtype: str = "float32"
+    in_loop: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         image = x.reshape(x.shape[0], self.height, self.width, self.image_channels)
-        h = ConvStack(self.channels, self.nl, self.compute_dtype)(image)
+        h = ConvStack(self.channels, self.nl, self.compute_dtype, self.in_loop)(image)
         dense = nn.Dense(self.features, name="Dense_0", **mixed_precision(self.compute_dtype))
         return non_linearity(self.nl)(dense(h.reshape(h.shape[0], -1)))
 
@@ -489,6 +517,7 @@ def embed_module(config: AIRConfig) -> Tuple[Optional[nn.Module], int]:
             config.conv_embed_features,
             config.non_linearity,
             config.compute_dtype,
+            in_loop=config.guide_input == "difference",
         )
         return module, config.conv_embed_features
     if config.embed_net is not None:
