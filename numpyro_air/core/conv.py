@@ -1,13 +1,14 @@
-"""Convolution as strided slices and one matrix product (im2col), a drop-in for
+"""Convolution as slices and one matrix product (im2col), a drop-in for
 ``jax.lax.conv_general_dilated`` in Flax's ``nn.Conv`` (its ``conv_general_dilated`` field).
 
-Why: XLA:CPU runs the gradient of a convolution inside a loop (``lax.scan``, as the model's and
-guide's steps are) an order of magnitude slower than the same convolution outside one
-(``benchmarks/conv_in_scan.py``: 4 stride-2 layers on a 64x64x64x3 batch, 3 loop iterations,
-forward and gradient: 1,467 ms as a loop against 87 ms unrolled, 2026-12-06). Written as slices
-and a matrix product the loop costs 92 ms and the unrolled form 59 ms: slices, pads,
-concatenations and dots have fast kernels everywhere. The result equals the convolution's up to
-float rounding (the same products, summed in another order).
+Why: XLA:CPU runs both gradients of a convolution inside a loop (``lax.scan``, as the model's and
+guide's steps are) an order of magnitude slower than outside one; slices, pads, concatenations
+and dots have fast kernels everywhere. ``benchmarks/conv_in_scan.py`` times both forms (4
+stride-2 layers on a 64x64x64x3 batch, forward and gradient, 3 loop iterations; 2026-12-06 on a
+2-core Xeon: XLA's 1,353 ms in the loop against 88 ms unrolled, this form 201 ms in the loop).
+Outside a loop XLA's convolution is about twice as fast, so the networks use this form only for
+the convolutions inside the step loop. The result equals the convolution's up to float rounding
+(the same products, summed in another order).
 
 Only what AIR's networks use: 2-D, channels last (NHWC input, HWIO kernel, NHWC output), any
 strides and padding, input dilation (a transposed convolution), no kernel dilation or groups.
@@ -15,6 +16,7 @@ strides and padding, input dilation (a transposed convolution), no kernel dilati
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional, Sequence, Tuple, Union
 
 import jax
@@ -68,7 +70,8 @@ def patch_conv(
     A stride s is taken by space-to-depth first (each s x s block of pixels becomes s*s*C
     channels), so that every tap is a unit-stride slice: a stride-2 kernel of 4 is 2 x 2 slices
     of the blocked input, and the gradient adds 4 shifted arrays of the output's size instead of
-    16 strided ones of the input's."""
+    16 strided ones of the input's. An input dilation d with unit strides (a transposed
+    convolution) is computed per output phase instead (:func:`_phase_conv`), without the zeros."""
     _channels_last(lhs, rhs, dimension_numbers)
     if rhs_dilation is not None and tuple(rhs_dilation) != (1, 1):
         raise ValueError(f"patch_conv has no kernel dilation, got rhs_dilation={rhs_dilation}")
@@ -78,6 +81,10 @@ def patch_conv(
     if lhs.shape[-1] != C:
         raise ValueError(f"input has {lhs.shape[-1]} channels, the kernel expects {C}")
     sh, sw = window_strides
+    dilation = (1, 1) if lhs_dilation is None else tuple(lhs_dilation)
+    if dilation != (1, 1) and (sh, sw) == (1, 1) and not isinstance(padding, str):
+        dot = partial(jax.lax.dot_general, precision=precision, preferred_element_type=preferred_element_type)
+        return _phase_conv(lhs, rhs, dilation, tuple(map(tuple, padding)), dot)
     x = _dilate_and_pad(lhs, (kh, kw), (sh, sw), padding, lhs_dilation)
     oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
     if oh <= 0 or ow <= 0:
@@ -93,6 +100,47 @@ def patch_conv(
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
+
+
+def _phase_taps(n: int, d: int, pad: Tuple[int, int], k: int) -> Tuple[int, int, int, np.ndarray]:
+    """One axis of an input-dilated, unit-stride convolution split by output phase: output o = d*m + p
+    reads input m + e at kernel tap t = d*e + lo - p. Returns (output size, phase positions M,
+    lowest offset e0, taps (R, d) int: the tap of offset e0 + a in phase p, or k where none)."""
+    lo, hi = pad
+    size = (n - 1) * d + 1 + lo + hi - k + 1
+    if size <= 0:
+        raise ValueError(f"kernel of {k} does not fit the dilated, padded input of {size + k - 1}")
+    pairs = [(p, t) for p in range(d) for t in range(k) if (p + t - lo) % d == 0]
+    offsets = [(p + t - lo) // d for p, t in pairs]
+    e0 = min(offsets)
+    taps = np.full((max(offsets) - e0 + 1, d), k)
+    for (p, t), e in zip(pairs, offsets):
+        taps[e - e0, p] = t
+    return size, -(-size // d), e0, taps
+
+
+def _phase_conv(x: jnp.ndarray, rhs: jnp.ndarray, dilation, padding, dot) -> jnp.ndarray:
+    """Unit-stride convolution of the input (B, H, W, C) dilated by ``dilation`` and padded by
+    ``padding`` ((lo, hi) per axis), without forming the dilated input: each of the dh*dw output
+    phases is a small convolution of the input itself, all phases in one product whose columns are
+    (phase row, phase column, output channel). Returns (B, H', W', O) as the dilated form would."""
+    B, H, W, C = x.shape
+    kh, kw, _, out = rhs.shape
+    (dh, dw) = dilation
+    sizes_h, mh, e0h, th = _phase_taps(H, dh, padding[0], kh)
+    sizes_w, mw, e0w, tw = _phase_taps(W, dw, padding[1], kw)
+    (rh, rw) = th.shape[0], tw.shape[0]
+    # xp[m + a] = x[m + e0 + a] (zero outside the input) for m < M, a < R
+    config = [(0, 0, 0), (-e0h, mh + rh - 1 + e0h - H, 0), (-e0w, mw + rw - 1 + e0w - W, 0), (0, 0, 0)]
+    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), config)
+    taps = [xp[:, a : a + mh, b : b + mw, :] for a in range(rh) for b in range(rw)]
+    patches = jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]  # (B, mh, mw, rh*rw*C)
+    k = jnp.pad(rhs, ((0, 1), (0, 1), (0, 0), (0, 0)))  # tap index k reads zeros
+    k = k[th[:, None, :, None], tw[None, :, None, :]]  # (rh, rw, dh, dw, C, O)
+    k = k.transpose(0, 1, 4, 2, 3, 5).reshape(rh * rw * C, dh * dw * out)
+    y = dot(patches, k, (((3,), (0,)), ((), ())))  # (B, mh, mw, dh*dw*O)
+    y = y.reshape(B, mh, mw, dh, dw, out).transpose(0, 1, 3, 2, 4, 5).reshape(B, mh * dh, mw * dw, out)
+    return y[:, :sizes_h, :sizes_w, :]
 
 
 def _space_to_depth(x: jnp.ndarray, strides: Tuple[int, int], size: Tuple[int, int]) -> jnp.ndarray:
