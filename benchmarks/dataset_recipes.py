@@ -1,14 +1,17 @@
 """Steps per second of each benchmark's recipe (``numpyro-air train --dataset NAME``), the way the
 training loop runs it: ``make_step`` with K seeds, each case in a fresh process.
 
-    python benchmarks/dataset_recipes.py [--seeds 1 4] [--steps 20] [--only NAME ...] [--dair] [--device cpu] [--json]
+    python benchmarks/dataset_recipes.py [--seeds 1 4] [--steps 20] [--only NAME ...] [--dair]
+        [--conv-decoder C ...] [--device cpu] [--json]
 
 For each dataset of ``DATASET_RECIPES`` and each K of ``--seeds``: the recipe's model on random
 scenes of its canvas (batch 64), the compiled step, 3 warm-up steps, then the median of
 ``--steps`` blocked steps; XLA's FLOP count of the compiled step (``cost_analysis``), the
 process's peak resident memory, and the time 100,000 steps would take at the measured rate.
 ``--dair`` times each recipe with DAIR's guide input (``guide_input="difference"``, as ``--dair``).
-``--json`` writes ``results/<device>_dataset_recipes.json`` (``..._dair.json`` with ``--dair``).
+``--conv-decoder 64 32 16`` replaces the decoder with a convolutional one (as the CLI flag).
+``--json`` writes ``results/<device>_dataset_recipes.json`` (``..._dair`` with ``--dair``,
+``..._convdec`` with ``--conv-decoder``).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ HERE = Path(__file__).resolve().parent
 NAMES = ("multi-mnist", "multi-dsprites", "scattered-mnist")
 
 
-def measure(name: str, seeds: int, steps: int, dair: bool = False) -> dict:
-    """One (dataset, K seeds) case, in this process (DAIR's guide input if ``dair``)."""
+def measure(name: str, seeds: int, steps: int, dair: bool = False, conv_decoder: tuple = ()) -> dict:
+    """One (dataset, K seeds) case, in this process (DAIR's guide input if ``dair``; a
+    convolutional decoder of these channels if ``conv_decoder``)."""
     import jax
     import jax.numpy as jnp
 
@@ -37,6 +41,7 @@ def measure(name: str, seeds: int, steps: int, dair: bool = False) -> dict:
 
     recipe = DATASET_RECIPES[name].recipe
     air, batch = (recipe.air.replace(guide_input="difference") if dair else recipe.air), 64
+    air = air.replace(conv_decoder=tuple(conv_decoder)) if conv_decoder else air
     svi = make_svi(air, recipe.optim)
     data = jax.random.randint(jax.random.PRNGKey(0), (1024,) + tuple(air.image_shape), 0, 256).astype(jnp.uint8)
     first = data[:batch].astype(jnp.float32) / 255.0
@@ -61,6 +66,7 @@ def measure(name: str, seeds: int, steps: int, dair: bool = False) -> dict:
     return {
         "dataset": name,
         "guide_input": air.guide_input,
+        "conv_decoder": air.conv_decoder,
         "seeds": seeds,
         "canvas": list(air.image_shape),
         "model_steps": air.num_steps,
@@ -86,18 +92,22 @@ def main(argv=None) -> list:
     ap.add_argument("--only", nargs="+", choices=NAMES)
     ap.add_argument("--device", choices=["cpu", "gpu", "tpu"], default="cpu")
     ap.add_argument("--dair", action="store_true", help="DAIR's guide input (the image minus the reconstruction)")
+    ap.add_argument(
+        "--conv-decoder", type=int, nargs="+", default=[], metavar="C", help="a convolutional decoder (as the CLI flag)"
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
         os.environ["JAX_PLATFORMS"] = {"gpu": "cuda"}.get(a.device, a.device)
-        print(json.dumps(measure(a.child[0], int(a.child[1]), a.steps, a.dair)))
+        print(json.dumps(measure(a.child[0], int(a.child[1]), a.steps, a.dair, tuple(a.conv_decoder))))
         return []
     results = []
     for name in a.only or NAMES:
         for k in a.seeds:
             cmd = [sys.executable, __file__, "--child", name, str(k), "--steps", str(a.steps), "--device", a.device]
             cmd += ["--dair"] if a.dair else []
+            cmd += ["--conv-decoder", *map(str, a.conv_decoder)] if a.conv_decoder else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             r = json.loads(out)
             results.append(r)
@@ -108,7 +118,8 @@ def main(argv=None) -> list:
                 flush=True,
             )
     if a.json:
-        path = HERE / "results" / f"{a.device}_dataset_recipes{'_dair' if a.dair else ''}.json"
+        suffix = ("_dair" if a.dair else "") + ("_convdec" if a.conv_decoder else "")
+        path = HERE / "results" / f"{a.device}_dataset_recipes{suffix}.json"
         path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "cases": results}, indent=1))
         print(f"wrote {path}")
     return results
