@@ -1,14 +1,15 @@
 """Speed and memory of the training step on other canvases: gray 50x50 (MLP and conv), RGB 64x64
 and RGB 128x128 (conv embedding), each in a fresh process.
 
-    python benchmarks/canvas.py [--batch-size 64] [--steps 10] [--only NAME ...] [--json]
+    python benchmarks/canvas.py [--batch-size 64] [--steps 10] [--only NAME ...] [--compute-dtype D] [--json]
 
 For each case: the tutorial recipe (NVIL, LSTM 256, z_what 50, 3 steps) on random images in [0, 1]
 of that canvas, ``jax.jit(make_update(svi, config))`` compiled, 3 warm-up steps, then the median of
 ``--steps`` blocked steps; the process's peak resident memory (``ru_maxrss``) after the last step;
 the parameter count; and the forward FLOPs per image of the networks that the conv options replace
 (``core.nets.flops_per_example``: encoder, decoder, image embedding or the LSTMs' image projection).
-``--json`` writes ``results/cpu_canvas_b<B>.json``.
+``--compute-dtype bfloat16`` runs every case with bfloat16 products (``AIRConfig.compute_dtype``).
+``--json`` writes ``results/cpu_canvas_b<B>.json`` (``..._bfloat16.json`` with bfloat16 products).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ CASES = {
 }
 
 
-def measure(name: str, batch: int, steps: int) -> dict:
+def measure(name: str, batch: int, steps: int, compute_dtype: str = "float32") -> dict:
     """One case, in this process."""
     import jax
     import jax.numpy as jnp
@@ -50,7 +51,7 @@ def measure(name: str, batch: int, steps: int) -> dict:
     from numpyro_air.train.recipes import OptimConfig
     from numpyro_air.train.svi import make_update
 
-    cfg = AIRConfig.tutorial(**CASES[name])
+    cfg = AIRConfig.tutorial(**CASES[name], compute_dtype=compute_dtype)
     svi = make_svi(cfg, OptimConfig.tutorial())
     images = jax.random.uniform(jax.random.PRNGKey(0), (batch,) + tuple(cfg.image_shape))
     state = svi.init(jax.random.PRNGKey(1), images)
@@ -80,6 +81,7 @@ def measure(name: str, batch: int, steps: int) -> dict:
         "case": name,
         "canvas": list(cfg.image_shape),
         "window": cfg.window_size,
+        "compute_dtype": compute_dtype,
         "batch_size": batch,
         "sec_per_step": statistics.median(times),
         "steps_per_sec": 1.0 / statistics.median(times),
@@ -96,15 +98,17 @@ def main(argv=None) -> list:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--only", nargs="+", choices=sorted(CASES), help="run these cases only")
+    ap.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", choices=sorted(CASES), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        print(json.dumps(measure(a.child, a.batch_size, a.steps)))
+        print(json.dumps(measure(a.child, a.batch_size, a.steps, a.compute_dtype)))
         return []
     out = []
     for name in a.only or CASES:
         cmd = [sys.executable, __file__, "--child", name, "--batch-size", str(a.batch_size), "--steps", str(a.steps)]
+        cmd += ["--compute-dtype", a.compute_dtype]
         res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         if res.returncode != 0:
             row = {"case": name, "error": (res.stderr.strip().splitlines() or ["?"])[-1]}
@@ -120,7 +124,8 @@ def main(argv=None) -> list:
                 flush=True,
             )
     if a.json:  # merged into the file of earlier runs, case by case
-        path = HERE / "results" / f"cpu_canvas_b{a.batch_size}.json"
+        suffix = "" if a.compute_dtype == "float32" else f"_{a.compute_dtype}"
+        path = HERE / "results" / f"cpu_canvas_b{a.batch_size}{suffix}.json"
         old = json.loads(path.read_text())["cases"] if path.exists() else []
         cases = {r["case"]: r for r in old} | {r["case"]: r for r in out}
         path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "cases": list(cases.values())}, indent=1))

@@ -195,8 +195,8 @@ def mixed_precision(compute_dtype: str) -> dict:
 def conv_keywords(compute_dtype: str, in_loop: bool) -> dict:
     """Keyword arguments of ``nn.Conv``: the product is :func:`~numpyro_air.core.conv.patch_conv`
     for a convolution that runs inside the model's or guide's step loop (XLA:CPU's convolution
-    gradients are an order of magnitude slower there), XLA's own convolution elsewhere (about
-    twice as fast outside a loop); with a compute dtype other than float32, operands in that dtype
+    gradients are an order of magnitude slower there), XLA's own convolution elsewhere (faster
+    outside a loop); with a compute dtype other than float32, operands in that dtype
     and a float32 product."""
     conv = patch_conv if in_loop else jax.lax.conv_general_dilated
     if compute_dtype == "float32":
