@@ -14,7 +14,14 @@ from conftest import SMALL, make_scenes
 
 from numpyro_air import AIRConfig
 from numpyro_air.core.conv import patch_conv
-from numpyro_air.core.nets import ConvDecoder, ConvEmbed, bf16_matmul, conv_keywords, mixed_precision, to_bfloat16
+from numpyro_air.core.nets import (
+    ConvDecoder,
+    ConvEmbed,
+    bf16_matmul,
+    conv_keywords,
+    mixed_precision,
+    to_bfloat16,
+)
 from numpyro_air.train.recipes import OptimConfig
 from numpyro_air.train.svi import make_svi
 
@@ -84,11 +91,13 @@ def test_mixed_precision_keywords_and_validation():
     assert conv_keywords("float32", in_loop=False) == {"conv_general_dilated": jax.lax.conv_general_dilated}
     assert set(mixed_precision("bfloat16")) == {"promote_dtype", "dot_general"}
     assert mixed_precision("bfloat16")["dot_general"].__name__ == "_bf16_dot_general"
-    for in_loop, conv in ((True, patch_conv), (False, jax.lax.conv_general_dilated)):
-        kw = conv_keywords("bfloat16", in_loop)
-        assert set(kw) == {"promote_dtype", "conv_general_dilated"}
-        assert kw["conv_general_dilated"].func is conv
-        assert kw["conv_general_dilated"].keywords == {"preferred_element_type": jnp.float32}
+    in_loop, outside = conv_keywords("bfloat16", True), conv_keywords("bfloat16", False)
+    assert set(in_loop) == set(outside) == {"promote_dtype", "conv_general_dilated"}
+    assert in_loop["conv_general_dilated"].func is patch_conv  # with the dense layers' product
+    assert set(in_loop["conv_general_dilated"].keywords) == {"dot_general"}
+    assert in_loop["conv_general_dilated"].keywords["dot_general"].__name__ == "_bf16_dot_general"
+    assert outside["conv_general_dilated"].func is jax.lax.conv_general_dilated
+    assert outside["conv_general_dilated"].keywords == {"preferred_element_type": jnp.float32}
     with pytest.raises(ValueError, match="compute_dtype must be one of"):
         AIRConfig(compute_dtype="float16")
     # the convolutional modules keep float32 outputs

@@ -59,8 +59,8 @@ def test_patch_conv_bfloat16_operands_give_a_float32_product():
 @pytest.mark.parametrize("dilation", [None, (2, 2)], ids=["strided", "transposed"])
 def test_patch_conv_bfloat16_gradients_are_float32_sums(dilation):
     """bfloat16 operands, float32 product: both gradients within bfloat16 rounding of the float32
-    convolution's (relative error < 0.4%; before the taps were summed in float32 it was 0.31-0.42%),
-    the input's gradient summed in float32 before its one rounding to the input's bfloat16."""
+    convolution's (relative error < 0.4%; before the taps were summed in float32 it was 0.31-0.42%):
+    the input's gradient is summed over the taps in float32 before its rounding to bfloat16."""
     strides, padding = ((2, 2), "SAME") if dilation is None else ((1, 1), ((2, 1), (2, 1)))
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 16, 16, 16)).astype(jnp.bfloat16)
     k = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 16, 8)).astype(jnp.bfloat16)

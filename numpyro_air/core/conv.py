@@ -16,8 +16,7 @@ strides and padding, input dilation (a transposed convolution), no kernel dilati
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -62,12 +61,15 @@ def patch_conv(
     batch_group_count: int = 1,
     precision=None,
     preferred_element_type=None,
+    dot_general: Callable = jax.lax.dot_general,
 ) -> jnp.ndarray:
     """``jax.lax.conv_general_dilated`` of an input (B, H, W, C) with a kernel (kh, kw, C, O):
     the (kh * kw) strided slices of the dilated, padded input side by side (B, H', W', kh*kw*C)
     times the kernel as a (kh*kw*C, O) matrix. Returns (B, H', W', O). With a
     ``preferred_element_type`` wider than the operands (bfloat16 operands, a float32 product), the
     slicing and its gradient's sums run in the wider type; only the product reads the operands' type.
+    ``dot_general`` computes the product (as ``nn.Dense``'s field of that name), called as
+    ``dot_general(patches, kernel matrix, dimension_numbers, precision=, preferred_element_type=)``.
 
     A stride s is taken by space-to-depth first (each s x s block of pixels becomes s*s*C
     channels), so that every tap is a unit-stride slice: a stride-2 kernel of 4 is 2 x 2 slices
@@ -86,12 +88,13 @@ def patch_conv(
     operand = lhs.dtype
     if preferred_element_type is not None and jnp.dtype(preferred_element_type) != operand:
         # slice, pad and concatenate in the product's dtype, so that the gradient sums the taps'
-        # shifted arrays in it too; :func:`_wide_product` multiplies in the operands' dtype
+        # shifted arrays in it too; the product reads the patches in the operands' dtype
         lhs = lhs.astype(preferred_element_type)
-    if lhs.dtype != operand:
-        dot = partial(_wide_product, precision=precision, dtype=jnp.dtype(preferred_element_type))
-    else:
-        dot = partial(jax.lax.dot_general, precision=precision, preferred_element_type=preferred_element_type)
+
+    def dot(patches: jnp.ndarray, kernel: jnp.ndarray, dimension_numbers) -> jnp.ndarray:
+        patches = patches.astype(operand)  # a no-op unless widened above
+        return dot_general(patches, kernel, dimension_numbers, precision=precision, preferred_element_type=preferred_element_type)
+
     dilation = (1, 1) if lhs_dilation is None else tuple(lhs_dilation)
     if dilation != (1, 1) and (sh, sw) == (1, 1) and not isinstance(padding, str):
         return _phase_conv(lhs, rhs, dilation, tuple(map(tuple, padding)), dot)
@@ -104,39 +107,6 @@ def patch_conv(
     taps = [blocks[:, a : a + oh, b : b + ow, :] for a in range(ah) for b in range(aw)]
     patches = jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
     return dot(patches, _blocked_kernel(rhs, (sh, sw), (ah, aw)), (((3,), (0,)), ((), ())))
-
-
-def _wide_product(patches, kernel, dimension_numbers, precision=None, dtype=jnp.float32):
-    """``patches`` (B, H, W, K) in ``dtype`` times ``kernel`` (K, O) in a narrower type: both
-    operands in the kernel's type, the product in ``dtype``; the gradient of ``patches`` is an
-    operand-type product into ``dtype`` too (not rounded to the operands' type), so that the taps'
-    gradients are summed from unrounded values, as XLA's own convolution gradient does."""
-    if dimension_numbers != (((3,), (0,)), ((), ())):
-        raise ValueError(f"expects (B, H, W, K) @ (K, O), got {dimension_numbers}")
-    return _wide_product_vjp(patches, kernel, precision, dtype)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _wide_product_vjp(patches, kernel, precision, dtype):
-    low = patches.astype(kernel.dtype)
-    return jnp.tensordot(low, kernel, axes=1, precision=precision, preferred_element_type=dtype)
-
-
-def _wide_product_fwd(patches, kernel, precision, dtype):
-    low = patches.astype(kernel.dtype)
-    return jnp.tensordot(low, kernel, axes=1, precision=precision, preferred_element_type=dtype), (low, kernel)
-
-
-def _wide_product_bwd(precision, dtype, residuals, g):
-    low, kernel = residuals
-    g_low = g.astype(kernel.dtype)
-    d_patches = jnp.tensordot(g_low, kernel.T, axes=1, precision=precision, preferred_element_type=dtype)
-    flat, g_flat = low.reshape(-1, low.shape[-1]), g_low.reshape(-1, g_low.shape[-1])
-    d_kernel = jnp.tensordot(flat.T, g_flat, axes=1, precision=precision, preferred_element_type=dtype)
-    return d_patches, d_kernel.astype(kernel.dtype)
-
-
-_wide_product_vjp.defvjp(_wide_product_fwd, _wide_product_bwd)
 
 
 def _phase_taps(n: int, d: int, pad: Tuple[int, int], k: int) -> Tuple[int, int, int, np.ndarray]:

@@ -197,10 +197,13 @@ def conv_keywords(compute_dtype: str, in_loop: bool) -> dict:
     for a convolution that runs inside the model's or guide's step loop (XLA:CPU's convolution
     gradients are an order of magnitude slower there), XLA's own convolution elsewhere (faster
     outside a loop); with a compute dtype other than float32, operands in that dtype
-    and a float32 product."""
+    and a float32 product (in the loop with bfloat16: the patches' product is the dense layers'
+    :func:`bf16_matmul`, float32 operands rounded inside it, float32 gradients)."""
     conv = patch_conv if in_loop else jax.lax.conv_general_dilated
     if compute_dtype == "float32":
         return {"conv_general_dilated": conv}
+    if in_loop and jnp.dtype(compute_dtype) == jnp.bfloat16:
+        return {"promote_dtype": _keep_operands, "conv_general_dilated": partial(patch_conv, dot_general=_bf16_dot_general)}
     return {
         "promote_dtype": _low_precision_operands(compute_dtype),
         "conv_general_dilated": partial(conv, preferred_element_type=jnp.float32),
