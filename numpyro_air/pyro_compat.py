@@ -204,6 +204,8 @@ def _check_pyro_shaped(config: AIRConfig) -> None:
     extras = [n for n in ("conv_encoder", "conv_decoder", "conv_embed") if getattr(config, n) is not None]
     if config.composition != "add":
         extras.append(f'composition="{config.composition}"')
+    if config.object_colour != "pixel":
+        extras.append(f'object_colour="{config.object_colour}"')
     if config.guide_input != "image":
         extras.append(f'guide_input="{config.guide_input}" (DAIR), glimpse_input="{config.glimpse_input}"')
     if config.channels != 1 or config.width != config.height or extras:

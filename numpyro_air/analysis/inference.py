@@ -12,7 +12,7 @@ from numpyro import handlers
 
 from ..core.config import AIRConfig
 from ..core.guide import guide
-from ..core.model import latent_sites, model, register_decoder, validate_images
+from ..core.model import latent_sites, model, register_decoder, split_decoded, validate_images
 from ..core.transform import bounding_boxes
 
 # Relaxed presence: an object counts while the running product of presences is >= this.
@@ -86,14 +86,16 @@ def decode_windows(params: dict, z_what: jnp.ndarray, config: AIRConfig) -> jnp.
     """Each object's decoded window before placement: z_what (..., z) -> (..., w, w) grayscale or
     (..., w, w, C) colour, with the model's decoder (``params["decode$params"]``), e.g.
     ``infer(...)["z_what"]`` (B, T, z). With ``composition="over"``: the colour times the
-    opacity (what the object shows where nothing covers it)."""
+    opacity (what the object shows where nothing covers it); with ``object_colour="single"``: the
+    shape times the object's colour."""
     if z_what.shape[-1:] != (config.z_what_size,):
         raise ValueError(f"z_what must end in ({config.z_what_size},), got shape {z_what.shape}")
     flat = handlers.substitute(lambda: register_decoder(config)(z_what.reshape(-1, config.z_what_size)), data=params)()
-    w, C, D = config.window_size, config.channels, config.decoder_channels
-    window = flat.reshape(z_what.shape[:-1] + (w, w, D))
-    if config.composition == "over":
-        window = window[..., :C] * window[..., C:]
+    window, paint = split_decoded(flat.reshape(z_what.shape[:-1] + flat.shape[-1:]), config)
+    if paint is not None:
+        window = window[..., None] * paint[..., None, None, :]
+    elif config.composition == "over":
+        window = window[..., : config.channels] * window[..., config.channels :]
     return window.reshape(z_what.shape[:-1] + config.window_shape)
 
 

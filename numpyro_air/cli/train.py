@@ -82,6 +82,7 @@ FIELDS = {
     "conv_embed": ("air", "conv_embed"),
     "compute_dtype": ("air", "compute_dtype"),
     "composition": ("air", "composition"),
+    "object_colour": ("air", "object_colour"),
     "conv_embed_features": ("air", "conv_embed_features"),
     "bl_predict_net": ("air", "bl_predict_net"),
     "non_linearity": ("air", "non_linearity"),
@@ -257,6 +258,12 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         "--composition",
         choices=["add", "over"],
         help="objects on the canvas: add (AIR's sum) or over (decoded opacities, earlier steps in front) ({air.composition})",
+    )
+    a(
+        "--object-colour",
+        choices=["pixel", "single"],
+        help="pixel: the decoder colours every window pixel (AIR's); single: one shape channel and one colour per object "
+        "({air.object_colour})",
     )
     a("--bl-predict-net", type=int, nargs="*", help="baseline predict hidden sizes ({air.bl_predict_net})")
     a("--non-linearity", type=str, help="relu, elu, tanh, ... (or torch names ReLU, ELU, ...)")

@@ -16,6 +16,7 @@ ANNEAL_MODES = ("none", "lin", "exp")
 GUIDE_INPUTS = ("image", "difference")
 GLIMPSE_INPUTS = ("image", "residual", "both")
 COMPOSITIONS = ("add", "over")  # how objects combine on the canvas (AIRConfig.composition)
+OBJECT_COLOURS = ("pixel", "single")  # what the decoder draws in colour (AIRConfig.object_colour)
 PRESENCE_ESTIMATORS = ("nvil", "vimco", "concrete")
 CHANNELS = (1, 3)  # grayscale, RGB
 COMPUTE_DTYPES = ("float32", "bfloat16")  # matmul operands (accumulation is always float32)
@@ -132,6 +133,13 @@ class AIRConfig:
     # each other front to back, step 0 in front: canvas = sum_t T_t w_t a_t c_t with transmittance
     # T_t = prod_{s<t} (1 - w_s a_s) (w the effective presence, a the placed opacity, c the colour)
     composition: str = "add"
+    # object colour (not in Pyro's example): "pixel" (AIR's) decodes every window pixel's colour;
+    # "single" decodes one shape channel per window pixel (the intensity with "add", the opacity
+    # with "over") and one colour per object (C values in (0, 1) from z_what), so one window
+    # cannot draw two objects of different colours (scenes of solid-coloured objects, as
+    # multi-dSprites): the object is colour x shape with "add", the colour at the shape's opacity
+    # with "over"
+    object_colour: str = "pixel"
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -194,6 +202,8 @@ class AIRConfig:
             raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
         if self.composition not in COMPOSITIONS:
             raise ValueError(f"composition must be one of {COMPOSITIONS}, got {self.composition!r}")
+        if self.object_colour not in OBJECT_COLOURS:
+            raise ValueError(f"object_colour must be one of {OBJECT_COLOURS}, got {self.object_colour!r}")
         if self.composition == "over" and not self.decoder_output_use_sigmoid:
             raise ValueError('composition="over" needs decoder_output_use_sigmoid=True (opacities must lie in (0, 1))')
 
@@ -326,8 +336,22 @@ class AIRConfig:
 
     @property
     def decoder_channels(self) -> int:
-        """Channels the decoder draws per window pixel: C, plus an opacity with ``composition="over"``."""
+        """Channels the decoder draws per window pixel: C, plus an opacity with ``composition="over"``;
+        1 (the shape) with ``object_colour="single"``."""
+        if self.object_colour == "single":
+            return 1
         return self.channels + (self.composition == "over")
+
+    @property
+    def object_colours(self) -> int:
+        """Values the decoder draws per object after its window pixels: C with
+        ``object_colour="single"`` (the object's colour), else 0."""
+        return self.channels if self.object_colour == "single" else 0
+
+    @property
+    def decoder_output_size(self) -> int:
+        """The decoder's output per object: w * w * ``decoder_channels`` + ``object_colours``."""
+        return self.window_size**2 * self.decoder_channels + self.object_colours
 
     @property
     def num_pixels(self) -> int:

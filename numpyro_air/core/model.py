@@ -105,9 +105,22 @@ def temperatures(config: AIRConfig, temperature=None) -> Tuple[jnp.ndarray, jnp.
 
 def register_decoder(config: AIRConfig) -> Callable[[jnp.ndarray], jnp.ndarray]:
     """Register the decoder's parameters (site ``decode$params``) and return z_what (B, z) ->
-    window (B, w*w*C), flattened from (w, w) or (w, w, C) (channels last)."""
+    (B, ``config.decoder_output_size``): the window flattened from (w, w) or (w, w, C') (channels
+    last), then the object's colour with ``object_colour="single"`` (see :func:`split_decoded`)."""
     module = decoder_module(config)
     return flax_module(DECODER_NAME, module, jnp.zeros((1, config.z_what_size)))
+
+
+def split_decoded(flat: jnp.ndarray, config: AIRConfig) -> Tuple[jnp.ndarray, Optional[jnp.ndarray]]:
+    """The decoder's output (..., ``decoder_output_size``) -> (window (..., w, w) or (..., w, w, C'),
+    object colour (..., C) or None): None unless ``object_colour="single"``, where the window is
+    the one-channel shape (..., w, w)."""
+    w, D = config.window_size, config.decoder_channels
+    lead = flat.shape[:-1]
+    window = flat[..., : w * w * D].reshape(lead + ((w, w) if D == 1 else (w, w, D)))
+    if config.object_colour != "single":
+        return window, None
+    return window, flat[..., w * w * D :]
 
 
 CanvasState = Tuple[jnp.ndarray, Optional[jnp.ndarray]]
@@ -124,11 +137,18 @@ def empty_canvas(config: AIRConfig, batch: int) -> CanvasState:
 
 def render(decode: Callable, z_what: jnp.ndarray, z_where: jnp.ndarray, config: AIRConfig):
     """One object per image, unweighted: the decoder's window of z_what (B, z) placed at z_where
-    (B, 3) by ``window_to_image``. Returns (colour (B, *image_shape), opacity (B, H, W) or None):
-    the opacity is the decoder's extra channel with ``composition="over"``, None with "add"."""
-    B, w, C, D = z_what.shape[0], config.window_size, config.channels, config.decoder_channels
-    window = decode(z_what).reshape((B, w, w) if D == 1 else (B, w, w, D))
+    (B, 3) by ``window_to_image``. Returns (colour, opacity (B, H, W) or None): the colour
+    (B, *image_shape), or with ``object_colour="single"`` and "over" the object's colour
+    (B, 1, 1[, C]), which broadcasts; the opacity is the decoder's extra channel (the shape with
+    "single") with ``composition="over"``, None with "add"."""
+    B, C, D = z_what.shape[0], config.channels, config.decoder_channels
+    window, paint = split_decoded(decode(z_what), config)
     placed = window_to_image(z_where, window, (config.height, config.width) + (() if D == 1 else (D,)))
+    if paint is not None:
+        paint = paint.reshape((B, 1, 1) + ((C,) if C > 1 else ()))
+        if config.composition == "add":
+            return (placed if C == 1 else placed[..., None]) * paint, None
+        return paint, placed
     if config.composition == "add":
         return placed, None
     colour = placed[..., 0] if C == 1 else placed[..., :C]

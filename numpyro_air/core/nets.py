@@ -443,6 +443,20 @@ class ConvDecoder(nn.Module):
         return jax.nn.sigmoid(out) if self.use_sigmoid else out
 
 
+class SingleColourDecoder(nn.Module):
+    """z_what (B, z) -> (B, w*w + C): ``shape``'s one-channel window (B, w*w), then one colour per
+    object, sigmoid(Dense(z)) (B, C) in (0, 1) (``AIRConfig.object_colour="single"``)."""
+
+    shape: nn.Module
+    colours: int
+    compute_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, z: jnp.ndarray) -> jnp.ndarray:
+        colour = nn.Dense(self.colours, name="Colour", **mixed_precision(self.compute_dtype))(z)
+        return jnp.concatenate([self.shape(z), jax.nn.sigmoid(colour)], axis=-1)
+
+
 class ConvEmbed(nn.Module):
     """Image (B, H*W*C) -> features (B, features) after ``nl``: stride-2 convolutions, then one
     dense layer of the flattened maps. ``in_loop``: applied at every step (DAIR's residual), not
@@ -500,12 +514,17 @@ def encoder_module(config: AIRConfig) -> nn.Module:
 
 def decoder_module(config: AIRConfig) -> nn.Module:
     """The decoder ``config`` asks for: z_what (B, z) -> window (B, w*w*C'), channels last, with
-    C' = ``config.decoder_channels`` (the colour channels, then the opacity with "over")."""
+    C' = ``config.decoder_channels`` (the colour channels, then the opacity with "over"), followed
+    by the object's C colours with ``object_colour="single"`` (``config.decoder_output_size``)."""
     w, C = config.window_size, config.decoder_channels
     bias, sigmoid, nl = config.decoder_output_bias, config.decoder_output_use_sigmoid, config.non_linearity
     if config.conv_decoder is None:
-        return Decoder(config.decoder_net, w * w * C, bias, sigmoid, nl, config.init, config.compute_dtype)
-    return ConvDecoder(w, C, config.conv_decoder, config.decoder_net[-1], bias, sigmoid, nl, config.compute_dtype)
+        pixels = Decoder(config.decoder_net, w * w * C, bias, sigmoid, nl, config.init, config.compute_dtype)
+    else:
+        pixels = ConvDecoder(w, C, config.conv_decoder, config.decoder_net[-1], bias, sigmoid, nl, config.compute_dtype)
+    if config.object_colour == "single":
+        return SingleColourDecoder(pixels, config.object_colours, config.compute_dtype)
+    return pixels
 
 
 def embed_module(config: AIRConfig) -> Tuple[Optional[nn.Module], int]:
