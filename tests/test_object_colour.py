@@ -93,10 +93,12 @@ def test_canvas_and_log_joint_match_numpy(config, rng):
     np.testing.assert_allclose(np.cross(drawn, colour), 0.0, atol=1e-5)
 
 
-def test_grayscale_add_and_the_dair_residual(rng):
-    """Grayscale: the object is its shape times one intensity; the guide's residual before each
-    step (DAIR) is the image minus the numpy canvas of the earlier steps."""
-    config = AIRConfig.tutorial(**SMALL, guide_input="difference", object_colour="single")
+@pytest.mark.parametrize("composition", ["add", "over"])
+def test_grayscale_and_the_dair_residual(composition, rng):
+    """Grayscale: the object is its shape times one intensity (added, or at the shape's opacity);
+    the guide's residual before each step (DAIR) is the image minus the numpy canvas of the
+    earlier steps."""
+    config = AIRConfig.tutorial(**SMALL, guide_input="difference", object_colour="single", composition=composition)
     images = jnp.asarray(make_scenes(4, 20, seed=3))
     tr, _ = run(guide, 0, images, config)
     params = params_of(tr)

@@ -109,7 +109,8 @@ def _recurrent_net(prefix: str, config: AIRConfig, num_pixels: int) -> Recurrent
 
 def _detached_decoder(config: AIRConfig) -> Callable[[jnp.ndarray], jnp.ndarray]:
     """The model's decoder (same param site ``decode$params``, so SVI keeps one copy) with its
-    parameters behind ``stop_gradient``: z_what (B, z) -> window (B, w*w*C).
+    parameters behind ``stop_gradient``: z_what (B, z) -> (B, ``config.decoder_output_size``) (see
+    ``model.split_decoded``).
 
     Gradient flow through DAIR's residual: the decoder is trained by the model's terms only
     (log p(x | z)), exactly as in AIR, while gradients w.r.t. the guide's own reparameterised

@@ -445,7 +445,9 @@ class ConvDecoder(nn.Module):
 
 class SingleColourDecoder(nn.Module):
     """z_what (B, z) -> (B, w*w + C): ``shape``'s one-channel window (B, w*w), then one colour per
-    object, sigmoid(Dense(z)) (B, C) in (0, 1) (``AIRConfig.object_colour="single"``)."""
+    object, sigmoid(Dense(z)) (B, C) in (0, 1) (``AIRConfig.object_colour="single"``). The colour
+    layer takes Flax's default initialisation (as the convolutional networks do), not
+    ``AIRConfig.init``."""
 
     shape: nn.Module
     colours: int
