@@ -145,19 +145,25 @@ def test_gradients_reach_colour_and_opacity(rng):
     and non-zero on the opacity outputs as well as the colour outputs (the last layer's columns
     are channels-last: even index colour, odd index opacity)."""
     config = AIRConfig.tutorial(**SMALL, num_steps=2, composition="over", presence_estimator="concrete")
-    images = jnp.asarray(make_scenes(4, 20, seed=2))
-    zw, zwhat = random_latents(config, rng, 4)
-    latents = {"z_pres_logit": jnp.full((2, 4), 2.0), "z_where": jnp.asarray(zw), "z_what": jnp.asarray(zwhat)}
+    grads = decoder_grads(config, jnp.asarray(make_scenes(4, 20, seed=2)), rng)
+    last = np.asarray(grads["MLP_0"]["Dense_1"]["bias"])
+    assert last.shape == (config.window_size**2 * 2,)
+    colour, opacity = last.reshape(-1, 2).T
+    assert np.abs(opacity).max() > 1e-2 and np.abs(colour).max() > 1e-2
+
+
+def decoder_grads(config: AIRConfig, images, rng):
+    """The gradient of the log-joint (2 steps, both objects on, relaxed presence) with respect to
+    random decoder parameters, checked finite."""
+    zw, zwhat = random_latents(config, rng, images.shape[0])
+    latents = {"z_pres_logit": jnp.full((2, images.shape[0]), 2.0), "z_where": jnp.asarray(zw), "z_what": jnp.asarray(zwhat)}
 
     def log_joint(decoder):
         return log_density(model, (images, config), {}, {"decode$params": decoder, **latents})[0]
 
     grads = jax.grad(log_joint)(random_params(config, rng))
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
-    last = np.asarray(grads["MLP_0"]["Dense_1"]["bias"])
-    assert last.shape == (config.window_size**2 * 2,)
-    colour, opacity = last.reshape(-1, 2).T
-    assert np.abs(opacity).max() > 1e-2 and np.abs(colour).max() > 1e-2
+    return grads
 
 
 def test_flag_validation_export_and_decoded_windows(rng):

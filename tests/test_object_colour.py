@@ -15,9 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import SMALL, make_scenes, params_of, run, site_log_probs
-from numpyro.infer.util import log_density
 from test_canvas import colour_scenes, norm_logpdf, np_decode, np_place
-from test_composition import PATTERN, random_latents, random_params
+from test_composition import PATTERN, decoder_grads, random_latents, random_params
 
 from numpyro_air import AIRConfig
 from numpyro_air.analysis.inference import decode_windows
@@ -135,15 +134,7 @@ def test_decoded_windows_have_one_colour(rng):
 
 def test_gradients_reach_shape_and_colour(rng):
     config = SINGLE_OVER.replace(num_steps=2, presence_estimator="concrete")
-    images = jnp.asarray(colour_scenes(4, config.image_shape, seed=2))
-    zw, zwhat = random_latents(config, rng, 4)
-    latents = {"z_pres_logit": jnp.full((2, 4), 2.0), "z_where": jnp.asarray(zw), "z_what": jnp.asarray(zwhat)}
-
-    def log_joint(decoder):
-        return log_density(model, (images, config), {}, {"decode$params": decoder, **latents})[0]
-
-    grads = jax.grad(log_joint)(random_params(config, rng))
-    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    grads = decoder_grads(config, jnp.asarray(colour_scenes(4, config.image_shape, seed=2)), rng)
     assert np.abs(np.asarray(grads["Colour"]["kernel"])).max() > 1e-2
     assert np.abs(np.asarray(grads["shape"]["MLP_0"]["Dense_1"]["bias"])).max() > 1e-2
 
