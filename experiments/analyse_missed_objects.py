@@ -40,13 +40,14 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     import jax
     import jax.numpy as jnp
+    import numpyro.distributions as dist
     import optax
     from numpyro import handlers
 
     from numpyro_air import load_params
-    from numpyro_air.analysis.inference import infer_batched
+    from numpyro_air.analysis.inference import forced_presence, infer_batched
     from numpyro_air.core.guide import guide
-    from numpyro_air.core.model import model, presence_site
+    from numpyro_air.core.model import model
     from numpyro_air.data import load_eval_npz
 
     config, params = load_params(args.checkpoint)
@@ -61,16 +62,11 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: {args.data} has no scene with {n} objects")
     images, boxes = ev.images[sel], ev.boxes[sel, :n]
     res = infer_batched(params, images, jax.random.PRNGKey(0), config, greedy=True)
-    site, sd, H, W = presence_site(config), config.likelihood_sd, config.height, config.width
-    pattern = np.arange(T) < n  # the first n steps on
+    sd, H, W = config.likelihood_sd, config.height, config.width
 
-    def presence(on, B):
-        if config.relaxed_presence:
-            return jnp.where(jnp.asarray(on)[:, None], 1e4, -1e4) * jnp.ones((1, B))
-        return jnp.asarray(on, jnp.float32)[:, None] * jnp.ones((1, B))
-
-    def loglik(x, zw, zwhat, on):
-        data = {**params, site: presence(on, x.shape[0]), "z_where": zw, "z_what": zwhat}
+    def loglik(x, zw, zwhat, count):
+        """log N(x | canvas, sd) (B,) of the first ``count`` objects of latents (T, B, .)."""
+        data = {**params, **forced_presence(config, jnp.full(x.shape[0], count)), "z_where": zw, "z_what": zwhat}
         with handlers.trace() as tr:
             handlers.seed(handlers.substitute(model, data=data), 0)(x, config)
         return -0.5 * jnp.sum(((x - tr["canvas"]["value"]) / sd).reshape(x.shape[0], -1) ** 2, -1)
@@ -89,10 +85,10 @@ def main(argv=None) -> dict:
         c = true[np.arange(len(idx)), np.argmax(dist, -1)]
         s0 = config.scale_prior_mean
         pose = np.stack([np.full(len(idx), s0), s0 * (1 - 2 * c[:, 0] / W), s0 * (1 - 2 * c[:, 1] / H)], -1)
-        without = loglik(x, zw, zwhat, np.arange(T) < n - 1)
+        without = loglik(x, zw, zwhat, n - 1)
 
         def objective(q):
-            ll = loglik(x, zw.at[n - 1].set(q["zw"]), zwhat.at[n - 1].set(q["zwhat"]), pattern)
+            ll = loglik(x, zw.at[n - 1].set(q["zw"]), zwhat.at[n - 1].set(q["zwhat"]), n)
             lp = jnp.sum(-0.5 * ((q["zw"] - loc) / scale) ** 2, -1) + jnp.sum(-0.5 * q["zwhat"] ** 2, -1)
             return ll, lp
 
@@ -117,7 +113,7 @@ def main(argv=None) -> dict:
         return np.asarray(fn.loc), np.asarray(fn.scale)
 
     def kl_normal(m, s, pm, ps):
-        return np.log(ps / s) + (s**2 + (m - pm) ** 2) / (2 * ps**2) - 0.5
+        return np.asarray(dist.kl_divergence(dist.Normal(m, s), dist.Normal(pm, ps)))
 
     missed = np.flatnonzero(res["counts"] == n - 1)[: args.max_scenes]
     right = np.flatnonzero(res["counts"] == n)[: args.max_scenes]

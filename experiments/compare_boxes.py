@@ -28,7 +28,7 @@ def main(argv=None) -> Path:
     from matplotlib.figure import Figure
 
     from numpyro_air import infer, load_params
-    from numpyro_air.analysis.figures import draw_boxes
+    from numpyro_air.analysis.figures import draw_boxes, save_figure
     from numpyro_air.data import load_eval_npz
 
     ev = load_eval_npz(args.data)
@@ -48,9 +48,7 @@ def main(argv=None) -> Path:
             ax.axis("off")
     fig.suptitle(f"inferred boxes on scenes with {args.count} objects (most probable path)", fontsize=9)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    out = save_figure(fig, args.out)
     print(out)
     return out
 

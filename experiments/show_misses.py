@@ -30,7 +30,7 @@ def main(argv=None) -> Path:
     from matplotlib.figure import Figure
 
     from numpyro_air import load_params
-    from numpyro_air.analysis.figures import draw_boxes
+    from numpyro_air.analysis.figures import imshow, save_figure, show_scene
     from numpyro_air.analysis.inference import infer_batched
     from numpyro_air.data import load_eval_npz
 
@@ -45,22 +45,17 @@ def main(argv=None) -> Path:
     shown = np.flatnonzero(res["counts"] == args.inferred)[: args.num]
     if len(shown) == 0:
         raise SystemExit(f"error: no scene with {args.count} objects is counted as {args.inferred}")
-    gray = config.channels == 1
     fig = Figure(figsize=(1.6 * len(shown), 3.6), layout="constrained")
     axes = fig.subplots(2, len(shown), squeeze=False)
     for col, i in enumerate(shown):
-        axes[0, col].imshow(images[i], cmap="gray" if gray else None, vmin=0, vmax=1)
-        draw_boxes(axes[0, col], res["boxes"][i], res["z_pres"][i])
-        axes[1, col].imshow(np.clip(res["reconstruction"][i], 0, 1), cmap="gray" if gray else None, vmin=0, vmax=1)
-        for ax in axes[:, col]:
-            ax.axis("off")
+        show_scene(axes[0, col], images[i], res["boxes"][i], res["z_pres"][i])
+        imshow(axes[1, col], res["reconstruction"][i])  # clipped to [0, 1]
+        axes[1, col].axis("off")
     fig.suptitle(
         f"scenes with {args.count} objects counted as {args.inferred} (most probable path): scene and boxes, reconstruction",
         fontsize=9,
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    out = save_figure(fig, args.out, dpi=100)
     print(out)
     return out
 

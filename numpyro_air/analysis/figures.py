@@ -118,7 +118,7 @@ def save_boxes_figure(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_reconstruction_figure(
@@ -143,7 +143,7 @@ def save_reconstruction_figure(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_prior_samples_figure(path: str | os.PathLike, canvases: np.ndarray, boxes: np.ndarray, z_pres: np.ndarray) -> Path:
@@ -203,7 +203,7 @@ def save_curves(records: Iterable[dict], out_dir: str | os.PathLike, prefix: str
             axes[1].set_ylim(0, 1.0)
         axes[1].legend(fontsize=7)
         fig.tight_layout()
-        paths.append(_save(fig, out_dir / f"{prefix}{name}.png"))
+        paths.append(save_figure(fig, out_dir / f"{prefix}{name}.png"))
     return paths
 
 
@@ -223,13 +223,14 @@ def save_confusion_figure(path: str | os.PathLike, confusion: Sequence[Sequence[
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write a matplotlib ``Figure`` to ``path`` (its folder created), at ``dpi``; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)  # Agg canvas attached by Figure itself; nothing global to close
+    fig.savefig(path, dpi=dpi)  # Agg canvas attached by Figure itself; nothing global to close
     return path
 
 
@@ -273,4 +274,4 @@ def save_windows_figure(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

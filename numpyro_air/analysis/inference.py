@@ -146,6 +146,17 @@ def count_accuracy(params, images, true_counts, key, config: AIRConfig, greedy: 
     return {"accuracy": acc, "confusion": conf.tolist(), "accuracy_by_count": accuracy_by_count(true_counts, out["counts"])}
 
 
+def forced_presence(config: AIRConfig, counts) -> Dict[str, jnp.ndarray]:
+    """Substitution data that switches on the first ``counts`` (N,) steps of each scene and off the
+    rest: the presence site's values (T, N), z_pres in {0, 1}, or with relaxed presence
+    logit(z_pres) = +-1e4 (z_pres exactly 1 / 0 in float32), for ``handlers.substitute`` of the
+    model or the guide."""
+    on = jnp.arange(config.num_steps)[:, None] < jnp.asarray(counts)[None, :]  # (T, N)
+    if config.relaxed_presence:
+        return {"z_pres_logit": jnp.where(on, _HARD_LOGIT, -_HARD_LOGIT)}
+    return {"z_pres": on.astype(jnp.float32)}
+
+
 @partial(jax.jit, static_argnames=("config", "num_scenes"))
 def sample_prior(params: dict, key: jax.Array, config: AIRConfig, num_scenes: int, counts=None) -> Dict[str, jnp.ndarray]:
     """Scenes from the generative model: ``canvas`` (N, *image_shape), ``z_pres`` (N, T),
@@ -157,14 +168,7 @@ def sample_prior(params: dict, key: jax.Array, config: AIRConfig, num_scenes: in
     unconditioned scenes are empty, so figures condition on counts. With relaxed presence
     ``z_pres`` is hard (:func:`relaxed_counts`) while the canvas uses the soft presences.
     """
-    data = dict(params)
-    if counts is not None:
-        steps = jnp.arange(config.num_steps)[:, None]
-        on = steps < jnp.asarray(counts)[None, :]  # (T, N)
-        if config.relaxed_presence:  # logit(z_pres) = +-1e4: z_pres exactly 1 / 0
-            data["z_pres_logit"] = jnp.where(on, _HARD_LOGIT, -_HARD_LOGIT)
-        else:
-            data["z_pres"] = on.astype(jnp.float32)
+    data = dict(params) if counts is None else {**params, **forced_presence(config, counts)}
     m = handlers.seed(handlers.substitute(model, data=data), key)
     with handlers.trace() as tr:
         m(None, config, batch_size=num_scenes)
