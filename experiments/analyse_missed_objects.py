@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
     if len(sel) == 0:
         raise SystemExit(f"error: {args.data} has no scene with {n} objects")
     images, boxes = ev.images[sel], ev.boxes[sel, :n]
-    res = infer_batched(params, images, jax.random.PRNGKey(0), config, greedy=True)
+    res = infer_batched(params, images, jax.random.PRNGKey(0), config, greedy=True, reconstruct=False)
     sd, H, W = config.likelihood_sd, config.height, config.width
 
     def loglik(x, zw, zwhat, count):
