@@ -2,17 +2,18 @@
 training loop runs it: ``make_step`` with K seeds, each case in a fresh process.
 
     python benchmarks/dataset_recipes.py [--seeds 1 4] [--steps 20] [--only NAME ...] [--dair]
-        [--conv-decoder C ...] [--object-colour pixel|single] [--device cpu] [--json]
+        [--conv-decoder C ...] [--broadcast-decoder H ...] [--object-colour pixel|single] [--device cpu] [--json]
 
 For each dataset of ``DATASET_RECIPES`` and each K of ``--seeds``: the recipe's model on random
 scenes of its canvas (batch 64), the compiled step, 3 warm-up steps, then the median of
 ``--steps`` blocked steps; XLA's FLOP count of the compiled step (``cost_analysis``), the
 process's peak resident memory, and the time 100,000 steps would take at the measured rate.
 ``--dair`` times each recipe with DAIR's guide input (``guide_input="difference"``, as ``--dair``).
-``--conv-decoder 64 32 16`` replaces the decoder with a convolutional one, ``--object-colour``
-sets the decoder's colour (both as the CLI flags). ``--json`` writes
-``results/<device>_dataset_recipes.json`` (``..._dair`` with ``--dair``, ``..._convdec`` with
-``--conv-decoder``, ``..._colour_<C>`` with ``--object-colour C``).
+``--conv-decoder 64 32 16`` replaces the decoder with a convolutional one, ``--broadcast-decoder
+64 64`` with a spatial broadcast one, ``--object-colour`` sets the decoder's colour (all as the CLI
+flags). ``--json`` writes ``results/<device>_dataset_recipes.json`` (``..._dair`` with ``--dair``,
+``..._convdec`` with ``--conv-decoder``, ``..._broadcast`` with ``--broadcast-decoder``,
+``..._colour_<C>`` with ``--object-colour C``).
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ HERE = Path(__file__).resolve().parent
 NAMES = ("multi-mnist", "multi-dsprites", "scattered-mnist")
 
 
-def measure(name: str, seeds: int, steps: int, dair: bool = False, conv_decoder: tuple = (), object_colour: str = "") -> dict:
-    """One (dataset, K seeds) case, in this process (DAIR's guide input if ``dair``; a
-    convolutional decoder of these channels if ``conv_decoder``; ``object_colour`` if given)."""
+def measure(name: str, seeds: int, steps: int, dair: bool = False, options: dict | None = None) -> dict:
+    """One (dataset, K seeds) case, in this process (DAIR's guide input if ``dair``; ``options``:
+    AIRConfig fields that replace the recipe's, e.g. ``{"conv_decoder": (64, 32)}``)."""
     import jax
     import jax.numpy as jnp
 
@@ -42,8 +43,7 @@ def measure(name: str, seeds: int, steps: int, dair: bool = False, conv_decoder:
 
     recipe = DATASET_RECIPES[name].recipe
     air, batch = (recipe.air.replace(guide_input="difference") if dair else recipe.air), 64
-    air = air.replace(conv_decoder=tuple(conv_decoder)) if conv_decoder else air
-    air = air.replace(object_colour=object_colour) if object_colour else air
+    air = air.replace(**(options or {}))
     svi = make_svi(air, recipe.optim)
     data = jax.random.randint(jax.random.PRNGKey(0), (1024,) + tuple(air.image_shape), 0, 256).astype(jnp.uint8)
     first = data[:batch].astype(jnp.float32) / 255.0
@@ -69,6 +69,7 @@ def measure(name: str, seeds: int, steps: int, dair: bool = False, conv_decoder:
         "dataset": name,
         "guide_input": air.guide_input,
         "conv_decoder": air.conv_decoder,
+        "broadcast_decoder": air.broadcast_decoder,
         "object_colour": air.object_colour,
         "seeds": seeds,
         "canvas": list(air.image_shape),
@@ -88,6 +89,7 @@ def label(r: dict) -> str:
     """What was timed: AIR or DAIR, and the options that differ from the recipe's networks."""
     parts = ["DAIR" if r["guide_input"] == "difference" else "AIR "]
     parts += [f"conv-decoder {' '.join(map(str, r['conv_decoder']))}"] if r["conv_decoder"] else []
+    parts += [f"broadcast-decoder {' '.join(map(str, r['broadcast_decoder']))}"] if r.get("broadcast_decoder") else []
     parts += [f"object-colour {r['object_colour']}"] if r.get("object_colour", "pixel") != "pixel" else []
     return ", ".join(parts)
 
@@ -102,13 +104,16 @@ def main(argv=None) -> list:
     ap.add_argument(
         "--conv-decoder", type=int, nargs="+", default=[], metavar="C", help="a convolutional decoder (as the CLI flag)"
     )
+    ap.add_argument("--broadcast-decoder", type=int, nargs="+", default=[], metavar="H", help="as the CLI flag")
     ap.add_argument("--object-colour", choices=["pixel", "single"], help="as the CLI flag (default: the recipe's)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
         os.environ["JAX_PLATFORMS"] = {"gpu": "cuda"}.get(a.device, a.device)
-        print(json.dumps(measure(a.child[0], int(a.child[1]), a.steps, a.dair, tuple(a.conv_decoder), a.object_colour or "")))
+        options = {"conv_decoder": tuple(a.conv_decoder), "broadcast_decoder": tuple(a.broadcast_decoder)}
+        options = {k: v for k, v in options.items() if v} | ({"object_colour": a.object_colour} if a.object_colour else {})
+        print(json.dumps(measure(a.child[0], int(a.child[1]), a.steps, a.dair, options)))
         return []
     results = []
     for name in a.only or NAMES:
@@ -116,6 +121,7 @@ def main(argv=None) -> list:
             cmd = [sys.executable, __file__, "--child", name, str(k), "--steps", str(a.steps), "--device", a.device]
             cmd += ["--dair"] if a.dair else []
             cmd += ["--conv-decoder", *map(str, a.conv_decoder)] if a.conv_decoder else []
+            cmd += ["--broadcast-decoder", *map(str, a.broadcast_decoder)] if a.broadcast_decoder else []
             cmd += ["--object-colour", a.object_colour] if a.object_colour else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             r = json.loads(out)
@@ -128,6 +134,7 @@ def main(argv=None) -> list:
             )
     if a.json:
         suffix = ("_dair" if a.dair else "") + ("_convdec" if a.conv_decoder else "")
+        suffix += "_broadcast" if a.broadcast_decoder else ""
         suffix += f"_colour_{a.object_colour}" if a.object_colour else ""
         path = HERE / "results" / f"{a.device}_dataset_recipes{suffix}.json"
         path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "cases": results}, indent=1))

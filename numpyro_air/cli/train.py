@@ -79,6 +79,7 @@ FIELDS = {
     "embed_net": ("air", "embed_net"),
     "conv_encoder": ("air", "conv_encoder"),
     "conv_decoder": ("air", "conv_decoder"),
+    "broadcast_decoder": ("air", "broadcast_decoder"),
     "conv_embed": ("air", "conv_embed"),
     "compute_dtype": ("air", "compute_dtype"),
     "composition": ("air", "composition"),
@@ -240,6 +241,13 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         nargs="+",
         metavar="C",
         help="convolutional decoder: feature maps of its stride-2 transposed convolutions",
+    )
+    a(
+        "--broadcast-decoder",
+        type=int,
+        nargs="+",
+        metavar="H",
+        help="spatial broadcast decoder: hidden widths of an MLP of z_what and each window pixel's position",
     )
     a(
         "--conv-embed",

@@ -121,6 +121,11 @@ class AIRConfig:
     conv_encoder: Optional[Tuple[int, ...]] = None
     conv_decoder: Optional[Tuple[int, ...]] = None
     conv_embed: Optional[Tuple[int, ...]] = None
+    # broadcast decoder (not in Pyro's example; None keeps decoder_net's MLP): the hidden widths of
+    # a per-pixel MLP of z_what and the pixel's position in the window (the spatial broadcast
+    # decoder with 1x1 convolutions, core.nets.BroadcastDecoder); it draws one smooth shape per
+    # window more easily than two
+    broadcast_decoder: Optional[Tuple[int, ...]] = None
     conv_embed_features: int = 256
     # mixed precision (not in Pyro's example): "bfloat16" rounds the inputs and kernels of every
     # dense layer and convolution (image projections, LSTM, encoder, decoder, predictors) to
@@ -209,11 +214,13 @@ class AIRConfig:
 
     def _validate_conv(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        for name in ("conv_encoder", "conv_decoder", "conv_embed"):
+        for name in ("conv_encoder", "conv_decoder", "conv_embed", "broadcast_decoder"):
             if getattr(self, name) is not None:
                 set_(name, _sizes(getattr(self, name), name))
                 if not getattr(self, name):
-                    raise ValueError(f"{name} must be None (the MLP) or a non-empty sequence of feature maps")
+                    raise ValueError(f"{name} must be None (the MLP) or a non-empty sequence of sizes")
+        if self.conv_decoder is not None and self.broadcast_decoder is not None:
+            raise ValueError("conv_decoder and broadcast_decoder are two decoders: set one of them")
         for conv, mlp in (("conv_encoder", "encoder_net"), ("conv_decoder", "decoder_net")):
             if getattr(self, conv) is not None and len(getattr(self, mlp)) != 1:
                 raise ValueError(f"with {conv}, {mlp} must hold one size (the dense layer's), got {getattr(self, mlp)}")

@@ -443,6 +443,37 @@ class ConvDecoder(nn.Module):
         return jax.nn.sigmoid(out) if self.use_sigmoid else out
 
 
+class BroadcastDecoder(nn.Module):
+    """z_what (B, z) -> window (B, ws*ws*C): the spatial broadcast decoder (Watters et al., 2019)
+    with 1x1 convolutions, i.e. one MLP applied at every window pixel to the code and the pixel's
+    position (u, v) in [-1, 1]^2. Its first layer is split, Dense(z) (B, h) + Dense(u, v) (ws*ws,
+    h), so the code's product is computed once per window. Adds ``output_bias``, then optionally
+    a sigmoid; Flax's default initialisation (as the convolutional networks)."""
+
+    window_size: int
+    image_channels: int
+    hidden: Sequence[int] = (64, 64)
+    output_bias: Optional[float] = None
+    use_sigmoid: bool = False
+    nl: str = "relu"
+    compute_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, z: jnp.ndarray) -> jnp.ndarray:
+        f, kw, ws = non_linearity(self.nl), mixed_precision(self.compute_dtype), self.window_size
+        centres = (2.0 * jnp.arange(ws, dtype=z.dtype) + 1.0) / ws - 1.0  # pixel centres, as the transformer's
+        rows, cols = jnp.meshgrid(centres, centres, indexing="ij")
+        position = jnp.stack([cols.ravel(), rows.ravel()], axis=-1)  # (ws*ws, 2): (u, v) = (column, row)
+        code = nn.Dense(self.hidden[0], name="Code", **kw)(z)  # (B, h)
+        h = f(code[:, None, :] + nn.Dense(self.hidden[0], use_bias=False, name="Position")(position))
+        for i, n in enumerate(self.hidden[1:]):
+            h = f(nn.Dense(n, name=f"Dense_{i}", **kw)(h))
+        out = nn.Dense(self.image_channels, name="Out", **kw)(h).reshape(z.shape[0], ws * ws * self.image_channels)
+        if self.output_bias is not None:
+            out = out + self.output_bias
+        return jax.nn.sigmoid(out) if self.use_sigmoid else out
+
+
 class SingleColourDecoder(nn.Module):
     """z_what (B, z) -> (B, w*w + C): ``shape``'s one-channel window (B, w*w), then one colour per
     object, sigmoid(Dense(z)) (B, C) in (0, 1) (``AIRConfig.object_colour="single"``). The colour
@@ -520,7 +551,9 @@ def decoder_module(config: AIRConfig) -> nn.Module:
     by the object's C colours with ``object_colour="single"`` (``config.decoder_output_size``)."""
     w, C = config.window_size, config.decoder_channels
     bias, sigmoid, nl = config.decoder_output_bias, config.decoder_output_use_sigmoid, config.non_linearity
-    if config.conv_decoder is None:
+    if config.broadcast_decoder is not None:
+        pixels = BroadcastDecoder(w, C, config.broadcast_decoder, bias, sigmoid, nl, config.compute_dtype)
+    elif config.conv_decoder is None:
         pixels = Decoder(config.decoder_net, w * w * C, bias, sigmoid, nl, config.init, config.compute_dtype)
     else:
         pixels = ConvDecoder(w, C, config.conv_decoder, config.decoder_net[-1], bias, sigmoid, nl, config.compute_dtype)
