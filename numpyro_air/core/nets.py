@@ -465,7 +465,7 @@ class BroadcastDecoder(nn.Module):
         rows, cols = jnp.meshgrid(centres, centres, indexing="ij")
         position = jnp.stack([cols.ravel(), rows.ravel()], axis=-1)  # (ws*ws, 2): (u, v) = (column, row)
         code = nn.Dense(self.hidden[0], name="Code", **kw)(z)  # (B, h)
-        h = f(code[:, None, :] + nn.Dense(self.hidden[0], use_bias=False, name="Position")(position))
+        h = f(code[:, None, :] + nn.Dense(self.hidden[0], use_bias=False, name="Position", **kw)(position))
         for i, n in enumerate(self.hidden[1:]):
             h = f(nn.Dense(n, name=f"Dense_{i}", **kw)(h))
         out = nn.Dense(self.image_channels, name="Out", **kw)(h).reshape(z.shape[0], ws * ws * self.image_channels)
