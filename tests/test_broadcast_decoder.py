@@ -111,6 +111,8 @@ def test_size_flag_and_refusals():
     assert AIRConfig.from_dict(BROADCAST.to_dict()) == BROADCAST
     with pytest.raises(ValueError, match="two decoders"):
         BROADCAST.replace(conv_decoder=(8,))
+    with pytest.raises(ValueError, match="--decoder-net"):
+        cli.configs_from_args(cli.build_parser().parse_args(args + ["--decoder-net", "400"]))
     with pytest.raises(ValueError, match="non-empty"):
         BROADCAST.replace(broadcast_decoder=())
     with pytest.raises(ValueError, match="broadcast_decoder"):

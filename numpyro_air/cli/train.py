@@ -499,6 +499,8 @@ def configs_from_args(args: argparse.Namespace, images=None):
             given[group][field] = value
     if d.get("viz"):
         given["train"]["viz_every"] = d.get("viz_every", VIZ_EVERY)
+    if "broadcast_decoder" in given["air"] and "decoder_net" in given["air"]:
+        raise ValueError("--decoder-net: the MLP decoder's sizes, which --broadcast-decoder replaces")
     air = dataclasses.replace(recipe.air, **given["air"])
     tcfg = TrainConfig(**(train_defaults | given["train"]))
     if images is not None:
