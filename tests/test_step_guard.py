@@ -102,3 +102,20 @@ def test_finite_loss_with_nan_gradient_is_skipped():
         assert not bit_identical(params2[name], params0[name]), name
     # Adam's first step moves probe by ~lr against the sign of d(-ELBO)/d(probe) = probe/sqrt(1+probe^2) > 0
     np.testing.assert_allclose(float(params2["probe"]), 0.5 - 1e-2, rtol=1e-3)
+
+
+def test_vmapped_seeds_skip_only_the_poisoned_one():
+    """Over a seeds axis (``jax.vmap``, as ``make_step`` runs several seeds) the guard acts per seed:
+    the seed with NaN gradients keeps its state bit for bit, the other one trains."""
+    svi = poisoned_svi()
+    states0 = jax.jit(jax.vmap(svi.init, in_axes=(0, None)))(jax.random.split(jax.random.PRNGKey(0), 2), batch(False, 0))
+    images = jnp.stack([batch(True, 1), batch(False, 1)])
+    states1, info = jax.jit(jax.vmap(make_update(svi, CFG), in_axes=(0, 0, None)))(states0, images, jnp.asarray(1))
+    np.testing.assert_array_equal(np.asarray(info.skipped), [True, False])
+    seed = lambda tree, k: jax.tree.map(lambda a: a[k], tree)  # noqa: E731
+    assert bit_identical(seed(states1.optim_state, 0), seed(states0.optim_state, 0))
+    moved = [
+        not np.array_equal(a, b)
+        for a, b in zip(leaves(seed(svi.get_params(states1), 1)), leaves(seed(svi.get_params(states0), 1)))
+    ]
+    assert all(moved) and all(np.all(np.isfinite(a)) for a in leaves(svi.get_params(states1)))
