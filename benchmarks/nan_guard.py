@@ -9,11 +9,13 @@ in ``--rounds`` interleaved rounds in this process:
 
 - ``adam``: ``tx.update`` and ``optax.apply_updates``;
 - ``adam + select``: the same, then ``jnp.where(ok, new, old)`` on every leaf of the parameters and
-  the optimiser state (the step's guard until 2026-12-06);
-- ``adam + cond``: ``lax.cond(ok, adam, keep)`` (the step's guard since then),
+  the optimiser state (the training step's guard, ``numpyro_air.train.svi.make_update``);
+- ``adam + cond``: ``lax.cond(ok, adam, keep)``,
 
 with ``ok`` the finiteness of the sum of all gradient elements. ``--json`` writes
-``results/cpu_nan_guard.json``.
+``results/cpu_nan_guard.json``. Alone, the select costs several times Adam's update; inside the
+training step it fuses into Adam's element-wise update, and the cond made the step no faster
+(``benchmarks/README.md``, "What was tried and dropped").
 """
 
 from __future__ import annotations
