@@ -262,6 +262,14 @@ class Encoder(nn.Module):
         return out[:, : self.z_what_size], jax.nn.softplus(out[:, self.z_what_size :])
 
 
+def decoder_output(out: jnp.ndarray, output_bias: Optional[float], use_sigmoid: bool) -> jnp.ndarray:
+    """A decoder's last layer's values (B, ...) plus ``output_bias`` (if given), then optionally a
+    sigmoid (Pyro's ``--decoder-output-bias`` and ``--decoder-output-use-sigmoid``)."""
+    if output_bias is not None:
+        out = out + output_bias
+    return jax.nn.sigmoid(out) if use_sigmoid else out
+
+
 class Decoder(nn.Module):
     """z_what (B, z) -> window (B, w*w); adds ``output_bias`` then optionally a sigmoid."""
 
@@ -278,9 +286,7 @@ class Decoder(nn.Module):
         out = MLP(
             tuple(self.hidden) + (self.window_pixels,), self.nl, init_scheme=self.init_scheme, compute_dtype=self.compute_dtype
         )(z)
-        if self.output_bias is not None:
-            out = out + self.output_bias
-        return jax.nn.sigmoid(out) if self.use_sigmoid else out
+        return decoder_output(out, self.output_bias, self.use_sigmoid)
 
 
 class Predict(nn.Module):
@@ -438,9 +444,7 @@ class ConvDecoder(nn.Module):
             if i < len(outs) - 1:
                 h = f(h)
         out = h[:, :ws, :ws, :].reshape(z.shape[0], ws * ws * C)
-        if self.output_bias is not None:
-            out = out + self.output_bias
-        return jax.nn.sigmoid(out) if self.use_sigmoid else out
+        return decoder_output(out, self.output_bias, self.use_sigmoid)
 
 
 class BroadcastDecoder(nn.Module):
@@ -469,9 +473,7 @@ class BroadcastDecoder(nn.Module):
         for i, n in enumerate(self.hidden[1:]):
             h = f(nn.Dense(n, name=f"Dense_{i}", **kw)(h))
         out = nn.Dense(self.image_channels, name="Out", **kw)(h).reshape(z.shape[0], ws * ws * self.image_channels)
-        if self.output_bias is not None:
-            out = out + self.output_bias
-        return jax.nn.sigmoid(out) if self.use_sigmoid else out
+        return decoder_output(out, self.output_bias, self.use_sigmoid)
 
 
 class SingleColourDecoder(nn.Module):
