@@ -12,7 +12,7 @@ from numpyro import handlers
 
 from ..core.config import AIRConfig
 from ..core.guide import guide
-from ..core.model import latent_sites, model, register_decoder, split_decoded, validate_images
+from ..core.model import latent_sites, model, presence_site, register_decoder, split_decoded, validate_images
 from ..core.transform import bounding_boxes
 
 # Relaxed presence: an object counts while the running product of presences is >= this.
@@ -152,9 +152,8 @@ def forced_presence(config: AIRConfig, counts) -> Dict[str, jnp.ndarray]:
     logit(z_pres) = +-1e4 (z_pres exactly 1 / 0 in float32), for ``handlers.substitute`` of the
     model or the guide."""
     on = jnp.arange(config.num_steps)[:, None] < jnp.asarray(counts)[None, :]  # (T, N)
-    if config.relaxed_presence:
-        return {"z_pres_logit": jnp.where(on, _HARD_LOGIT, -_HARD_LOGIT)}
-    return {"z_pres": on.astype(jnp.float32)}
+    value = jnp.where(on, _HARD_LOGIT, -_HARD_LOGIT) if config.relaxed_presence else on.astype(jnp.float32)
+    return {presence_site(config): value}
 
 
 @partial(jax.jit, static_argnames=("config", "num_scenes"))
