@@ -24,7 +24,9 @@ from numpyro_air.core.nets import BroadcastDecoder, SingleColourDecoder, decoder
 from numpyro_air.pyro_compat import pyro_state_dict_shapes
 
 H, W, C = 20, 28, 3
-BROADCAST = AIRConfig.tutorial(**SMALL, image_width=W, channels=C, num_steps=3, broadcast_decoder=(6, 5))
+BROADCAST = AIRConfig.tutorial(
+    **(SMALL | {"decoder_net": (200,)}), image_width=W, channels=C, num_steps=3, broadcast_decoder=(6, 5)
+)
 
 
 def np_positions(ws: int) -> np.ndarray:
@@ -115,5 +117,7 @@ def test_size_flag_and_refusals():
         cli.configs_from_args(cli.build_parser().parse_args(args + ["--decoder-net", "400"]))
     with pytest.raises(ValueError, match="non-empty"):
         BROADCAST.replace(broadcast_decoder=())
+    with pytest.raises(ValueError, match="decoder_net"):  # the MLP's sizes would be unused
+        BROADCAST.replace(decoder_net=(400,))
     with pytest.raises(ValueError, match="broadcast_decoder"):
         pyro_state_dict_shapes(AIRConfig.tutorial(broadcast_decoder=(8,)))

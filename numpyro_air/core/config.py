@@ -124,7 +124,7 @@ class AIRConfig:
     # broadcast decoder (not in Pyro's example; None keeps decoder_net's MLP): the hidden widths of
     # a per-pixel MLP of z_what and the pixel's position in the window (the spatial broadcast
     # decoder with 1x1 convolutions, core.nets.BroadcastDecoder); it draws one smooth shape per
-    # window more easily than two
+    # window more easily than two; decoder_net, then unused, must stay at its default
     broadcast_decoder: Optional[Tuple[int, ...]] = None
     conv_embed_features: int = 256
     # mixed precision (not in Pyro's example): "bfloat16" rounds the inputs and kernels of every
@@ -221,6 +221,11 @@ class AIRConfig:
                     raise ValueError(f"{name} must be None (the MLP) or a non-empty sequence of sizes")
         if self.conv_decoder is not None and self.broadcast_decoder is not None:
             raise ValueError("conv_decoder and broadcast_decoder are two decoders: set one of them")
+        mlp_default = next(f.default for f in dataclasses.fields(self) if f.name == "decoder_net")
+        if self.broadcast_decoder is not None and self.decoder_net != mlp_default:
+            raise ValueError(
+                f"decoder_net {self.decoder_net} sizes the MLP, which broadcast_decoder replaces: leave it at {mlp_default}"
+            )
         for conv, mlp in (("conv_encoder", "encoder_net"), ("conv_decoder", "decoder_net")):
             if getattr(self, conv) is not None and len(getattr(self, mlp)) != 1:
                 raise ValueError(f"with {conv}, {mlp} must hold one size (the dense layer's), got {getattr(self, mlp)}")
