@@ -7,7 +7,9 @@ Reads ``RUN/eval_heldout_seed<N>.json`` (the 10,000-canvas 0-2-digit held-out sp
 ``RUN/eval_0to3_seed<N>.json`` (1,000 held-out scenes of each count 0-3) of every seed of
 ``RUN/metrics.jsonl``: N is the seed, or, for the JSON of older versions (no ``seed`` in it), the
 index of the seed in the run. With ``evaluate --importance K`` in the 0-3 JSON, the last column
-is the 0 / 1 / 2 / 3-digit accuracy of the count posterior's argmax (else "-").
+is the 0 / 1 / 2 / 3-digit accuracy of the count posterior's argmax (else "-"). ``--posterior K
+...`` adds a table of the count posterior with K draws from ``RUN/eval_heldout_imp<K>_seed<N>.json``
+and ``RUN/eval_0to3_imp<K>_seed<N>.json``.
 """
 
 from __future__ import annotations
@@ -51,19 +53,51 @@ def rows(name: str, run: Path) -> list:
     return out
 
 
+def posterior_rows(name: str, run: Path, draws: int) -> list:
+    """Rows of the count posterior with ``draws`` guide draws (``evaluate --importance K``, files
+    ``eval_heldout_imp<K>_seed<N>.json`` and ``eval_0to3_imp<K>_seed<N>.json``; "-" where absent)."""
+    seeds = sorted({r["seed"] for r in viz.read_jsonl(run / "metrics.jsonl") if "seed" in r})
+    out = []
+    for k, seed in enumerate(seeds):
+        h, g = (evaluation(run, f"{split}_imp{draws}", seed, k) for split in ("heldout", "0to3"))
+        if g is None:
+            continue
+        held = f"{100 * h['count_accuracy_importance']:.2f}%" if h else "-"
+        per = g["accuracy_by_count_importance"]
+        counts = " / ".join(f"{100 * per[c]['accuracy']:.1f}" for c in ("0", "1", "2"))
+        out.append(f"| {name} | {seed} | {g['step']} | {draws} | {held} | {counts} / **{100 * per['3']['accuracy']:.1f}%** |")
+    return out
+
+
+def posterior_table(runs: list, draws: list) -> list:
+    lines = [
+        "| model | seed | step | guide draws K | 0-2 held-out (10k) | 0-3 set: 0 / 1 / 2 / **3** digits |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k in draws:
+        for name, path in runs:
+            lines += posterior_rows(name, Path(path), k)
+    return lines
+
+
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", help="NAME=RUN_DIR")
     ap.add_argument("--out")
+    ap.add_argument(
+        "--posterior", type=int, nargs="+", default=[], metavar="K", help="also a table of the count posterior with K draws"
+    )
     a = ap.parse_args(argv)
     lines = [
         "| model | seed | step | 0-2 held-out (10k) | greedy | 0-3 set: 0 / 1 / 2 / **3** digits | 3 digits, greedy "
         "| centre error (px) | matched within 3 px | mean IoU | count posterior: 0 / 1 / 2 / 3 |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for spec in a.runs:
-        name, _, path = spec.partition("=")
+    runs = [spec.partition("=")[::2] for spec in a.runs]
+    for name, path in runs:
         lines += rows(name, Path(path))
+    if a.posterior:
+        lines += [""] + posterior_table(runs, a.posterior)
     text = "\n".join(lines) + "\n"
     if a.out:
         Path(a.out).write_text(text)
