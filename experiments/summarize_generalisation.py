@@ -32,8 +32,13 @@ def evaluation(run: Path, split: str, seed: int, k: int):
     return None
 
 
+def seeds_of(run: Path) -> list:
+    """The seeds of a run, in order, from its ``metrics.jsonl``."""
+    return sorted({r["seed"] for r in viz.read_jsonl(run / "metrics.jsonl") if "seed" in r})
+
+
 def rows(name: str, run: Path) -> list:
-    seeds = sorted({r["seed"] for r in viz.read_jsonl(run / "metrics.jsonl") if "seed" in r})
+    seeds = seeds_of(run)
     out = []
     for k, seed in enumerate(seeds):
         h, g = evaluation(run, "heldout", seed, k), evaluation(run, "0to3", seed, k)
@@ -56,7 +61,7 @@ def rows(name: str, run: Path) -> list:
 def posterior_rows(name: str, run: Path, draws: int) -> list:
     """Rows of the count posterior with ``draws`` guide draws (``evaluate --importance K``, files
     ``eval_heldout_imp<K>_seed<N>.json`` and ``eval_0to3_imp<K>_seed<N>.json``; "-" where absent)."""
-    seeds = sorted({r["seed"] for r in viz.read_jsonl(run / "metrics.jsonl") if "seed" in r})
+    seeds = seeds_of(run)
     out = []
     for k, seed in enumerate(seeds):
         h, g = (evaluation(run, f"{split}_imp{draws}", seed, k) for split in ("heldout", "0to3"))
