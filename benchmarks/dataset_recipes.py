@@ -2,7 +2,8 @@
 training loop runs it: ``make_step`` with K seeds, each case in a fresh process.
 
     python benchmarks/dataset_recipes.py [--seeds 1 4] [--steps 20] [--only NAME ...] [--dair]
-        [--conv-decoder C ...] [--broadcast-decoder H ...] [--object-colour pixel|single] [--device cpu] [--json]
+        [--conv-decoder C ...] [--broadcast-decoder H ...] [--template-decoder K]
+        [--object-colour pixel|single] [--device cpu] [--json]
 
 For each dataset of ``DATASET_RECIPES`` and each K of ``--seeds``: the recipe's model on random
 scenes of its canvas (batch 64), the compiled step, 3 warm-up steps, then the median of
@@ -10,9 +11,11 @@ scenes of its canvas (batch 64), the compiled step, 3 warm-up steps, then the me
 process's peak resident memory, and the time 100,000 steps would take at the measured rate.
 ``--dair`` times each recipe with DAIR's guide input (``guide_input="difference"``, as ``--dair``).
 ``--conv-decoder 64 32 16`` replaces the decoder with a convolutional one, ``--broadcast-decoder
-64 64`` with a spatial broadcast one, ``--object-colour`` sets the decoder's colour (all as the CLI
+64 64`` with a spatial broadcast one, ``--template-decoder 8`` with a template decoder (with
+``--object-colour single``), ``--object-colour`` sets the decoder's colour (all as the CLI
 flags). ``--json`` writes ``results/<device>_dataset_recipes.json`` (``..._dair`` with ``--dair``,
 ``..._convdec`` with ``--conv-decoder``, ``..._broadcast`` with ``--broadcast-decoder``,
+``..._template`` with ``--template-decoder``,
 ``..._colour_<C>`` with ``--object-colour C``).
 """
 
@@ -70,6 +73,7 @@ def measure(name: str, seeds: int, steps: int, dair: bool = False, options: dict
         "guide_input": air.guide_input,
         "conv_decoder": air.conv_decoder,
         "broadcast_decoder": air.broadcast_decoder,
+        "template_decoder": air.template_decoder,
         "object_colour": air.object_colour,
         "seeds": seeds,
         "canvas": list(air.image_shape),
@@ -90,6 +94,7 @@ def label(r: dict) -> str:
     parts = ["DAIR" if r["guide_input"] == "difference" else "AIR "]
     parts += [f"conv-decoder {' '.join(map(str, r['conv_decoder']))}"] if r["conv_decoder"] else []
     parts += [f"broadcast-decoder {' '.join(map(str, r['broadcast_decoder']))}"] if r.get("broadcast_decoder") else []
+    parts += [f"template-decoder {r['template_decoder']}"] if r.get("template_decoder") else []
     parts += [f"object-colour {r['object_colour']}"] if r.get("object_colour", "pixel") != "pixel" else []
     return ", ".join(parts)
 
@@ -105,6 +110,7 @@ def main(argv=None) -> list:
         "--conv-decoder", type=int, nargs="+", default=[], metavar="C", help="a convolutional decoder (as the CLI flag)"
     )
     ap.add_argument("--broadcast-decoder", type=int, nargs="+", default=[], metavar="H", help="as the CLI flag")
+    ap.add_argument("--template-decoder", type=int, metavar="K", help="as the CLI flag")
     ap.add_argument("--object-colour", choices=["pixel", "single"], help="as the CLI flag (default: the recipe's)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -113,6 +119,7 @@ def main(argv=None) -> list:
         os.environ["JAX_PLATFORMS"] = {"gpu": "cuda"}.get(a.device, a.device)
         options = {"conv_decoder": tuple(a.conv_decoder), "broadcast_decoder": tuple(a.broadcast_decoder)}
         options = {k: v for k, v in options.items() if v} | ({"object_colour": a.object_colour} if a.object_colour else {})
+        options |= {"template_decoder": a.template_decoder} if a.template_decoder else {}
         print(json.dumps(measure(a.child[0], int(a.child[1]), a.steps, a.dair, options)))
         return []
     results = []
@@ -122,6 +129,7 @@ def main(argv=None) -> list:
             cmd += ["--dair"] if a.dair else []
             cmd += ["--conv-decoder", *map(str, a.conv_decoder)] if a.conv_decoder else []
             cmd += ["--broadcast-decoder", *map(str, a.broadcast_decoder)] if a.broadcast_decoder else []
+            cmd += ["--template-decoder", str(a.template_decoder)] if a.template_decoder else []
             cmd += ["--object-colour", a.object_colour] if a.object_colour else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             r = json.loads(out)
@@ -135,6 +143,7 @@ def main(argv=None) -> list:
     if a.json:
         suffix = ("_dair" if a.dair else "") + ("_convdec" if a.conv_decoder else "")
         suffix += "_broadcast" if a.broadcast_decoder else ""
+        suffix += "_template" if a.template_decoder else ""
         suffix += f"_colour_{a.object_colour}" if a.object_colour else ""
         path = HERE / "results" / f"{a.device}_dataset_recipes{suffix}.json"
         path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "cases": results}, indent=1))

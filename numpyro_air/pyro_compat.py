@@ -201,7 +201,11 @@ def _prior_buffers(config: AIRConfig) -> dict[str, np.ndarray]:
 
 def _check_pyro_shaped(config: AIRConfig) -> None:
     """Pyro's AIR is square, grayscale, all-MLP and reads the image (no DAIR): refuse what it cannot hold."""
-    extras = [n for n in ("conv_encoder", "conv_decoder", "conv_embed", "broadcast_decoder") if getattr(config, n) is not None]
+    extras = [
+        n
+        for n in ("conv_encoder", "conv_decoder", "conv_embed", "broadcast_decoder", "template_decoder")
+        if getattr(config, n) is not None
+    ]
     if config.composition != "add":
         extras.append(f'composition="{config.composition}"')
     if config.object_colour != "pixel":

@@ -111,7 +111,7 @@ def test_size_flag_and_refusals():
     assert air.broadcast_decoder == (32, 32) and air.conv_decoder is None
     assert cli.configs_from_args(cli.build_parser().parse_args([]))[0].broadcast_decoder is None
     assert AIRConfig.from_dict(BROADCAST.to_dict()) == BROADCAST
-    with pytest.raises(ValueError, match="two decoders"):
+    with pytest.raises(ValueError, match="different decoders"):
         BROADCAST.replace(conv_decoder=(8,))
     with pytest.raises(ValueError, match="--decoder-net"):
         cli.configs_from_args(cli.build_parser().parse_args(args + ["--decoder-net", "400"]))

@@ -151,6 +151,24 @@ def test_scenes_that_cannot_be_drawn_are_one_error_line(tmp_path, monkeypatch):
     assert not (tmp_path / "never").exists()
 
 
+def test_plot_regenerates_the_recorded_benchmark(tmp_path, monkeypatch):
+    """``numpyro-air plot`` draws a run's figures on the test split of the benchmark its
+    checkpoint records (multi-MNIST where none is recorded), not always multi-MNIST."""
+    from numpyro_air.cli.plot import generated_test_split
+
+    monkeypatch.setenv("NUMPYRO_AIR_DATA", str(tmp_path / "cache"))
+    cfg = MultiDSpritesConfig(canvas_size=32, num_train=3, num_test=5, seed=4)
+    test = generated_test_split({"dataset": "multi-dsprites"} | dataclasses.asdict(cfg))
+    assert test.images.shape == (5, 32, 32, 3)
+    assert np.array_equal(test.images, load_dataset("multi-dsprites", cfg, progress=False)[1].images)
+    source = write_mnist_npz(tmp_path / "fake.npz", fake_mnist())
+    scattered = ScatteredMNISTConfig(canvas_size=30, min_digits=1, max_digits=2, num_train=3, num_test=4)
+    desc = {"dataset": "scattered-mnist", "mnist": str(source)} | dataclasses.asdict(scattered)
+    test = generated_test_split(desc)
+    assert test.images.shape == (4, 30, 30) and test.counts.min() >= 1
+    check_split(test, set(TEST_LABELS.tolist()), TEST_LEVELS, 255)
+
+
 # ------------------------------------------------------------------------ make_eval_set.py
 def test_make_eval_set_multi_dsprites(tmp_path, make_eval_set, capsys):
     out = tmp_path / "ds.npz"

@@ -63,22 +63,29 @@ def own_images(data: dict):
     return images
 
 
+def generated_test_split(data: dict):
+    """The test split of a run trained on a generated benchmark, regenerated (or read from the
+    cache) from the generator configuration its checkpoint records (``dataset``, default
+    multi-MNIST: checkpoints from before the benchmarks record none)."""
+    from numpyro_air.data import DATASETS, load_dataset
+
+    ds = DATASETS[data.get("dataset", "multi-mnist")]
+    cfg = ds.config_type(**{k: v for k, v in data.items() if k in ds.config_type.__dataclass_fields__})
+    source = None if not ds.uses_mnist or data.get("mnist") in (None, "embedded") else data["mnist"]
+    return load_dataset(ds.name, cfg, source=source, progress=False)[1]
+
+
 def model_figures(ckpt: Path, out: Path) -> list:
     """Boxes, reconstructions, prior samples and decoded windows on the run's own held-out split."""
     import jax
 
     from numpyro_air.analysis.evaluation import save_figures
-    from numpyro_air.data import MultiMNISTConfig, load_multi_mnist, to_float
+    from numpyro_air.data import to_float
     from numpyro_air.train.checkpoint import load_params, read_npz
 
     air, params = load_params(ckpt)
     data = read_npz(ckpt)[0].get("data", {})
-    if data.get("source") == "images":
-        test = own_images(data)
-    else:
-        cfg = MultiMNISTConfig(**{k: v for k, v in data.items() if k in MultiMNISTConfig.__dataclass_fields__})
-        source = None if data.get("mnist") in (None, "embedded") else data["mnist"]
-        _, test = load_multi_mnist(cfg, source=source, progress=False)
+    test = own_images(data) if data.get("source") == "images" else generated_test_split(data)
     counts = None if test.counts is None else test.counts[:16]
     return save_figures(params, air, to_float(test.images[:16]), counts, jax.random.PRNGKey(0), out)
 

@@ -80,6 +80,7 @@ FIELDS = {
     "conv_encoder": ("air", "conv_encoder"),
     "conv_decoder": ("air", "conv_decoder"),
     "broadcast_decoder": ("air", "broadcast_decoder"),
+    "template_decoder": ("air", "template_decoder"),
     "conv_embed": ("air", "conv_embed"),
     "compute_dtype": ("air", "compute_dtype"),
     "composition": ("air", "composition"),
@@ -248,6 +249,13 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         nargs="+",
         metavar="H",
         help="spatial broadcast decoder: hidden widths of an MLP of z_what and each window pixel's position",
+    )
+    a(
+        "--template-decoder",
+        type=int,
+        metavar="K",
+        help="template decoder: K learned shape templates (--decoder-net's MLP of K learned codes), mixed and rotated per "
+        "object (needs --object-colour single)",
     )
     a(
         "--conv-embed",

@@ -126,6 +126,11 @@ class AIRConfig:
     # decoder with 1x1 convolutions, core.nets.BroadcastDecoder); it draws one smooth shape per
     # window more easily than two; decoder_net, then unused, must stay at its default
     broadcast_decoder: Optional[Tuple[int, ...]] = None
+    # template decoder (not in Pyro's example; None: decoder_net's MLP draws each window): the
+    # number of learned shape templates (decoder_net's MLP applied to as many learned codes) that
+    # z_what mixes and rotates (core.nets.TemplateDecoder): one window draws one shape; needs
+    # object_colour="single"
+    template_decoder: Optional[int] = None
     conv_embed_features: int = 256
     # mixed precision (not in Pyro's example): "bfloat16" rounds the inputs and kernels of every
     # dense layer and convolution (image projections, LSTM, encoder, decoder, predictors) to
@@ -219,13 +224,19 @@ class AIRConfig:
                 set_(name, _sizes(getattr(self, name), name))
                 if not getattr(self, name):
                     raise ValueError(f"{name} must be None (the MLP) or a non-empty sequence of sizes")
-        if self.conv_decoder is not None and self.broadcast_decoder is not None:
-            raise ValueError("conv_decoder and broadcast_decoder are two decoders: set one of them")
+        decoders = [n for n in ("conv_decoder", "broadcast_decoder", "template_decoder") if getattr(self, n) is not None]
+        if len(decoders) > 1:
+            raise ValueError(f"{' and '.join(decoders)} are different decoders: set one of them")
         mlp_default = next(f.default for f in dataclasses.fields(self) if f.name == "decoder_net")
         if self.broadcast_decoder is not None and self.decoder_net != mlp_default:
             raise ValueError(
                 f"decoder_net {self.decoder_net} sizes the MLP, which broadcast_decoder replaces: leave it at {mlp_default}"
             )
+        k = self.template_decoder
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
+            raise ValueError(f"template_decoder must be None (the MLP) or a positive number of templates, got {k!r}")
+        if k is not None and self.object_colour != "single":
+            raise ValueError('template_decoder draws a one-channel shape: it needs object_colour="single"')
         for conv, mlp in (("conv_encoder", "encoder_net"), ("conv_decoder", "decoder_net")):
             if getattr(self, conv) is not None and len(getattr(self, mlp)) != 1:
                 raise ValueError(f"with {conv}, {mlp} must hold one size (the dense layer's), got {getattr(self, mlp)}")

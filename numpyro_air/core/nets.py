@@ -476,6 +476,64 @@ class BroadcastDecoder(nn.Module):
         return decoder_output(out, self.output_bias, self.use_sigmoid)
 
 
+#: The template decoder's logit outside its templates (before ``output_bias``): empty window.
+TEMPLATE_OUTSIDE = -10.0
+
+
+def rotate_bilinear(window: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray, outside: float) -> jnp.ndarray:
+    """Windows (B, w, w) rotated about their centre by the angle of (cos, sin) (B,) each: output
+    pixel (u, v) (column, row centres in [-1, 1]) reads the input bilinearly at (cos u - sin v,
+    sin u + cos v); beyond the window the value is ``outside``. Returns (B, w, w)."""
+    B, w = window.shape[0], window.shape[-1]
+    centres = (2.0 * jnp.arange(w, dtype=window.dtype) + 1.0) / w - 1.0
+    v, u = jnp.meshgrid(centres, centres, indexing="ij")  # (w, w): row, column
+    c, s = cos[:, None, None], sin[:, None, None]
+    to_pixel = lambda t: (t + 1.0) * (w / 2.0) - 0.5 + 1.0  # noqa: E731 (index in the padded window)
+    x = jnp.clip(to_pixel(c * u - s * v), 0.0, w + 1.0)
+    y = jnp.clip(to_pixel(s * u + c * v), 0.0, w + 1.0)
+    x0 = jnp.minimum(jnp.floor(x), w).astype(jnp.int32)
+    y0 = jnp.minimum(jnp.floor(y), w).astype(jnp.int32)
+    fx, fy = x - x0, y - y0
+    padded = jnp.pad(window, ((0, 0), (1, 1), (1, 1)), constant_values=outside).reshape(B, -1)
+    tap = lambda yi, xi: jnp.take_along_axis(padded, (yi * (w + 2) + xi).reshape(B, -1), axis=1)  # noqa: E731
+    top = (1.0 - fx) * tap(y0, x0).reshape(B, w, w) + fx * tap(y0, x0 + 1).reshape(B, w, w)
+    bottom = (1.0 - fx) * tap(y0 + 1, x0).reshape(B, w, w) + fx * tap(y0 + 1, x0 + 1).reshape(B, w, w)
+    return (1.0 - fy) * top + fy * bottom
+
+
+class TemplateDecoder(nn.Module):
+    """z_what (B, z) -> shape window (B, ws*ws): a learned dictionary of ``templates`` shapes (a
+    sprite dictionary, as MarioNette's), mixed by softmax(Dense(z)) (B, K) and rotated about the
+    window's centre by the angle of Dense(z) (B, 2) normalised to (cos, sin), read bilinearly
+    (:data:`TEMPLATE_OUTSIDE` beyond the template). The K templates (K, ws*ws) of logits are the
+    MLP decoder (``hidden``) applied to K learned codes (K, z), so they learn at the MLP
+    decoder's pace (a free parameter per template pixel moves by about Adam's learning rate per
+    step). Scale and position come from z_where, so one window draws one rotated blend of
+    templates: a shape, not two sprites side by side. Adds ``output_bias``, then optionally a
+    sigmoid. One channel: the shape of ``object_colour="single"``."""
+
+    window_size: int
+    templates: int
+    hidden: Sequence[int] = (200,)
+    output_bias: Optional[float] = None
+    use_sigmoid: bool = False
+    nl: str = "relu"
+    init_scheme: str = "torch"
+    compute_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, z: jnp.ndarray) -> jnp.ndarray:
+        B, ws, kw = z.shape[0], self.window_size, mixed_precision(self.compute_dtype)
+        codes = self.param("codes", nn.initializers.normal(1.0), (self.templates, z.shape[-1]), jnp.float32)
+        bank = Decoder(self.hidden, ws * ws, None, False, self.nl, self.init_scheme, self.compute_dtype, name="Templates")
+        choice = jax.nn.softmax(nn.Dense(self.templates, name="Choice", **kw)(z), axis=-1)  # (B, K)
+        mixed = (choice @ bank(codes)).reshape(B, ws, ws)
+        direction = nn.Dense(2, name="Rotation", **kw)(z)  # (B, 2)
+        norm = jnp.sqrt(jnp.sum(direction**2, axis=-1) + 1e-8)
+        out = rotate_bilinear(mixed, direction[:, 0] / norm, direction[:, 1] / norm, TEMPLATE_OUTSIDE)
+        return decoder_output(out.reshape(B, ws * ws), self.output_bias, self.use_sigmoid)
+
+
 class SingleColourDecoder(nn.Module):
     """z_what (B, z) -> (B, w*w + C): ``shape``'s one-channel window (B, w*w), then one colour per
     object, sigmoid(Dense(z)) (B, C) in (0, 1) (``AIRConfig.object_colour="single"``). The colour
@@ -553,7 +611,10 @@ def decoder_module(config: AIRConfig) -> nn.Module:
     by the object's C colours with ``object_colour="single"`` (``config.decoder_output_size``)."""
     w, C = config.window_size, config.decoder_channels
     bias, sigmoid, nl = config.decoder_output_bias, config.decoder_output_use_sigmoid, config.non_linearity
-    if config.broadcast_decoder is not None:
+    if config.template_decoder is not None:
+        k, hidden = config.template_decoder, config.decoder_net
+        pixels = TemplateDecoder(w, k, hidden, bias, sigmoid, nl, config.init, config.compute_dtype)
+    elif config.broadcast_decoder is not None:
         pixels = BroadcastDecoder(w, C, config.broadcast_decoder, bias, sigmoid, nl, config.compute_dtype)
     elif config.conv_decoder is None:
         pixels = Decoder(config.decoder_net, w * w * C, bias, sigmoid, nl, config.init, config.compute_dtype)
