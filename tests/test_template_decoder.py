@@ -69,6 +69,23 @@ def test_one_template_at_zero_and_right_angles(rng):
     assert not np.allclose(template, np.rot90(template))
 
 
+def test_starts_unrotated(rng):
+    """A fresh decoder reads every template at angle 0, whatever z (templates read at random
+    angles would average to round blobs)."""
+    module = TemplateDecoder(7, K, hidden=(K,), output_bias=-1.0, use_sigmoid=True)
+    params = module.init(jax.random.PRNGKey(3), jnp.zeros((1, 5)))["params"]
+    z = rng.normal(size=(4, 5)).astype(np.float32)
+    out = np.asarray(module.apply({"params": params}, jnp.asarray(z)))
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    mlp = p["Templates"]["MLP_0"]
+    hidden = np.maximum(p["codes"] @ mlp["Dense_0"]["kernel"] + mlp["Dense_0"]["bias"], 0.0)
+    bank = hidden @ mlp["Dense_1"]["kernel"] + mlp["Dense_1"]["bias"]  # (K, 49)
+    logits = z @ p["Choice"]["kernel"] + p["Choice"]["bias"]
+    choice = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(out, sigmoid(choice @ bank - 1.0), atol=1e-5)
+    assert bank.std() > 0.05 and np.ptp(choice, axis=0).max() > 1e-3
+
+
 def test_mixture_and_outside_corners(rng):
     ws = 9
     logits = np.array([0.5, -1.0, 2.0, 0.0])

@@ -505,8 +505,9 @@ class TemplateDecoder(nn.Module):
     """z_what (B, z) -> shape window (B, ws*ws): a learned dictionary of ``templates`` shapes (a
     sprite dictionary, as MarioNette's), mixed by softmax(Dense(z)) (B, K) and rotated about the
     window's centre by the angle of Dense(z) (B, 2) normalised to (cos, sin), read bilinearly
-    (:data:`TEMPLATE_OUTSIDE` beyond the template). The K templates (K, ws*ws) of logits are the
-    MLP decoder (``hidden``) applied to K learned codes (K, z), so they learn at the MLP
+    (:data:`TEMPLATE_OUTSIDE` beyond the template); that layer starts at angle 0 for every z (zero
+    kernel), since templates read at random angles average to round blobs and stay there. The K
+    templates (K, ws*ws) of logits are the MLP decoder (``hidden``) applied to K learned codes (K, z), so they learn at the MLP
     decoder's pace (a free parameter per template pixel moves by about Adam's learning rate per
     step). Scale and position come from z_where, so one window draws one rotated blend of
     templates: a shape, not two sprites side by side. Adds ``output_bias``, then optionally a
@@ -528,7 +529,9 @@ class TemplateDecoder(nn.Module):
         bank = Decoder(self.hidden, ws * ws, None, False, self.nl, self.init_scheme, self.compute_dtype, name="Templates")
         choice = jax.nn.softmax(nn.Dense(self.templates, name="Choice", **kw)(z), axis=-1)  # (B, K)
         mixed = (choice @ bank(codes)).reshape(B, ws, ws)
-        direction = nn.Dense(2, name="Rotation", **kw)(z)  # (B, 2)
+        identity = lambda key, shape, dtype=jnp.float32: jnp.array([1.0, 0.0], dtype)  # noqa: E731 (angle 0)
+        rotation = nn.Dense(2, kernel_init=nn.initializers.zeros, bias_init=identity, name="Rotation", **kw)
+        direction = rotation(z)  # (B, 2)
         norm = jnp.sqrt(jnp.sum(direction**2, axis=-1) + 1e-8)
         out = rotate_bilinear(mixed, direction[:, 0] / norm, direction[:, 1] / norm, TEMPLATE_OUTSIDE)
         return decoder_output(out.reshape(B, ws * ws), self.output_bias, self.use_sigmoid)
