@@ -62,7 +62,7 @@ def test_one_template_at_zero_and_right_angles(rng):
     z = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
     for angle, turns in ((0.0, 0), (math.pi / 2, 1), (math.pi, 2)):
         module, params, bank = fixed_params(ws, rng, [0.0, 40.0, 0.0, 0.0], angle)
-        out = np.asarray(module.apply({"params": params}, z)).reshape(3, ws, ws)
+        out = np.asarray(jax.jit(module.apply)({"params": params}, z)).reshape(3, ws, ws)
         template = bank[1].reshape(ws, ws)
         expected = sigmoid(np.rot90(template, turns) - 1.0)
         np.testing.assert_allclose(out, np.broadcast_to(expected, out.shape), atol=1e-5)
@@ -91,12 +91,12 @@ def test_mixture_and_outside_corners(rng):
     logits = np.array([0.5, -1.0, 2.0, 0.0])
     module, params, bank = fixed_params(ws, rng, logits, 0.0)
     z = jnp.asarray(rng.normal(size=(2, 5)), jnp.float32)
-    out = np.asarray(module.apply({"params": params}, z)).reshape(2, ws, ws)
+    out = np.asarray(jax.jit(module.apply)({"params": params}, z)).reshape(2, ws, ws)
     p = np.exp(logits) / np.exp(logits).sum()
     expected = sigmoid(p @ bank.astype(np.float64) - 1.0).reshape(ws, ws)
     np.testing.assert_allclose(out[0], expected, atol=1e-5)
     module, params, _ = fixed_params(ws, rng, logits, math.pi / 4)
-    out = np.asarray(module.apply({"params": params}, z)).reshape(2, ws, ws)
+    out = np.asarray(jax.jit(module.apply)({"params": params}, z)).reshape(2, ws, ws)
     outside = sigmoid(TEMPLATE_OUTSIDE - 1.0)
     for i, j in ((0, 0), (0, ws - 1), (ws - 1, 0), (ws - 1, ws - 1)):
         np.testing.assert_allclose(out[:, i, j], outside, atol=1e-7)
