@@ -167,6 +167,8 @@ def test_plot_regenerates_the_recorded_benchmark(tmp_path, monkeypatch):
     test = generated_test_split(desc)
     assert test.images.shape == (4, 30, 30) and test.counts.min() >= 1
     check_split(test, set(TEST_LABELS.tolist()), TEST_LEVELS, 255)
+    with pytest.raises(SystemExit, match="records dataset 'shapes', not one of multi-mnist"):
+        generated_test_split({"dataset": "shapes"})
 
 
 # ------------------------------------------------------------------------ make_eval_set.py

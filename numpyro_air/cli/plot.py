@@ -69,7 +69,10 @@ def generated_test_split(data: dict):
     multi-MNIST: checkpoints from before the benchmarks record none)."""
     from numpyro_air.data import DATASETS, load_dataset
 
-    ds = DATASETS[data.get("dataset", "multi-mnist")]
+    name = data.get("dataset", "multi-mnist")
+    if name not in DATASETS:
+        raise SystemExit(f"error: the checkpoint records dataset {name!r}, not one of {', '.join(DATASETS)}")
+    ds = DATASETS[name]
     cfg = ds.config_type(**{k: v for k, v in data.items() if k in ds.config_type.__dataclass_fields__})
     source = None if not ds.uses_mnist or data.get("mnist") in (None, "embedded") else data["mnist"]
     return load_dataset(ds.name, cfg, source=source, progress=False)[1]

@@ -507,11 +507,12 @@ class TemplateDecoder(nn.Module):
     window's centre by the angle of Dense(z) (B, 2) normalised to (cos, sin), read bilinearly
     (:data:`TEMPLATE_OUTSIDE` beyond the template); that layer starts at angle 0 for every z (zero
     kernel), since templates read at random angles average to round blobs and stay there. The K
-    templates (K, ws*ws) of logits are the MLP decoder (``hidden``) applied to K learned codes (K, z), so they learn at the MLP
-    decoder's pace (a free parameter per template pixel moves by about Adam's learning rate per
-    step). Scale and position come from z_where, so one window draws one rotated blend of
-    templates: a shape, not two sprites side by side. Adds ``output_bias``, then optionally a
-    sigmoid. One channel: the shape of ``object_colour="single"``."""
+    templates (K, ws*ws) of logits are the MLP decoder (``hidden``) applied to K learned codes
+    (K, z), so they learn at the MLP decoder's pace (a free parameter per template pixel moves by
+    about Adam's learning rate per step). Scale and position come from z_where, so one window
+    draws one rotated blend of templates: a shape, not two sprites side by side. Adds
+    ``output_bias``, then optionally a sigmoid. One channel: the shape of
+    ``object_colour="single"``."""
 
     window_size: int
     templates: int
