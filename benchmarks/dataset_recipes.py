@@ -117,9 +117,13 @@ def main(argv=None) -> list:
     a = ap.parse_args(argv)
     if a.child:
         os.environ["JAX_PLATFORMS"] = {"gpu": "cuda"}.get(a.device, a.device)
-        options = {"conv_decoder": tuple(a.conv_decoder), "broadcast_decoder": tuple(a.broadcast_decoder)}
-        options = {k: v for k, v in options.items() if v} | ({"object_colour": a.object_colour} if a.object_colour else {})
-        options |= {"template_decoder": a.template_decoder} if a.template_decoder else {}
+        options = {
+            "conv_decoder": tuple(a.conv_decoder),
+            "broadcast_decoder": tuple(a.broadcast_decoder),
+            "template_decoder": a.template_decoder,
+            "object_colour": a.object_colour,
+        }
+        options = {k: v for k, v in options.items() if v}
         print(json.dumps(measure(a.child[0], int(a.child[1]), a.steps, a.dair, options)))
         return []
     results = []

@@ -35,6 +35,11 @@ _TORCH_NAMES = {
 }
 
 
+def _positive_int(v) -> bool:
+    """Whether ``v`` is an int (not a bool) greater than 0."""
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
 def _sizes(value, name: str) -> Tuple[int, ...]:
     try:
         sizes = tuple(int(v) for v in value)
@@ -155,11 +160,9 @@ class AIRConfig:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
         for name in ("num_steps", "image_size", "window_size", "z_what_size", "rnn_hidden_size"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            if not _positive_int(v):
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if self.image_width is not None and (
-            isinstance(self.image_width, bool) or not isinstance(self.image_width, int) or self.image_width <= 0
-        ):
+        if self.image_width is not None and not _positive_int(self.image_width):
             raise ValueError(f"image_width must be a positive int or None (square), got {self.image_width!r}")
         if isinstance(self.channels, bool) or not isinstance(self.channels, int) or self.channels not in CHANNELS:
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
@@ -233,7 +236,7 @@ class AIRConfig:
                 f"decoder_net {self.decoder_net} sizes the MLP, which broadcast_decoder replaces: leave it at {mlp_default}"
             )
         k = self.template_decoder
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
+        if k is not None and not _positive_int(k):
             raise ValueError(f"template_decoder must be None (the MLP) or a positive number of templates, got {k!r}")
         if k is not None and self.object_colour != "single":
             raise ValueError('template_decoder draws a one-channel shape: it needs object_colour="single"')
@@ -242,9 +245,8 @@ class AIRConfig:
                 raise ValueError(f"with {conv}, {mlp} must hold one size (the dense layer's), got {getattr(self, mlp)}")
         if self.conv_embed is not None and self.embed_net is not None:
             raise ValueError("conv_embed and embed_net are two image embeddings: set one of them")
-        v = self.conv_embed_features
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ValueError(f"conv_embed_features must be a positive int, got {v!r}")
+        if not _positive_int(self.conv_embed_features):
+            raise ValueError(f"conv_embed_features must be a positive int, got {self.conv_embed_features!r}")
 
     def _validate_variants(self) -> None:
         if self.concrete_temperature_to is not None and not (
