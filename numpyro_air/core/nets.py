@@ -495,9 +495,12 @@ def rotate_bilinear(window: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray, out
     y0 = jnp.minimum(jnp.floor(y), w).astype(jnp.int32)
     fx, fy = x - x0, y - y0
     padded = jnp.pad(window, ((0, 0), (1, 1), (1, 1)), constant_values=outside).reshape(B, -1)
-    tap = lambda yi, xi: jnp.take_along_axis(padded, (yi * (w + 2) + xi).reshape(B, -1), axis=1)  # noqa: E731
-    top = (1.0 - fx) * tap(y0, x0).reshape(B, w, w) + fx * tap(y0, x0 + 1).reshape(B, w, w)
-    bottom = (1.0 - fx) * tap(y0 + 1, x0).reshape(B, w, w) + fx * tap(y0 + 1, x0 + 1).reshape(B, w, w)
+
+    def tap(yi, xi):  # (B, w, w): the padded window at rows yi, columns xi
+        return jnp.take_along_axis(padded, (yi * (w + 2) + xi).reshape(B, -1), axis=1).reshape(B, w, w)
+
+    top = (1.0 - fx) * tap(y0, x0) + fx * tap(y0, x0 + 1)
+    bottom = (1.0 - fx) * tap(y0 + 1, x0) + fx * tap(y0 + 1, x0 + 1)
     return (1.0 - fy) * top + fy * bottom
 
 
