@@ -290,6 +290,18 @@ def test_inference_api(full_run, datasets):
     np.testing.assert_array_equal(counts_only["counts"], res["counts"])  # same key, same guide sample
     greedy = inference.infer(params, images, jax.random.PRNGKey(0), air, greedy=True)
     np.testing.assert_array_equal(greedy["z_pres"], (greedy["pres_prob"] > 0.5) * np.cumprod(greedy["pres_prob"] > 0.5, 1))
+    # both counts in one program (evaluation's) = count_accuracy of each, chunk by chunk (7 images
+    # in chunks of 3: the last one padded), with the keys count_accuracy's callers derive
+    images7 = datasets[1].images[:7].astype(np.float32) / 255
+    counts7, key = np.asarray(datasets[1].counts[:7]), jax.random.PRNGKey(3)
+    both = inference.count_accuracies(params, images7, counts7, key, air, batch_size=3)
+    for mode, g in (("sample", False), ("greedy", True)):
+        alone = inference.count_accuracy(params, images7, counts7, jax.random.fold_in(key, int(g)), air, g, batch_size=3)
+        assert both[mode] == alone
+    # chunk 0 of the sample pass is infer's guide sample with key fold_in(fold_in(key, 0), 0)
+    chunk0 = inference.infer(params, jnp.asarray(images7[:3]), jax.random.fold_in(jax.random.fold_in(key, 0), 0), air)
+    first = inference.count_accuracies(params, images7[:3], counts7[:3], key, air, batch_size=3)["sample"]
+    assert first["accuracy"] == np.mean(np.asarray(chunk0["counts"]) == counts7[:3])
 
 
 def test_confusion_and_summary():

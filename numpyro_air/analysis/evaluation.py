@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core.config import AIRConfig
+from ..core.one_shot import one_shot_jit
 from ..data.batches import to_float
 from . import figures as viz
-from .inference import count_accuracy, decode_windows, infer, sample_prior
+from .inference import count_accuracies, decode_windows, infer, sample_prior
 from .likelihood import elbo_per_image
 
 ACCURACY_THRESHOLDS = (0.90, 0.95, 0.98)
@@ -39,9 +40,9 @@ def evaluate(params, tcfg, air: AIRConfig, test_set, train_set, key) -> dict:
                 out["test_images"] = int(len(images))
             continue
         counts = np.asarray(ds.counts if n is None else ds.counts[:n])
-        for greedy in (False, True):
-            res = count_accuracy(params, images, counts, jax.random.fold_in(key, int(greedy)), air, greedy, tcfg.eval_batch_size)
-            suffix = "_greedy" if greedy else ""
+        both = count_accuracies(params, images, counts, key, air, tcfg.eval_batch_size)
+        for mode, suffix in (("sample", ""), ("greedy", "_greedy")):
+            res = both[mode]
             out[f"{split}_accuracy{suffix}"] = res["accuracy"]
             out[f"{split}_confusion{suffix}"] = res["confusion"]
             out[f"{split}_accuracy_by_count{suffix}"] = res["accuracy_by_count"]
@@ -71,11 +72,7 @@ def save_figures(params, air: AIRConfig, images: np.ndarray, true_counts, key, o
     seed's params: ``boxes{tag}.png``, ``reconstructions{tag}.png``, ``prior_samples{tag}.png``
     and ``windows{tag}.png`` in ``out_dir``. ``images`` (N, H, W) or (N, H, W, C) float in
     [0, 1] on the config's canvas; ``true_counts`` (N,) or None."""
-    res = infer(params, jnp.asarray(images), key, air)
-    res = jax.device_get(res)
-    windows = np.asarray(decode_windows(params, jnp.asarray(res["z_what"][:6]), air))
-    counts = jnp.arange(16) % (air.num_steps + 1)  # scenes with 0, 1, ..., T objects
-    prior = jax.device_get(sample_prior(params, jax.random.fold_in(key, 7), air, 16, counts))
+    res, windows, prior = jax.device_get(_figure_arrays(params, jnp.asarray(images), key, air))
     return [
         viz.save_boxes_figure(
             out_dir / f"boxes{tag}.png",
@@ -98,6 +95,21 @@ def save_figures(params, air: AIRConfig, images: np.ndarray, true_counts, key, o
             title="each object's decoded window (one guide sample)",
         ),
     ]
+
+
+def figure_arrays(params, images: jnp.ndarray, key, air: AIRConfig) -> tuple:
+    """What :func:`save_figures` draws, as one program: ``infer`` of ``images`` (N, *image_shape)
+    with reconstructions, the decoded windows (6, T, *window_shape) of the first 6 images'
+    objects, and ``sample_prior`` of 16 scenes with 0, 1, ..., T, 0, ... objects."""
+    res = infer(params, images, key, air)
+    windows = decode_windows(params, res["z_what"][:6], air)
+    counts = jnp.arange(16) % (air.num_steps + 1)
+    return res, windows, sample_prior(params, jax.random.fold_in(key, 7), air, 16, counts)
+
+
+# Figures are drawn once per run (or every viz_every steps): one program compiled for speed of
+# compilation (on the CPU about 1.5 s instead of 2.6 s for the three programs it replaces).
+_figure_arrays = one_shot_jit(figure_arrays, static_argnames=("air",))
 
 
 def accuracy_summary(final_acc: List[float]) -> dict:

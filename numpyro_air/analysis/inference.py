@@ -99,6 +99,21 @@ def decode_windows(params: dict, z_what: jnp.ndarray, config: AIRConfig) -> jnp.
     return window.reshape(z_what.shape[:-1] + config.window_shape)
 
 
+def _chunked(run, images: np.ndarray, batch_size: int) -> Dict[str, np.ndarray]:
+    """``run(chunk, i)`` -> dict of (bs, ...) arrays over ``images`` in chunks of ``bs =
+    min(batch_size, N)`` (the last one padded, so one compilation serves every chunk), joined."""
+    n = images.shape[0]
+    bs = min(batch_size, n)
+    outs = []
+    for i, start in enumerate(range(0, n, bs)):
+        chunk = images[start : start + bs]
+        pad = bs - chunk.shape[0]
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+        outs.append({k: np.asarray(v)[: bs - pad] for k, v in run(jnp.asarray(chunk), i).items()})
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
 def infer_batched(
     params,
     images,
@@ -110,19 +125,19 @@ def infer_batched(
     temperature=None,
 ) -> Dict[str, np.ndarray]:
     """:func:`infer` over a large array in fixed-size chunks (the last chunk is padded, so one
-    compilation serves every chunk). Returns numpy arrays."""
+    compilation serves every chunk; chunk i uses ``fold_in(key, i)``). Returns numpy arrays."""
     images = np.asarray(validate_images(images, config.image_shape))
-    n = images.shape[0]
-    bs = min(batch_size, n)
-    outs = []
-    for i, start in enumerate(range(0, n, bs)):
-        chunk = images[start : start + bs]
-        pad = bs - chunk.shape[0]
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-        res = infer(params, jnp.asarray(chunk), jax.random.fold_in(key, i), config, greedy, reconstruct, temperature)
-        outs.append({k: np.asarray(v)[: bs - pad] for k, v in res.items()})
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    run = lambda chunk, i: infer(params, chunk, jax.random.fold_in(key, i), config, greedy, reconstruct, temperature)  # noqa: E731
+    return _chunked(run, images, batch_size)
+
+
+@partial(jax.jit, static_argnames=("config",))
+def _both_counts(params: dict, images: jnp.ndarray, keys: jnp.ndarray, config: AIRConfig) -> Dict[str, jnp.ndarray]:
+    """The counts (B,) of one guide sample (``keys[0]``) and of the most probable path
+    (``keys[1]``) in one program: one compilation, and the guide's image projection, which does
+    not depend on the latents, computed once for both."""
+    sample = infer(params, images, keys[0], config, False, False)["counts"]
+    return {"sample": sample, "greedy": infer(params, images, keys[1], config, True, False)["counts"]}
 
 
 def confusion_matrix(true_counts: np.ndarray, inferred: np.ndarray, num_steps: int, max_true: Optional[int] = None) -> np.ndarray:
@@ -138,12 +153,26 @@ def confusion_matrix(true_counts: np.ndarray, inferred: np.ndarray, num_steps: i
 def count_accuracy(params, images, true_counts, key, config: AIRConfig, greedy: bool = False, batch_size: int = 1000) -> dict:
     """Count accuracy, accuracy per true count and confusion matrix. ``greedy=False`` is Pyro's
     metric (one guide sample per image); ``greedy=True`` uses the guide's most probable path."""
+    out = infer_batched(params, images, key, config, greedy, batch_size, reconstruct=False)
+    return _count_summary(true_counts, out["counts"], config)
+
+
+def count_accuracies(params, images, true_counts, key, config: AIRConfig, batch_size: int = 1000) -> Dict[str, dict]:
+    """:func:`count_accuracy` of one guide sample and of the most probable path, as
+    ``{"sample": ..., "greedy": ...}``, from one compiled program: the same counts as
+    ``count_accuracy(..., fold_in(key, g), config, greedy=g)`` for g = False and True."""
+    images = np.asarray(validate_images(images, config.image_shape))
+    keys = lambda i: jnp.stack([jax.random.fold_in(jax.random.fold_in(key, g), i) for g in (0, 1)])  # noqa: E731
+    out = _chunked(lambda chunk, i: _both_counts(params, chunk, keys(i), config), images, batch_size)
+    return {mode: _count_summary(true_counts, out[mode], config) for mode in ("sample", "greedy")}
+
+
+def _count_summary(true_counts, inferred: np.ndarray, config: AIRConfig) -> dict:
     from .metrics import accuracy_by_count
 
-    out = infer_batched(params, images, key, config, greedy, batch_size, reconstruct=False)
-    conf = confusion_matrix(true_counts, out["counts"], config.num_steps)
-    acc = float(np.mean(np.asarray(true_counts) == out["counts"]))
-    return {"accuracy": acc, "confusion": conf.tolist(), "accuracy_by_count": accuracy_by_count(true_counts, out["counts"])}
+    conf = confusion_matrix(true_counts, inferred, config.num_steps)
+    acc = float(np.mean(np.asarray(true_counts) == inferred))
+    return {"accuracy": acc, "confusion": conf.tolist(), "accuracy_by_count": accuracy_by_count(true_counts, inferred)}
 
 
 def forced_presence(config: AIRConfig, counts) -> Dict[str, jnp.ndarray]:
