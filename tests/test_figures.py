@@ -15,8 +15,9 @@ from PIL import Image
 
 from numpyro_air import AIRConfig, guide, model
 from numpyro_air.analysis import figures as viz
-from numpyro_air.analysis.evaluation import save_figures
+from numpyro_air.analysis.evaluation import figure_arrays, save_figures
 from numpyro_air.analysis.inference import decode_windows, infer, sample_prior
+from numpyro_air.core.one_shot import one_shot_jit, one_shot_options
 
 H, W = 16, 32  # a canvas twice as wide as high
 RGB = AIRConfig(**(SMALL | dict(image_size=H, window_size=8)), image_width=W, channels=3, num_steps=3)
@@ -140,6 +141,32 @@ def test_save_figures_writes_four_colour_pngs(tmp_path, params):
     for p in paths:
         px = read_png(p)
         assert px.shape[1] > px.shape[0] / 2 and np.any(px[..., 0] != px[..., 1]), p.name
+
+
+def test_figure_arrays_equal_the_three_programs_and_compile_once(params):
+    """save_figures' one -O0 program gives what infer, decode_windows and sample_prior give
+    (the same keys), and is traced once for repeated calls of one shape."""
+    images, key = jnp.asarray(scenes(7)), jax.random.PRNGKey(2)
+    traced = []
+
+    def counted(params, images, key, air):
+        traced.append(1)
+        return figure_arrays(params, images, key, air)
+
+    one = one_shot_jit(counted, static_argnames=("air",))
+    res, windows, prior = jax.device_get(one(params, images, key, RGB))
+    jax.device_get(one(params, images, key, RGB))
+    assert len(traced) == 1 and one_shot_options() == {"xla_backend_optimization_level": 0}  # the CPU's
+    ref = jax.device_get(infer(params, images, key, RGB))
+    assert sorted(res) == sorted(ref) and windows.shape == (6, RGB.num_steps) + RGB.window_shape
+    for k in ref:
+        np.testing.assert_allclose(res[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    np.testing.assert_allclose(windows, decode_windows(params, jnp.asarray(ref["z_what"][:6]), RGB), rtol=1e-4, atol=1e-5)
+    counts = jnp.arange(16) % (RGB.num_steps + 1)
+    ref_prior = jax.device_get(sample_prior(params, jax.random.fold_in(key, 7), RGB, 16, counts))
+    np.testing.assert_array_equal(prior["z_pres"].sum(1), counts)
+    for k in ref_prior:
+        np.testing.assert_allclose(prior[k], ref_prior[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
 def test_gray_default_figures_keep_their_look(tmp_path):

@@ -4,8 +4,8 @@ XLA's CPU backend spends most of the compile time of a model/guide program in LL
 optimisation passes. At LLVM -O0 (``xla_backend_optimization_level=0``) the figures' program of
 the tutorial networks (guide, reconstruction, decoded windows and prior samples of 16 scenes)
 compiles in 1.4-1.6 s instead of 2.2-2.3 s at XLA's defaults (2-core AMD EPYC, 2026-12-06) and
-runs a little slower: the right trade for a program that runs once, the wrong one for the training step or an
-evaluation over thousands of images. Other backends keep XLA's defaults.
+runs a little slower: the right trade for a program that runs once, the wrong one for the
+training step or an evaluation over thousands of images. Other backends keep XLA's defaults.
 
 The SVI initialisation is not compiled this way, although it runs once: its parameters would
 differ in the last bit from those at XLA's defaults, and with them every seed's run.
