@@ -108,7 +108,8 @@ def figure_arrays(params, images: jnp.ndarray, key, air: AIRConfig) -> tuple:
 
 
 # Figures are drawn once per run (or every viz_every steps): one program compiled for speed of
-# compilation (on the CPU about 1.5 s instead of 2.6 s for the three programs it replaces).
+# compilation (on the CPU 1.2-1.5 s to compile and run instead of 2.5-2.8 s for the three programs it
+# replaces, benchmarks/eval_programs.py).
 _figure_arrays = one_shot_jit(figure_arrays, static_argnames=("air",))
 
 

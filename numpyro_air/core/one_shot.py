@@ -13,6 +13,7 @@ differ in the last bit from those at XLA's defaults, and with them every seed's 
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Dict, Optional
 
 import jax
@@ -32,12 +33,10 @@ def one_shot_jit(fun: Callable, **jit_kwargs) -> Callable:
     """``jax.jit(fun, compiler_options=one_shot_options(), **jit_kwargs)``, built at the first
     call (so importing a module that defines one does not start JAX's backend); later calls reuse
     it and its compilation cache."""
-    jitted: list = []
+    build = functools.cache(lambda: jax.jit(fun, compiler_options=one_shot_options(), **jit_kwargs))
 
+    @functools.wraps(fun)
     def call(*args, **kwargs):
-        if not jitted:
-            jitted.append(jax.jit(fun, compiler_options=one_shot_options(), **jit_kwargs))
-        return jitted[0](*args, **kwargs)
+        return build()(*args, **kwargs)
 
-    call.__doc__, call.__name__, call.__wrapped__ = fun.__doc__, getattr(fun, "__name__", "one_shot"), fun
     return call
