@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from numpyro_air import AIRConfig, z_pres_prior_probs
-from numpyro_air.core.prior import count_distribution, exp_decay, lin_decay, make_prior
+from numpyro_air.core.prior import count_distribution, count_log_probs, exp_decay, lin_decay, make_prior
 
 # ----------------------------------------------------------------------------- reference (Pyro)
 
@@ -170,6 +170,17 @@ def test_make_prior_k05():
     np.testing.assert_allclose(np.round(p, 4), [0.4667, 0.4286, 0.3333])
     np.testing.assert_allclose(count_distribution(p), [8 / 15, 4 / 15, 2 / 15, 1 / 15], rtol=1e-12)
     np.testing.assert_allclose(np.round(count_distribution(p), 3), [0.533, 0.267, 0.133, 0.067])
+
+
+def test_count_log_probs_is_the_count_distribution_in_log_space():
+    """log P(n) of the absorbing chain, traceable: the closed form of k = 0.5, and certain steps
+    (p = 1, p = 0) giving -inf to the counts they rule out."""
+    np.testing.assert_allclose(np.exp(count_log_probs(make_prior(0.5))), [8 / 15, 4 / 15, 2 / 15, 1 / 15], rtol=1e-6)
+    for p in (make_prior(0.01, 4), np.array([0.9, 0.2]), np.array([0.3])):
+        np.testing.assert_allclose(np.exp(count_log_probs(p)), count_distribution(p), rtol=1e-5)
+    lp = np.asarray(jax.jit(count_log_probs)(jnp.array([1.0, 0.5, 0.0])))
+    assert np.isneginf(lp[0]) and np.isneginf(lp[3])
+    np.testing.assert_allclose(lp[1:3], np.log([0.5, 0.5]), rtol=1e-6)
 
 
 def test_make_prior_k001_tutorial():

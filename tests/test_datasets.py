@@ -230,19 +230,28 @@ def test_evaluate_with_more_steps_than_trained(tmp_path, make_eval_set):
     out = tmp_path / "e.npz"
     make_eval_set.main(["--out", str(out), "--max-digits", "4", "--per-count", "2"])
     weights = ROOT / "numpyro_air" / "weights" / "air_multi_mnist.npz"
-    three = evaluate.main(["--checkpoint", str(weights), "--data", str(out), "--json", "--importance", "4"])
+    three = evaluate.main(
+        ["--checkpoint", str(weights), "--data", str(out), "--json", "--importance", "4", "--count-evidence", "3"]
+    )
     five = evaluate.main(["--checkpoint", str(weights), "--data", str(out), "--json", "--model-steps", "5"])
     assert three["model_steps"] == 3 and five["model_steps"] == 5
     # --importance: a third count, the argmax of the count posterior from 4 weighted draws
     assert three["importance_samples"] == 4 and sum(map(sum, three["confusion_importance"])) == 10
     assert sum(three["confusion_importance"][n][n] for n in range(3)) >= 5  # 0-2 digits: the trained range
     assert three["count_accuracy_importance"] == sum(three["confusion_importance"][n][n] for n in range(4)) / 10
+    # --count-evidence: a fourth, the argmax of log p(x, n) from 3 draws per count; the shipped
+    # weights count 0-2 digits of every test scene right (the other three counts agree)
+    assert three["evidence_samples"] == 3 and sum(map(sum, three["confusion_evidence"])) == 10
+    assert [three["confusion_evidence"][n][n] for n in range(3)] == [2, 2, 2]
+    assert three["count_accuracy_evidence"] == sum(three["confusion_evidence"][n][n] for n in range(4)) / 10
     assert len(three["confusion"][0]) == 4 and len(five["confusion"][0]) == 6  # columns: 0..T objects
     assert sum(map(sum, five["confusion"])) == 10
     with pytest.raises(SystemExit, match="--model-steps must be >= 1"):
         evaluate.main(["--checkpoint", str(weights), "--data", str(out), "--model-steps", "0"])
     with pytest.raises(SystemExit, match="--importance must be >= 1"):
         evaluate.main(["--checkpoint", str(weights), "--data", str(out), "--importance", "-1"])
+    with pytest.raises(SystemExit, match="--count-evidence must be >= 1"):
+        evaluate.main(["--checkpoint", str(weights), "--data", str(out), "--count-evidence", "-2"])
 
 
 # ------------------------------------------------------------ seeds of convolutional models

@@ -24,6 +24,7 @@ from test_vimco import B as TOY_B
 
 from numpyro_air import AIRConfig
 from numpyro_air.analysis.likelihood import (
+    count_evidence,
     count_posterior,
     elbo_per_image,
     importance_estimates,
@@ -31,6 +32,7 @@ from numpyro_air.analysis.likelihood import (
 )
 from numpyro_air.core.guide import guide
 from numpyro_air.core.model import model
+from numpyro_air.core.prior import base_prior, count_distribution
 from numpyro_air.estimators.nvil import NVIL_ELBO
 
 N_SE = 5.0
@@ -192,3 +194,67 @@ def test_count_posterior_is_the_self_normalised_weight_of_each_count():
     expected = np.stack([(w * (counts == n)).sum(0) for n in range(config.num_steps + 1)], -1) / w.sum(0)[:, None]
     np.testing.assert_allclose(post, expected, atol=1e-5)
     assert len(np.unique(counts)) > 1  # the untrained guide proposes several counts: a real test
+
+
+# ----------------------------------------------------------------------------- count evidence
+def _small_params(config, images):
+    """Untrained parameters of model and guide (constrained)."""
+    from numpyro_air.train.svi import make_svi
+
+    svi = make_svi(config)
+    return svi.get_params(jax.jit(svi.init)(jax.random.PRNGKey(0), images))
+
+
+@pytest.mark.parametrize("estimator", ["nvil", "concrete"])
+def test_count_evidence_of_no_object_is_the_empty_canvas_likelihood(estimator):
+    """n = 0 has no latent to sample: log p(x, 0) = log P(0) + sum_i log N(x_i; 0, sd), exactly,
+    with discrete and with relaxed presence (read with hard presences)."""
+    config = AIRConfig(**SMALL, presence_estimator=estimator)
+    images = jnp.asarray(make_scenes(4, config.image_size, seed=3))
+    params = _small_params(config, images)
+    ev = np.asarray(count_evidence(params, images, jax.random.PRNGKey(1), config, num_samples=3), np.float64)
+    assert ev.shape == (4, config.num_steps + 1) and np.all(np.isfinite(ev))
+    x = np.asarray(images, np.float64).reshape(4, -1)
+    sd = config.likelihood_sd
+    empty = np.sum(-0.5 * (x / sd) ** 2 - math.log(sd) - 0.5 * math.log(2 * math.pi), axis=1)
+    p0 = 1.0 - base_prior(config)[0]
+    np.testing.assert_allclose(ev[:, 0], empty + math.log(p0), rtol=1e-5)
+
+
+def test_count_evidence_is_the_forced_draws_weight_without_presence_terms():
+    """Discrete presence with masking: for each n, the estimate equals log P(n) + logmeanexp_k of
+    the generic importance weight (per_datum_terms) of the guide's draw with its first n
+    presences switched on, minus the presence sites' terms; the model's presence term of such a
+    draw is log P(n) itself. Sample i of count n uses split(fold_in(key, n), K)[i] whatever the
+    chunk."""
+    from numpyro import handlers
+
+    from numpyro_air.analysis.inference import forced_presence
+    from numpyro_air.estimators.traces import importance_traces, per_datum_terms
+
+    config = AIRConfig(**SMALL)
+    images = jnp.asarray(make_scenes(4, config.image_size, seed=6))
+    params = _small_params(config, images)
+    key, K = jax.random.PRNGKey(2), 5
+    ev = np.asarray(count_evidence(params, images, key, config, num_samples=K, chunk_size=2), np.float64)
+    log_p_n = np.log(count_distribution(base_prior(config)))
+
+    @jax.jit
+    def draw(k, n):
+        g = handlers.substitute(guide, data=forced_presence(config, jnp.full((4,), n)))
+        mt, gt = importance_traces(model, g, params, k, (images,), {"config": config})
+        return per_datum_terms(mt, gt)[0], mt["z_pres"]["log_prob"].sum(0), gt["z_pres"]["log_prob"].sum(0)
+
+    for n in range(config.num_steps + 1):
+        lw = []
+        for k in jax.random.split(jax.random.fold_in(key, n), K):
+            generic, model_pres, guide_pres = (np.asarray(a, np.float64) for a in draw(k, n))
+            np.testing.assert_allclose(model_pres, log_p_n[n], rtol=1e-5)
+            lw.append(generic - model_pres + guide_pres)
+        lw = np.stack(lw)
+        expected = log_p_n[n] + np.log(np.mean(np.exp(lw - lw.max(0)), 0)) + lw.max(0)
+        np.testing.assert_allclose(ev[:, n], expected, rtol=1e-5, atol=1e-2)
+    # unmasked absent steps change nothing: only the present objects' latents enter
+    unmasked = np.asarray(count_evidence(params, images, key, config.replace(use_masking=False), num_samples=K, chunk_size=2))
+    np.testing.assert_allclose(unmasked, ev, rtol=1e-6)
+    assert np.ptp(ev, axis=1).min() > 1.0  # the counts' evidences differ: a real comparison

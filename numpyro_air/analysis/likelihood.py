@@ -27,11 +27,15 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import jax.numpy as jnp
 from jax import random
+from numpyro import handlers
 
 from ..core.config import AIRConfig
 from ..core.guide import guide as air_guide
+from ..core.model import latent_sites, prior_probs
 from ..core.model import model as air_model
+from ..core.prior import count_log_probs
 from ..estimators.traces import DATA_PLATE, importance_traces, per_datum_terms
+from .inference import forced_presence, relaxed_counts
 
 
 def log_weight(
@@ -70,6 +74,25 @@ def _chunked_keys(key: jax.Array, num_samples: int, chunk_size: int):
     return keys.reshape((num_chunks, chunk_size) + keys.shape[1:]), valid
 
 
+def _scan_draws(one: Callable[[jax.Array], jnp.ndarray], key: jax.Array, num_samples: int, chunk_size: int):
+    """(logsumexp_k lw_k - log K, mean_k lw_k), each (B,), of K = ``num_samples`` draws
+    lw_k = one(split(key, K)[k]) (B,), evaluated ``chunk_size`` at a time (vmapped) in a scan."""
+    keys, valid = _chunked_keys(key, int(num_samples), chunk_size)
+    shape = jax.eval_shape(one, keys[0, 0])  # (B,) and dtype, from an abstract trace
+
+    def body(carry, xs):
+        lse, total = carry
+        chunk_keys, ok = xs
+        lw = jax.vmap(one)(chunk_keys)  # (chunk, B)
+        ok = ok[:, None]
+        lse = jnp.logaddexp(lse, jax.nn.logsumexp(jnp.where(ok, lw, -jnp.inf), axis=0))
+        return (lse, total + jnp.sum(jnp.where(ok, lw, 0.0), axis=0)), None
+
+    init = (jnp.full(shape.shape, -jnp.inf, shape.dtype), jnp.zeros(shape.shape, shape.dtype))
+    (lse, total), _ = jax.lax.scan(body, init, (keys, valid))
+    return lse - math.log(num_samples), total / num_samples
+
+
 def importance_estimates(
     model: Callable,
     guide: Callable,
@@ -92,20 +115,7 @@ def importance_estimates(
     """
     chunk = _chunk(num_samples, chunk_size)
     one = partial(log_weight, model, guide, params, args=args, kwargs=kwargs, plate=plate)
-    keys, valid = _chunked_keys(key, int(num_samples), chunk)
-    shape = jax.eval_shape(one, keys[0, 0])  # (B,) and dtype, from an abstract trace
-
-    def body(carry, xs):
-        lse, total = carry
-        chunk_keys, ok = xs
-        lw = jax.vmap(one)(chunk_keys)  # (chunk, B)
-        ok = ok[:, None]
-        lse = jnp.logaddexp(lse, jax.nn.logsumexp(jnp.where(ok, lw, -jnp.inf), axis=0))
-        return (lse, total + jnp.sum(jnp.where(ok, lw, 0.0), axis=0)), None
-
-    init = (jnp.full(shape.shape, -jnp.inf, shape.dtype), jnp.zeros(shape.shape, shape.dtype))
-    (lse, total), _ = jax.lax.scan(body, init, (keys, valid))
-    return lse - math.log(num_samples), total / num_samples
+    return _scan_draws(one, key, int(num_samples), chunk)
 
 
 # ----------------------------------------------------------------------------- AIR wrappers
@@ -156,8 +166,6 @@ def elbo_per_image(
 def _trace_counts(guide_trace: dict, config: AIRConfig) -> jnp.ndarray:
     """Objects counted in one guide draw, (B,) int32: the number of steps before the running
     product of presences first falls to 0 (relaxed presence: below 0.5, as :func:`infer`)."""
-    from .inference import relaxed_counts
-
     z = guide_trace["z_pres"]["value"]  # (T, B): scan sites carry a leading time axis
     if config.relaxed_presence:
         return relaxed_counts(jnp.swapaxes(z, 0, 1))[1]
@@ -201,3 +209,55 @@ def count_posterior(
     init = jnp.full((images.shape[0], config.num_steps + 1), -jnp.inf, jnp.float32)
     lse, _ = jax.lax.scan(body, init, (keys, valid))
     return jnp.exp(lse - jax.nn.logsumexp(lse, axis=-1, keepdims=True))
+
+
+# ----------------------------------------------------------------------------- count evidence
+def _forced_log_weight(params, images, key, config: AIRConfig, n: int, z_pres_prior) -> jnp.ndarray:
+    """One draw of log p(x | z, n) + log p(z | n) - log q(z | x, n), (B,): the guide's first n
+    steps switched on and the rest off (:func:`numpyro_air.analysis.inference.forced_presence`),
+    the model replayed against it. Only the n present objects' z_where and z_what enter; the
+    presence sites do not (their prior is :func:`count_log_probs`)."""
+    forced = forced_presence(config, jnp.full((images.shape[0],), n))
+    guide = handlers.substitute(air_guide, data=forced)
+    kwargs = {"config": config, "z_pres_prior": z_pres_prior}
+    model_trace, guide_trace = importance_traces(air_model, guide, params, key, (images,), kwargs)
+    on = (jnp.arange(config.num_steps) < n).astype(jnp.float32)[:, None]  # (T, 1)
+    log_w = model_trace["obs"]["log_prob"]  # (B,)
+    for name in latent_sites(config)[1:]:  # z_where, z_what: (T, B) (scan sites, events summed)
+        log_w = log_w + jnp.sum(on * (model_trace[name]["log_prob"] - guide_trace[name]["log_prob"]), axis=0)
+    return log_w
+
+
+@partial(jax.jit, static_argnames=("config", "num_samples", "chunk_size"))
+def count_evidence(
+    params: Dict[str, Any],
+    images: jnp.ndarray,
+    key: jax.Array,
+    config: AIRConfig,
+    num_samples: int = 20,
+    chunk_size: Optional[int] = None,
+    z_pres_prior: Optional[jnp.ndarray] = None,
+) -> jnp.ndarray:
+    """Importance estimate of log p(x, n) for every count n = 0..T, (B, T + 1) nats.
+
+    For each n the guide proposes the objects with its first n presences switched on and the
+    rest off (the guide conditioned on the count), and
+
+        log p(x, n) ~ log P(n) + logsumexp_k log w_k - log K,
+        w_k = p(x | z_k, n) p(z_k | n) / q(z_k | x, n),  z_k the z_where, z_what of the n objects,
+
+    with P(n) the count prior of the discrete model (the absorbing chain of the per-step
+    presence probabilities, :func:`numpyro_air.core.prior.count_log_probs`); with relaxed
+    presence, the model read with hard presences (its zero-temperature limit). Its argmax over n
+    is the model's preferred count among the guide's proposals for each count; unlike
+    :func:`count_posterior` it does not need the guide to propose a count on its own. Count n
+    uses ``fold_in(key, n)``, its sample i ``random.split(fold_in(key, n), K)[i]`` whatever the
+    chunk. Arguments as :func:`log_marginal_likelihood` (default K = 20).
+    """
+    chunk = _chunk(num_samples, chunk_size)
+    log_prior = count_log_probs(prior_probs(config, z_pres_prior))  # (T + 1,)
+    out = []
+    for n in range(config.num_steps + 1):
+        one = partial(_forced_log_weight, params, images, config=config, n=n, z_pres_prior=z_pres_prior)
+        out.append(_scan_draws(one, jax.random.fold_in(key, n), int(num_samples), chunk)[0] + log_prior[n])
+    return jnp.stack(out, axis=-1)

@@ -12,7 +12,10 @@ and localisation against ``boxes`` when present (Hungarian matching on centre di
 ``counts`` it reports the ELBO (nats per image). ``--iwae K`` adds the IWAE-K log-likelihood and
 the ELBO. ``--importance K`` adds a third count: the argmax of the model's count posterior
 estimated from K guide draws weighted by p(x, z) / q(z | x)
-(:func:`numpyro_air.analysis.likelihood.count_posterior`).
+(:func:`numpyro_air.analysis.likelihood.count_posterior`). ``--count-evidence K`` adds a fourth:
+the argmax over n of the model's log p(x, n), each count's evidence estimated from K guide draws
+with the first n objects switched on (:func:`numpyro_air.analysis.likelihood.count_evidence`):
+whether the model itself prefers the true count where the guide misses it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,14 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         default=0,
         metavar="K",
         help="also count by the argmax of the count posterior from K importance-weighted guide draws",
+    )
+    p.add_argument(
+        "--count-evidence",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also count by the argmax over n of the model's log p(x, n), each estimated from K guide draws with "
+        "the first n objects switched on",
     )
     p.add_argument(
         "-t",
@@ -131,25 +142,43 @@ def evaluate_file(params, air, ev, key, batch_size: int) -> dict:
     return out
 
 
-def importance_counts(params, air, ev, key, num_samples: int, batch_size: int) -> dict:
-    """Count accuracy, confusion and per-count accuracy of the argmax of the importance-sampled
-    count posterior (K = ``num_samples`` draws per image), batches of ``batch_size`` images
-    (each batch uses its own ``fold_in(key, i)``; one chunk of 10 draws is evaluated at once)."""
+def _argmax_counts(scores, ev, key, batch_size: int, desc: str):
+    """Counts (N,) = argmax over n of ``scores(images, key_i)`` (B, T + 1), in batches of at most
+    250 images, batch i with ``fold_in(key, i)``; a progress bar per batch."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     from tqdm import tqdm
 
-    from numpyro_air.analysis.likelihood import count_posterior
     from numpyro_air.data import to_float
 
     batch = max(1, min(batch_size, 250))
     counts = []
-    for i in tqdm(range(0, len(ev), batch), desc=f"count posterior (K={num_samples})", leave=False):
+    for i in tqdm(range(0, len(ev), batch), desc=desc, leave=False):
         x = jnp.asarray(to_float(ev.images[i : i + batch]))
-        post = count_posterior(params, x, jax.random.fold_in(key, i), air, num_samples, min(num_samples, 10))
-        counts.append(np.asarray(post.argmax(-1)))
-    return {"importance_samples": num_samples} | count_metrics(ev.counts, np.concatenate(counts), air.num_steps, "_importance")
+        counts.append(np.asarray(scores(x, jax.random.fold_in(key, i)).argmax(-1)))
+    return np.concatenate(counts)
+
+
+def importance_counts(params, air, ev, key, num_samples: int, batch_size: int) -> dict:
+    """Count accuracy, confusion and per-count accuracy of the argmax of the importance-sampled
+    count posterior (K = ``num_samples`` draws per image; one chunk of 10 draws at once)."""
+    from numpyro_air.analysis.likelihood import count_posterior
+
+    scores = lambda x, k: count_posterior(params, x, k, air, num_samples, min(num_samples, 10))  # noqa: E731
+    counts = _argmax_counts(scores, ev, key, batch_size, f"count posterior (K={num_samples})")
+    return {"importance_samples": num_samples} | count_metrics(ev.counts, counts, air.num_steps, "_importance")
+
+
+def evidence_counts(params, air, ev, key, num_samples: int, batch_size: int) -> dict:
+    """Count accuracy, confusion and per-count accuracy of argmax_n log p(x, n), each count's
+    evidence estimated from ``num_samples`` guide draws with n objects switched on
+    (:func:`numpyro_air.analysis.likelihood.count_evidence`; one chunk of 10 draws at once)."""
+    from numpyro_air.analysis.likelihood import count_evidence
+
+    scores = lambda x, k: count_evidence(params, x, k, air, num_samples, min(num_samples, 10))  # noqa: E731
+    counts = _argmax_counts(scores, ev, key, batch_size, f"count evidence (K={num_samples})")
+    return {"evidence_samples": num_samples} | count_metrics(ev.counts, counts, air.num_steps, "_evidence")
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> dict:
@@ -190,12 +219,15 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
         "model_steps": air.num_steps,
         "weights": chosen_weights(arrays, args.weights, meta.get("weights", "last")),
     }
-    if args.importance < 0:
-        raise SystemExit(f"error: --importance must be >= 1 (0: off), got {args.importance}")
+    for flag, value in (("--importance", args.importance), ("--count-evidence", args.count_evidence)):
+        if value < 0:
+            raise SystemExit(f"error: {flag} must be >= 1 (0: off), got {value}")
     if ev.counts is not None:
         result |= evaluate_file(params, air, ev, key, args.batch_size)
         if args.importance:
             result |= importance_counts(params, air, ev, jax.random.fold_in(key, 3), args.importance, args.batch_size)
+        if args.count_evidence:
+            result |= evidence_counts(params, air, ev, jax.random.fold_in(key, 4), args.count_evidence, args.batch_size)
     images = to_float(ev.images[: args.iwae_images])  # --iwae, or the ELBO of data without counts
     if args.iwae:
         from numpyro_air.analysis.likelihood import elbo_per_image, log_marginal_likelihood
@@ -239,6 +271,11 @@ def _report(r: dict) -> str:
             *(
                 [f"count accuracy (count posterior, K={r['importance_samples']}): {r['count_accuracy_importance']:.4f}"]
                 if "count_accuracy_importance" in r
+                else []
+            ),
+            *(
+                [f"count accuracy (count evidence, K={r['evidence_samples']}): {r['count_accuracy_evidence']:.4f}"]
+                if "count_accuracy_evidence" in r
                 else []
             ),
             "accuracy by true count: "

@@ -43,6 +43,16 @@ def count_distribution(p: np.ndarray) -> np.ndarray:
     return np.asarray(probs)
 
 
+def count_log_probs(p: jnp.ndarray) -> jnp.ndarray:
+    """log P(n) for n = 0..N of the absorbing chain with per-step success probabilities p (N,)
+    (:func:`count_distribution` in log space, traceable): sum_{t<n} log p_t + log(1 - p_n), and
+    sum_t log p_t for n = N. Returns float32 (N + 1,); -inf where a count has probability 0."""
+    p = jnp.asarray(p, jnp.float32)
+    alive = jnp.concatenate([jnp.zeros(1, p.dtype), jnp.cumsum(jnp.log(p))])  # log P(n >= t), t = 0..N
+    stop = jnp.concatenate([jnp.log1p(-p), jnp.zeros(1, p.dtype)])  # log P(stop at t | reached t)
+    return alive + stop
+
+
 def base_prior(config: AIRConfig) -> np.ndarray:
     """Un-annealed per-step probabilities (num_steps,): raw constant or ``make_prior(k)``."""
     if config.z_pres_prior_raw:
