@@ -35,7 +35,6 @@ from ..core.model import latent_sites, prior_probs
 from ..core.model import model as air_model
 from ..core.prior import count_log_probs
 from ..estimators.traces import DATA_PLATE, importance_traces, per_datum_terms
-from .inference import forced_presence, relaxed_counts
 
 
 def log_weight(
@@ -166,6 +165,8 @@ def elbo_per_image(
 def _trace_counts(guide_trace: dict, config: AIRConfig) -> jnp.ndarray:
     """Objects counted in one guide draw, (B,) int32: the number of steps before the running
     product of presences first falls to 0 (relaxed presence: below 0.5, as :func:`infer`)."""
+    from .inference import relaxed_counts  # here: a module-level import adds a level to the import graph
+
     z = guide_trace["z_pres"]["value"]  # (T, B): scan sites carry a leading time axis
     if config.relaxed_presence:
         return relaxed_counts(jnp.swapaxes(z, 0, 1))[1]
@@ -217,6 +218,8 @@ def _forced_log_weight(params, images, key, config: AIRConfig, n: int, z_pres_pr
     steps switched on and the rest off (:func:`numpyro_air.analysis.inference.forced_presence`),
     the model replayed against it. Only the n present objects' z_where and z_what enter; the
     presence sites do not (their prior is :func:`count_log_probs`)."""
+    from .inference import forced_presence  # imported here, as in _trace_counts
+
     forced = forced_presence(config, jnp.full((images.shape[0],), n))
     guide = handlers.substitute(air_guide, data=forced)
     kwargs = {"config": config, "z_pres_prior": z_pres_prior}
