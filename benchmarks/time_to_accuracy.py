@@ -59,7 +59,7 @@ class Trainer:
 
         self.svi, self.tcfg, self.step = make_svi(recipe), tcfg, 0
         self.batches = BatchSource(train_images, tcfg.batch_size, [tcfg.seed_of(0)])
-        self.states, _, _ = initial_states(self.svi, tcfg, jnp.asarray(to_float(train_images[: tcfg.batch_size])))
+        self.states, _, _, _ = initial_states(self.svi, tcfg, jnp.asarray(to_float(train_images[: tcfg.batch_size])))
         self.step_fn = make_step(self.svi, recipe.air, 1)
         self.pending, self.skipped, self.losses = [], 0, []
 

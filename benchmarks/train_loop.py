@@ -81,7 +81,7 @@ def loop_runner(svi, air, tcfg, images: np.ndarray):
     from numpyro_air.train.step import BatchSource, make_step
 
     batches = BatchSource(images, tcfg.batch_size, [tcfg.seed_of(k) for k in range(tcfg.num_seeds)])
-    states, _, _ = initial_states(svi, tcfg, jnp.asarray(to_float(images[: tcfg.batch_size])))
+    states, _, _, _ = initial_states(svi, tcfg, jnp.asarray(to_float(images[: tcfg.batch_size])))
     return make_step(svi, air, tcfg.num_seeds), states, lambda i: (batches(i), jnp.asarray(i + 1, jnp.int32))
 
 

@@ -448,7 +448,7 @@ def test_training_step_in_colour():
 
     images = jnp.asarray(colour_scenes(4, RGB.image_shape, seed=5))
     svi = make_svi(RGB, OptimConfig())
-    state = svi.init(jax.random.PRNGKey(0), images)
+    state = jax.jit(svi.init)(jax.random.PRNGKey(0), images)
     before = svi.get_params(state)
     step = jax.jit(make_update(svi, RGB))
     for t in (1, 2):

@@ -124,7 +124,7 @@ def _meta_of(tcfg):
 
 
 def _state(svi, seed: int):
-    return svi.init(jax.random.PRNGKey(seed), X)
+    return jax.jit(svi.init)(jax.random.PRNGKey(seed), X)
 
 
 def _write_index_named(base: Path, svi, step: int = 5) -> None:
@@ -141,7 +141,7 @@ def _locs(svi, states) -> np.ndarray:
 def test_index_named_files_of_older_versions_resume_each_seed(tmp_path):
     svi, base = _svi(), tmp_path / "checkpoint.npz"
     _write_index_named(base, svi)  # checkpoint_seed0..2 hold seeds 1..3
-    states, start, _ = initial_states(svi, TCFG, X, base, _meta_of(TCFG))
+    states, start, _, _ = initial_states(svi, TCFG, X, base, _meta_of(TCFG))
     want = np.stack([svi.get_params(_state(svi, TCFG.seed_of(k)))["loc"] for k in range(3)])
     assert start == 5 and len({tuple(r) for r in want.tolist()}) == 3  # the seeds differ
     np.testing.assert_array_equal(_locs(svi, states), want)
@@ -162,7 +162,7 @@ def test_seed_named_files_win_over_index_named_leftovers(tmp_path):
         seed = TCFG.seed_of(k)
         state = _state(svi, seed + 100)  # different values than at step 5
         save_checkpoint(checkpoint_path(base, TCFG, k), state, _meta(seed, 7))
-    states, start, _ = initial_states(svi, TCFG, X, base, _meta_of(TCFG))
+    states, start, _, _ = initial_states(svi, TCFG, X, base, _meta_of(TCFG))
     assert start == 7
     want = np.stack([svi.get_params(_state(svi, TCFG.seed_of(k) + 100))["loc"] for k in range(3)])
     np.testing.assert_array_equal(_locs(svi, states), want)

@@ -322,7 +322,7 @@ def test_training_step_uses_the_annealed_temperature_of_its_step():
 
     svi = SVI(probe_model, probe_guide, SGD(lr), Trace_ELBO(), config=cfg)
     x = jnp.zeros((B, cfg.image_size, cfg.image_size))
-    state = svi.init(jax.random.PRNGKey(0), x)
+    state = jax.jit(svi.init)(jax.random.PRNGKey(0), x)
     update = jax.jit(make_update(svi, cfg))
     for s in (1, 4, 8, 20):
         new, info = update(state, x, jnp.asarray(s, jnp.int32))

@@ -89,7 +89,7 @@ def test_config_selects_the_conv_nets_and_traces_an_rgb_step():
     assert isinstance(embed_module(cfg)[0], ConvEmbed) and cfg.rnn_input_size == 12 + 3 + 6 + 1
     svi = make_svi(cfg)
     images = jax.random.uniform(jax.random.PRNGKey(0), (4, 20, 24, 3))
-    state = svi.init(jax.random.PRNGKey(1), images)
+    state = jax.jit(svi.init)(jax.random.PRNGKey(1), images)
     params = svi.get_params(state)
     count = lambda tree: sum(a.size for a in jax.tree.leaves(tree))  # noqa: E731
     assert count(params["encode$params"]) == param_count(encoder_module(cfg), 8 * 8 * 3)

@@ -170,7 +170,7 @@ def test_decoder_is_shared_and_detached_in_the_guide(images, setup):
 def test_nvil_step_with_dair(images):
     config = AIRConfig(**SMALL, guide_input="difference")
     svi = SVI(model, guide, optax.adam(1e-3), NVIL_ELBO(), config=config)
-    state = svi.init(jax.random.PRNGKey(0), images)
+    state = jax.jit(svi.init)(jax.random.PRNGKey(0), images)
     params = svi.get_params(state)
     assert [k for k in params if "decode" in k] == ["decode$params"]  # one decoder, no guide copy
     loss_fn = lambda p: svi.loss.loss(jax.random.PRNGKey(1), p, model, guide, images, config=config)  # noqa: E731

@@ -351,7 +351,7 @@ def test_decaying_average_baseline_through_svi(exact):
     g = lambda y: guide_plate(y, avg_baseline=True)  # noqa: E731
     y = jnp.asarray(YB, jnp.float32)
     svi = SVI(model_plate, g, optax.adam(1e-2), NVIL_ELBO(num_particles=1))
-    state = svi.init(jax.random.PRNGKey(0), y)
+    state = jax.jit(svi.init)(jax.random.PRNGKey(0), y)
     np.testing.assert_array_equal(state.mutable_state["z_avg_baseline"], np.zeros(T))
     update = jax.jit(svi.update)
     cost_fn = jax.jit(lambda key, params: NVIL_ELBO().components(key, params, model_plate, g, y)["costs"]["z"])

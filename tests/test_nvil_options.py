@@ -168,7 +168,7 @@ def test_running_statistics_follow_the_ema_through_svi():
     guide = with_signal_stats(lambda y: toy_guide(y, baseline=True), {"z": (T,)})
     elbo = NVIL_ELBO(normalize_signal=True, signal_decay=alpha)
     svi = SVI(toy_model, guide, optax.adam(1e-2), elbo)
-    state = svi.init(jax.random.PRNGKey(0), y)
+    state = jax.jit(svi.init)(jax.random.PRNGKey(0), y)
     stats = state.mutable_state["z_signal_stats"]
     np.testing.assert_array_equal(stats["mean"], np.zeros(T))
     np.testing.assert_array_equal(stats["var"], np.zeros(T))

@@ -178,7 +178,7 @@ def test_seed_k_alone_starts_as_seed_k_of_a_multi_seed_run(datasets):
     svi = make_svi(AIR, OPT)
     example = jnp.asarray(to_float(datasets[0].images[:8]))  # as the loop's init example
     images = np.asarray(datasets[0].images)
-    states, start, _ = initial_states(svi, many, example)
+    states, start, _, _ = initial_states(svi, many, example)
     assert start == 0
 
     def source(tcfg: TrainConfig) -> BatchSource:  # as the loop builds it
@@ -187,7 +187,7 @@ def test_seed_k_alone_starts_as_seed_k_of_a_multi_seed_run(datasets):
     feed_many = source(many)
     for k in range(1, K + 1):
         alone = cli("--seed", str(k))
-        single, _, _ = initial_states(svi, alone, example)
+        single, _, _, _ = initial_states(svi, alone, example)
         a, b = named_arrays(seed_slice(single, 0)), named_arrays(seed_slice(states, k - 1))
         assert sorted(a) == sorted(b) and "state/rng_key" in a and any(n.startswith("params/") for n in a)
         for name in a:
@@ -398,7 +398,7 @@ def test_loop_uses_the_annealed_prior_of_each_step_and_logs_elbo_per_image(tmp_p
     train(air, OPT, tcfg(1, progress_every=1, final_figures=False), *datasets, out, **kw)
     assert (out / "summary.json").is_file() and not list(out.glob("*.png"))  # final_figures=False: none drawn
     tc2 = tcfg(2, progress_every=1, final_figures=False)
-    state1, start, _ = initial_states(
+    state1, start, _, _ = initial_states(
         make_svi(air, OPT),
         tc2,
         jnp.zeros((8, CANVAS, CANVAS)),
@@ -416,9 +416,10 @@ def test_loop_uses_the_annealed_prior_of_each_step_and_logs_elbo_per_image(tmp_p
     _, key = jax.random.split(state.rng_key)  # the step's ELBO key, as svi.update draws it
     params = svi.optim.get_params(state.optim_state)  # no constrained sites: these are the params
 
+    loss = jax.jit(lambda prior: svi.loss.loss(key, params, model, guide, images, config=air, z_pres_prior=prior))
+
     def elbo_per_image(t: int) -> float:
-        loss = svi.loss.loss(key, params, model, guide, images, config=air, z_pres_prior=z_pres_prior_probs(air, t))
-        return -float(loss) / images.shape[0]
+        return -float(loss(jnp.asarray(z_pres_prior_probs(air, t)))) / images.shape[0]
 
     assert elbo2[0] == pytest.approx(elbo_per_image(2), rel=1e-5)
     # the test can tell: the previous step's prior moves the ELBO by far more than the tolerance

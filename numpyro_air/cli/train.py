@@ -286,6 +286,13 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     a("--viz", action="store_true", help="save figures every --viz-every steps under OUT/viz")
     a("--viz-every", type=int, help=f"({VIZ_EVERY})")
     a("--load", type=str, help="resume from this checkpoint")
+    a(
+        "--init-from",
+        type=str,
+        help="start a new run (step 0, fresh optimiser) from the parameters of this checkpoint or params file, or of "
+        "each seed's checkpoint of a several-seed run; any configuration whose networks have their shapes "
+        "(e.g. another likelihood sd, estimator or data); 'pretrained' for the shipped weights",
+    )
     a("--save", type=str, help="checkpoint path (default OUT/{checkpoint})")
     a("--save-every", type=int, help="checkpoint every N steps ({train.save_every})")
     a("-t", "--model-steps", type=int, help="max objects N ({air.num_steps})")
@@ -532,15 +539,25 @@ def configs_from_args(args: argparse.Namespace, images=None):
     return air, opt, tcfg, data
 
 
+def init_source(given: Optional[str]) -> Optional[str]:
+    """``--init-from``'s file: "pretrained" names the shipped weights."""
+    if given != "pretrained":
+        return given
+    from numpyro_air.pretrained_model import WEIGHTS_FILE, weights_dir
+
+    return str(weights_dir() / WEIGHTS_FILE)
+
+
 def resume_command(prog: str, argv: Sequence[str], checkpoint: Path) -> str:
-    """The command line that continues this run from ``checkpoint``."""
+    """The command line that continues this run from ``checkpoint`` (without ``--init-from``: the
+    checkpoint holds the parameters the run started from, and where they came from)."""
     args, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a == "--load":
+        elif a in ("--load", "--init-from"):
             skip = True
-        elif not a.startswith("--load=") and a != "--overwrite":
+        elif not a.startswith(("--load=", "--init-from=")) and a != "--overwrite":
             args.append(a)
     return " ".join(map(shlex.quote, [*shlex.split(prog), *args, "--load", str(checkpoint)]))
 
@@ -670,6 +687,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
             data_desc=data_desc,
             data_later=data_later,
             load=d.get("load"),
+            init_from=init_source(d.get("init_from")),
             save=d.get("save"),
             overwrite=d.get("overwrite", False),
             progress=not d.get("no_progress"),

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Iterator, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,7 @@ from .checkpoint import (
     save_checkpoint,
     seed_file,
 )
+from .init_from import initialised_from
 from .optim import averaged_params
 from .recipes import OptimConfig
 from .step import BatchSource, make_step
@@ -190,13 +191,14 @@ def initial_states(
     """SVI states stacked on a seeds axis (K, ...): fresh (seed k from ``tcfg.seed_of(k)``), or
     restored from the per-seed checkpoints at ``load`` (files named by index, as older versions
     wrote them, too), each checked against ``meta_of(k, step)`` (:func:`check_meta` with
-    ``data_later``). Returns (states, start step, wall seconds already spent). ``log`` gets a line
-    when a restore starts or drops the parameter average (``OptimConfig.average_decay``)."""
+    ``data_later``). Returns (states, start step, wall seconds already spent, per-seed metadata of
+    the restored files or ``({},) * K``). ``log`` gets a line when a restore starts or drops the
+    parameter average (``OptimConfig.average_decay``)."""
     K = tcfg.num_seeds
     keys = jnp.stack([jax.random.PRNGKey(tcfg.seed_of(k)) for k in range(K)])
     init = jax.jit(jax.vmap(svi.init, in_axes=(0, None)))
     if load is None:
-        return init(keys, example), 0, 0.0
+        return init(keys, example), 0, 0.0, ({},) * K
     template = jax.eval_shape(svi.init, keys[0], example)
     restored = []
     for k in range(K):
@@ -211,7 +213,7 @@ def initial_states(
     if len(steps) != 1:
         raise CheckpointError(f"per-seed checkpoints under {load} are at different steps: {steps}")
     states = jax.tree.map(lambda *xs: jnp.stack(xs), *[s for _, s in restored])
-    return states, steps[0], float(restored[0][0].get("wall_time", 0.0))
+    return states, steps[0], float(restored[0][0].get("wall_time", 0.0)), tuple(m for m, _ in restored)
 
 
 class MetricsLog:
@@ -277,6 +279,7 @@ class Setup:
     log: Callable[[str], None]
     writer: bool  # process 0 writes the files
     data_later: Mapping[str, Any]  # check_meta's data fields of before
+    started_from: tuple = ()  # per seed: the source of its initial parameters (--init-from), or ()
 
     def params(self, states, k: int):
         """Seed k's constrained parameters: their moving average when the run keeps one
@@ -348,6 +351,8 @@ def save_all(run: Setup, at: Snapshot) -> List[dict]:
         # replaces held seed tcfg.seed + s, a later seed, which by then is saved under its own name
         for k in reversed(range(K)):
             meta = run_meta(run.air, run.opt, run.tcfg, run.data_desc, k, at.step) | {"wall_time": at.wall()}
+            if run.started_from and run.started_from[k]:
+                meta["init_from"] = run.started_from[k]
             save_checkpoint(checkpoint_path(run.save_base, run.tcfg, k), seed_slice(local, k), meta)
     return []
 
@@ -484,15 +489,23 @@ def save_final_curves(run: Setup, records: Records, final: List[dict]) -> None:
                 )
 
 
-def start(run: Setup, load, mesh) -> Snapshot:
-    """The states (fresh or restored, replicated over ``mesh``) and the wall clock of the run."""
+def start(run: Setup, load, mesh, init_from=None) -> Tuple[Setup, Snapshot]:
+    """The states (fresh, restored from ``load``, or fresh with the parameters of ``init_from``;
+    replicated over ``mesh``) and the wall clock of the run; ``run`` with the source of each seed's
+    initial parameters (``started_from``: from ``init_from``, or as a resumed checkpoint records it)."""
     example = jnp.asarray(to_float(run.train_set.images[: run.tcfg.batch_size]))  # shapes for init
     meta_of = lambda k, step: run_meta(run.air, run.opt, run.tcfg, run.data_desc, k, step)  # noqa: E731
-    states, step, wall_offset = initial_states(run.svi, run.tcfg, example, load, meta_of, run.log, run.data_later)
+    states, step, wall_offset, metas = initial_states(run.svi, run.tcfg, example, load, meta_of, run.log, run.data_later)
+    started_from = tuple(m.get("init_from") for m in metas)
+    if init_from is not None:
+        seeds = [run.tcfg.seed_of(k) for k in range(run.tcfg.num_seeds)]
+        states, records = initialised_from(run.svi, states, init_from, seeds, run.log)
+        started_from = tuple(records)
     if mesh is not None:
         states = jax.device_put(states, parallel.replicated(mesh))
     t0 = time.time()
-    return Snapshot(states, step, lambda: wall_offset + time.time() - t0, pending=(), last={})
+    run = dataclasses.replace(run, started_from=started_from if any(started_from) else ())
+    return run, Snapshot(states, step, lambda: wall_offset + time.time() - t0, pending=(), last={})
 
 
 def train(
@@ -506,6 +519,7 @@ def train(
     data_desc: Optional[dict] = None,
     data_later: Optional[Mapping[str, Any]] = None,
     load: Optional[str | os.PathLike] = None,
+    init_from: Optional[str | os.PathLike] = None,
     save: Optional[str | os.PathLike] = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -519,14 +533,18 @@ def train(
     ``counts`` (N,) or None. Writes ``metrics.jsonl`` (``kind`` "train": step, wall_time, elbo =
     +ELBO per image averaged over the last ``progress_every`` steps, skipped steps; ``kind``
     "eval": accuracies and confusion matrices of the sets with counts, ``test_elbo`` for a test set
-    without), per-seed checkpoints and figures under ``out_dir``. ``load`` resumes
-    from a checkpoint; the batch of step i and the SVI RNG are pure functions of the seed and the
-    saved state, so a resumed run equals the uninterrupted one. ``data_desc`` is recorded in the
+    without), per-seed checkpoints and figures under ``out_dir``. ``load`` resumes from a
+    checkpoint; the batch of step i and the SVI RNG are pure functions of the seed and the saved
+    state, so a resumed run equals the uninterrupted one. ``init_from`` starts a new run from the
+    parameters of a checkpoint or params file (:mod:`numpyro_air.train.init_from`; not with
+    ``load``). ``data_desc`` is recorded in the
     checkpoints and must match on resume; ``data_later`` gives data fields that older checkpoints
     lack the value of their data (``numpyro-air train`` passes the generator config's
     ``LATER_FIELDS``; without it such a checkpoint is refused, naming the field). ``devices``:
     shard every batch over these devices. Raises :class:`TrainingInterrupted` after SIGINT/SIGTERM.
     """
+    if load is not None and init_from is not None:
+        raise CheckpointError("--load resumes a run and --init-from starts a new one: give one of them")
     out_dir, K = Path(out_dir), tcfg.num_seeds
     save_base = Path(save) if save is not None else out_dir / CHECKPOINT_NAME
     _prepare_out_dir(out_dir, save_base, tcfg, load, overwrite)
@@ -547,7 +565,7 @@ def train(
         writer,
         MappingProxyType(dict(data_later or {})),
     )
-    at = start(run, load, mesh)
+    run, at = start(run, load, mesh, init_from)
     step_fn, actions = make_step(run.svi, air, K, mesh), periodic_actions(tcfg)
     batches = BatchSource(train_set.images, tcfg.batch_size, [tcfg.seed_of(k) for k in range(K)], mesh)
     metrics = MetricsLog(out_dir / "metrics.jsonl", at.step if load is not None else None, writer)
