@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE_FLAGS
 from PIL import Image
 
 from numpyro_air import AIRConfig
@@ -43,7 +44,7 @@ def write_pngs(d: Path, images: np.ndarray, mode: str | None = None, suffix: str
     return d
 
 
-CLI_ENV = dict(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")  # over the session's
+CLI_ENV = dict(JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE_FLAGS)  # over the session's
 
 
 def cli_argv(*args: str) -> list:

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import FAST_COMPILE_FLAGS
 
 from numpyro_air.train import parallel
 from numpyro_air.train.loop import TrainConfig
@@ -16,7 +17,7 @@ SCRIPT = Path(__file__).parent / "scripts" / "parallel_check.py"
 
 
 def parallel_check(workdir: Path, run) -> subprocess.CompletedProcess:
-    flags = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
+    flags = f"--xla_force_host_platform_device_count=2 {FAST_COMPILE_FLAGS}"
     return run([sys.executable, str(SCRIPT)], env=run.env(XLA_FLAGS=flags, JAX_PLATFORMS="cpu"), timeout=900)
 
 
