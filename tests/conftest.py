@@ -95,6 +95,20 @@ SMALL = dict(
 )
 
 
+# The networks of the training-loop tests (with AIRConfig.tutorial: 24x24 canvases, 12x12 windows);
+# tests that share them share compiled programs through the persistent cache.
+TINY_TRAINING = dict(
+    image_size=24,
+    window_size=12,
+    z_what_size=4,
+    rnn_hidden_size=16,
+    encoder_net=(16,),
+    decoder_net=(16,),
+    predict_net=(8,),
+    bl_predict_net=(8,),
+)
+
+
 @pytest.fixture(scope="session")
 def small_config() -> AIRConfig:
     """A fast AIR config (20x20 images, 10x10 windows, z_what 8, LSTM 32); Pyro defaults otherwise."""

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY_TRAINING
 
 from numpyro_air import AIRConfig, make_svi
 from numpyro_air.cli.train import build_parser, init_source, resume_command
@@ -27,17 +28,8 @@ from numpyro_air.train.init_from import initialised_from, merged_params, start_f
 from numpyro_air.train.loop import TrainConfig, initial_states, train
 from numpyro_air.train.recipes import OptimConfig
 
-CANVAS = 24
-AIR = AIRConfig.tutorial(
-    image_size=CANVAS,
-    window_size=12,
-    z_what_size=4,
-    rnn_hidden_size=16,
-    encoder_net=(16,),
-    decoder_net=(16,),
-    predict_net=(8,),
-    bl_predict_net=(8,),
-)
+CANVAS = TINY_TRAINING["image_size"]
+AIR = AIRConfig.tutorial(**TINY_TRAINING)
 OPT = OptimConfig(baseline_learning_rate=0.1)
 TCFG = TrainConfig(num_steps=2, batch_size=8, seed=5, num_seeds=2, progress_every=1, save_every=0, final_figures=False)
 QUIET = dict(progress=False, log=lambda s: None)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY_TRAINING
 
 from numpyro_air import AIRConfig, inference, load_params
 from numpyro_air.data import generate_multi_mnist, save_eval_npz
@@ -21,17 +22,8 @@ from numpyro_air.train.loop import TrainConfig, accuracy_summary, train
 from numpyro_air.train.recipes import OptimConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-CANVAS = 24
-AIR = AIRConfig.tutorial(
-    image_size=CANVAS,
-    window_size=12,
-    z_what_size=4,
-    rnn_hidden_size=16,
-    encoder_net=(16,),
-    decoder_net=(16,),
-    predict_net=(8,),
-    bl_predict_net=(8,),
-)
+CANVAS = TINY_TRAINING["image_size"]
+AIR = AIRConfig.tutorial(**TINY_TRAINING)
 OPT = OptimConfig(baseline_learning_rate=0.1)
 
 
