@@ -24,7 +24,7 @@ from numpyro_air.train.checkpoint import (
     seed_file,
     write_npz,
 )
-from numpyro_air.train.init_from import initialised_from, merged_params, start_from
+from numpyro_air.train.init_from import initialised_from, merged_params, source_params, start_from
 from numpyro_air.train.loop import TrainConfig, initial_states, train
 from numpyro_air.train.recipes import OptimConfig
 
@@ -78,7 +78,7 @@ def test_each_seed_starts_from_its_own_checkpoint_with_a_fresh_optimiser(source)
     base, _ = source
     air = AIR.replace(likelihood_sd=0.2)  # another likelihood: allowed, the networks are the same
     svi, states = fresh_states(air)
-    started, records = initialised_from(svi, states, base, [5, 6])
+    started, records = initialised_from(svi, states, source_params(base, [5, 6]))
     fresh_params = svi.get_params(states)
     for k, seed in enumerate((5, 6)):
         meta, arrays = read_checkpoint(seed_file(base, seed))
@@ -105,7 +105,7 @@ def test_one_file_for_every_seed_and_baselines_it_lacks_start_fresh(source, tmp_
     params_file = write_npz(tmp_path / "p.npz", networks, {"kind": "params", "step": 2})
     svi, states = fresh_states(AIR)
     lines = []
-    started, _ = initialised_from(svi, states, params_file, [5, 6], lines.append)
+    started, _ = initialised_from(svi, states, source_params(params_file, [5, 6]), lines.append)
     got, fresh = (params_arrays(svi.get_params(s)) for s in (started, states))
     for name, a in got.items():
         want = np.broadcast_to(networks[name], a.shape) if name in networks else fresh[name]  # baselines: each seed's own
@@ -114,16 +114,19 @@ def test_one_file_for_every_seed_and_baselines_it_lacks_start_fresh(source, tmp_
     assert any("start fresh" in line and "params/bl_" in line for line in lines), lines
 
 
-def test_other_networks_are_a_one_line_error_naming_the_file(source, tmp_path):
-    base, _ = source
+def test_other_networks_are_a_one_line_error_naming_the_file_before_anything_is_written(source, tmp_path):
+    base, images = source
     svi, states = fresh_states(AIR.replace(rnn_hidden_size=8))
     with pytest.raises(CheckpointError) as err:
-        initialised_from(svi, states, base, [5, 6])
+        initialised_from(svi, states, source_params(base, [5, 6]))
     assert str(err.value).startswith(str(seed_file(base, 5))) and "has shape" in str(err.value)
-    missing = tmp_path / "none.npz"
-    with pytest.raises(CheckpointError) as err:
-        initialised_from(svi, states, missing, [5, 6])
-    assert str(missing) in str(err.value) and "\n" not in str(err.value)
+    one = TrainConfig(num_steps=2, batch_size=8, seed=6, save_every=0, final_figures=False)
+    for air, path, words in ((AIR.replace(rnn_hidden_size=8), base, "has shape"), (AIR, tmp_path / "none.npz", "does not exist")):
+        out = tmp_path / "run"
+        with pytest.raises(CheckpointError) as err:
+            train(air, OPT, one, images, None, out, init_from=path, **QUIET)
+        assert words in str(err.value) and "\n" not in str(err.value)
+        assert not out.exists()  # refused before the run directory is made
 
 
 def test_the_new_run_records_its_start_and_resumes_without_it(source, tmp_path):

@@ -94,13 +94,25 @@ def start_from(svi, states: SVIState, params: Sequence[Arrays]) -> SVIState:
     return jax.jit(jax.vmap(one))(states, stacked)
 
 
-def initialised_from(
-    svi, states: SVIState, path: str | os.PathLike, seeds: Sequence[int], log: Optional[Callable[[str], None]] = None
-) -> Tuple[SVIState, List[dict]]:
-    """``states`` (fresh, stacked on a seeds axis) started from the parameters at ``path``
-    (:func:`source_params`, :func:`merged_params`). Returns the states and, per seed, what the run
-    records of its start (``{"path", "step", "seed", "sha256"}`` of the source file)."""
+def checked_sources(svi, example, path: str | os.PathLike, seeds: Sequence[int]) -> List[Tuple[Path, dict, Arrays]]:
+    """:func:`source_params` of ``path``, each checked (:func:`merged_params`) against the shapes of
+    the parameters ``svi.init`` would make for ``example`` (traced, nothing computed), so that a
+    wrong file stops a run before it writes anything."""
     sources = source_params(path, seeds)
+    shapes = jax.eval_shape(lambda key: svi.get_params(svi.init(key, example)), jax.random.PRNGKey(0))
+    template = params_arrays(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+    for file, _, given in sources:
+        merged_params(template, given, file)
+    return sources
+
+
+def initialised_from(
+    svi, states: SVIState, sources: Sequence[Tuple[Path, dict, Arrays]], log: Optional[Callable[[str], None]] = None
+) -> Tuple[SVIState, List[dict]]:
+    """``states`` (fresh, stacked on a seeds axis) started from the parameters of ``sources`` (per
+    seed, :func:`source_params` or :func:`checked_sources`; merged by :func:`merged_params`).
+    Returns the states and, per seed, what the run records of its start (``{"path", "step",
+    "seed", "sha256"}`` of the source file)."""
     fresh_all = svi.get_params(states)
     merged, records = [], []
     for k, (file, meta, given) in enumerate(sources):

@@ -44,7 +44,7 @@ from .checkpoint import (
     save_checkpoint,
     seed_file,
 )
-from .init_from import initialised_from
+from .init_from import checked_sources, initialised_from
 from .optim import averaged_params
 from .recipes import OptimConfig
 from .step import BatchSource, make_step
@@ -489,17 +489,17 @@ def save_final_curves(run: Setup, records: Records, final: List[dict]) -> None:
                 )
 
 
-def start(run: Setup, load, mesh, init_from=None) -> Tuple[Setup, Snapshot]:
-    """The states (fresh, restored from ``load``, or fresh with the parameters of ``init_from``;
-    replicated over ``mesh``) and the wall clock of the run; ``run`` with the source of each seed's
-    initial parameters (``started_from``: from ``init_from``, or as a resumed checkpoint records it)."""
+def start(run: Setup, load, mesh, sources=None) -> Tuple[Setup, Snapshot]:
+    """The states (fresh, restored from ``load``, or fresh with the parameters of ``sources``, an
+    ``init_from`` file's :func:`~numpyro_air.train.init_from.checked_sources`; replicated over
+    ``mesh``) and the wall clock of the run; ``run`` with the source of each seed's initial
+    parameters (``started_from``: from ``sources``, or as a resumed checkpoint records it)."""
     example = jnp.asarray(to_float(run.train_set.images[: run.tcfg.batch_size]))  # shapes for init
     meta_of = lambda k, step: run_meta(run.air, run.opt, run.tcfg, run.data_desc, k, step)  # noqa: E731
     states, step, wall_offset, metas = initial_states(run.svi, run.tcfg, example, load, meta_of, run.log, run.data_later)
     started_from = tuple(m.get("init_from") for m in metas)
-    if init_from is not None:
-        seeds = [run.tcfg.seed_of(k) for k in range(run.tcfg.num_seeds)]
-        states, records = initialised_from(run.svi, states, init_from, seeds, run.log)
+    if sources is not None:
+        states, records = initialised_from(run.svi, states, sources, run.log)
         started_from = tuple(records)
     if mesh is not None:
         states = jax.device_put(states, parallel.replicated(mesh))
@@ -547,15 +547,20 @@ def train(
         raise CheckpointError("--load resumes a run and --init-from starts a new one: give one of them")
     out_dir, K = Path(out_dir), tcfg.num_seeds
     save_base = Path(save) if save is not None else out_dir / CHECKPOINT_NAME
-    _prepare_out_dir(out_dir, save_base, tcfg, load, overwrite)
     check_data(air, tcfg, train_set, test_set)
+    svi = make_svi(air, opt)
+    sources = None
+    if init_from is not None:  # a wrong file stops the run before it writes anything
+        example = jnp.asarray(to_float(train_set.images[: tcfg.batch_size]))
+        sources = checked_sources(svi, example, init_from, [tcfg.seed_of(k) for k in range(K)])
+    _prepare_out_dir(out_dir, save_base, tcfg, load, overwrite)
     mesh = parallel.data_mesh(devices, tcfg.batch_size)  # before any compilation
     writer = jax.process_index() == 0
     run = Setup(
         air,
         opt,
         tcfg,
-        make_svi(air, opt),
+        svi,
         train_set,
         test_set,
         out_dir,
@@ -565,7 +570,7 @@ def train(
         writer,
         MappingProxyType(dict(data_later or {})),
     )
-    run, at = start(run, load, mesh, init_from)
+    run, at = start(run, load, mesh, sources)
     step_fn, actions = make_step(run.svi, air, K, mesh), periodic_actions(tcfg)
     batches = BatchSource(train_set.images, tcfg.batch_size, [tcfg.seed_of(k) for k in range(K)], mesh)
     metrics = MetricsLog(out_dir / "metrics.jsonl", at.step if load is not None else None, writer)
