@@ -56,10 +56,10 @@ def manifest() -> dict:
         raise CheckpointError(f"pretrained-weights manifest {path} is not valid JSON: {e}") from e
 
 
-def pretrained(dtype: Any = np.float32, verify: bool = True) -> Tuple[AIRConfig, dict]:
-    """``(AIRConfig, params)`` of the shipped pretrained model, cast to ``dtype`` (float32 by
-    default; the file stores float16). ``verify`` checks the file's SHA-256 against the manifest
-    and raises :class:`~numpyro_air.train.checkpoint.CheckpointError` naming the file on a mismatch."""
+def weights_path(verify: bool = True) -> Path:
+    """The shipped weights file (what ``numpyro-air train --init-from pretrained`` starts from).
+    ``verify`` checks its SHA-256 against the manifest; a missing or corrupt file raises
+    :class:`~numpyro_air.train.checkpoint.CheckpointError` naming it."""
     path = weights_dir() / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"pretrained weights {path} are missing (broken installation?)")
@@ -67,7 +67,13 @@ def pretrained(dtype: Any = np.float32, verify: bool = True) -> Tuple[AIRConfig,
         want, got = manifest().get("sha256"), file_sha256(path)
         if want != got:
             raise CheckpointError(f"pretrained weights {path} are corrupt: SHA-256 {got}, manifest says {want}")
-    return load_params(path, dtype)
+    return path
+
+
+def pretrained(dtype: Any = np.float32, verify: bool = True) -> Tuple[AIRConfig, dict]:
+    """``(AIRConfig, params)`` of the shipped pretrained model, cast to ``dtype`` (float32 by
+    default; the file stores float16). ``verify``: :func:`weights_path`'s check of the file."""
+    return load_params(weights_path(verify), dtype)
 
 
 def heldout_scenes(num: int = 1000, max_digits: int = 2, seed: int = HELDOUT_SEED):

@@ -540,12 +540,12 @@ def configs_from_args(args: argparse.Namespace, images=None):
 
 
 def init_source(given: Optional[str]) -> Optional[str]:
-    """``--init-from``'s file: "pretrained" names the shipped weights."""
+    """``--init-from``'s file: "pretrained" names the shipped weights (their SHA-256 checked)."""
     if given != "pretrained":
         return given
-    from numpyro_air.pretrained_model import WEIGHTS_FILE, weights_dir
+    from numpyro_air.pretrained_model import weights_path
 
-    return str(weights_dir() / WEIGHTS_FILE)
+    return str(weights_path())
 
 
 def resume_command(prog: str, argv: Sequence[str], checkpoint: Path) -> str:

@@ -279,7 +279,7 @@ class Setup:
     log: Callable[[str], None]
     writer: bool  # process 0 writes the files
     data_later: Mapping[str, Any]  # check_meta's data fields of before
-    started_from: tuple = ()  # per seed: the source of its initial parameters (--init-from), or ()
+    started_from: tuple = ()  # per seed: the source of its initial parameters (--init-from) or None
 
     def params(self, states, k: int):
         """Seed k's constrained parameters: their moving average when the run keeps one
@@ -489,12 +489,17 @@ def save_final_curves(run: Setup, records: Records, final: List[dict]) -> None:
                 )
 
 
+def example_batch(train_set, tcfg: TrainConfig) -> jnp.ndarray:
+    """The first batch of the training images as floats: the shapes ``svi.init`` builds for."""
+    return jnp.asarray(to_float(train_set.images[: tcfg.batch_size]))
+
+
 def start(run: Setup, load, mesh, sources=None) -> Tuple[Setup, Snapshot]:
     """The states (fresh, restored from ``load``, or fresh with the parameters of ``sources``, an
     ``init_from`` file's :func:`~numpyro_air.train.init_from.checked_sources`; replicated over
     ``mesh``) and the wall clock of the run; ``run`` with the source of each seed's initial
     parameters (``started_from``: from ``sources``, or as a resumed checkpoint records it)."""
-    example = jnp.asarray(to_float(run.train_set.images[: run.tcfg.batch_size]))  # shapes for init
+    example = example_batch(run.train_set, run.tcfg)
     meta_of = lambda k, step: run_meta(run.air, run.opt, run.tcfg, run.data_desc, k, step)  # noqa: E731
     states, step, wall_offset, metas = initial_states(run.svi, run.tcfg, example, load, meta_of, run.log, run.data_later)
     started_from = tuple(m.get("init_from") for m in metas)
@@ -504,7 +509,7 @@ def start(run: Setup, load, mesh, sources=None) -> Tuple[Setup, Snapshot]:
     if mesh is not None:
         states = jax.device_put(states, parallel.replicated(mesh))
     t0 = time.time()
-    run = dataclasses.replace(run, started_from=started_from if any(started_from) else ())
+    run = dataclasses.replace(run, started_from=started_from)
     return run, Snapshot(states, step, lambda: wall_offset + time.time() - t0, pending=(), last={})
 
 
@@ -551,8 +556,7 @@ def train(
     svi = make_svi(air, opt)
     sources = None
     if init_from is not None:  # a wrong file stops the run before it writes anything
-        example = jnp.asarray(to_float(train_set.images[: tcfg.batch_size]))
-        sources = checked_sources(svi, example, init_from, [tcfg.seed_of(k) for k in range(K)])
+        sources = checked_sources(svi, example_batch(train_set, tcfg), init_from, [tcfg.seed_of(k) for k in range(K)])
     _prepare_out_dir(out_dir, save_base, tcfg, load, overwrite)
     mesh = parallel.data_mesh(devices, tcfg.batch_size)  # before any compilation
     writer = jax.process_index() == 0
