@@ -159,14 +159,19 @@ def params_of(tr) -> dict:
     return {k: s["value"] for k, s in tr.items() if s["type"] == "param"}
 
 
-@pytest.fixture(scope="session")
-def make_eval_set():
-    """``experiments/make_eval_set.py`` imported as a module."""
+def experiment_script(name: str):
+    """``experiments/<name>.py`` imported as a module."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "make_eval_set.py"
-    spec = importlib.util.spec_from_file_location("make_eval_set", path)
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def make_eval_set():
+    """``experiments/make_eval_set.py`` imported as a module."""
+    return experiment_script("make_eval_set")

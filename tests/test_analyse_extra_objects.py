@@ -3,21 +3,14 @@ hand-placed boxes whose answers are known."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-PATH = Path(__file__).resolve().parents[1] / "experiments" / "analyse_extra_objects.py"
+from conftest import experiment_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("analyse_extra_objects", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_script("analyse_extra_objects")
 
 
 def box(cx: float, cy: float, side: float = 10.0) -> list:

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-PATH = Path(__file__).resolve().parents[1] / "experiments" / "compare_counts.py"
+from conftest import experiment_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("compare_counts", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_script("compare_counts")
 
 
 def write_run(path: Path, rows: list) -> Path:
