@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from machine import add_allocator_option, apply_allocator  # noqa: E402
+
 NAMES = ("multi-mnist", "multi-dsprites", "scattered-mnist")
 
 
@@ -114,9 +117,11 @@ def main(argv=None) -> list:
     ap.add_argument("--object-colour", choices=["pixel", "single"], help="as the CLI flag (default: the recipe's)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    add_allocator_option(ap)
     a = ap.parse_args(argv)
     if a.child:
         os.environ["JAX_PLATFORMS"] = {"gpu": "cuda"}.get(a.device, a.device)
+        apply_allocator(a.system_allocator)
         options = {
             "conv_decoder": tuple(a.conv_decoder),
             "broadcast_decoder": tuple(a.broadcast_decoder),
@@ -135,6 +140,7 @@ def main(argv=None) -> list:
             cmd += ["--broadcast-decoder", *map(str, a.broadcast_decoder)] if a.broadcast_decoder else []
             cmd += ["--template-decoder", str(a.template_decoder)] if a.template_decoder else []
             cmd += ["--object-colour", a.object_colour] if a.object_colour else []
+            cmd += ["--system-allocator"] if a.system_allocator else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             r = json.loads(out)
             results.append(r)

@@ -60,3 +60,24 @@ def median_times(call, steps: int, warmup: int) -> dict:
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return {"sec_median": statistics.median(times), "sec_min": min(times), "first_call_sec": first, "times": times}
+
+
+def add_allocator_option(ap) -> None:
+    """``--system-allocator``, as ``numpyro-air train``: glibc's malloc defaults instead of keeping
+    freed memory in the process (``numpyro_air.train.allocator``)."""
+    ap.add_argument(
+        "--system-allocator",
+        action="store_true",
+        help="glibc's malloc defaults (numpyro-air train's --system-allocator); by default, as the CLI, freed "
+        "memory stays in the process",
+    )
+
+
+def apply_allocator(system: bool) -> str:
+    """Set this process's allocator as ``numpyro-air train`` does; returns the name the results
+    record: "retain" (freed memory kept, where glibc) or "system"."""
+    if system:
+        return "system"
+    from numpyro_air.train.allocator import retain_freed_memory
+
+    return "retain" if retain_freed_memory() else "system"

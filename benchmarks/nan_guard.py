@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from numpyro_air import PRESETS, make_svi
-from numpyro_air.train.svi import _sum_leaves as sum_leaves
+from numpyro_air.train.svi import all_finite
 
 
 def variants(tx: optax.GradientTransformation) -> dict:
@@ -43,7 +43,7 @@ def variants(tx: optax.GradientTransformation) -> dict:
         return optax.apply_updates(p, updates), s2
 
     def finite(g):
-        return jnp.isfinite(sum_leaves(g))  # the step's test of the gradients
+        return all_finite(jnp.float32(0), g)  # the step's test of the gradients
 
     def select(p, s, g):
         ok = finite(g)

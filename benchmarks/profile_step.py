@@ -48,7 +48,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model, nproc, pick_device  # noqa: E402
+from machine import add_allocator_option, apply_allocator, cpu_model, nproc, pick_device  # noqa: E402
 from roofline import build_bare_step  # noqa: E402
 
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (.+?) ([a-z][a-z0-9\-_]*)\(")
@@ -250,7 +250,9 @@ def main(argv=None) -> dict:
     )
     ap.add_argument("--json", action="store_true", help="also write results/<device>_profile[_infer]_b<B>.json")
     ap.add_argument("--json-name", help="file name under results/ for --json (default: the name above)")
+    add_allocator_option(ap)
     a = ap.parse_args(argv)
+    allocator = apply_allocator(a.system_allocator)
     if a.batch_size < 1 or a.steps < 1:
         ap.error("--batch-size and --steps must be >= 1")
     device = pick_device(a.device)
@@ -279,11 +281,15 @@ def main(argv=None) -> dict:
             "device": str(device),
             "cpu": cpu_model(),
             "cores": nproc(),
+            "allocator": allocator,
             "jax": jax.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M"),
         }
     )
-    print(f"{out['what']}: {out['device']} ({out['cpu']}, {out['cores']} cores), batch {a.batch_size}, {a.steps} profiled calls")
+    print(
+        f"{out['what']}: {out['device']} ({out['cpu']}, {out['cores']} cores), batch {a.batch_size}, "
+        f"{a.steps} profiled calls, allocator {allocator}"
+    )
     wall, total = out["wall_ms_per_step"], out["self_ms_per_step"]
     print(f"wall per step (profiled) {wall or float('nan'):.1f} ms; summed self time of HLO ops {total:.1f} ms")
     for c, ms in out["by_category_ms"].items():

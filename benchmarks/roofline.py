@@ -47,7 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model as _cpu_model  # noqa: E402
+from machine import add_allocator_option, apply_allocator  # noqa: E402
+from machine import cpu_model as _cpu_model
 from machine import nproc as _nproc
 from machine import pick_device as _pick_device
 
@@ -371,7 +372,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--profile", metavar="DIR", help="write a jax.profiler trace of a few compiled steps to DIR")
     ap.add_argument("--hlo-summary", action="store_true", help="summarise the compiled step's optimized HLO")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    add_allocator_option(ap)
     args = ap.parse_args(argv)
+    allocator = apply_allocator(args.system_allocator)
     if args.batch_size < 1 or args.steps < 1 or args.warmup < 0 or args.repeats < 1 or args.min_time <= 0:
         ap.error("--batch-size, --steps, --repeats must be >= 1, --warmup >= 0, --min-time > 0")
 
@@ -393,6 +396,7 @@ def main(argv=None) -> dict:
         "backend": device.platform,
         "device_kind": getattr(device, "device_kind", None),
         "cpu_model": _cpu_model(),
+        "allocator": allocator,
         "nproc": _nproc(),
         "jax_version": jax.__version__,
         "param_count": params,

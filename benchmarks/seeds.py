@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model as _cpu_model  # noqa: E402
+from machine import add_allocator_option, apply_allocator  # noqa: E402
+from machine import cpu_model as _cpu_model
 from machine import nproc as _nproc
 from machine import pick_device as _pick_device
 
@@ -72,7 +73,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", choices=("cpu", "gpu", "tpu"))
     ap.add_argument("--json", action="store_true")
+    add_allocator_option(ap)
     args = ap.parse_args(argv)
+    allocator = apply_allocator(args.system_allocator)
     if min(args.seeds) < 1:
         ap.error("--seeds must all be >= 1")
     device = _pick_device(args.device)
@@ -89,6 +92,7 @@ def main(argv=None) -> dict:
         "device_kind": getattr(device, "device_kind", None),
         "cpu_model": _cpu_model(),
         "nproc": _nproc(),
+        "allocator": allocator,
         "jax_version": jax.__version__,
         "steps": args.steps,
         "rows": rows,

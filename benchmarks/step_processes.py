@@ -3,7 +3,7 @@ CPU), optionally against another source tree, interleaved.
 
     python benchmarks/step_processes.py [--processes 6] [--steps 40] [--batch-size 64]
                                         [--baseline-src DIR] [--compute-dtypes float32 bfloat16]
-                                        [--estimator nvil] [--json]
+                                        [--estimator nvil] [--allocators retain system] [--json]
 
 Each measurement is a fresh ``python benchmarks/svi_step.py --json`` process (compile, warm-up,
 median of ``--steps`` blocked steps). With ``--baseline-src DIR`` (e.g. a ``git worktree`` of an
@@ -12,7 +12,9 @@ older commit) that tree's own ``benchmarks/svi_step.py`` is run with ``PYTHONPAT
 processes and the fastest process, per tree. ``--compute-dtypes float32 bfloat16`` times each
 listed ``AIRConfig.compute_dtype`` of the current tree, interleaved the same way (one process of
 each per round); with ``--baseline-src`` as well, the baseline tree runs each dtype of
-``--baseline-compute-dtypes`` (default: the same list) in the same rounds.
+``--baseline-compute-dtypes`` (default: the same list) in the same rounds. ``--allocators retain
+system`` times the current tree both ways (``svi_step.py`` without and with
+``--system-allocator``), interleaved the same way.
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ def main(argv=None) -> dict:
         help="with --compute-dtypes and --baseline-src: the dtypes the baseline tree runs (default: --compute-dtypes)",
     )
     ap.add_argument("--estimator", default="nvil", help="svi_step.py's --estimator (default nvil: Pyro's tutorial step)")
+    ap.add_argument(
+        "--allocators",
+        nargs="+",
+        choices=("retain", "system"),
+        help="time the current tree with each (svi_step.py's default, and with --system-allocator)",
+    )
     ap.add_argument("--json", action="store_true", help="also write results/cpu_step_processes_b<B>.json")
     ap.add_argument("--json-name", help="file name under results/ for --json (default cpu_step_processes_b<B>.json)")
     a = ap.parse_args(argv)
@@ -69,6 +77,12 @@ def main(argv=None) -> dict:
             runs |= {f"baseline {dt}": (a.baseline_src, (*est, "--compute-dtype", dt)) for dt in dtypes}
     else:
         runs = {"current": (None, est)} | ({"baseline": (a.baseline_src, est)} if a.baseline_src else {})
+    if a.allocators:
+        flags = {"retain": (), "system": ("--system-allocator",)}
+        current = {k: v for k, v in runs.items() if v[0] is None}
+        runs = {f"{k} {al}": (None, extra + flags[al]) for k, (_, extra) in current.items() for al in a.allocators} | {
+            k: v for k, v in runs.items() if v[0] is not None
+        }
     trees = {name: src for name, (src, _) in runs.items()}
     times = {k: [] for k in trees}
     for i in range(a.processes):

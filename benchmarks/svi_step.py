@@ -33,7 +33,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model as _cpu_model  # noqa: E402
+from machine import add_allocator_option, apply_allocator  # noqa: E402
+from machine import cpu_model as _cpu_model
 from machine import nproc as _nproc
 from machine import pick_device as _pick_device
 
@@ -142,7 +143,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--flops", action="store_true", help="also report XLA's and an analytic FLOP count")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    add_allocator_option(ap)
     args = ap.parse_args(argv)
+    allocator = apply_allocator(args.system_allocator)
     if args.batch_size < 1 or args.steps < 1 or args.warmup < 0:
         ap.error("--batch-size and --steps must be >= 1, --warmup >= 0")
 
@@ -233,6 +236,7 @@ def main(argv=None) -> dict:
         "jax_version": jax.__version__,
         "python": platform.python_version(),
         "cpu_model": _cpu_model(),
+        "allocator": allocator,
         "nproc": _nproc(),
         "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
@@ -256,7 +260,7 @@ def main(argv=None) -> dict:
 def _print_text(r: dict, cfg) -> None:
     print(
         f"device: {r['device']} ({r['backend']}), cpu: {r['cpu_model']}, nproc {r['nproc']}, "
-        f"load {r['loadavg_1min']}, jax {r['jax_version']}"
+        f"load {r['loadavg_1min']}, jax {r['jax_version']}, allocator {r['allocator']}"
     )
     print(f"AIR step, tutorial config, batch {r['batch_size']}:")
     print(f"  compile (trace {r['trace_sec']:.2f} s + XLA): {r['compile_sec']:.2f} s; first call {r['first_call_sec']:.2f} s")

@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model as _cpu_model  # noqa: E402
+from machine import add_allocator_option, apply_allocator  # noqa: E402
+from machine import cpu_model as _cpu_model
 from machine import nproc as _nproc
 from machine import pick_device as _pick_device
 
@@ -219,6 +220,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--whole-command", type=int, metavar="N", help="time `numpyro-air train -n N` as a user runs it")
     ap.add_argument("--seeds", type=int, nargs="+", help="--whole-command: one fresh run per seed (default --seed)")
     ap.add_argument("--extra", default="", help="--whole-command: more `numpyro-air train` flags, one string")
+    add_allocator_option(ap)  # the whole command sets its own (pass --extra=--system-allocator)
     args = ap.parse_args(argv)
     if args.whole_command is not None:
         res = whole_command(args)
@@ -231,9 +233,11 @@ def main(argv=None) -> dict:
     args.targets = sorted(set(args.targets))
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
 
+    allocator = apply_allocator(args.system_allocator)
     device = _pick_device(args.device)
     with jax.default_device(device):
         res = train_to_targets(args, log)
+    res["allocator"] = allocator
     res |= {
         "recipe": f"PRESETS[{args.preset!r}]",
         "batch_size": args.batch_size,

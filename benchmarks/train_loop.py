@@ -43,7 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model as _cpu_model  # noqa: E402
+from machine import add_allocator_option, apply_allocator  # noqa: E402
+from machine import cpu_model as _cpu_model
 from machine import nproc as _nproc
 from machine import pick_device as _pick_device
 
@@ -156,7 +157,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", choices=("cpu", "gpu", "tpu"), default=None, help="default: JAX's default backend")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    add_allocator_option(ap)
     args = ap.parse_args(argv)
+    allocator = apply_allocator(args.system_allocator)
     if min(args.batch_size, args.steps, args.num_seeds, args.repeats) < 1 or args.warmup < 0:
         ap.error("--batch-size, --steps, --num-seeds, --repeats must be >= 1, --warmup >= 0")
     if args.num_images < args.batch_size:
@@ -190,6 +193,7 @@ def main(argv=None) -> dict:
         "device_kind": getattr(device, "device_kind", None),
         "cpu_model": _cpu_model(),
         "nproc": _nproc(),
+        "allocator": allocator,
         "jax_version": jax.__version__,
     }
     print(json.dumps(res) if args.json else _text(res))

@@ -3,7 +3,7 @@
 Usage:  python benchmarks/vs_pyro.py --pyro-air-dir DIR [--pyro-python .venv-pyro/bin/python]
                                      [--batch-sizes 64 256] [--infer-batch 1000] [--steps 20] [--warmup 3]
                                      [--infer-steps 5] [--rounds 2] [--sides ours pyro] [--torch-threads N]
-                                     [--compute-dtype float32|bfloat16] [--json]
+                                     [--compute-dtype float32|bfloat16] [--system-allocator] [--json]
 
 Setup of the Pyro side (once; none of it is part of this repository):
 
@@ -32,7 +32,10 @@ networks and prior. Each measurement runs in a fresh child process of the right 
 script with ``--child``), which prints one JSON line with the median seconds of its timed calls;
 the children alternate ours, Pyro, ours, Pyro, ... for each task in each of ``--rounds`` rounds, and
 the report gives the best and the median of each side's child medians and the ratio Pyro / ours.
-Pyro's times swing with other load on the cores: run it on an otherwise idle machine.
+Both children run with glibc's malloc keeping freed memory in the process, as ``numpyro-air
+train`` sets it for itself (the ``MALLOC_*_`` variables of
+``numpyro_air.train.allocator.malloc_environment()``); ``--system-allocator`` runs both with
+glibc's defaults. Pyro's times swing with other load on the cores: run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -196,8 +199,13 @@ def run_child(side: str, task: str, batch: int, args, settings: dict) -> dict:
             "--torch-threads",
             str(args.torch_threads or 0),
         ]
+    env = dict(os.environ)
+    if not args.system_allocator:  # both sides as numpyro-air train runs: freed memory kept in the process
+        from numpyro_air.train.allocator import malloc_environment
+
+        env |= malloc_environment()
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
@@ -251,6 +259,12 @@ def _parser() -> argparse.ArgumentParser:
         default="float32",
         help="our side's AIRConfig.compute_dtype (Pyro's side stays float32)",
     )
+    ap.add_argument(
+        "--system-allocator",
+        action="store_true",
+        help="both sides with glibc's malloc defaults; by default both keep freed memory in the process, as "
+        "numpyro-air train does (numpyro_air.train.allocator.malloc_environment)",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     # child mode (internal)
     ap.add_argument("--child", choices=("ours", "pyro"), help=argparse.SUPPRESS)
@@ -298,6 +312,7 @@ def main(argv=None) -> dict:
         "nproc": _nproc(),
         "loadavg_1min": os.getloadavg()[0],
         "compute_dtype": args.compute_dtype,
+        "allocator": "system" if args.system_allocator else "retain (both sides)",
         "python": sys.version.split()[0],
         "jax_version": next((r.get("jax_version") for r in runs if "jax_version" in r), None),
         "device": "cpu (both sides: default JAX device / torch CPU)",

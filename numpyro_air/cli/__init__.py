@@ -51,6 +51,21 @@ def set_platform(device: Optional[str]) -> None:
         os.environ["JAX_PLATFORMS"] = device
 
 
+ALLOCATOR_HELP = (
+    "leave glibc's malloc at its defaults; by default freed host memory stays in the process, which saves the "
+    "compiled step's page faults (about 10%% of the step at batch 256 on a 2-core CPU)"
+)
+
+
+def choose_allocator(system: bool) -> None:
+    """Unless ``system`` (``--system-allocator``), keep freed host memory in the process
+    (:func:`numpyro_air.train.allocator.retain_freed_memory`; nothing changes off glibc)."""
+    if not system:
+        from numpyro_air.train.allocator import retain_freed_memory
+
+        retain_freed_memory()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point; returns the exit status (the subcommands' ``main`` return results)."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import example_epilog, set_platform
+from . import ALLOCATOR_HELP, choose_allocator, example_epilog, set_platform
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
@@ -78,6 +78,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         "the last step's (auto: the average when there is one)",
     )
     p.add_argument("--device", choices=["cpu", "gpu", "tpu"])
+    p.add_argument("--system-allocator", action="store_true", help=ALLOCATOR_HELP)
     p.add_argument("--figures", type=str, help="also write boxes/reconstruction/prior/window/confusion PNGs here")
     p.add_argument(
         "--discrete",
@@ -184,6 +185,7 @@ def evidence_counts(params, air, ev, key, num_samples: int, batch_size: int) -> 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> dict:
     args = build_parser(prog).parse_args(argv)
     set_platform(args.device)
+    choose_allocator(args.system_allocator)
     import jax
     import numpy as np
 

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import example_epilog, set_platform
+from . import ALLOCATOR_HELP, choose_allocator, example_epilog, set_platform
 
 DEFAULT_PRESET = "pyro-default"
 DEFAULT_OUT = "runs/air"
@@ -387,6 +387,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     a("--overwrite", action="store_true", help="replace an existing run in --out")
     a("--eval-train-images", type=int, help="training images used for the train accuracy (all)")
     a("--no-progress", action="store_true", help="no progress bar")
+    a("--system-allocator", action="store_true", help=ALLOCATOR_HELP)
     a("--no-figures", action="store_true", help="no figures or curves at the end (metrics, checkpoints, summary as usual)")
     # --- data
     a(
@@ -611,6 +612,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> di
     args = build_parser(prog).parse_args(argv)
     d = vars(args)
     set_platform(d.get("device"))
+    choose_allocator(d.get("system_allocator", False))
     user_data = load_user_data(d)
     import jax
 

@@ -57,10 +57,14 @@ def make_elbo(config: AIRConfig, optim: OptimConfig):
     )
 
 
-def _sum_leaves(tree) -> jnp.ndarray:
-    """Sum of every element of every leaf: finite iff no element is NaN or infinite (or the sum
-    overflows float32). One read of each gradient, no squared copy as a norm would need."""
-    return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(tree))
+def all_finite(loss: jnp.ndarray, grads) -> jnp.ndarray:
+    """bool (): the loss and each gradient leaf's element sum are finite, i.e. no element is NaN
+    or infinite (or a leaf's sum overflows float32). One read of each gradient, no squared copy
+    as a norm would need. The sums are stacked and tested by one reduction: chained scalar ``&``s
+    or ``+``s would be fused into, and recomputed by, every element of the optimiser's update
+    loops that the guard's select joins (``benchmarks/README.md``)."""
+    sums = jnp.stack([jnp.asarray(loss, jnp.float32)] + [jnp.sum(leaf, dtype=jnp.float32) for leaf in jax.tree.leaves(grads)])
+    return jnp.all(jnp.isfinite(sums))
 
 
 def make_update(svi: SVI, config: AIRConfig) -> Callable[[SVIState, jnp.ndarray, jnp.ndarray], tuple]:
@@ -108,7 +112,7 @@ def make_update(svi: SVI, config: AIRConfig) -> Callable[[SVIState, jnp.ndarray,
         params = svi.optim.get_params(state.optim_state)
         loss_of = loss_fn(rng_key_step, images, kwargs, state.mutable_state)
         (loss, mutable_state), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
-        ok = jnp.isfinite(loss) & jnp.isfinite(_sum_leaves(grads))
+        ok = all_finite(loss, grads)
         optim_state = svi.optim.update(grads, state.optim_state, value=loss)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
         new_state = SVIState(keep(optim_state, state.optim_state), keep(mutable_state, state.mutable_state), rng_key)
