@@ -6,9 +6,10 @@ CPU), optionally against another source tree, interleaved.
                                         [--estimator nvil] [--allocators retain system] [--json]
 
 Each measurement is a fresh ``python benchmarks/svi_step.py --json`` process (compile, warm-up,
-median of ``--steps`` blocked steps). With ``--baseline-src DIR`` (e.g. a ``git worktree`` of an
-older commit) that tree's own ``benchmarks/svi_step.py`` is run with ``PYTHONPATH=DIR`` so that
-``numpyro_air`` is imported from there, alternating with the current tree. Prints every process's median, the median over
+median of ``--steps`` blocked steps; the JSON also keeps each process's compile time). With
+``--baseline-src DIR`` (e.g. a ``git worktree`` of an older commit) that tree's own
+``benchmarks/svi_step.py`` is run with ``PYTHONPATH=DIR`` so that ``numpyro_air`` is imported
+from there, alternating with the current tree. Prints every process's median, the median over
 processes and the fastest process, per tree. ``--compute-dtypes float32 bfloat16`` times each
 listed ``AIRConfig.compute_dtype`` of the current tree, interleaved the same way (one process of
 each per round); with ``--baseline-src`` as well, the baseline tree runs each dtype of
@@ -33,7 +34,7 @@ sys.path.insert(0, str(HERE))
 from machine import cpu_model, nproc  # noqa: E402
 
 
-def one(batch: int, steps: int, src: str | None, extra: tuple = ()) -> float:
+def one(batch: int, steps: int, src: str | None, extra: tuple = ()) -> dict:
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
@@ -41,7 +42,7 @@ def one(batch: int, steps: int, src: str | None, extra: tuple = ()) -> float:
     script = Path(src) / "benchmarks" / "svi_step.py" if src else HERE / "svi_step.py"
     cmd = [sys.executable, str(script), "--batch-size", str(batch), "--steps", str(steps), "--json", *extra]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["sec_per_step"]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv=None) -> dict:
@@ -84,10 +85,12 @@ def main(argv=None) -> dict:
             k: v for k, v in runs.items() if v[0] is not None
         }
     trees = {name: src for name, (src, _) in runs.items()}
-    times = {k: [] for k in trees}
+    times, compiles = {k: [] for k in trees}, {k: [] for k in trees}
     for i in range(a.processes):
         for name, (src, extra) in runs.items():
-            times[name].append(one(a.batch_size, a.steps, src, extra))
+            r = one(a.batch_size, a.steps, src, extra)
+            times[name].append(r["sec_per_step"])
+            compiles[name].append(r.get("compile_sec"))
             print(f"process {i + 1}/{a.processes} {name:16s} {1e3 * times[name][-1]:6.1f} ms", flush=True)
     out = {
         "batch_size": a.batch_size,
@@ -102,6 +105,7 @@ def main(argv=None) -> dict:
                 "ms_per_process": [round(1e3 * t, 2) for t in v],
                 "median_ms": round(1e3 * statistics.median(v), 2),
                 "best_ms": round(1e3 * min(v), 2),
+                "compile_sec_per_process": [None if c is None else round(c, 2) for c in compiles[k]],
             }
             for k, v in times.items()
         },
