@@ -4,6 +4,8 @@ generator, ``evaluate --model-steps`` and the unrolled seeds of convolutional mo
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
 from pathlib import Path
 
 import jax
@@ -27,6 +29,7 @@ from numpyro_air.data import (
 from numpyro_air.train.step import over_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "numpyro_air" / "weights" / "air_multi_mnist.npz"
 
 
 def configs(*argv):
@@ -224,16 +227,37 @@ def test_make_eval_set_reproduces_the_unbounded_scattered_file(tmp_path, make_ev
 
 
 # -------------------------------------------------------------------- evaluate --model-steps
-def test_evaluate_with_more_steps_than_trained(tmp_path, make_eval_set):
+def more_steps_commands(workdir: Path, run) -> tuple[Path, list]:
+    """A 0-4-digit held-out file from ``make_eval_set.py`` and two evaluations of the shipped
+    weights: with 4 importance draws and count evidence from 3, and run for 5 steps."""
+    out = workdir / "e.npz"
+    made = run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "make_eval_set.py"),
+            "--out",
+            str(out),
+            "--max-digits",
+            "4",
+            "--per-count",
+            "2",
+        ]
+    )
+    evaluate = [sys.executable, "-m", "numpyro_air.cli", "evaluate", "--checkpoint", str(WEIGHTS), "--data", str(out), "--json"]
+    if made.returncode:
+        return out, [made]
+    return out, [made, run([*evaluate, "--importance", "4", "--count-evidence", "3"]), run([*evaluate, "--model-steps", "5"])]
+
+
+BACKGROUND = (more_steps_commands,)
+
+
+def test_evaluate_with_more_steps_than_trained(background):
     from numpyro_air.cli import evaluate
 
-    out = tmp_path / "e.npz"
-    make_eval_set.main(["--out", str(out), "--max-digits", "4", "--per-count", "2"])
-    weights = ROOT / "numpyro_air" / "weights" / "air_multi_mnist.npz"
-    three = evaluate.main(
-        ["--checkpoint", str(weights), "--data", str(out), "--json", "--importance", "4", "--count-evidence", "3"]
-    )
-    five = evaluate.main(["--checkpoint", str(weights), "--data", str(out), "--json", "--model-steps", "5"])
+    out, procs = background.result(more_steps_commands)
+    assert [p.returncode for p in procs] == [0, 0, 0], [p.stderr[-2000:] for p in procs]
+    three, five = (json.loads(p.stdout.strip().splitlines()[-1]) for p in procs[1:])
     assert three["model_steps"] == 3 and five["model_steps"] == 5
     # --importance: a third count, the argmax of the count posterior from 4 weighted draws
     assert three["importance_samples"] == 4 and sum(map(sum, three["confusion_importance"])) == 10
@@ -247,11 +271,11 @@ def test_evaluate_with_more_steps_than_trained(tmp_path, make_eval_set):
     assert len(three["confusion"][0]) == 4 and len(five["confusion"][0]) == 6  # columns: 0..T objects
     assert sum(map(sum, five["confusion"])) == 10
     with pytest.raises(SystemExit, match="--model-steps must be >= 1"):
-        evaluate.main(["--checkpoint", str(weights), "--data", str(out), "--model-steps", "0"])
+        evaluate.main(["--checkpoint", str(WEIGHTS), "--data", str(out), "--model-steps", "0"])
     with pytest.raises(SystemExit, match="--importance must be >= 1"):
-        evaluate.main(["--checkpoint", str(weights), "--data", str(out), "--importance", "-1"])
+        evaluate.main(["--checkpoint", str(WEIGHTS), "--data", str(out), "--importance", "-1"])
     with pytest.raises(SystemExit, match="--count-evidence must be >= 1"):
-        evaluate.main(["--checkpoint", str(weights), "--data", str(out), "--count-evidence", "-2"])
+        evaluate.main(["--checkpoint", str(WEIGHTS), "--data", str(out), "--count-evidence", "-2"])
 
 
 # ------------------------------------------------------------ seeds of convolutional models

@@ -5,11 +5,11 @@ XLA:CPU allocates a step's outputs and temporaries with the C library's ``malloc
 and frees them afterwards. With glibc's defaults, blocks above the mmap threshold (dynamic, at
 most 32 MB) come from ``mmap`` and go back to the system when freed, and freed memory at the top
 of a heap is trimmed; the next call touches new pages, and every 4 KiB page costs a minor page
-fault (the tutorial networks' step at batch 256 took 12,000-18,000 of them per call on the 2-core
-development machine, 2026-12-07: ``benchmarks/allocator.py``).
+fault (the tutorial networks' step at batch 256 took 12,000-18,000 of them per call on a 2-core
+Intel Xeon, 2026-12-07; ``benchmarks/step_processes.py --allocators retain system`` compares).
 
 :func:`retain_freed_memory` sets glibc's ``M_MMAP_MAX`` to 0 (every block from the heaps),
-``M_TRIM_THRESHOLD`` to 2 GiB (freed memory is not handed back) and ``M_TOP_PAD`` to 256 MB (a
+``M_TRIM_THRESHOLD`` to 2 GiB (freed memory is not handed back) and ``M_TOP_PAD`` to 256 MiB (a
 heap grows in large steps), as the environment variables ``MALLOC_MMAP_MAX_=0
 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=268435456`` would. The process then keeps
 its peak of freed memory instead of returning it. It is a setting of the whole process, made by
