@@ -3,7 +3,8 @@ training loop runs it: ``make_step`` with K seeds, each case in a fresh process.
 
     python benchmarks/dataset_recipes.py [--seeds 1 4] [--steps 20] [--only NAME ...] [--dair]
         [--conv-decoder C ...] [--broadcast-decoder H ...] [--template-decoder K]
-        [--object-colour pixel|single] [--device cpu] [--json]
+        [--object-colour pixel|single] [--estimator E] [--num-particles K] [--system-allocator]
+        [--device cpu] [--json]
 
 For each dataset of ``DATASET_RECIPES`` and each K of ``--seeds``: the recipe's model on random
 scenes of its canvas (batch 64), the compiled step, 3 warm-up steps, then the median of
@@ -13,15 +14,19 @@ process's peak resident memory, and the time 100,000 steps would take at the mea
 ``--conv-decoder 64 32 16`` replaces the decoder with a convolutional one, ``--broadcast-decoder
 64 64`` with a spatial broadcast one, ``--template-decoder 8`` with a template decoder (with
 ``--object-colour single``), ``--object-colour`` sets the decoder's colour (all as the CLI
-flags). ``--json`` writes ``results/<device>_dataset_recipes.json`` (``..._dair`` with ``--dair``,
+flags); ``--estimator vimco --num-particles 4`` times another z_pres estimator. Each child sets
+the allocator as ``numpyro-air train`` does (``--system-allocator``: glibc's defaults).
+``--json`` writes ``results/<device>_dataset_recipes.json`` (``..._dair`` with ``--dair``,
 ``..._convdec`` with ``--conv-decoder``, ``..._broadcast`` with ``--broadcast-decoder``,
-``..._template`` with ``--template-decoder``,
-``..._colour_<C>`` with ``--object-colour C``).
+``..._template`` with ``--template-decoder``, ``..._colour_<C>`` with ``--object-colour C``,
+``..._<E><K>`` with ``--estimator E --num-particles K``, ``..._system_allocator`` with
+``--system-allocator``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -38,9 +43,19 @@ from machine import add_allocator_option, apply_allocator  # noqa: E402
 NAMES = ("multi-mnist", "multi-dsprites", "scattered-mnist")
 
 
-def measure(name: str, seeds: int, steps: int, dair: bool = False, options: dict | None = None) -> dict:
+def measure(
+    name: str,
+    seeds: int,
+    steps: int,
+    dair: bool = False,
+    options: dict | None = None,
+    particles: int | None = None,
+    allocator: str = "system",
+) -> dict:
     """One (dataset, K seeds) case, in this process (DAIR's guide input if ``dair``; ``options``:
-    AIRConfig fields that replace the recipe's, e.g. ``{"conv_decoder": (64, 32)}``)."""
+    AIRConfig fields that replace the recipe's, e.g. ``{"conv_decoder": (64, 32)}``; ``particles``:
+    the optimiser's ``num_particles``, e.g. VIMCO's K; ``allocator``: what ``apply_allocator`` set,
+    recorded)."""
     import jax
     import jax.numpy as jnp
 
@@ -50,7 +65,8 @@ def measure(name: str, seeds: int, steps: int, dair: bool = False, options: dict
     recipe = DATASET_RECIPES[name].recipe
     air, batch = (recipe.air.replace(guide_input="difference") if dair else recipe.air), 64
     air = air.replace(**(options or {}))
-    svi = make_svi(air, recipe.optim)
+    optim = recipe.optim if particles is None else dataclasses.replace(recipe.optim, num_particles=particles)
+    svi = make_svi(air, optim)
     data = jax.random.randint(jax.random.PRNGKey(0), (1024,) + tuple(air.image_shape), 0, 256).astype(jnp.uint8)
     first = data[:batch].astype(jnp.float32) / 255.0
     states = jax.vmap(svi.init, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(1), seeds), first)
@@ -78,6 +94,9 @@ def measure(name: str, seeds: int, steps: int, dair: bool = False, options: dict
         "broadcast_decoder": air.broadcast_decoder,
         "template_decoder": air.template_decoder,
         "object_colour": air.object_colour,
+        "estimator": air.presence_estimator,
+        "particles": optim.for_estimator(air.presence_estimator).num_particles,
+        "allocator": allocator,
         "seeds": seeds,
         "canvas": list(air.image_shape),
         "model_steps": air.num_steps,
@@ -115,21 +134,24 @@ def main(argv=None) -> list:
     ap.add_argument("--broadcast-decoder", type=int, nargs="+", default=[], metavar="H", help="as the CLI flag")
     ap.add_argument("--template-decoder", type=int, metavar="K", help="as the CLI flag")
     ap.add_argument("--object-colour", choices=["pixel", "single"], help="as the CLI flag (default: the recipe's)")
+    ap.add_argument("--estimator", choices=["nvil", "vimco", "concrete"], help="as the CLI flag (default: the recipe's)")
+    ap.add_argument("--num-particles", type=int, help="as the CLI flag (default: the estimator's)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     add_allocator_option(ap)
     a = ap.parse_args(argv)
     if a.child:
         os.environ["JAX_PLATFORMS"] = {"gpu": "cuda"}.get(a.device, a.device)
-        apply_allocator(a.system_allocator)
+        allocator = apply_allocator(a.system_allocator)
         options = {
             "conv_decoder": tuple(a.conv_decoder),
             "broadcast_decoder": tuple(a.broadcast_decoder),
             "template_decoder": a.template_decoder,
             "object_colour": a.object_colour,
+            "presence_estimator": a.estimator,
         }
         options = {k: v for k, v in options.items() if v}
-        print(json.dumps(measure(a.child[0], int(a.child[1]), a.steps, a.dair, options)))
+        print(json.dumps(measure(a.child[0], int(a.child[1]), a.steps, a.dair, options, a.num_particles, allocator)))
         return []
     results = []
     for name in a.only or NAMES:
@@ -140,6 +162,8 @@ def main(argv=None) -> list:
             cmd += ["--broadcast-decoder", *map(str, a.broadcast_decoder)] if a.broadcast_decoder else []
             cmd += ["--template-decoder", str(a.template_decoder)] if a.template_decoder else []
             cmd += ["--object-colour", a.object_colour] if a.object_colour else []
+            cmd += ["--estimator", a.estimator] if a.estimator else []
+            cmd += ["--num-particles", str(a.num_particles)] if a.num_particles else []
             cmd += ["--system-allocator"] if a.system_allocator else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             r = json.loads(out)
@@ -155,6 +179,8 @@ def main(argv=None) -> list:
         suffix += "_broadcast" if a.broadcast_decoder else ""
         suffix += "_template" if a.template_decoder else ""
         suffix += f"_colour_{a.object_colour}" if a.object_colour else ""
+        suffix += f"_{a.estimator}{a.num_particles or ''}" if a.estimator else ""
+        suffix += "_system_allocator" if a.system_allocator else ""
         path = HERE / "results" / f"{a.device}_dataset_recipes{suffix}.json"
         path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "cases": results}, indent=1))
         print(f"wrote {path}")
