@@ -64,7 +64,8 @@ def median_times(call, steps: int, warmup: int) -> dict:
 
 def add_allocator_option(ap) -> None:
     """``--system-allocator``, as ``numpyro-air train``: glibc's malloc defaults instead of keeping
-    freed memory in the process (``numpyro_air.train.allocator``)."""
+    freed memory in the process. (Its help is written here: importing ``numpyro_air`` imports JAX,
+    and ``dataset_recipes.py`` children set ``JAX_PLATFORMS`` after parsing.)"""
     ap.add_argument(
         "--system-allocator",
         action="store_true",
@@ -74,10 +75,8 @@ def add_allocator_option(ap) -> None:
 
 
 def apply_allocator(system: bool) -> str:
-    """Set this process's allocator as ``numpyro-air train`` does; returns the name the results
-    record: "retain" (freed memory kept, where glibc) or "system"."""
-    if system:
-        return "system"
-    from numpyro_air.train.allocator import retain_freed_memory
+    """Set this process's allocator as ``numpyro-air train`` does (``numpyro_air.cli.choose_allocator``);
+    returns the name the results record: "retain" (freed memory kept, where glibc) or "system"."""
+    from numpyro_air.cli import choose_allocator
 
-    return "retain" if retain_freed_memory() else "system"
+    return choose_allocator(system)

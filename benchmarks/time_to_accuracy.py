@@ -237,8 +237,8 @@ def main(argv=None) -> dict:
     device = _pick_device(args.device)
     with jax.default_device(device):
         res = train_to_targets(args, log)
-    res["allocator"] = allocator
     res |= {
+        "allocator": allocator,
         "recipe": f"PRESETS[{args.preset!r}]",
         "batch_size": args.batch_size,
         "seed": args.seed,

@@ -57,13 +57,15 @@ ALLOCATOR_HELP = (
 )
 
 
-def choose_allocator(system: bool) -> None:
+def choose_allocator(system: bool) -> str:
     """Unless ``system`` (``--system-allocator``), keep freed host memory in the process
-    (:func:`numpyro_air.train.allocator.retain_freed_memory`; nothing changes off glibc)."""
-    if not system:
-        from numpyro_air.train.allocator import retain_freed_memory
+    (:func:`numpyro_air.train.allocator.retain_freed_memory`; nothing changes off glibc).
+    Returns what the process runs with: "retain" (freed memory kept) or "system"."""
+    if system:
+        return "system"
+    from numpyro_air.train.allocator import retain_freed_memory
 
-        retain_freed_memory()
+    return "retain" if retain_freed_memory() else "system"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
