@@ -4,7 +4,7 @@ and RGB 128x128 (conv embedding), each in a fresh process.
     python benchmarks/canvas.py [--batch-size 64] [--steps 10] [--only NAME ...] [--compute-dtype D] [--json]
 
 For each case: the tutorial recipe (NVIL, LSTM 256, z_what 50, 3 steps) on random images in [0, 1]
-of that canvas, ``jax.jit(make_update(svi, config))`` compiled, 3 warm-up steps, then the median of
+of that canvas, ``jit_update(svi, config)`` (state donated) compiled, 3 warm-up steps, then the median of
 ``--steps`` blocked steps; the process's peak resident memory (``ru_maxrss``) after the last step;
 the parameter count; and the forward FLOPs per image of the networks that the conv options replace
 (``core.nets.flops_per_example``: encoder, decoder, image embedding or the LSTMs' image projection).
@@ -49,13 +49,13 @@ def measure(name: str, batch: int, steps: int, compute_dtype: str = "float32") -
     from numpyro_air import AIRConfig, make_svi
     from numpyro_air.core.nets import decoder_module, embed_module, encoder_module, flops_per_example
     from numpyro_air.train.recipes import OptimConfig
-    from numpyro_air.train.svi import make_update
+    from numpyro_air.train.svi import jit_update
 
     cfg = AIRConfig.tutorial(**CASES[name], compute_dtype=compute_dtype)
     svi = make_svi(cfg, OptimConfig.tutorial())
     images = jax.random.uniform(jax.random.PRNGKey(0), (batch,) + tuple(cfg.image_shape))
     state = svi.init(jax.random.PRNGKey(1), images)
-    step = jax.jit(make_update(svi, cfg))
+    step = jit_update(svi, cfg)
     t0 = time.perf_counter()
     compiled = step.lower(state, images, jnp.asarray(1)).compile()
     compile_sec = time.perf_counter() - t0

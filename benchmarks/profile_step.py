@@ -4,7 +4,7 @@ Usage:  python benchmarks/profile_step.py [--batch-size 64] [--steps 20] [--devi
                                           [--top 15] [--trace-dir DIR] [--infer] [--json]
                                           [--compute-dtype float32|bfloat16]
 
-Runs the bare step ``jax.jit(make_update(svi, cfg))`` of the tutorial recipe (as ``roofline.py`` and
+Runs the bare step ``jit_update(svi, cfg)`` (state donated) of the tutorial recipe (as ``roofline.py`` and
 ``svi_step.py`` build it) under ``jax.profiler.trace`` for ``--steps`` steps after compilation,
 reads the trace's events back, keeps the events whose name is an instruction of the compiled
 step's optimized HLO, computes each event's *self* time (its duration minus the events nested in

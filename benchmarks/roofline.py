@@ -19,7 +19,7 @@ Measures, in one process, with the tutorial networks (``AIRConfig.tutorial()``):
     the parameter count from the real params tree (``jax.eval_shape`` of ``svi.init``).
 
 The step's floor = sum(count x FLOPs / FLOP/s measured at that shape) + Adam bytes / bandwidth,
-printed beside the measured median time of the bare step ``jax.jit(make_update(svi, cfg))`` (timed as
+printed beside the measured median time of the bare step ``jit_update(svi, cfg)`` (state donated) (timed as
 ``svi_step.py`` does: a pool of batches on the device, each step blocked) and the fraction
 floor / measured. Element-wise work other than Adam (activations, log-probs, the STN's weights)
 is not in the floor.
@@ -172,12 +172,12 @@ def stream_bandwidth(device, megabytes: float, repeats: int) -> dict:
 
 
 def build_bare_step(batch: int, device, seed: int = 0, compute_dtype: str = "float32"):
-    """(step_fn, state, pool, svi, cfg): the bare jitted step ``jax.jit(make_update(svi, cfg))`` of
+    """(step_fn, state, pool, svi, cfg): the bare step ``jit_update(svi, cfg)`` (state donated) of
     the tutorial recipe (dense-layer operands in ``compute_dtype``), its state on ``device`` and 4
     random (B, 50, 50) batches already there, as ``svi_step.py`` builds them."""
     from numpyro_air import AIRConfig
     from numpyro_air.train.recipes import OptimConfig
-    from numpyro_air.train.svi import make_svi, make_update
+    from numpyro_air.train.svi import jit_update, make_svi
 
     cfg = AIRConfig.tutorial(compute_dtype=compute_dtype)
     rng = np.random.default_rng(seed)
@@ -186,7 +186,7 @@ def build_bare_step(batch: int, device, seed: int = 0, compute_dtype: str = "flo
         pool = [jax.device_put(rng.uniform(0, 1, shape).astype(np.float32), device) for _ in range(4)]
         svi = make_svi(cfg, OptimConfig(learning_rate=1e-4, baseline_learning_rate=0.1))  # tutorial lrs
         state = jax.device_put(jax.jit(svi.init)(jax.random.PRNGKey(seed), pool[0]), device)
-    return jax.jit(make_update(svi, cfg)), jax.block_until_ready(state), pool, svi, cfg
+    return jit_update(svi, cfg), jax.block_until_ready(state), pool, svi, cfg
 
 
 def time_bare_step(step_fn, state, pool, steps: int, warmup: int, device):

@@ -33,7 +33,7 @@ def time_seeds(k: int, batch: int, steps: int, warmup: int, device, seed: int = 
     """Median step time of K vmapped seeds (``vmapped=False``, K = 1: the plain training step)."""
     from numpyro_air import AIRConfig
     from numpyro_air.train.recipes import OptimConfig
-    from numpyro_air.train.svi import make_svi, make_update
+    from numpyro_air.train.svi import jit_update, make_svi, make_update
 
     cfg = AIRConfig.tutorial()
     rng = np.random.default_rng(seed)
@@ -42,10 +42,10 @@ def time_seeds(k: int, batch: int, steps: int, warmup: int, device, seed: int = 
         svi = make_svi(cfg, OptimConfig(baseline_learning_rate=0.1))
         keys = jnp.stack([jax.random.PRNGKey(seed + i) for i in range(k)])
         states = jax.block_until_ready(jax.jit(jax.vmap(svi.init, in_axes=(0, None)))(keys, pool[0][0]))
-        step = jax.jit(jax.vmap(make_update(svi, cfg), in_axes=(0, 0, None)))
+        step = jax.jit(jax.vmap(make_update(svi, cfg), in_axes=(0, 0, None)), donate_argnums=0)
         if not vmapped:
             states, pool = jax.tree.map(lambda a: a[0], states), [p[0] for p in pool]
-            step = jax.jit(make_update(svi, cfg))
+            step = jit_update(svi, cfg)
         t0 = time.perf_counter()
         states, info = jax.block_until_ready(step(states, pool[0], jnp.asarray(1, jnp.int32)))
         compile_sec = time.perf_counter() - t0

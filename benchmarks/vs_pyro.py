@@ -17,7 +17,7 @@ What is timed, with the tutorial recipe (``Recipe.tutorial()``; Pyro's tutorial 
 ``--z-pres-prior 0.01 --scale-prior-sd 0.2 --predict-net 200 --bl-predict-net 200
 --decoder-output-use-sigmoid --decoder-output-bias -2 -blr 0.1``), on random 50x50 images in [0, 1]:
 
-- training step at each of ``--batch-sizes``: ours is the bare step ``jax.jit(make_update(svi, cfg))``
+- training step at each of ``--batch-sizes``: ours is the bare step ``jit_update(svi, cfg)`` (state donated)
   fed a pre-placed batch, each step blocked (as ``svi_step.py``); Pyro's is ``svi.step(X,
   batch_size=B, z_pres_prior_p=...)`` with ``SVI(air.model, air.guide, Adam, TraceGraph_ELBO())``,
   the Adam learning rates per parameter as Pyro's ``main.py`` sets them (baseline params "bl_*":
@@ -34,8 +34,10 @@ the children alternate ours, Pyro, ours, Pyro, ... for each task in each of ``--
 the report gives the best and the median of each side's child medians and the ratio Pyro / ours.
 Both children run with glibc's malloc keeping freed memory in the process, as ``numpyro-air
 train`` sets it for itself (the ``MALLOC_*_`` variables of
-``numpyro_air.train.allocator.malloc_environment()``); ``--system-allocator`` runs both with
-glibc's defaults. Pyro's times swing with other load on the cores: run it on an otherwise idle machine.
+``numpyro_air.train.allocator.malloc_environment()``), and ours runs its computations on the
+calling thread as the CLI does (``synchronous_cpu_dispatch``); ``--system-allocator`` runs both
+with glibc's defaults and ours with JAX's asynchronous dispatch. Pyro's times swing with other
+load on the cores: run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -77,7 +79,10 @@ def ours_child(a) -> dict:
     from roofline import build_bare_step
 
     from numpyro_air import infer
+    from numpyro_air.train.allocator import synchronous_cpu_dispatch
 
+    if not a.system_allocator:  # as numpyro-air train (the malloc settings come from the environment)
+        synchronous_cpu_dispatch()
     device = jax.devices()[0]
     step_fn, state, pool, svi, cfg = build_bare_step(a.batch_size, device, a.seed, a.compute_dtype)
     if a.task == "train":
@@ -186,6 +191,8 @@ def run_child(side: str, task: str, batch: int, args, settings: dict) -> dict:
         "--compute-dtype",
         args.compute_dtype,
     ]
+    if args.system_allocator:
+        cmd.append("--system-allocator")
     if side == "pyro":
         cmd += [
             "--pyro-air-dir",

@@ -540,8 +540,8 @@ def test_loop_compiles_its_step_once_and_a_failing_action_logs_each_row_once(tmp
     traces, evaluations = [], []
     real_update, real_evaluate = step_mod.make_update, training.evaluate
 
-    def counting_update(svi, config):
-        update = real_update(svi, config)
+    def counting_update(svi, config, **kwargs):
+        update = real_update(svi, config, **kwargs)
         return lambda *args: (traces.append(1), update(*args))[1]
 
     def evaluate_then_fail(*args, **kwargs):

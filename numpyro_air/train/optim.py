@@ -41,6 +41,62 @@ def check_schedule(warmup_steps: int, decay_steps: int, final_lr_fraction: float
         raise ValueError(f"final_lr_fraction must be in [0, 1], got {final_lr_fraction!r}")
 
 
+def applies(value) -> jnp.ndarray:
+    """bool (): whether an update whose extra argument ``value`` is this applies. Every
+    transformation here skips (keeps its state, returns zero updates) when ``value`` is given and
+    not finite; :func:`numpyro_air.train.svi.make_update` passes the loss there, made NaN when a
+    gradient is not finite, as NumPyro's optax wrapper passes ``value=loss``."""
+    return jnp.bool_(True) if value is None else jnp.all(jnp.isfinite(value))
+
+
+def _keep(ok: jnp.ndarray, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
+def scale_by_adam_or_skip(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformationExtraArgs:
+    """``optax.scale_by_adam`` (same state, same arithmetic in the same order) that skips where
+    :func:`applies` says so: the moments and count are kept and the updates are zero.
+
+    The kept moments are the ones the update is computed from, so the compiled step writes each
+    moment once and the parameter update reads it back; a select applied to optax's state from
+    outside leaves the update reading the unselected moments, which XLA then recomputes from the
+    old ones, and copies them first when the state is donated (``benchmarks/README.md``)."""
+
+    def init(params):
+        return optax.ScaleByAdamState(jnp.zeros([], jnp.int32), optax.tree.zeros_like(params), optax.tree.zeros_like(params))
+
+    def update(updates, state, params=None, *, value=None, **extra_args):
+        del params, extra_args
+        ok = applies(value)
+        mu = _keep(ok, optax.tree.update_moment(updates, state.mu, b1, 1), state.mu)
+        nu = _keep(ok, optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2), state.nu)
+        count = jnp.where(ok, optax.safe_increment(state.count), state.count)
+        mu_hat = optax.tree.bias_correction(mu, b1, count)
+        nu_hat = optax.tree.bias_correction(nu, b2, count)
+        step = jax.tree.map(lambda m, v: jnp.where(ok, m / (jnp.sqrt(v + 0.0) + eps), 0.0), mu_hat, nu_hat)
+        return step, optax.ScaleByAdamState(count, mu, nu)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def keeping_state_on_skip(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """``inner`` (whose state is small: a step count, or nothing) with its state kept where
+    :func:`applies` says the update is skipped; the updates pass through ``inner`` as they are."""
+    inner = optax.with_extra_args_support(inner)
+
+    def update(updates, state, params=None, *, value=None, **extra_args):
+        new_updates, new_state = inner.update(updates, state, params, value=value, **extra_args)
+        return new_updates, _keep(applies(value), new_state, state)
+
+    return optax.GradientTransformationExtraArgs(inner.init, update)
+
+
+def adam_or_skip(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformationExtraArgs:
+    """``optax.adam`` (the same chain of states and the same updates) that skips a step whose
+    ``value`` is not finite: moments, counts and parameters stay as they were."""
+    return optax.chain(scale_by_adam_or_skip(b1, b2, eps), keeping_state_on_skip(optax.scale_by_learning_rate(learning_rate)))
+
+
 class ParamAverageState(NamedTuple):
     """State of :func:`with_param_average`: the wrapped optimiser's state, the number of updates
     averaged so far and the running average of the parameters."""
@@ -77,16 +133,19 @@ def with_param_average(inner: optax.GradientTransformation, decay: float) -> opt
     def init(params):
         return ParamAverageState(inner.init(params), jnp.zeros([], jnp.int32), jax.tree.map(jnp.array, params))
 
-    def update(grads, state: ParamAverageState, params=None):
+    inner = optax.with_extra_args_support(inner)
+
+    def update(grads, state: ParamAverageState, params=None, *, value=None, **extra_args):
         if params is None:
             raise ValueError("with_param_average needs the parameters: call update(grads, state, params)")
-        updates, inner_state = inner.update(grads, state.optimizer_state, params)
-        count = state.average_count + 1
+        updates, inner_state = inner.update(grads, state.optimizer_state, params, value=value, **extra_args)
+        ok = applies(value)
+        count = jnp.where(ok, state.average_count + 1, state.average_count)
         r = average_rate(decay, count)
         new = jax.tree.map(lambda a, p, u: r * a + (1.0 - r) * (p + u), state.averaged_params, params, updates)
-        return updates, ParamAverageState(inner_state, count, new)
+        return updates, ParamAverageState(inner_state, count, _keep(ok, new, state.averaged_params))
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def averaged_params(optim_state) -> Optional[Any]:
@@ -128,7 +187,7 @@ def make_optimizer(
         raise ValueError(f"clip_norm must be positive or None, got {clip_norm!r}")
 
     def group(lr: float) -> optax.GradientTransformation:
-        adam = optax.adam(lr_schedule(lr, warmup_steps, decay_steps, final_lr_fraction), b1=b1, b2=b2, eps=eps)
+        adam = adam_or_skip(lr_schedule(lr, warmup_steps, decay_steps, final_lr_fraction), b1=b1, b2=b2, eps=eps)
         return adam if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
 
     check_average_decay(average_decay)

@@ -67,10 +67,13 @@ def all_finite(loss: jnp.ndarray, grads) -> jnp.ndarray:
     return jnp.all(jnp.isfinite(sums))
 
 
-def make_update(svi: SVI, config: AIRConfig) -> Callable[[SVIState, jnp.ndarray, jnp.ndarray], tuple]:
+def make_update(svi: SVI, config: AIRConfig, leading_axis: bool = False) -> Callable[[SVIState, jnp.ndarray, jnp.ndarray], tuple]:
     """Pure (un-jitted) step ``(state, images (B,H,H), step) -> (state, StepInfo)`` for an SVI
     built by :func:`make_svi` from ``config`` (which gives the annealed prior and temperature).
     Compose it with ``jax.jit`` / ``jax.vmap`` yourself, or use :func:`numpyro_air.train.step.make_step`.
+    With ``leading_axis`` every leaf of the state and of the result, and the images (1, B, H, W),
+    carry a leading axis of size 1 (one seed of the training loop's stacked states); the
+    optimiser then runs on the stacked leaves, so that a donated state is updated in place.
 
     Same arithmetic and RNG use as ``svi.update``, on NumPyro's public API only (the ELBO's
     ``loss`` / ``loss_with_mutable_state``, ``svi.constrain_fn``, the optimiser's ``get_params``
@@ -82,7 +85,10 @@ def make_update(svi: SVI, config: AIRConfig) -> Callable[[SVIState, jnp.ndarray,
       are kept, the RNG still advances) and sets ``StepInfo.skipped``. The test runs on the loss
       and the sum of all gradient elements *before* the optimiser (NaN and infinities propagate
       through a sum; a norm would first write a squared copy of every gradient), so the select
-      fuses into the optimiser's element-wise update instead of costing another pass.
+      fuses into the optimiser's element-wise update instead of costing another pass. The
+      optimiser skips the update itself (:func:`numpyro_air.train.optim.applies`: it is given
+      the loss, made NaN when a gradient is not finite), so that it computes the parameters'
+      update from the moments it keeps and the compiled step writes each of them once.
     """
     if not isinstance(config, AIRConfig):
         raise TypeError(f"make_update needs the AIRConfig the SVI was built from, got {type(config).__name__}")
@@ -104,18 +110,31 @@ def make_update(svi: SVI, config: AIRConfig) -> Callable[[SVIState, jnp.ndarray,
 
         return loss
 
+    squeeze = (lambda tree: jax.tree.map(lambda a: a.reshape(a.shape[1:]), tree)) if leading_axis else (lambda t: t)
+    stack = (lambda tree: jax.tree.map(lambda a: a.reshape((1, *a.shape)), tree)) if leading_axis else (lambda t: t)
+
     def update(state: SVIState, images: jnp.ndarray, step: jnp.ndarray):
+        images = squeeze(images)
         kwargs = {"z_pres_prior": z_pres_prior_probs(config, step)}
         if config.relaxed_presence:
             kwargs["temperature"] = concrete_temperature(config, step)
-        rng_key, rng_key_step = jax.random.split(state.rng_key)
+        rng_key, rng_key_step = jax.random.split(squeeze(state.rng_key))
         params = svi.optim.get_params(state.optim_state)
-        loss_of = loss_fn(rng_key_step, images, kwargs, state.mutable_state)
-        (loss, mutable_state), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+        loss_of = loss_fn(rng_key_step, images, kwargs, squeeze(state.mutable_state))
+        (loss, mutable_state), grads = jax.value_and_grad(lambda p: loss_of(squeeze(p)), has_aux=True)(params)
         ok = all_finite(loss, grads)
-        optim_state = svi.optim.update(grads, state.optim_state, value=loss)
+        # the optimiser skips a non-finite value itself (train.optim.applies); its step count too
+        i, optim_state = svi.optim.update(grads, state.optim_state, value=jnp.where(ok, loss, jnp.nan))
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        new_state = SVIState(keep(optim_state, state.optim_state), keep(mutable_state, state.mutable_state), rng_key)
-        return new_state, StepInfo(jnp.where(ok, loss, jnp.nan) / images.shape[0], ~ok)
+        optim_state = (keep(i, state.optim_state[0]), optim_state)
+        new_state = SVIState(optim_state, keep(stack(mutable_state), state.mutable_state), stack(rng_key))
+        return new_state, stack(StepInfo(jnp.where(ok, loss, jnp.nan) / images.shape[0], ~ok))
 
     return update
+
+
+def jit_update(svi: SVI, config: AIRConfig) -> Callable[[SVIState, jnp.ndarray, jnp.ndarray], tuple]:
+    """``jax.jit`` of :func:`make_update` with the state donated, as the training loop compiles it
+    (:func:`numpyro_air.train.step.make_step`): the new parameters and Adam moments are written
+    over the old ones, so the state passed in must not be used again."""
+    return jax.jit(make_update(svi, config), donate_argnums=0)
