@@ -72,7 +72,9 @@ out["step_param_maxdiff"] = maxdiff(svi.get_params(s_a), jax.tree.map(lambda a: 
 # K = 2 seeds x 2 devices vs each seed alone on one device
 multi = make_step(svi, cfg, 2, mesh)
 idx2 = np.arange(2 * B).reshape(2, B)
-s_m, i_m = multi(jax.device_put(states, parallel.replicated(mesh)), sharded_batch(data, idx2, mesh), jnp.asarray(1))
+# the steps donate their states: each gets its own copy
+copy = lambda tree: jax.tree.map(jnp.array, tree)  # noqa: E731
+s_m, i_m = multi(jax.device_put(copy(states), parallel.replicated(mesh)), sharded_batch(data, idx2, mesh), jnp.asarray(1))
 diffs, ldiffs = [], []
 for k in range(2):
     s_k, i_k = step1(jax.tree.map(lambda a: a[k], states), imgs[k], jnp.asarray(1))
@@ -80,7 +82,7 @@ for k in range(2):
     ldiffs.append(abs(float(i_k.loss) - float(i_m.loss[k])))
 out["seeds_devices_param_maxdiff"], out["seeds_devices_loss_diff"] = max(diffs), max(ldiffs)
 # vmapped seeds on one device equal the individual steps too
-s_v, i_v = make_step(svi, cfg, 2)(states, DeviceRows(jnp.asarray(data), jnp.asarray(idx2)), jnp.asarray(1))
+s_v, i_v = make_step(svi, cfg, 2)(copy(states), DeviceRows(jnp.asarray(data), jnp.asarray(idx2)), jnp.asarray(1))
 out["seeds_vmap_param_maxdiff"] = max(
     maxdiff(
         svi.get_params(step1(jax.tree.map(lambda a: a[k], states), imgs[k], jnp.asarray(1))[0]),
