@@ -88,7 +88,9 @@ def make_update(svi: SVI, config: AIRConfig, leading_axis: bool = False) -> Call
       fuses into the optimiser's element-wise update instead of costing another pass. The
       optimiser skips the update itself (:func:`numpyro_air.train.optim.applies`: it is given
       the loss, made NaN when a gradient is not finite), so that it computes the parameters'
-      update from the moments it keeps and the compiled step writes each of them once.
+      update from the moments it keeps and the compiled step writes each of them once. An
+      SVI with an optimiser of one's own needs one that skips a non-finite ``value`` too
+      (built from :func:`numpyro_air.train.optim.adam_or_skip`), or NaN reaches its state.
     """
     if not isinstance(config, AIRConfig):
         raise TypeError(f"make_update needs the AIRConfig the SVI was built from, got {type(config).__name__}")
