@@ -49,10 +49,6 @@ def applies(value) -> jnp.ndarray:
     return jnp.bool_(True) if value is None else jnp.all(jnp.isfinite(value))
 
 
-def _keep(ok: jnp.ndarray, new, old):
-    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-
-
 def scale_by_adam_or_skip(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformationExtraArgs:
     """``optax.scale_by_adam`` (same state, same arithmetic in the same order) that skips where
     :func:`applies` says so: the moments and count are kept and the updates are zero.
@@ -68,8 +64,8 @@ def scale_by_adam_or_skip(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8)
     def update(updates, state, params=None, *, value=None, **extra_args):
         del params, extra_args
         ok = applies(value)
-        mu = _keep(ok, optax.tree.update_moment(updates, state.mu, b1, 1), state.mu)
-        nu = _keep(ok, optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2), state.nu)
+        mu = optax.tree.where(ok, optax.tree.update_moment(updates, state.mu, b1, 1), state.mu)
+        nu = optax.tree.where(ok, optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2), state.nu)
         count = jnp.where(ok, optax.safe_increment(state.count), state.count)
         mu_hat = optax.tree.bias_correction(mu, b1, count)
         nu_hat = optax.tree.bias_correction(nu, b2, count)
@@ -86,7 +82,7 @@ def keeping_state_on_skip(inner: optax.GradientTransformation) -> optax.Gradient
 
     def update(updates, state, params=None, *, value=None, **extra_args):
         new_updates, new_state = inner.update(updates, state, params, value=value, **extra_args)
-        return new_updates, _keep(applies(value), new_state, state)
+        return new_updates, optax.tree.where(applies(value), new_state, state)
 
     return optax.GradientTransformationExtraArgs(inner.init, update)
 
@@ -143,7 +139,7 @@ def with_param_average(inner: optax.GradientTransformation, decay: float) -> opt
         count = jnp.where(ok, state.average_count + 1, state.average_count)
         r = average_rate(decay, count)
         new = jax.tree.map(lambda a, p, u: r * a + (1.0 - r) * (p + u), state.averaged_params, params, updates)
-        return updates, ParamAverageState(inner_state, count, _keep(ok, new, state.averaged_params))
+        return updates, ParamAverageState(inner_state, count, optax.tree.where(ok, new, state.averaged_params))
 
     return optax.GradientTransformationExtraArgs(init, update)
 

@@ -1,9 +1,10 @@
 """The one builder of the training loop's compiled step: one seed, K vmapped seeds, sharded devices.
 
 Everything derives from the pure :func:`numpyro_air.train.svi.make_update`. The loop always holds its
-SVI states stacked on a leading seeds axis (K, ...), also for K = 1; the one-seed case lives in
-:func:`over_seeds` only (it runs the plain update on the squeezed state: on CPU a vmap of size 1
-was measured 30-40% slower than the plain step).
+SVI states stacked on a leading seeds axis (K, ...), also for K = 1; one seed runs
+``make_update(..., leading_axis=True)``, the plain update with that axis kept on the state (on CPU
+a vmap of size 1 was measured 30-40% slower than the plain step, and dropping the axis around the
+optimiser made XLA copy every Adam moment of the donated state), K seeds :func:`over_seeds`.
 
 One signature, ``step(states, batch, t) -> (states, StepInfo)``, whatever the layout: ``batch``
 is what a :class:`BatchSource` gives for step ``t - 1``, and how the step reads its images from it
@@ -40,24 +41,19 @@ class DeviceRows(NamedTuple):
 
 def over_seeds(update: Callable, num_seeds: int, sequential: bool = False) -> Callable:
     """``update(state, images (B,H,W), t)`` -> ``(states (K,...), images (K,B,H,W), t)``: the K
-    seeds vmapped, or with ``sequential`` as K plain one-seed updates side by side in the one
-    compiled program (unrolled; compiling takes about K times as long)."""
-    if num_seeds > 1 and sequential:
+    seeds (K >= 2) vmapped, or with ``sequential`` as K plain one-seed updates side by side in the
+    one compiled program (unrolled; compiling takes about K times as long). One seed:
+    ``make_update(..., leading_axis=True)``."""
+    if num_seeds < 2:
+        raise ValueError(f"over_seeds runs K >= 2 seeds, got {num_seeds}: one seed is make_update(..., leading_axis=True)")
+    if sequential:
 
         def unrolled(states, images, t):
             outs = [update(jax.tree.map(lambda a: a[k], states), images[k], t) for k in range(num_seeds)]
             return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outs)
 
         return unrolled
-    if num_seeds > 1:
-        return jax.vmap(update, in_axes=(0, 0, None))
-
-    def one(states, images, t):
-        squeeze = lambda tree: jax.tree.map(lambda a: a[0], tree)  # noqa: E731
-        new, info = update(squeeze(states), images[0], t)
-        return jax.tree.map(lambda a: a[None], (new, info))
-
-    return one
+    return jax.vmap(update, in_axes=(0, 0, None))
 
 
 def gather_images(data: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
@@ -80,7 +76,7 @@ def make_step(svi, config: AIRConfig, num_seeds: int = 1, mesh: Optional[Mesh] =
     """
     if num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
-    if num_seeds == 1:  # the stacked leaves through the optimiser: in place (see over_seeds)
+    if num_seeds == 1:  # the stacked leaves through the optimiser: in place (the module docstring)
         update = make_update(svi, config, leading_axis=True)
     else:
         update = over_seeds(make_update(svi, config), num_seeds, sequential=config.uses_convolutions)

@@ -6,6 +6,7 @@ from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.svi import SVIState
 
@@ -126,11 +127,12 @@ def make_update(svi: SVI, config: AIRConfig, leading_axis: bool = False) -> Call
         (loss, mutable_state), grads = jax.value_and_grad(lambda p: loss_of(squeeze(p)), has_aux=True)(params)
         ok = all_finite(loss, grads)
         # the optimiser skips a non-finite value itself (train.optim.applies); its step count too
-        i, optim_state = svi.optim.update(grads, state.optim_state, value=jnp.where(ok, loss, jnp.nan))
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        optim_state = (keep(i, state.optim_state[0]), optim_state)
-        new_state = SVIState(optim_state, keep(stack(mutable_state), state.mutable_state), stack(rng_key))
-        return new_state, stack(StepInfo(jnp.where(ok, loss, jnp.nan) / images.shape[0], ~ok))
+        value = jnp.where(ok, loss, jnp.nan)
+        i, optim_state = svi.optim.update(grads, state.optim_state, value=value)
+        optim_state = (optax.tree.where(ok, i, state.optim_state[0]), optim_state)
+        mutable_state = optax.tree.where(ok, stack(mutable_state), state.mutable_state)
+        new_state = SVIState(optim_state, mutable_state, stack(rng_key))
+        return new_state, stack(StepInfo(value / images.shape[0], ~ok))
 
     return update
 
