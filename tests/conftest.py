@@ -159,6 +159,15 @@ def params_of(tr) -> dict:
     return {k: s["value"] for k, s in tr.items() if s["type"] == "param"}
 
 
+def bit_identical(a, b) -> bool:
+    """The two pytrees' leaves have the same dtypes, shapes and bytes (NaN payloads and the sign
+    of zero included)."""
+    la, lb = [np.asarray(x) for x in jax.tree.leaves(a)], [np.asarray(x) for x in jax.tree.leaves(b)]
+    return len(la) == len(lb) and all(
+        x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes() for x, y in zip(la, lb)
+    )
+
+
 def experiment_script(name: str):
     """``experiments/<name>.py`` imported as a module."""
     import importlib.util

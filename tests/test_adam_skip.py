@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import bit_identical
 
 from numpyro_air.core.config import AIRConfig
 from numpyro_air.train.optim import adam_or_skip, applies, lr_schedule, make_optimizer, with_param_average
@@ -28,10 +29,7 @@ def grads(i: int):
 
 
 def identical(a, b) -> bool:
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    return jax.tree.structure(a) == jax.tree.structure(b) and all(
-        x.shape == y.shape and np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)
-    )
+    return jax.tree.structure(a) == jax.tree.structure(b) and bit_identical(a, b)
 
 
 def run(tx, steps, skip_at=(), value=1.0):

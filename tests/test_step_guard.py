@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
+from conftest import bit_identical
 from numpyro.infer import SVI
 
 from numpyro_air.core.config import AIRConfig
@@ -54,13 +55,6 @@ def batch(poison: bool, seed: int) -> jnp.ndarray:
 
 def leaves(tree):
     return [np.asarray(a) for a in jax.tree.leaves(tree)]
-
-
-def bit_identical(a, b) -> bool:
-    la, lb = leaves(a), leaves(b)
-    return len(la) == len(lb) and all(
-        x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes() for x, y in zip(la, lb)
-    )
 
 
 def test_finite_loss_with_nan_gradient_is_skipped():
