@@ -5,8 +5,8 @@ Usage:  python benchmarks/train_loop.py [--batch-size 64] [--steps 200] [--warmu
 
 Three ways to run ``--steps`` optimisation steps of K = ``--num-seeds`` seeds (one step = K x B images):
 
-(a) bare: the jitted update, ``jit_update(svi, config)`` (state donated) (K > 1: its ``jax.vmap`` over the
-    stacked states), fed a batch already on the device (a pool of 4 random batches), as
+(a) bare: the jitted update, ``jit_update(svi, config)`` (state donated) (K > 1: ``over_seeds`` of
+    ``make_update``, the loop's vmap, over the stacked states), fed a batch already on the device (a pool of 4 random batches), as
     ``svi_step.py`` and ``seeds.py`` time it;
 (b) step + BatchSource: the loop's own step ``numpyro_air.train.step.make_step(svi, config, K)`` with the uint8 data set
     (``--num-images`` random 50x50 canvases) on the device and each step's (K, B) indices from
@@ -60,6 +60,7 @@ def _timed_run(step, state, args_of, start: int, steps: int):
 
 def bare_runner(svi, air, K: int, batch: int, device, seed: int):
     """(step, state, args_of) of the bare update fed a pool of 4 pre-placed batches."""
+    from numpyro_air.train.step import over_seeds
     from numpyro_air.train.svi import jit_update, make_update
 
     rng = np.random.default_rng(seed)
@@ -68,7 +69,7 @@ def bare_runner(svi, air, K: int, batch: int, device, seed: int):
     if K == 1:
         step, state = jit_update(svi, air), jax.jit(svi.init)(jax.random.PRNGKey(seed), pool[0])
     else:
-        step = jax.jit(jax.vmap(make_update(svi, air), in_axes=(0, 0, None)), donate_argnums=0)
+        step = jax.jit(over_seeds(make_update(svi, air), K, sequential=air.uses_convolutions), donate_argnums=0)
         keys = jnp.stack([jax.random.PRNGKey(seed + k) for k in range(K)])
         state = jax.jit(jax.vmap(svi.init, in_axes=(0, None)))(keys, pool[0][0])
     state = jax.device_put(state, device)
