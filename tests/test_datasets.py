@@ -87,6 +87,9 @@ def test_dataset_recipes_fit_their_scenes():
     assert (sc.image_size, sc.channels, sc.num_steps, sc.window_size) == (48, 1, 5, 14)
     assert sc.image_size / sc.scale_prior_mean == pytest.approx(14, abs=0.5)  # a window is one digit
     assert sc.guide_input == "difference" and sc.glimpse_input == "image"  # DAIR, the image glimpse
+    sc_opt, sc_steps = DATASET_RECIPES["scattered-mnist"].recipe.optim, DATASET_RECIPES["scattered-mnist"].train_steps
+    assert sc.scale_prior_sd == 0.1 and (sc_opt.average_decay, sc_opt.average_start, sc_steps) == (0.999, 10_000, 14_000)
+    assert configs("--dataset", "scattered-mnist", "--average-from", "500")[1].average_start == 500  # flags override
     assert configs("--dataset", "scattered-mnist", "--no-dair")[0].guide_input == "image"  # AIR's recipe
     assert configs("--dataset", "multi-mnist", "--dair")[0].guide_input == "difference"
     assert DATASET_RECIPES["multi-mnist"].recipe == PRESETS["fast"]

@@ -106,6 +106,12 @@ def test_parameter_averaging_may_start_or_stop_at_a_resume():
     averaged = _meta(opt=opt)
     check_meta(_meta(), averaged, "ckpt.npz")
     check_meta(averaged, _meta(), "ckpt.npz")
+    later = configs_from_args(
+        build_parser().parse_args(["--preset", "tutorial", "--average-decay", "0.999", "--average-from", "40"])
+    )[1]
+    assert later == dataclasses.replace(opt, average_start=40)
+    check_meta(_meta(), _meta(opt=later), "ckpt.npz")  # a run averaging from a later step resumes any of them
+    check_meta(_meta(opt=later), averaged, "ckpt.npz")
     with pytest.raises(CheckpointError, match="learning_rate"):
         check_meta(_meta(opt=dataclasses.replace(opt, learning_rate=1e-3)), _meta(), "ckpt.npz")
 

@@ -597,6 +597,47 @@ def test_param_average_keeps_the_updates_and_averages_their_parameters():
             OptimConfig(average_decay=bad)
 
 
+def test_param_average_from_a_later_update_is_a_resume_that_starts_averaging():
+    """``start``: the average is the parameters until the inner Adam has applied ``start`` updates
+    (a skipped step does not count), then it follows what a run resumed at that update with
+    averaging added (average = its parameters, count 0) computes, bit for bit."""
+    import optax
+
+    from numpyro_air.train.optim import ParamAverageState, adam_or_skip, averaged_params, with_param_average
+
+    inner, start, decay = adam_or_skip(0.05), 4, 0.9
+    later = with_param_average(inner, decay, start=start)
+    grad = lambda p: jax.tree.map(lambda v: 2 * v + 1, p)  # noqa: E731
+    params = {"a": jnp.array([1.0, -2.0]), "b": jnp.array(3.0)}
+    p, state = params, later.init(params)
+    for n in range(start + 1):  # one of them skipped
+        value = jnp.float32(jnp.nan if n == 2 else 1.0)
+        u, state = later.update(grad(p), state, p, value=value)
+        p = optax.apply_updates(p, u)
+        assert int(state.average_count) == 0
+        for k in p:
+            np.testing.assert_array_equal(averaged_params(state)[k], p[k])
+    resumed = ParamAverageState(state.optimizer_state, jnp.zeros([], jnp.int32), p)  # the resume's state
+    q, fresh = p, with_param_average(inner, decay)
+    for _ in range(6):
+        u, state = later.update(grad(p), state, p, value=jnp.float32(1.0))
+        v, resumed = fresh.update(grad(q), resumed, q, value=jnp.float32(1.0))
+        p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
+    assert int(state.average_count) == int(resumed.average_count) == 6
+    for k in p:
+        np.testing.assert_array_equal(averaged_params(state)[k], averaged_params(resumed)[k])
+        assert not np.allclose(averaged_params(state)[k], p[k], atol=1e-4)
+    with pytest.raises(ValueError, match="Adam state"):  # the count it reads
+        with_param_average(optax.sgd(0.1), decay, start=2).update(
+            grad(params), with_param_average(optax.sgd(0.1), decay).init(params), params
+        )
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="average_start"):
+            OptimConfig(average_decay=0.9, average_start=bad)
+    with pytest.raises(ValueError, match="needs average_decay"):
+        OptimConfig(average_start=10)
+
+
 @pytest.fixture(scope="module")
 def averaged_run(tmp_path_factory, datasets):
     """A run of 2 steps without averaging, resumed to step 4 with averaging."""

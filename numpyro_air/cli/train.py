@@ -69,6 +69,7 @@ FIELDS = {
     "decay_steps": ("optim", "decay_steps"),
     "final_lr_fraction": ("optim", "final_lr_fraction"),
     "average_decay": ("optim", "average_decay"),
+    "average_from": ("optim", "average_start"),
     "model_steps": ("air", "num_steps"),
     "window_size": ("air", "window_size"),
     "encoder_latent_size": ("air", "z_what_size"),
@@ -338,6 +339,13 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         metavar="D",
         help="also keep a moving average of the parameters with decay D in (0, 1), e.g. 0.999 (Polyak averaging); "
         "evaluation, figures and the checkpoint's readers then use the average; may be added when resuming (off)",
+    )
+    a(
+        "--average-from",
+        type=int,
+        metavar="N",
+        help="with --average-decay: start the average after N optimisation steps; until then it is the parameters "
+        "themselves, as when a run resumed at step N adds --average-decay ({optim.average_start})",
     )
     a("--num-particles", type=int, help="ELBO particles ({particles}; --estimator vimco: {vimco_particles})")
     # --- estimators and variants

@@ -171,7 +171,8 @@ def check_meta(meta: dict, expected: dict, path, data_later: Mapping[str, Any] =
             got, want = _without_paths(got), _without_paths(want)
         if key == "optim_config" and isinstance(got, dict) and isinstance(want, dict):
             # averaging may start (or stop) at a resume: it never changes the updates
-            got, want = ({k: v for k, v in d.items() if k != "average_decay"} for d in (got, want))
+            averaging = ("average_decay", "average_start")
+            got, want = ({k: v for k, v in d.items() if k not in averaging} for d in (got, want))
         if got != want:
             if isinstance(got, dict) and isinstance(want, dict):
                 shown = lambda d, f: repr(d[f]) if f in d else "(absent)"  # noqa: E731

@@ -118,13 +118,38 @@ def average_rate(decay: float, count: jnp.ndarray) -> jnp.ndarray:
     return jnp.minimum(jnp.float32(decay), (1.0 + count) / (10.0 + count))
 
 
-def with_param_average(inner: optax.GradientTransformation, decay: float) -> optax.GradientTransformation:
+def check_average_start(start: int) -> None:
+    """Raise ValueError unless ``start`` is an integer >= 0."""
+    if isinstance(start, bool) or not (isinstance(start, int) and start >= 0):
+        raise ValueError(f"average_start must be an integer >= 0, got {start!r}")
+
+
+def applied_updates(optim_state) -> jnp.ndarray:
+    """int32 (): the updates applied so far, read from the count of the first Adam state in
+    ``optim_state`` (every group's count moves together; a skipped step does not count)."""
+    found = [
+        node.count
+        for node in jax.tree.leaves(optim_state, is_leaf=lambda n: isinstance(n, optax.ScaleByAdamState))
+        if isinstance(node, optax.ScaleByAdamState)
+    ]
+    if not found:
+        raise ValueError("averaging from a later update needs an optimiser that keeps an Adam state (optax.ScaleByAdamState)")
+    return found[0]
+
+
+def with_param_average(inner: optax.GradientTransformation, decay: float, start: int = 0) -> optax.GradientTransformation:
     """``inner`` with an exponential moving average of the parameters it produces (Polyak
     averaging): the updates are ``inner``'s, and after each one
     ``average = r * average + (1 - r) * (params + updates)`` with ``r = average_rate(decay, n)``.
     The average starts at the initial parameters; ``update`` needs ``params``. The state keeps
-    ``inner``'s state as one field, so checkpoints name it as they do without averaging."""
+    ``inner``'s state as one field, so checkpoints name it as they do without averaging.
+
+    ``start`` > 0: until ``inner`` has applied ``start`` updates (:func:`applied_updates`, which
+    ``inner`` must keep) the average is the parameters themselves and its count stays 0; the
+    (``start`` + 1)-th update is its first, as when a run resumed at update ``start`` starts
+    averaging. A resumed run continues from the count in its checkpoint."""
     check_average_decay(decay)
+    check_average_start(start)
 
     def init(params):
         return ParamAverageState(inner.init(params), jnp.zeros([], jnp.int32), jax.tree.map(jnp.array, params))
@@ -136,8 +161,9 @@ def with_param_average(inner: optax.GradientTransformation, decay: float) -> opt
             raise ValueError("with_param_average needs the parameters: call update(grads, state, params)")
         updates, inner_state = inner.update(grads, state.optimizer_state, params, value=value, **extra_args)
         ok = applies(value)
-        count = jnp.where(ok, state.average_count + 1, state.average_count)
-        r = average_rate(decay, count)
+        averaging = jnp.bool_(True) if start == 0 else applied_updates(inner_state) > start
+        count = jnp.where(ok & averaging, state.average_count + 1, state.average_count)
+        r = jnp.where(averaging, average_rate(decay, count), 0.0)
         new = jax.tree.map(lambda a, p, u: r * a + (1.0 - r) * (p + u), state.averaged_params, params, updates)
         return updates, ParamAverageState(inner_state, count, optax.tree.where(ok, new, state.averaged_params))
 
@@ -167,6 +193,7 @@ def make_optimizer(
     b2: float = 0.999,
     eps: float = 1e-8,
     average_decay: Optional[float] = None,
+    average_start: int = 0,
 ) -> optax.GradientTransformation:
     """Adam(lr) for model/guide parameters and Adam(baseline_lr) for every ``bl_*`` parameter
     (PyTorch-default betas and eps, as Pyro). Defaults are Pyro's (1e-4, 1e-3); the tutorial
@@ -175,7 +202,8 @@ def make_optimizer(
     ``decay_steps`` and ``final_lr_fraction`` shape both rates alike (:func:`lr_schedule`); the
     schedule's step count lives in the optimiser state, so a resumed run continues it.
     ``average_decay`` (None: off) also keeps an exponential moving average of the parameters in
-    the optimiser state (:func:`with_param_average`); the updates are the same with or without it."""
+    the optimiser state (:func:`with_param_average`), from the update after ``average_start``
+    applied ones; the updates are the same with or without it."""
     for name, v in (("learning_rate", learning_rate), ("baseline_learning_rate", baseline_learning_rate)):
         if not v > 0:
             raise ValueError(f"{name} must be positive, got {v!r}")
@@ -187,5 +215,8 @@ def make_optimizer(
         return adam if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
 
     check_average_decay(average_decay)
+    check_average_start(average_start)
+    if average_start and average_decay is None:
+        raise ValueError(f"average_start={average_start} needs average_decay (the averaging it starts)")
     tx = optax.multi_transform({"main": group(learning_rate), "baseline": group(baseline_learning_rate)}, param_labels)
-    return tx if average_decay is None else with_param_average(tx, average_decay)
+    return tx if average_decay is None else with_param_average(tx, average_decay, average_start)

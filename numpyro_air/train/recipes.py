@@ -39,6 +39,8 @@ class OptimConfig:
     # n reaches about 9 / (1 - decay), then 1 / (1 - decay): 0.999 averages about the last 1,000
     # steps of a long run, the last 500 after 5,000 averaged steps (train.optim.with_param_average)
     average_decay: Optional[float] = None
+    # ... starting after this many applied updates (the average is the parameters until then)
+    average_start: int = 0
 
     def __post_init__(self) -> None:
         if self.num_particles is not None and self.num_particles < 1:
@@ -57,6 +59,7 @@ class OptimConfig:
             self.decay_steps,
             self.final_lr_fraction,
             average_decay=self.average_decay,
+            average_start=self.average_start,
         )
 
     @classmethod
