@@ -90,6 +90,8 @@ def test_dataset_recipes_fit_their_scenes():
     sc_opt, sc_steps = DATASET_RECIPES["scattered-mnist"].recipe.optim, DATASET_RECIPES["scattered-mnist"].train_steps
     assert sc.scale_prior_sd == 0.1 and (sc_opt.average_decay, sc_opt.average_start, sc_steps) == (0.999, 10_000, 14_000)
     assert configs("--dataset", "scattered-mnist", "--average-from", "500")[1].average_start == 500  # flags override
+    plain = configs("--dataset", "scattered-mnist", "--average-decay", "none")[1]
+    assert (plain.average_decay, plain.average_start) == (None, 0)  # and turn the recipe's average off
     assert configs("--dataset", "scattered-mnist", "--no-dair")[0].guide_input == "image"  # AIR's recipe
     assert configs("--dataset", "multi-mnist", "--dair")[0].guide_input == "difference"
     assert DATASET_RECIPES["multi-mnist"].recipe == PRESETS["fast"]

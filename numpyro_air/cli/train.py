@@ -155,6 +155,16 @@ def int_or_none(text: str) -> Optional[int]:
         raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
 
 
+def float_or_none(text: str) -> Optional[float]:
+    """argparse type: a float, or None for "none"."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
 def _show(value) -> str:
     return str(list(value)) if isinstance(value, tuple) else "none" if value is None else str(value)
 
@@ -335,10 +345,11 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     a("--final-lr-fraction", type=float, help="where --decay-steps ends, as a fraction of each rate ({optim.final_lr_fraction})")
     a(
         "--average-decay",
-        type=float,
-        metavar="D",
+        type=float_or_none,
+        metavar="D|none",
         help="also keep a moving average of the parameters with decay D in (0, 1), e.g. 0.999 (Polyak averaging); "
-        "evaluation, figures and the checkpoint's readers then use the average; may be added when resuming (off)",
+        "evaluation, figures and the checkpoint's readers then use the average; may be added when resuming; "
+        "none: no average, also where a recipe keeps one ({optim.average_decay})",
     )
     a(
         "--average-from",
@@ -544,6 +555,8 @@ def configs_from_args(args: argparse.Namespace, images=None):
         num_train = data.num_train
     if d.get("pyro_loss_scale"):
         given["optim"]["loss_scale"] = num_train / tcfg.batch_size
+    if "average_decay" in given["optim"] and given["optim"]["average_decay"] is None:
+        given["optim"].setdefault("average_start", 0)  # no average: a recipe's start has nothing to start
     opt = dataclasses.replace(recipe.optim, **given["optim"])
     return air, opt, tcfg, data
 
