@@ -40,7 +40,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from . import ALLOCATOR_HELP, choose_allocator, example_epilog, set_platform
 
@@ -145,24 +145,23 @@ def data_fields_of_before(dataset: str, config) -> dict:
     return ({"dataset": "multi-mnist"} if dataset == "multi-mnist" else {}) | dict(type(config).LATER_FIELDS)
 
 
-def int_or_none(text: str) -> Optional[int]:
-    """argparse type: an int, or None for "none"."""
-    if text.strip().lower() == "none":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+def _number_or_none(kind: type, what: str) -> Callable[[str], Any]:
+    """argparse type: a ``kind`` (int or float), or None for "none"."""
+
+    def parse(text: str):
+        if text.strip().lower() == "none":
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} or 'none', got {text!r}") from None
+
+    parse.__name__ = f"{kind.__name__}_or_none"
+    return parse
 
 
-def float_or_none(text: str) -> Optional[float]:
-    """argparse type: a float, or None for "none"."""
-    if text.strip().lower() == "none":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+int_or_none = _number_or_none(int, "an integer")
+float_or_none = _number_or_none(float, "a number")
 
 
 def _show(value) -> str:
