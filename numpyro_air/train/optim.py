@@ -127,14 +127,10 @@ def check_average_start(start: int) -> None:
 def applied_updates(optim_state) -> jnp.ndarray:
     """int32 (): the updates applied so far, read from the count of the first Adam state in
     ``optim_state`` (every group's count moves together; a skipped step does not count)."""
-    found = [
-        node.count
-        for node in jax.tree.leaves(optim_state, is_leaf=lambda n: isinstance(n, optax.ScaleByAdamState))
-        if isinstance(node, optax.ScaleByAdamState)
-    ]
+    found = optax.tree.get_all_with_path(optim_state, optax.ScaleByAdamState.__name__)
     if not found:
         raise ValueError("averaging from a later update needs an optimiser that keeps an Adam state (optax.ScaleByAdamState)")
-    return found[0]
+    return found[0][1].count
 
 
 def with_param_average(inner: optax.GradientTransformation, decay: float, start: int = 0) -> optax.GradientTransformation:
@@ -174,12 +170,8 @@ def averaged_params(optim_state) -> Optional[Any]:
     """The averaged (unconstrained) parameters held in an optax state built with
     :func:`with_param_average`, or None when it has none (``optim_state`` as NumPyro's optax wrapper
     keeps it, or any pytree containing a :class:`ParamAverageState`)."""
-    found = [
-        node.averaged_params
-        for node in jax.tree.leaves(optim_state, is_leaf=lambda n: isinstance(n, ParamAverageState))
-        if isinstance(node, ParamAverageState)
-    ]
-    return found[0] if found else None
+    found = optax.tree.get_all_with_path(optim_state, ParamAverageState.__name__)
+    return found[0][1].averaged_params if found else None
 
 
 def make_optimizer(
