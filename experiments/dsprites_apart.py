@@ -25,24 +25,32 @@ from analyse_overlap import overlapping  # noqa: E402
 from numpyro_air.data.datasets import load_dataset  # noqa: E402
 
 
+def apart(split):
+    """The scenes of ``split`` (a :class:`~numpyro_air.data.MultiDSprites`) in which no two sprites'
+    boxes intersect, in their order."""
+    return split.subset(~overlapping(split.boxes, split.counts))
+
+
+def write_scenes(path, split) -> None:
+    """``images``, ``counts`` and ``boxes`` of ``split`` as an .npz that ``--data`` reads."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, images=split.images, counts=split.counts, boxes=split.boxes)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="the .npz of the training scenes whose sprites are apart")
     p.add_argument("--test-out", help="also write the first --num-test test scenes here")
     p.add_argument("--num-test", type=int, default=1000)
     args = p.parse_args(argv)
-    for path in (args.out, args.test_out):
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
     train, test = load_dataset("multi-dsprites")
-    keep = ~overlapping(train.boxes, train.counts)
-    np.savez(args.out, images=train.images[keep], counts=train.counts[keep], boxes=train.boxes[keep])
-    kept = np.bincount(train.counts[keep], minlength=4).tolist()
-    print(f"{args.out}: {int(keep.sum())} of {len(keep)} training scenes, by count {kept}")
+    kept = apart(train)
+    write_scenes(args.out, kept)
+    by_count = np.bincount(kept.counts, minlength=4).tolist()
+    print(f"{args.out}: {len(kept)} of {len(train)} training scenes, by count {by_count}")
     if args.test_out:
-        n = args.num_test
-        np.savez(args.test_out, images=test.images[:n], counts=test.counts[:n], boxes=test.boxes[:n])
-        print(f"{args.test_out}: the first {n} test scenes")
+        write_scenes(args.test_out, test.subset(slice(0, args.num_test)))
+        print(f"{args.test_out}: the first {args.num_test} test scenes")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,12 @@ def test_schedule_flags_set_the_optimiser_and_old_checkpoints_still_resume():
         check_meta(older, run_meta(air, opt, tcfg, {}, 0, 5), "ckpt.npz")
     with pytest.raises(ValueError, match="warmup_steps must be an integer >= 0"):
         OptimConfig(warmup_steps=-5)
+    # a bool is an int to Python, never a step count; each schedule field is checked
+    for field, value in (("warmup_steps", True), ("decay_steps", False), ("average_start", True)):
+        with pytest.raises(ValueError, match=f"{field} must be an integer >= 0, got {value}"):
+            OptimConfig(**{field: value}, **({"average_decay": 0.99} if field == "average_start" else {}))
+    with pytest.raises(ValueError, match="final_lr_fraction must be in"):
+        OptimConfig(decay_steps=10, final_lr_fraction=True)
 
 
 def test_no_figures_flag():

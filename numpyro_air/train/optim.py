@@ -32,12 +32,17 @@ def lr_schedule(peak: float, warmup_steps: int = 0, decay_steps: int = 0, final_
     return peak
 
 
+def check_step_count(name: str, value: int) -> None:
+    """Raise ValueError unless ``value`` is an integer >= 0 (a bool is not a count)."""
+    if isinstance(value, bool) or not (isinstance(value, int) and value >= 0):
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
 def check_schedule(warmup_steps: int, decay_steps: int, final_lr_fraction: float) -> None:
     """Raise ValueError for negative step counts or a final fraction outside [0, 1]."""
-    for name, v in (("warmup_steps", warmup_steps), ("decay_steps", decay_steps)):
-        if not (isinstance(v, int) and v >= 0):
-            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-    if not 0.0 <= final_lr_fraction <= 1.0:
+    check_step_count("warmup_steps", warmup_steps)
+    check_step_count("decay_steps", decay_steps)
+    if isinstance(final_lr_fraction, bool) or not 0.0 <= final_lr_fraction <= 1.0:
         raise ValueError(f"final_lr_fraction must be in [0, 1], got {final_lr_fraction!r}")
 
 
@@ -120,8 +125,7 @@ def average_rate(decay: float, count: jnp.ndarray) -> jnp.ndarray:
 
 def check_average_start(start: int) -> None:
     """Raise ValueError unless ``start`` is an integer >= 0."""
-    if isinstance(start, bool) or not (isinstance(start, int) and start >= 0):
-        raise ValueError(f"average_start must be an integer >= 0, got {start!r}")
+    check_step_count("average_start", start)
 
 
 def applied_updates(optim_state) -> jnp.ndarray:
