@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-
-def quartiles(a) -> dict:
-    a = np.asarray(a, np.float64)
-    return {"median": float(np.median(a)), "q25": float(np.percentile(a, 25)), "q75": float(np.percentile(a, 75))}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scene_refit import loc_scale, quartiles  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -107,11 +106,6 @@ def main(argv=None) -> dict:
         ll, lp = objective(q)
         return np.asarray(ll - without), np.asarray(ll - without + lp)
 
-    def locscale(fn):
-        while not (hasattr(fn, "loc") and hasattr(fn, "scale")):
-            fn = getattr(fn, "base_dist", None) or fn.fn
-        return np.asarray(fn.loc), np.asarray(fn.scale)
-
     def kl_normal(m, s, pm, ps):
         return np.asarray(dist.kl_divergence(dist.Normal(m, s), dist.Normal(pm, ps)))
 
@@ -131,8 +125,8 @@ def main(argv=None) -> dict:
     if len(right):
         with handlers.trace() as tr:
             handlers.seed(handlers.substitute(guide, data=params), 0)(jnp.asarray(images[right]), config, greedy=True)
-        wl, ws = locscale(tr["z_what"]["fn"])
-        zl, zs = locscale(tr["z_where"]["fn"])
+        wl, ws = (np.asarray(v) for v in loc_scale(tr["z_what"]["fn"]))
+        zl, zs = (np.asarray(v) for v in loc_scale(tr["z_where"]["fn"]))
         kw = kl_normal(wl[n - 1], ws[n - 1], 0.0, 1.0).sum(-1)
         kz = kl_normal(zl[n - 1], zs[n - 1], np.asarray(loc), np.asarray(scale)).sum(-1)
         out["object_kl_counted_right"] = {"z_what": quartiles(kw), "z_where": quartiles(kz), "total": quartiles(kw + kz)}

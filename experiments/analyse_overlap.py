@@ -25,8 +25,9 @@ from numpyro_air.data import load_eval_npz, to_float
 from numpyro_air.train.checkpoint import load_params
 
 
-def overlapping(boxes: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """(N,) bool: two of the first ``counts[n]`` boxes (N, K, 4) ``(x0, y0, w, h)`` intersect."""
+def intersecting_pairs(boxes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(N, K, K) bool: boxes i != j among the first ``counts[n]`` boxes (N, K, 4) ``(x0, y0, w, h)``
+    share an area."""
     x0, y0 = boxes[..., 0], boxes[..., 1]
     x1, y1 = x0 + boxes[..., 2], y0 + boxes[..., 3]
     ix = np.minimum(x1[:, :, None], x1[:, None, :]) - np.maximum(x0[:, :, None], x0[:, None, :])
@@ -34,7 +35,12 @@ def overlapping(boxes: np.ndarray, counts: np.ndarray) -> np.ndarray:
     k = boxes.shape[1]
     present = np.arange(k)[None, :] < counts[:, None]
     pair = present[:, :, None] & present[:, None, :] & ~np.eye(k, dtype=bool)[None]
-    return np.any(pair & (ix > 0) & (iy > 0), axis=(1, 2))
+    return pair & (ix > 0) & (iy > 0)
+
+
+def overlapping(boxes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(N,) bool: two of the first ``counts[n]`` boxes (N, K, 4) ``(x0, y0, w, h)`` intersect."""
+    return np.any(intersecting_pairs(boxes, counts), axis=(1, 2))
 
 
 def analyse(true_counts: np.ndarray, inferred: np.ndarray, overlap: np.ndarray) -> dict:

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_eval_set  # noqa: E402
-from analyse_overlap import overlapping  # noqa: E402
+from analyse_overlap import intersecting_pairs, overlapping  # noqa: E402
 from dsprites_visibility import visible_fractions  # noqa: E402
 
 from numpyro_air.analysis.inference import infer_batched  # noqa: E402
@@ -62,15 +62,8 @@ def heldout_attributes(per_count: int, seed: int) -> tuple[np.ndarray, np.ndarra
 
 def closest_colours(boxes: np.ndarray, counts: np.ndarray, colours: np.ndarray) -> np.ndarray:
     """(N,) smallest RGB distance between two sprites whose boxes (N, K, 4) intersect; inf if none."""
-    x0, y0 = boxes[..., 0], boxes[..., 1]
-    x1, y1 = x0 + boxes[..., 2], y0 + boxes[..., 3]
-    ix = np.minimum(x1[:, :, None], x1[:, None, :]) - np.maximum(x0[:, :, None], x0[:, None, :])
-    iy = np.minimum(y1[:, :, None], y1[:, None, :]) - np.maximum(y0[:, :, None], y0[:, None, :])
-    k = boxes.shape[1]
-    present = np.arange(k)[None, :] < counts[:, None]
-    pair = present[:, :, None] & present[:, None, :] & ~np.eye(k, dtype=bool)[None] & (ix > 0) & (iy > 0)
     dist = np.linalg.norm(colours[:, :, None, :] - colours[:, None, :, :], axis=-1)
-    return np.where(pair, dist, np.inf).min(axis=(1, 2))
+    return np.where(intersecting_pairs(boxes, counts), dist, np.inf).min(axis=(1, 2))
 
 
 def binned(values: np.ndarray, correct: np.ndarray, edges: tuple[float, ...]) -> list[dict]:

@@ -70,3 +70,45 @@ def test_binned_accuracy_and_open_last_bin(factors):
     assert [r["accuracy"] for r in rows] == [1.0, 0.5, pytest.approx(2 / 3)]
     empty = factors.binned(values, correct, (10.0, 20.0))
     assert empty[0] == {"at_least": 10.0, "below": 20.0, "scenes": 0, "accuracy": None}
+
+
+def test_residual_peak_finds_the_unexplained_block(tmp_path):
+    refine = experiment_script("refine_counts")
+    x = np.zeros((2, 64, 64, 3), np.float32)
+    x[0, 20:30, 30:40] = 0.8  # rows 20-29, columns 30-39: centre (35, 25)
+    x[1, 50:60, 2:12, 1] = 1.0  # centre (7, 55), one channel only
+    reconstruction = np.zeros_like(x)
+    reconstruction[0, 0:10, 0:10, 0] = 0.3  # drawn where the image is empty: a smaller residual
+    cx, cy = refine.residual_peak(x, reconstruction)
+    np.testing.assert_allclose(cx, [35, 7], atol=2)
+    np.testing.assert_allclose(cy, [25, 55], atol=2)
+
+
+def test_scene_refit_places_and_inserts_objects():
+    import jax.numpy as jnp
+
+    from numpyro_air.core.config import AIRConfig
+    from numpyro_air.core.transform import bounding_boxes
+
+    refit = experiment_script("scene_refit")
+    config = AIRConfig(num_steps=3)
+    fit = refit.SceneRefit({}, config)
+    pose = fit.pose_at(np.array([10.0, 30.5]), np.array([40.0, 5.0]))
+    boxes = np.asarray(bounding_boxes(pose, config.image_shape))
+    np.testing.assert_allclose(boxes[:, :2] + boxes[:, 2:] / 2, [[10.0, 40.0], [30.5, 5.0]], rtol=1e-5)
+    np.testing.assert_allclose(pose[:, 0], config.scale_prior_mean)
+    # steps hold their index in every field; insert a new object at step 0, 1 and 2 of three scenes
+    T, B, D = 3, 3, config.z_what_size
+    q = {
+        "where": jnp.broadcast_to(jnp.arange(T, dtype=jnp.float32)[:, None, None], (T, B, 3)),
+        "where_log_sd": jnp.zeros((T, B, 3)),
+        "what": jnp.broadcast_to(jnp.arange(T, dtype=jnp.float32)[:, None, None], (T, B, D)),
+        "what_log_sd": jnp.zeros((T, B, D)),
+    }
+    new_pose = jnp.full((B, 3), 9.0)
+    out = fit.insert(q, new_pose, np.array([0, 1, 2]))
+    np.testing.assert_array_equal(np.asarray(out["where"][:, :, 0]).T, [[9, 0, 1], [0, 9, 1], [0, 1, 9]])
+    np.testing.assert_array_equal(np.asarray(out["what"][:, :, 0]).T, [[0, 0, 1], [0, 0, 1], [0, 1, 0]])
+    np.testing.assert_allclose(
+        np.exp(np.asarray(out["what_log_sd"][:, :, 0])).T, [[0.3, 1, 1], [1, 0.3, 1], [1, 1, 0.3]], rtol=1e-6
+    )
