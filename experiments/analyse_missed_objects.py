@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scene_refit import loc_scale, quartiles  # noqa: E402
+from scene_refit import loc_scale, quartiles, scenes_of_count  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -43,24 +43,12 @@ def main(argv=None) -> dict:
     import optax
     from numpyro import handlers
 
-    from numpyro_air import load_params
-    from numpyro_air.analysis.inference import forced_presence, infer_batched
+    from numpyro_air.analysis.inference import forced_presence
     from numpyro_air.core.guide import guide
     from numpyro_air.core.model import model
-    from numpyro_air.data import load_eval_npz
 
-    config, params = load_params(args.checkpoint)
-    ev = load_eval_npz(args.data)
+    config, params, images, boxes, res = scenes_of_count(args.checkpoint, args.data, args.count)
     n, T = args.count, config.num_steps
-    if ev.boxes is None:
-        raise SystemExit(f"error: {args.data} has no boxes")
-    if not 1 <= n <= T:
-        raise SystemExit(f"error: --count must be in 1..{T} (the model's steps), got {n}")
-    sel = np.flatnonzero(ev.counts == n)
-    if len(sel) == 0:
-        raise SystemExit(f"error: {args.data} has no scene with {n} objects")
-    images, boxes = ev.images[sel], ev.boxes[sel, :n]
-    res = infer_batched(params, images, jax.random.PRNGKey(0), config, greedy=True, reconstruct=False)
     sd, H, W = config.likelihood_sd, config.height, config.width
 
     def loglik(x, zw, zwhat, count):
@@ -111,7 +99,7 @@ def main(argv=None) -> dict:
 
     missed = np.flatnonzero(res["counts"] == n - 1)[: args.max_scenes]
     right = np.flatnonzero(res["counts"] == n)[: args.max_scenes]
-    out = {"checkpoint": str(args.checkpoint), "data": str(args.data), "count": n, "scenes": int(len(sel))}
+    out = {"checkpoint": str(args.checkpoint), "data": str(args.data), "count": n, "scenes": int(len(images))}
     out["counted"] = np.bincount(res["counts"].astype(int), minlength=T + 1).tolist()
     for name, idx in (("missed", missed), ("control_counted_right", right)):
         if len(idx):

@@ -48,30 +48,14 @@ def main(argv=None) -> dict:
     p.add_argument("--max-scenes", type=int, default=64, help="per group (missed / control)")
     p.add_argument("--out", required=True, help="JSON path")
     args = p.parse_args(argv)
-    import jax
     import jax.numpy as jnp
-    from scene_refit import SceneRefit, quartiles
+    from scene_refit import SceneRefit, quartiles, scenes_of_count
 
-    from numpyro_air import load_params
-    from numpyro_air.analysis.inference import infer_batched
     from numpyro_air.core.prior import base_prior, count_log_probs
-    from numpyro_air.data import DataError, load_eval_npz
 
-    try:
-        config, params = load_params(args.checkpoint)
-        ev = load_eval_npz(args.data)
-    except (DataError, OSError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
-    n, T = args.count, config.num_steps
-    if ev.boxes is None:
-        raise SystemExit(f"error: {args.data} has no boxes")
-    if not 2 <= n <= T:
-        raise SystemExit(f"error: --count must be in 2..{T} (the model's steps), got {n}")
-    sel = np.flatnonzero(ev.counts == n)
-    if len(sel) == 0:
-        raise SystemExit(f"error: {args.data} has no scene with {n} objects")
-    images, boxes = ev.images[sel], ev.boxes[sel, :n]
-    res = infer_batched(params, images, jax.random.PRNGKey(0), config, greedy=True, reconstruct=False)
+    n = args.count
+    config, params, images, boxes, res = scenes_of_count(args.checkpoint, args.data, n, lowest=2)
+    T = config.num_steps
     fit = SceneRefit(params, config, args.samples)
 
     def refitted(q, x, count):
@@ -103,7 +87,7 @@ def main(argv=None) -> dict:
     right = np.flatnonzero(res["counts"] == n)[: args.max_scenes]
     log_p = np.asarray(count_log_probs(jnp.asarray(base_prior(config))))
     prior_gap = float(log_p[n - 1] - log_p[n])
-    out = {"checkpoint": str(args.checkpoint), "data": str(args.data), "count": n, "scenes": int(len(sel))}
+    out = {"checkpoint": str(args.checkpoint), "data": str(args.data), "count": n, "scenes": int(len(images))}
     out["count_prior_log_odds"] = prior_gap
     out |= {"fit_steps": args.fit_steps, "learning_rate": args.learning_rate, "samples": args.samples}
     out["counted"] = np.bincount(res["counts"].astype(int), minlength=T + 1).tolist()

@@ -25,6 +25,33 @@ from numpyro_air.core.guide import guide
 from numpyro_air.core.model import model
 
 
+def scenes_of_count(checkpoint: str, data: str, n: int, lowest: int = 1):
+    """(config, params, images (M, ...), true boxes (M, n, 4), the guide's most probable path) of
+    the M scenes of evaluation file ``data`` with ``n`` true objects, for ``checkpoint``; a
+    one-line ``SystemExit`` for a missing or bad file, no boxes, no such scene, or ``n`` outside
+    ``lowest``..T."""
+    from numpyro_air import load_params
+    from numpyro_air.analysis.inference import infer_batched
+    from numpyro_air.data import DataError, load_eval_npz
+
+    try:
+        config, params = load_params(checkpoint)
+        ev = load_eval_npz(data)
+    except (DataError, OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    T = config.num_steps
+    if ev.boxes is None:
+        raise SystemExit(f"error: {data} has no boxes")
+    if not lowest <= n <= T:
+        raise SystemExit(f"error: --count must be in {lowest}..{T} (the model's steps), got {n}")
+    sel = np.flatnonzero(ev.counts == n)
+    if len(sel) == 0:
+        raise SystemExit(f"error: {data} has no scene with {n} objects")
+    images, boxes = ev.images[sel], ev.boxes[sel, :n]
+    path = infer_batched(params, images, jax.random.PRNGKey(0), config, greedy=True, reconstruct=False)
+    return config, params, images, boxes, path
+
+
 def quartiles(a) -> dict:
     """Median and quartiles of ``a`` as floats."""
     a = np.asarray(a, np.float64)
