@@ -29,35 +29,15 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_eval_set  # noqa: E402
 from analyse_overlap import intersecting_pairs, overlapping  # noqa: E402
-from dsprites_visibility import visible_fractions  # noqa: E402
+from dsprites_visibility import heldout_attributes  # noqa: E402
 
 from numpyro_air.analysis.inference import infer_batched  # noqa: E402
 from numpyro_air.data import DataError, load_eval_npz, to_float  # noqa: E402
-from numpyro_air.data import dsprites as D  # noqa: E402
 from numpyro_air.train.checkpoint import load_params  # noqa: E402
 
 VISIBLE_BINS = (0.0, 0.25, 0.5, 0.75)
 COLOUR_BINS = (0.0, 0.2, 0.4, 0.6)
-
-
-def heldout_attributes(per_count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(counts (N,), visible fraction (N, K), colours (N, K, 3) in [0, 1]) of the balanced held-out
-    scenes, in the file's order."""
-    cfg = D.MultiDSpritesConfig()
-    counts_range = range(cfg.max_objects + 1)
-    size = math.ceil(len(counts_range) * per_count * 1.1) + 64  # make_eval_set's first chunk
-    seq = np.random.SeedSequence(seed, spawn_key=(make_eval_set.EVAL_STREAM, 0))
-    counts, vis = visible_fractions(size, seq, cfg)
-    colours = D._draw(seq, size, cfg.max_objects, cfg.min_size, cfg.max_size)[4] / 255.0
-    keep = np.zeros(size, bool)
-    for c in counts_range:
-        idx = np.flatnonzero(counts == c)[:per_count]
-        if len(idx) < per_count:
-            raise SystemExit(f"error: the first chunk holds {len(idx)} scenes of count {c}, fewer than --per-count")
-        keep[idx] = True
-    return counts[keep], vis[keep], colours[keep]
 
 
 def closest_colours(boxes: np.ndarray, counts: np.ndarray, colours: np.ndarray) -> np.ndarray:

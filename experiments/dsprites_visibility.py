@@ -25,11 +25,11 @@ import make_eval_set  # noqa: E402
 from numpyro_air.data import dsprites as D  # noqa: E402
 
 
-def visible_fractions(n: int, seed_seq, cfg: D.MultiDSpritesConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(counts (n,), visible fraction (n, K), NaN for absent slots), from the generator's own
-    random draws and sprite placement."""
+def visible_fractions(n: int, seed_seq, cfg: D.MultiDSpritesConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(counts (n,), visible fraction (n, K), NaN for absent slots, colours (n, K, 3) in [0, 1]),
+    from the generator's own random draws and sprite placement."""
     h = cfg.canvas_size
-    counts, shapes, sizes, angles, _, where = D._draw(seed_seq, n, cfg.max_objects, cfg.min_size, cfg.max_size)
+    counts, shapes, sizes, angles, colours, where = D._draw(seed_seq, n, cfg.max_objects, cfg.min_size, cfg.max_size)
     vis = np.full((n, cfg.max_objects), np.nan)
     for i in range(n):
         masks = []
@@ -43,7 +43,25 @@ def visible_fractions(n: int, seed_seq, cfg: D.MultiDSpritesConfig) -> tuple[np.
         for j, m in enumerate(masks):
             seen = m * np.prod([1.0 - later for later in masks[j + 1 :]], axis=0) if j + 1 < len(masks) else m
             vis[i, j] = seen.sum() / m.sum()
-    return counts, vis
+    return counts, vis, colours / 255.0
+
+
+def heldout_attributes(per_count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(counts (N,), visible fraction (N, K), colours (N, K, 3) in [0, 1]) of the balanced held-out
+    scenes of ``make_eval_set.py --dataset multi-dsprites`` (default options), in the file's order:
+    ``per_count`` scenes of each count from its first chunk."""
+    cfg = D.MultiDSpritesConfig()
+    counts_range = range(cfg.max_objects + 1)
+    size = math.ceil(len(counts_range) * per_count * 1.1) + 64  # make_eval_set's first chunk
+    seq = np.random.SeedSequence(seed, spawn_key=(make_eval_set.EVAL_STREAM, 0))
+    counts, vis, colours = visible_fractions(size, seq, cfg)
+    keep = np.zeros(size, bool)
+    for c in counts_range:
+        idx = np.flatnonzero(counts == c)[:per_count]
+        if len(idx) < per_count:
+            raise SystemExit(f"error: the first chunk holds {len(idx)} scenes of count {c}, fewer than --per-count")
+        keep[idx] = True
+    return counts[keep], vis[keep], colours[keep]
 
 
 def main(argv=None) -> None:
@@ -53,18 +71,8 @@ def main(argv=None) -> None:
     p.add_argument("--data", help="the held-out file, to check the regenerated counts against")
     p.add_argument("--out", help="write the table as JSON here")
     args = p.parse_args(argv)
-    cfg = D.MultiDSpritesConfig()
-    counts_range = range(cfg.max_objects + 1)
-    size = math.ceil(len(counts_range) * args.per_count * 1.1) + 64  # make_eval_set's first chunk
-    seq = np.random.SeedSequence(args.seed, spawn_key=(make_eval_set.EVAL_STREAM, 0))
-    counts, vis = visible_fractions(size, seq, cfg)
-    keep = np.zeros(size, bool)
-    for c in counts_range:
-        idx = np.flatnonzero(counts == c)[: args.per_count]
-        if len(idx) < args.per_count:
-            sys.exit(f"error: the first chunk holds {len(idx)} scenes of count {c}, fewer than --per-count")
-        keep[idx] = True
-    counts, vis = counts[keep], vis[keep]
+    counts_range = range(D.MultiDSpritesConfig().max_objects + 1)
+    counts, vis, _ = heldout_attributes(args.per_count, args.seed)
     if args.data is not None and not np.array_equal(np.load(args.data)["counts"], counts):
         sys.exit(f"error: {args.data}: its counts differ from the regenerated scenes (other options or seed?)")
     least = np.nanmin(np.where(np.isnan(vis), np.inf, vis), axis=1)

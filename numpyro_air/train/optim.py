@@ -123,11 +123,6 @@ def average_rate(decay: float, count: jnp.ndarray) -> jnp.ndarray:
     return jnp.minimum(jnp.float32(decay), (1.0 + count) / (10.0 + count))
 
 
-def check_average_start(start: int) -> None:
-    """Raise ValueError unless ``start`` is an integer >= 0."""
-    check_step_count("average_start", start)
-
-
 def applied_updates(optim_state) -> jnp.ndarray:
     """int32 (): the updates applied so far, read from the count of the first Adam state in
     ``optim_state`` (every group's count moves together; a skipped step does not count)."""
@@ -149,7 +144,7 @@ def with_param_average(inner: optax.GradientTransformation, decay: float, start:
     (``start`` + 1)-th update is its first, as when a run resumed at update ``start`` starts
     averaging. A resumed run continues from the count in its checkpoint."""
     check_average_decay(decay)
-    check_average_start(start)
+    check_step_count("average_start", start)
 
     def init(params):
         return ParamAverageState(inner.init(params), jnp.zeros([], jnp.int32), jax.tree.map(jnp.array, params))
@@ -211,7 +206,7 @@ def make_optimizer(
         return adam if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
 
     check_average_decay(average_decay)
-    check_average_start(average_start)
+    check_step_count("average_start", average_start)
     if average_start and average_decay is None:
         raise ValueError(f"average_start={average_start} needs average_decay (the averaging it starts)")
     tx = optax.multi_transform({"main": group(learning_rate), "baseline": group(baseline_learning_rate)}, param_labels)
