@@ -134,7 +134,7 @@ def main(argv=None) -> list:
     ap.add_argument("--broadcast-decoder", type=int, nargs="+", default=[], metavar="H", help="as the CLI flag")
     ap.add_argument("--template-decoder", type=int, metavar="K", help="as the CLI flag")
     ap.add_argument("--object-colour", choices=["pixel", "single"], help="as the CLI flag (default: the recipe's)")
-    ap.add_argument("--estimator", choices=["nvil", "vimco", "concrete"], help="as the CLI flag (default: the recipe's)")
+    ap.add_argument("--estimator", choices=["nvil", "vimco", "rws", "concrete"], help="as the CLI flag (default: the recipe's)")
     ap.add_argument("--num-particles", type=int, help="as the CLI flag (default: the estimator's)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)

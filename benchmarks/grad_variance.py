@@ -1,14 +1,15 @@
 """Variance of the predict-network gradient of each z_pres estimator at fixed parameters.
 
 Usage:  python benchmarks/grad_variance.py [--draws 100] [--particles 4] [--batch-size 64] [--seed 0]
-            [--estimators nvil nvil-normalised vimco concrete] [--checkpoint NAME=PATH ...]
+            [--estimators nvil nvil-normalised vimco rws concrete] [--checkpoint NAME=PATH ...]
             [--chunk 10] [--stat-warmup 0] [--device cpu|gpu|tpu] [--json]
 
 At fixed parameters and a fixed batch of B held-out multi-MNIST images, draws D independent
 gradients of each estimator's loss (``svi.loss.loss``: the batch's summed -ELBO surrogate) with
 respect to the guide's predict network ``predict$params`` (z_pres logit and z_where), each with K
 samples per image (equal cost): NVIL (tutorial recipe, learned baselines), NVIL with normalised
-learning signals, VIMCO and Concrete (relaxed z_pres, ``Trace_ELBO``). For a (D, P) matrix of
+learning signals, VIMCO, RWS (its surrogate's gradient: the wake update of z_pres) and
+Concrete (relaxed z_pres, ``Trace_ELBO``). For a (D, P) matrix of
 flattened gradients it reports
 
 - ``total_var``: sum over the P parameters of the variance across draws (ddof 1),
@@ -44,7 +45,7 @@ from machine import cpu_model as _cpu_model  # noqa: E402
 from machine import nproc as _nproc
 from machine import pick_device as _pick_device
 
-ESTIMATORS = ("nvil", "nvil-normalised", "vimco", "concrete")
+ESTIMATORS = ("nvil", "nvil-normalised", "vimco", "rws", "concrete")
 PREDICT = "predict$params"
 
 

@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument(
         "--estimator",
-        choices=("nvil", "nvil-normalised", "vimco", "concrete"),
+        choices=("nvil", "nvil-normalised", "vimco", "rws", "concrete"),
         default="nvil",
         help="z_pres estimator of the step (tutorial networks otherwise)",
     )
@@ -136,7 +136,9 @@ def main(argv=None) -> dict:
         default="float32",
         help="operands of the dense layers (AIRConfig.compute_dtype; products stay float32)",
     )
-    ap.add_argument("--particles", type=int, default=None, help="ELBO particles (VIMCO's K; default: the estimator's)")
+    ap.add_argument(
+        "--particles", type=int, default=None, help="ELBO particles (the K of VIMCO and RWS; default: the estimator's)"
+    )
     ap.add_argument("--steps", type=int, default=50, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps after compilation")
     ap.add_argument("--device", choices=("cpu", "gpu", "tpu"), default=None, help="default: JAX's default backend")

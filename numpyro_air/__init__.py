@@ -22,6 +22,7 @@ from .core.prior import z_pres_prior_probs
 from .core.transform import bounding_boxes, image_to_window, window_to_image
 from .data import load_multi_mnist
 from .estimators.nvil import NVIL_ELBO
+from .estimators.rws import RWS_ELBO
 from .estimators.vimco import VIMCO_ELBO
 from .pretrained_model import heldout_scenes, pretrained
 from .pyro_compat import from_pyro_state_dict, to_pyro_state_dict
@@ -38,6 +39,7 @@ __all__ = [
     "NVIL_ELBO",
     "OptimConfig",
     "PRESETS",
+    "RWS_ELBO",
     "DATASET_RECIPES",
     "DatasetRecipe",
     "Recipe",

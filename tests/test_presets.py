@@ -13,7 +13,7 @@ import pytest
 from numpyro.infer import Trace_ELBO
 
 import numpyro_air
-from numpyro_air import NVIL_ELBO, PRESETS, VIMCO_ELBO, AIRConfig, OptimConfig, Recipe, make_svi
+from numpyro_air import NVIL_ELBO, PRESETS, RWS_ELBO, VIMCO_ELBO, AIRConfig, OptimConfig, Recipe, make_svi
 from numpyro_air.cli import train as cli
 from numpyro_air.data import MultiDSpritesConfig, MultiMNISTConfig, ScatteredMNISTConfig
 from numpyro_air.train import loop as training
@@ -165,6 +165,11 @@ def test_one_default_for_vimco_particles():
     assert OptimConfig().for_estimator("vimco").num_particles == K
     assert OptimConfig().for_estimator("nvil").num_particles == OptimConfig().for_estimator("concrete").num_particles == 1
     assert OptimConfig(num_particles=8).for_estimator("vimco").num_particles == 8
+    assert OptimConfig().for_estimator("rws").num_particles == RWS_ELBO().num_particles
+    air_rws, opt_rws, _, _ = configs("--preset", "fast", "--estimator", "rws", "--rws-continuous", "wake")
+    rws = svi_module.make_elbo(air_rws, opt_rws)
+    assert isinstance(rws, RWS_ELBO) and rws.continuous == "wake" and rws.num_particles == RWS_ELBO().num_particles
+    assert svi_module.make_elbo(air_rws, OptimConfig()).continuous == RWS_ELBO().continuous == OptimConfig().rws_continuous
     air, opt, _, _ = configs("--preset", "tutorial", "--estimator", "vimco")
     assert svi_module.make_elbo(air, opt).num_particles == K
     meta = run_meta(air, opt, TrainConfig(), {}, 0, 10)
@@ -176,7 +181,8 @@ def test_one_default_for_vimco_particles():
 
 
 @pytest.mark.parametrize(
-    "estimator, elbo, particles", [("nvil", NVIL_ELBO, 1), ("vimco", VIMCO_ELBO, 4), ("concrete", Trace_ELBO, 1)]
+    "estimator, elbo, particles",
+    [("nvil", NVIL_ELBO, 1), ("vimco", VIMCO_ELBO, 4), ("rws", RWS_ELBO, 4), ("concrete", Trace_ELBO, 1)],
 )
 def test_make_svi_works_for_every_estimator(estimator, elbo, particles):
     """``make_svi(AIRConfig(presence_estimator=...))`` builds, initialises and evaluates (traced:

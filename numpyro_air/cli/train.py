@@ -64,6 +64,7 @@ FIELDS = {
     "clip_norm": ("optim", "clip_norm"),
     "num_particles": ("optim", "num_particles"),
     "signal_decay": ("optim", "signal_decay"),
+    "rws_continuous": ("optim", "rws_continuous"),
     "loss_scale": ("optim", "loss_scale"),
     "warmup_steps": ("optim", "warmup_steps"),
     "decay_steps": ("optim", "decay_steps"),
@@ -357,9 +358,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         help="with --average-decay: start the average after N optimisation steps; until then it is the parameters "
         "themselves, as when a run resumed at step N adds --average-decay ({optim.average_start})",
     )
-    a("--num-particles", type=int, help="ELBO particles ({particles}; --estimator vimco: {vimco_particles})")
+    a("--num-particles", type=int, help="ELBO particles ({particles}; --estimator vimco or rws: {vimco_particles})")
     # --- estimators and variants
-    a("--estimator", choices=["nvil", "vimco", "concrete"], help="z_pres gradient estimator ({air.presence_estimator})")
+    a("--estimator", choices=["nvil", "vimco", "rws", "concrete"], help="z_pres gradient estimator ({air.presence_estimator})")
     a("--temperature", type=float, help="concrete: the guide's relaxed-presence temperature ({air.concrete_temperature})")
     a("--prior-temperature", type=float, help="concrete: the prior's temperature (default: the guide's)")
     a("--temperature-to", type=float, help="concrete: anneal the temperature exponentially to this value")
@@ -372,6 +373,13 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         "and did not learn to count (3 of 3 seeds)",
     )
     a("--signal-decay", type=float, help="nvil: decay of the running signal statistics ({optim.signal_decay})")
+    a(
+        "--rws-continuous",
+        choices=["path", "wake"],
+        help="rws: how the guide's reparameterised sites (z_where, z_what) learn: 'path', the K-sample bound's pathwise "
+        "gradient, z_pres alone by the wake update; 'wake', every site by the wake update, as reweighted wake-sleep "
+        "({optim.rws_continuous})",
+    )
     a("--loss-scale", type=float, help="nvil: multiply the costs ({optim.loss_scale}; Pyro-exact: N/B, see --pyro-loss-scale)")
     a("--pyro-loss-scale", action="store_true", help="nvil: loss scale num_train / batch_size, as Pyro's plate")
     guide_input = p.add_mutually_exclusive_group()

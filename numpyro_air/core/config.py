@@ -17,7 +17,7 @@ GUIDE_INPUTS = ("image", "difference")
 GLIMPSE_INPUTS = ("image", "residual", "both")
 COMPOSITIONS = ("add", "over")  # how objects combine on the canvas (AIRConfig.composition)
 OBJECT_COLOURS = ("pixel", "single")  # what the decoder draws in colour (AIRConfig.object_colour)
-PRESENCE_ESTIMATORS = ("nvil", "vimco", "concrete")
+PRESENCE_ESTIMATORS = ("nvil", "vimco", "rws", "concrete")
 CHANNELS = (1, 3)  # grayscale, RGB
 COMPUTE_DTYPES = ("float32", "bfloat16")  # matmul operands (accumulation is always float32)
 
@@ -107,8 +107,10 @@ class AIRConfig:
     # "both" (the image's and the residual's crops side by side as channels: 2C per pixel).
     glimpse_input: str = "image"
     # presence_estimator: "nvil" (score function + learned baselines, Pyro's), "vimco" (same
-    # model and guide without baseline networks; the trainer builds a VIMCO objective) or
-    # "concrete" (relaxed Bernoulli z_pres, everything reparameterised, no baseline networks).
+    # model and guide without baseline networks; the trainer builds a VIMCO objective), "rws"
+    # (the same model and guide; reweighted wake-sleep: the model on the K-sample bound, the
+    # guide on the inclusive KL) or "concrete" (relaxed Bernoulli z_pres, everything
+    # reparameterised, no baseline networks).
     presence_estimator: str = "nvil"
     # temperatures of the relaxed z_pres (used with "concrete" only): the guide's, and the
     # prior's (None: the guide's). Both can be annealed with the ``temperature`` keyword.

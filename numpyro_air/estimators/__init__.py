@@ -1,3 +1,3 @@
 """Gradient estimators for NumPyro models with discrete latents, generic (nothing here imports
 AIR): NVIL with learned baselines and optional signal normalisation (:mod:`.nvil`), VIMCO
-(:mod:`.vimco`), and the trace helpers they share (:mod:`.traces`)."""
+(:mod:`.vimco`), reweighted wake-sleep (:mod:`.rws`), and the trace helpers they share (:mod:`.traces`)."""

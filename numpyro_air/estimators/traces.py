@@ -1,4 +1,4 @@
-"""Trace helpers shared by the estimators (NVIL, VIMCO, importance-sampled likelihoods).
+"""Trace helpers shared by the estimators (NVIL, VIMCO, RWS, importance-sampled likelihoods).
 
 Generic: any NumPyro model/guide pair; nothing here knows AIR.
 
@@ -8,7 +8,8 @@ Generic: any NumPyro model/guide pair; nothing here knows AIR.
 - :func:`is_scan_site`: whether a site was recorded inside ``numpyro.contrib.control_flow.scan``
   (its log-density then has a leading time axis);
 - :func:`per_datum_terms`: log w = log p(x, z) - log q(z | x) and the log-density of the guide's
-  non-reparameterised sites, per datum of a plate.
+  non-reparameterised sites, per datum of a plate;
+- :func:`per_datum_log_densities`: log p(x, z) and log q(z | x) apart, per datum of a plate.
 """
 
 from __future__ import annotations
@@ -111,3 +112,18 @@ def per_datum_terms(model_trace: dict, guide_trace: dict, plate: str = DATA_PLAT
         if sign < 0 and not site["fn"].has_rsample:
             log_q_disc = log_q_disc + lp
     return log_w, log_q_disc
+
+
+def per_datum_log_densities(model_trace: dict, guide_trace: dict, plate: str = DATA_PLATE) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """Per datum of ``plate``: (log p(x, z), log q(z | x)), each (B,), or (1,) when some site lies
+    outside ``plate``; the two halves of :func:`per_datum_terms`' log w, summed the same way."""
+    terms = weight_sites(model_trace, guide_trace)
+    size = data_size([s for s, _ in terms], plate)
+    log_p = log_q = jnp.zeros(1 if size is None else size)
+    for site, sign in terms:
+        lp = reduce_to_data(site["log_prob"], site, plate, size)
+        if sign > 0:
+            log_p = log_p + lp
+        else:
+            log_q = log_q + lp
+    return log_p, log_q

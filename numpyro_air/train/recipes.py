@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 from ..core.config import AIRConfig
 from ..estimators.nvil import check_loss_scale, check_signal_decay
+from ..estimators.rws import RWS_CONTINUOUS, RWS_ELBO, check_rws_continuous
 from ..estimators.vimco import VIMCO_ELBO
 from .optim import make_optimizer
 
@@ -28,6 +29,8 @@ class OptimConfig:
     normalize_signal: bool = False
     signal_decay: float = 0.9
     loss_scale: float = 1.0
+    # RWS only: how the guide's reparameterised sites learn (estimators.rws.RWS_ELBO's continuous)
+    rws_continuous: str = RWS_CONTINUOUS[0]
     # learning-rate schedule of both groups (train.optim.lr_schedule): linear warmup from 0 over
     # warmup_steps, then cosine decay to final_lr_fraction * lr over decay_steps (0: constant)
     warmup_steps: int = 0
@@ -47,6 +50,7 @@ class OptimConfig:
             raise ValueError(f"num_particles must be >= 1, got {self.num_particles!r}")
         check_signal_decay(self.signal_decay)
         check_loss_scale(self.loss_scale)
+        check_rws_continuous(self.rws_continuous)
         self.optimizer()  # validates
 
     def optimizer(self):
@@ -69,10 +73,12 @@ class OptimConfig:
 
     def for_estimator(self, estimator: str) -> "OptimConfig":
         """This config with ``num_particles`` set: ``None`` becomes the estimator's default, the
-        default K of :class:`VIMCO_ELBO` for "vimco" and one particle for "nvil" and "concrete"."""
+        default K of :class:`VIMCO_ELBO` for "vimco", of :class:`RWS_ELBO` for "rws" and one
+        particle for "nvil" and "concrete"."""
         if self.num_particles is not None:
             return self
-        return dataclasses.replace(self, num_particles=VIMCO_ELBO().num_particles if estimator == "vimco" else 1)
+        defaults = {"vimco": VIMCO_ELBO().num_particles, "rws": RWS_ELBO().num_particles}
+        return dataclasses.replace(self, num_particles=defaults.get(estimator, 1))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from ..core.guide import guide
 from ..core.model import model
 from ..core.prior import concrete_temperature, z_pres_prior_probs
 from ..estimators.nvil import NVIL_ELBO, with_signal_stats
+from ..estimators.rws import RWS_ELBO
 from ..estimators.vimco import VIMCO_ELBO
 from .recipes import OptimConfig, Recipe
 
@@ -41,13 +42,16 @@ def make_svi(config: AIRConfig | Recipe, optim: Optional[OptimConfig] = None) ->
 
 def make_elbo(config: AIRConfig, optim: OptimConfig):
     """The ELBO of ``config.presence_estimator``: NVIL (score function, learned baselines, optional
-    signal normalisation / loss scale), VIMCO (K-sample bound, leave-one-out signals) or
+    signal normalisation / loss scale), VIMCO (K-sample bound, leave-one-out signals), RWS (wake
+    updates from K particles) or
     ``Trace_ELBO`` for the relaxed (Concrete) presence, which is all pathwise. ``num_particles``
     ``None`` takes the estimator's default (:meth:`OptimConfig.for_estimator`)."""
     estimator = config.presence_estimator
     optim = optim.for_estimator(estimator)
     if estimator == "vimco":
         return VIMCO_ELBO(num_particles=optim.num_particles)
+    if estimator == "rws":
+        return RWS_ELBO(num_particles=optim.num_particles, continuous=optim.rws_continuous)
     if estimator == "concrete":
         return Trace_ELBO(num_particles=optim.num_particles)
     return NVIL_ELBO(
