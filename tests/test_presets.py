@@ -109,7 +109,7 @@ def test_help_shows_each_default_and_the_presets_that_differ():
     ) in text
     lr_fast, lr_minute = Recipe.fast().optim.learning_rate, Recipe.minute().optim.learning_rate
     assert f"({OptimConfig().learning_rate}; fast: {lr_fast}; minute: {lr_minute})" in text
-    assert f"ELBO particles (1; --estimator vimco: {VIMCO_ELBO().num_particles})" in text
+    assert f"ELBO particles (1; --estimator vimco: {VIMCO_ELBO().num_particles}; rws: {RWS_ELBO().num_particles})" in text
 
 
 def test_schedule_flags_set_the_optimiser_and_old_checkpoints_still_resume():

@@ -19,9 +19,8 @@ import numpyro.distributions as dist
 import pytest
 from conftest import SMALL, make_scenes
 from numpyro import handlers
-from numpyro.contrib.control_flow import scan
 from numpyro.infer import SVI
-from test_vimco import P_MODEL, THETA, B, D, M, S, T, Y, _log_w_by_hand, _norm_logpdf, check_mc, exact_bound, toy_guide
+from test_vimco import P_MODEL, THETA, B, D, M, S, T, Y, _norm_logpdf, check_mc, exact_bound, log_w_of_draws, toy_guide, toy_model
 
 from numpyro_air import AIRConfig, make_svi
 from numpyro_air.core.guide import guide as air_guide
@@ -30,31 +29,14 @@ from numpyro_air.estimators.rws import RWS_ELBO
 from numpyro_air.estimators.vimco import VIMCO_ELBO
 from numpyro_air.train.recipes import OptimConfig
 
-MU = 0.0  # the model parameter's value: with 0, test_vimco's exact bound is this model's too
-
 
 def toy_model_mu(y, with_c=True):
     """test_vimco's toy model with a learned offset: y ~ N(count + c + mu, 1)."""
-    mu = numpyro.param("mu", jnp.asarray(MU, y.dtype))
-    c = jnp.zeros(B, y.dtype)
-    if with_c:
-        with numpyro.plate("data", B):
-            c = numpyro.sample("c", dist.Normal(0.0, 1.0))
-
-    def step(carry, p):
-        prev, count = carry
-        with numpyro.plate("data", B):
-            z = numpyro.sample("z", dist.Bernoulli(probs=p).mask(prev > 0))
-        z = z.astype(prev.dtype) * prev
-        return (z, count + z), None
-
-    (_, count), _ = scan(step, (jnp.ones(B, y.dtype), jnp.zeros(B, y.dtype)), jnp.asarray(P_MODEL, y.dtype))
-    with numpyro.plate("data", B):
-        numpyro.sample("y", dist.Normal(count + c + mu, 1.0), obs=y)
+    return toy_model(y, with_c, learn_mu=True)
 
 
 def _params(with_c: bool) -> dict:
-    p = {"theta": jnp.asarray(THETA), "mu": jnp.asarray(MU)}
+    p = {"theta": jnp.asarray(THETA), "mu": jnp.asarray(0.0)}  # mu = 0: test_vimco's exact bound is this model's too
     if with_c:
         p.update(m=jnp.asarray(M), s=jnp.asarray(S))
     return p
@@ -182,17 +164,7 @@ def test_value_and_weights_by_hand():
     with jax.enable_x64(True):
         params, y = _params(True), jnp.asarray(Y)
         out = jax.jit(lambda k, p: RWS_ELBO(num_particles=K).components(k, p, toy_model_mu, toy_guide, y))(key, params)
-
-        @jax.jit
-        def guide_draws(pkey):
-            _, k_guide = jax.random.split(pkey)  # the convention documented in numpyro_air.estimators.rws
-            tr = handlers.trace(handlers.seed(handlers.substitute(toy_guide, params), k_guide)).get_trace(y)
-            return tr["c"]["value"], tr["z"]["value"]
-
-        log_w = np.zeros((K, B))
-        for k, pkey in enumerate(jax.random.split(key, K)):
-            c, z = guide_draws(pkey)
-            log_w[k] = _log_w_by_hand(np.asarray(c), np.asarray(z, np.float64))
+        log_w = log_w_of_draws(key, K, params, y)
     np.testing.assert_allclose(out["log_weights"], log_w, rtol=1e-12)
     np.testing.assert_allclose(out["log_p"] - out["log_q"], log_w, rtol=1e-12)
     bound = np.logaddexp.reduce(log_w, axis=0) - math.log(K)

@@ -61,7 +61,10 @@ def toy_guide(y, with_c=True):
     scan(step, jnp.ones(B, theta.dtype), theta)
 
 
-def toy_model(y, with_c=True):
+def toy_model(y, with_c=True, learn_mu=False):
+    """With ``learn_mu``, y ~ N(count + c + mu, 1) with a parameter mu (starting at 0): a model
+    parameter for the estimators that update the model (test_rws)."""
+    mu = numpyro.param("mu", jnp.zeros((), y.dtype)) if learn_mu else 0.0
     c = jnp.zeros(B, y.dtype)
     if with_c:
         with numpyro.plate("data", B):
@@ -76,7 +79,7 @@ def toy_model(y, with_c=True):
 
     (_, count), _ = scan(step, (jnp.ones(B, y.dtype), jnp.zeros(B, y.dtype)), jnp.asarray(P_MODEL, y.dtype))
     with numpyro.plate("data", B):
-        numpyro.sample("y", dist.Normal(count + c, 1.0), obs=y)
+        numpyro.sample("y", dist.Normal(count + c + mu, 1.0), obs=y)
 
 
 def _params(with_c: bool) -> dict:
@@ -200,17 +203,7 @@ def test_value_and_signals_by_hand():
     with jax.enable_x64(True):
         params, y = _params(True), jnp.asarray(Y)
         out = jax.jit(lambda k, p: VIMCO_ELBO(num_particles=K).components(k, p, toy_model, toy_guide, y))(key, params)
-
-        @jax.jit
-        def guide_samples(pkey):
-            _, k_guide = jax.random.split(pkey)  # the convention documented in numpyro_air.estimators.vimco
-            tr = handlers.trace(handlers.seed(handlers.substitute(toy_guide, params), k_guide)).get_trace(y)
-            return tr["c"]["value"], tr["z"]["value"]
-
-        log_w = np.zeros((K, B))
-        for k, pkey in enumerate(jax.random.split(key, K)):
-            c, z = guide_samples(pkey)
-            log_w[k] = _log_w_by_hand(np.asarray(c), np.asarray(z, np.float64))
+        log_w = log_w_of_draws(key, K, params, y)
     np.testing.assert_allclose(out["log_weights"], log_w, rtol=1e-12)
     bound = np.logaddexp.reduce(log_w, axis=0) - math.log(K)
     np.testing.assert_allclose(out["bound"], bound, rtol=1e-12)
@@ -220,6 +213,22 @@ def test_value_and_signals_by_hand():
         swapped[k] = np.delete(log_w, k, axis=0).mean(0)
         loo = np.logaddexp.reduce(swapped, axis=0) - math.log(K)
         np.testing.assert_allclose(out["signals"][k], bound - loo, rtol=1e-10, atol=1e-12)
+
+
+def log_w_of_draws(key, K, params, y) -> np.ndarray:
+    """(K, B) log w by hand of the guide's draws for particle keys ``random.split(key, K)``, each
+    split again into (model key, guide key): the convention of numpyro_air.estimators.vimco/rws."""
+
+    @jax.jit
+    def draws(k_guide):
+        tr = handlers.trace(handlers.seed(handlers.substitute(toy_guide, params), k_guide)).get_trace(y)
+        return tr["c"]["value"], tr["z"]["value"]
+
+    log_w = np.zeros((K, B))
+    for k, pkey in enumerate(jax.random.split(key, K)):
+        c, z = draws(jax.random.split(pkey)[1])
+        log_w[k] = _log_w_by_hand(np.asarray(c), np.asarray(z, np.float64))
+    return log_w
 
 
 def _log_w_by_hand(c, z):

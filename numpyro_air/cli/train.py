@@ -207,6 +207,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
             optim=_PresetDefaults("optim"),
             particles=OptimConfig().for_estimator("nvil").num_particles,
             vimco_particles=OptimConfig().for_estimator("vimco").num_particles,
+            rws_particles=OptimConfig().for_estimator("rws").num_particles,
             checkpoint=CHECKPOINT_NAME,
             presets=", ".join(PRESETS),
             preset_loops="; ".join(
@@ -358,7 +359,11 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         help="with --average-decay: start the average after N optimisation steps; until then it is the parameters "
         "themselves, as when a run resumed at step N adds --average-decay ({optim.average_start})",
     )
-    a("--num-particles", type=int, help="ELBO particles ({particles}; --estimator vimco or rws: {vimco_particles})")
+    a(
+        "--num-particles",
+        type=int,
+        help="ELBO particles ({particles}; --estimator vimco: {vimco_particles}; rws: {rws_particles})",
+    )
     # --- estimators and variants
     a("--estimator", choices=["nvil", "vimco", "rws", "concrete"], help="z_pres gradient estimator ({air.presence_estimator})")
     a("--temperature", type=float, help="concrete: the guide's relaxed-presence temperature ({air.concrete_temperature})")

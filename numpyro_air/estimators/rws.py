@@ -53,8 +53,8 @@ import jax.numpy as jnp
 from jax import random
 from jax.lax import stop_gradient
 from numpyro.handlers import replay, seed, substitute, trace
-from numpyro.infer.elbo import ELBO
 
+from .particles import ParticlesELBO
 from .traces import DATA_PLATE, importance_traces, mutable_values, per_datum_log_densities, per_datum_terms
 
 # How the guide's reparameterised sites learn (the default first): see RWS_ELBO.
@@ -84,7 +84,7 @@ def held_draws(guide: Callable, params: Dict[str, Any], key: jax.Array, args: tu
     }
 
 
-class RWS_ELBO(ELBO):
+class RWS_ELBO(ParticlesELBO):
     """Reweighted wake-sleep: wake-theta (K-sample bound) for the model, wake-phi (inclusive KL)
     for the guide, from the same K particles.
 
@@ -97,8 +97,6 @@ class RWS_ELBO(ELBO):
         docstring has both.
     """
 
-    can_infer_discrete = True
-
     def __init__(
         self,
         num_particles: int = 4,
@@ -108,17 +106,8 @@ class RWS_ELBO(ELBO):
     ):
         check_rws_particles(num_particles)
         check_rws_continuous(continuous)
-        super().__init__(num_particles=int(num_particles), vectorize_particles=vectorize_particles)
-        self.plate = plate
+        super().__init__(num_particles, plate, vectorize_particles)
         self.continuous = continuous
-
-    # ------------------------------------------------------------------ public API
-    def loss(self, rng_key, param_map, model, guide, *args, **kwargs):
-        return self.components(rng_key, param_map, model, guide, *args, **kwargs)["loss"]
-
-    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
-        out = self.components(rng_key, param_map, model, guide, *args, **kwargs)
-        return {"loss": out["loss"], "mutable_state": out["mutable_state"]}
 
     def components(self, rng_key, param_map, model, guide, *args, **kwargs) -> Dict[str, Any]:
         """All K particles at once. Returns ``loss`` (the surrogate; value -sum_b L_b), ``bound``

@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 from jax import random
 from jax.lax import stop_gradient
-from numpyro.infer.elbo import ELBO
 
+from .particles import ParticlesELBO
 from .traces import DATA_PLATE, importance_traces, mutable_values, per_datum_terms
 
 
@@ -56,7 +56,7 @@ def leave_one_out_bounds(log_w: jnp.ndarray) -> jnp.ndarray:
     return jax.nn.logsumexp(replaced, axis=1) - math.log(K)
 
 
-class VIMCO_ELBO(ELBO):
+class VIMCO_ELBO(ParticlesELBO):
     """Multi-sample (IWAE) objective with VIMCO's leave-one-out score-function gradients.
 
     :param int num_particles: K >= 2 particles per datum; the default is also that of
@@ -65,20 +65,9 @@ class VIMCO_ELBO(ELBO):
     :param vectorize_particles: ``vmap`` (True), ``lax.map`` (False) or a callable over particles.
     """
 
-    can_infer_discrete = True
-
     def __init__(self, num_particles: int = 4, plate: str = DATA_PLATE, vectorize_particles: bool = True):
         check_vimco_particles(num_particles)
-        super().__init__(num_particles=int(num_particles), vectorize_particles=vectorize_particles)
-        self.plate = plate
-
-    # ------------------------------------------------------------------ public API
-    def loss(self, rng_key, param_map, model, guide, *args, **kwargs):
-        return self.components(rng_key, param_map, model, guide, *args, **kwargs)["loss"]
-
-    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
-        out = self.components(rng_key, param_map, model, guide, *args, **kwargs)
-        return {"loss": out["loss"], "mutable_state": out["mutable_state"]}
+        super().__init__(num_particles, plate, vectorize_particles)
 
     def components(self, rng_key, param_map, model, guide, *args, **kwargs) -> Dict[str, Any]:
         """All K particles at once. Returns ``loss`` (the surrogate; value -sum_b L_b),

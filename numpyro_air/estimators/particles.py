@@ -1,0 +1,37 @@
+"""What the multi-particle estimators (:mod:`.vimco`, :mod:`.rws`) share: a NumPyro ``ELBO``
+that draws its K particles at once, per datum of a plate, and computes everything in one
+``components`` call, of which ``loss`` and ``loss_with_mutable_state`` are views."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from numpyro.infer.elbo import ELBO
+
+from .traces import DATA_PLATE
+
+
+class ParticlesELBO(ELBO):
+    """Base class: K particles per datum of ``plate``; a subclass defines :meth:`components`.
+
+    :param int num_particles: K particles per datum (a subclass checks its own minimum).
+    :param str plate: name of the data plate (per-datum weights).
+    :param vectorize_particles: ``vmap`` (True), ``lax.map`` (False) or a callable over particles.
+    """
+
+    can_infer_discrete = True
+
+    def __init__(self, num_particles: int, plate: str = DATA_PLATE, vectorize_particles: bool = True):
+        super().__init__(num_particles=int(num_particles), vectorize_particles=vectorize_particles)
+        self.plate = plate
+
+    def loss(self, rng_key, param_map, model, guide, *args, **kwargs):
+        return self.components(rng_key, param_map, model, guide, *args, **kwargs)["loss"]
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        out = self.components(rng_key, param_map, model, guide, *args, **kwargs)
+        return {"loss": out["loss"], "mutable_state": out["mutable_state"]}
+
+    def components(self, rng_key, param_map, model, guide, *args, **kwargs) -> Dict[str, Any]:
+        """A dict with at least ``loss`` (the surrogate) and ``mutable_state`` (or None)."""
+        raise NotImplementedError
