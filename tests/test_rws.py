@@ -20,7 +20,23 @@ import pytest
 from conftest import SMALL, make_scenes
 from numpyro import handlers
 from numpyro.infer import SVI
-from test_vimco import P_MODEL, THETA, B, D, M, S, T, Y, _norm_logpdf, check_mc, exact_bound, log_w_of_draws, toy_guide, toy_model
+from test_vimco import (
+    P_MODEL,
+    THETA,
+    B,
+    D,
+    M,
+    S,
+    T,
+    Y,
+    _norm_logpdf,
+    check_mc,
+    draws_of,
+    exact_bound,
+    log_w_of_draws,
+    toy_guide,
+    toy_model,
+)
 
 from numpyro_air import AIRConfig, make_svi
 from numpyro_air.core.guide import guide as air_guide
@@ -115,15 +131,8 @@ def exact_loss_and_grad(K, with_c, n_gh=80, continuous="wake"):
 def per_draw(K, with_c, n, seed=0, continuous="wake"):
     """Per-draw (loss, gradient dict) of RWS_ELBO(K, continuous=) on the toy, vmapped over n keys, x64."""
     with jax.enable_x64(True):
-        elbo, y = RWS_ELBO(num_particles=K, continuous=continuous), jnp.asarray(Y)
-
-        def one(key):
-            fn = lambda p: elbo.loss(key, p, toy_model_mu, toy_guide, y, with_c=with_c)  # noqa: E731
-            return jax.value_and_grad(fn)(_params(with_c))
-
-        keys = jax.random.split(jax.random.PRNGKey(seed), n)
-        loss, grads = jax.jit(jax.vmap(one))(keys)
-        return np.asarray(loss), {k: np.asarray(a) for k, a in grads.items()}
+        params = _params(with_c)
+    return draws_of(RWS_ELBO(num_particles=K, continuous=continuous), toy_model_mu, params, n, seed, with_c=with_c)
 
 
 # ----------------------------------------------------------------------------- tests

@@ -146,19 +146,26 @@ def exact_loss_and_grad(K, with_c, n_gh=N_GH):
 
 
 # ----------------------------------------------------------------------------- MC machinery
-def per_draw(K, with_c, n, seed=0):
-    """Per-draw (loss, gradient dict) of VIMCO_ELBO(K) on the toy, vmapped over n keys, x64."""
+def draws_of(elbo, model, params: dict, n: int, seed: int = 0, **kwargs):
+    """Per-draw (loss, gradient dict) of ``elbo.loss`` on the toy (``model`` with toy_guide, y = Y)
+    at ``params``, vmapped over n keys, x64; ``kwargs`` go to model and guide."""
     with jax.enable_x64(True):
-        elbo = VIMCO_ELBO(num_particles=K)
         y = jnp.asarray(Y)
 
         def one(key):
-            fn = lambda p: elbo.loss(key, p, toy_model, toy_guide, y, with_c=with_c)  # noqa: E731
-            return jax.value_and_grad(fn)(_params(with_c))
+            fn = lambda p: elbo.loss(key, p, model, toy_guide, y, **kwargs)  # noqa: E731
+            return jax.value_and_grad(fn)(params)
 
         keys = jax.random.split(jax.random.PRNGKey(seed), n)
         loss, grads = jax.jit(jax.vmap(one))(keys)
         return np.asarray(loss), {k: np.asarray(a) for k, a in grads.items()}
+
+
+def per_draw(K, with_c, n, seed=0):
+    """Per-draw (loss, gradient dict) of VIMCO_ELBO(K) on the toy, vmapped over n keys, x64."""
+    with jax.enable_x64(True):
+        params = _params(with_c)
+    return draws_of(VIMCO_ELBO(num_particles=K), toy_model, params, n, seed, with_c=with_c)
 
 
 def check_mc(samples, exact, what):
