@@ -168,14 +168,14 @@ def test_gradient_and_value_match_exact(K, with_c, continuous):
 
 def test_value_and_weights_by_hand():
     """With a fixed key: log w from the guide's draws by hand, the bound, the loss's value and the
-    self-normalised weights."""
+    self-normalised weights and the wake terms."""
     K, key = 3, jax.random.PRNGKey(11)
     with jax.enable_x64(True):
         params, y = _params(True), jnp.asarray(Y)
         out = jax.jit(lambda k, p: RWS_ELBO(num_particles=K).components(k, p, toy_model_mu, toy_guide, y))(key, params)
-        log_w = log_w_of_draws(key, K, params, y)
+        log_w, log_q_disc = log_w_of_draws(key, K, params, y, with_log_q_disc=True)
     np.testing.assert_allclose(out["log_weights"], log_w, rtol=1e-12)
-    np.testing.assert_allclose(out["log_p"] - out["log_q"], log_w, rtol=1e-12)
+    np.testing.assert_allclose(out["wake_terms"], log_w + 2 * log_q_disc, rtol=1e-12)  # the "path" default
     bound = np.logaddexp.reduce(log_w, axis=0) - math.log(K)
     np.testing.assert_allclose(out["bound"], bound, rtol=1e-12)
     np.testing.assert_allclose(out["loss"], -bound.sum(), rtol=1e-12)

@@ -222,25 +222,26 @@ def test_value_and_signals_by_hand():
         np.testing.assert_allclose(out["signals"][k], bound - loo, rtol=1e-10, atol=1e-12)
 
 
-def log_w_of_draws(key, K, params, y) -> np.ndarray:
+def log_w_of_draws(key, K, params, y, with_log_q_disc: bool = False):
     """(K, B) log w by hand of the guide's draws for particle keys ``random.split(key, K)``, each
-    split again into (model key, guide key): the convention of numpyro_air.estimators.vimco/rws."""
+    split again into (model key, guide key): the convention of numpyro_air.estimators.vimco/rws.
+    With ``with_log_q_disc``, also (K, B) log q of the unmasked discrete draws z."""
 
     @jax.jit
     def draws(k_guide):
         tr = handlers.trace(handlers.seed(handlers.substitute(toy_guide, params), k_guide)).get_trace(y)
         return tr["c"]["value"], tr["z"]["value"]
 
-    log_w = np.zeros((K, B))
+    log_w, log_q_disc = np.zeros((K, B)), np.zeros((K, B))
     for k, pkey in enumerate(jax.random.split(key, K)):
         c, z = draws(jax.random.split(pkey)[1])
-        log_w[k] = _log_w_by_hand(np.asarray(c), np.asarray(z, np.float64))
-    return log_w
+        log_w[k], log_q_disc[k] = _log_w_by_hand(np.asarray(c), np.asarray(z, np.float64))
+    return (log_w, log_q_disc) if with_log_q_disc else log_w
 
 
 def _log_w_by_hand(c, z):
-    """log p(y, c, z) - log q(c, z) per image from the raw samples c (B,), z (T, B)."""
-    out = np.zeros(B)
+    """(log p(y, c, z) - log q(c, z), log q(z | c)) per image from the raw samples c (B,), z (T, B)."""
+    out, out_q_disc = np.zeros(B), np.zeros(B)
     for b in range(B):
         prev, count, lw = 1.0, 0.0, 0.0
         lw += -0.5 * c[b] ** 2 - (-0.5 * ((c[b] - M[b]) / S[b]) ** 2 - np.log(S[b]))
@@ -250,10 +251,11 @@ def _log_w_by_hand(c, z):
                 lq = -np.logaddexp(0, -logit) if z[t, b] else -np.logaddexp(0, logit)
                 lp = np.log(P_MODEL[t]) if z[t, b] else np.log1p(-P_MODEL[t])
                 lw += lp - lq
+                out_q_disc[b] += lq
             prev = z[t, b] * prev
             count += prev
         out[b] = lw - 0.5 * (Y[b] - count - c[b]) ** 2 - 0.5 * np.log(2 * np.pi)
-    return out
+    return out, out_q_disc
 
 
 def test_leave_one_out_bounds_formula():

@@ -4,8 +4,11 @@ that draws its K particles at once, per datum of a plate, and computes everythin
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import math
+from typing import Any, Dict, Optional
 
+import jax
+import jax.numpy as jnp
 from numpyro.infer.elbo import ELBO
 
 from .traces import DATA_PLATE
@@ -35,3 +38,13 @@ class ParticlesELBO(ELBO):
     def components(self, rng_key, param_map, model, guide, *args, **kwargs) -> Dict[str, Any]:
         """A dict with at least ``loss`` (the surrogate) and ``mutable_state`` (or None)."""
         raise NotImplementedError
+
+    @staticmethod
+    def bound(log_w: jnp.ndarray) -> jnp.ndarray:
+        """The K-sample bound (IWAE) per datum: log-weights (K, B) -> (B,) logsumexp_k - log K."""
+        return jax.nn.logsumexp(log_w, axis=0) - math.log(log_w.shape[0])
+
+    @staticmethod
+    def particles_mean(mutable: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        """The particles' mutable state (leaves (K, ...)) averaged over K, or None if there is none."""
+        return jax.tree.map(lambda x: jnp.mean(x, 0), mutable) if mutable else None

@@ -45,7 +45,6 @@ particle k uses ``random.split(rng_key, K)[k]``, split again into (model key, gu
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Dict
 
 import jax
@@ -111,31 +110,36 @@ class RWS_ELBO(ParticlesELBO):
 
     def components(self, rng_key, param_map, model, guide, *args, **kwargs) -> Dict[str, Any]:
         """All K particles at once. Returns ``loss`` (the surrogate; value -sum_b L_b), ``bound``
-        (B,) L_b, ``log_weights`` (K, B), ``weights`` (K, B) v_kb (stop-gradiented), ``log_p``
-        and ``log_q`` (K, B) and ``mutable_state`` (averaged over particles, or None). With
-        ``continuous="path"``, ``log_q`` is log q_disc and ``log_p`` is log w + log q_disc (so
-        that log_p - log_q is log w and the surrogate is the module docstring's)."""
+        (B,) L_b, ``log_weights`` (K, B), ``weights`` (K, B) v_kb (stop-gradiented),
+        ``wake_terms`` (K, B) (what the weights multiply in S: log p + log q with
+        ``continuous="wake"``, log w + 2 log q_disc with "path") and ``mutable_state`` (averaged
+        over particles, or None)."""
         keys = random.split(rng_key, self.num_particles)
         particle = lambda key: self._particle(key, param_map, model, guide, args, kwargs)  # noqa: E731
-        log_p, log_q, mutable = self.vectorize_particles_fn(particle, keys)
-        log_w = log_p - log_q
-        bound = jax.nn.logsumexp(log_w, axis=0) - math.log(self.num_particles)  # (B,)
+        log_w, wake_terms, mutable = self.vectorize_particles_fn(particle, keys)
+        bound = self.bound(log_w)  # (B,)
         weights = stop_gradient(jax.nn.softmax(log_w, axis=0))  # (K, B)
-        wake = jnp.sum(weights * (log_p + log_q))
+        wake = jnp.sum(weights * wake_terms)
         loss = -(stop_gradient(jnp.sum(bound)) + wake - stop_gradient(wake))
-        mutable = jax.tree.map(lambda x: jnp.mean(x, 0), mutable) if mutable else None
-        return dict(loss=loss, bound=bound, log_weights=log_w, weights=weights, log_p=log_p, log_q=log_q, mutable_state=mutable)
+        return dict(
+            loss=loss,
+            bound=bound,
+            log_weights=log_w,
+            weights=weights,
+            wake_terms=wake_terms,
+            mutable_state=self.particles_mean(mutable),
+        )
 
     # ------------------------------------------------------------------ one particle
     def _particle(self, key, param_map, model: Callable, guide: Callable, args: tuple, kwargs: dict):
-        """(log p (B,), log q (B,), mutable state dict) of one draw, scored at held draws; with
-        ``continuous="path"``, (log w + log q_disc, log q_disc): the reparameterised draws keep
-        their path, the others have none."""
+        """(log w (B,), wake term (B,), mutable state dict) of one draw. "wake": the draw is held
+        and the wake term is log p + log q; "path": the reparameterised draws keep their path, the
+        others have none, and the wake term is log w + 2 log q_disc."""
         if self.continuous == "path":
             model_trace, guide_trace = importance_traces(model, guide, param_map, key, args, kwargs)
             log_w, log_q_disc = per_datum_terms(model_trace, guide_trace, self.plate)
-            return log_w + log_q_disc, log_q_disc, mutable_values(model_trace, guide_trace)
+            return log_w, log_w + 2.0 * log_q_disc, mutable_values(model_trace, guide_trace)
         draws = held_draws(guide, param_map, key, args, kwargs)
         model_trace, guide_trace = importance_traces(model, replay(guide, trace=draws), param_map, key, args, kwargs)
         log_p, log_q = per_datum_log_densities(model_trace, guide_trace, self.plate)
-        return log_p, log_q, mutable_values(model_trace, guide_trace)
+        return log_p - log_q, log_p + log_q, mutable_values(model_trace, guide_trace)

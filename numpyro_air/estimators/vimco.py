@@ -77,12 +77,11 @@ class VIMCO_ELBO(ParticlesELBO):
         keys = random.split(rng_key, self.num_particles)
         particle = lambda key: self._particle(key, param_map, model, guide, args, kwargs)  # noqa: E731
         log_w, log_q_disc, mutable = self.vectorize_particles_fn(particle, keys)
-        K = self.num_particles
-        bound = jax.nn.logsumexp(log_w, axis=0) - math.log(K)  # (B,)
+        bound = self.bound(log_w)  # (B,)
         signals = stop_gradient(bound[None, :] - leave_one_out_bounds(log_w))  # (K, B)
         score = jnp.sum(signals * log_q_disc)
         loss = -(jnp.sum(bound) + score - stop_gradient(score))
-        mutable = jax.tree.map(lambda x: jnp.mean(x, 0), mutable) if mutable else None
+        mutable = self.particles_mean(mutable)
         return dict(
             loss=loss,
             bound=bound,
