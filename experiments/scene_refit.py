@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import numpyro.distributions as dist
 from numpyro import handlers
 
 from numpyro_air.analysis.inference import forced_presence
@@ -66,8 +67,8 @@ def loc_scale(fn) -> tuple[jnp.ndarray, jnp.ndarray]:
 
 
 def kl_normal(mu, log_sd, prior_loc, prior_scale) -> jnp.ndarray:
-    """KL(N(mu, exp(log_sd)) || N(prior_loc, prior_scale)), element-wise."""
-    return jnp.log(prior_scale) - log_sd + (jnp.exp(2 * log_sd) + (mu - prior_loc) ** 2) / (2 * prior_scale**2) - 0.5
+    """KL(N(mu, exp(log_sd)) || N(prior_loc, prior_scale)), element-wise (NumPyro's closed form)."""
+    return dist.kl_divergence(dist.Normal(mu, jnp.exp(log_sd)), dist.Normal(prior_loc, prior_scale))
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: a static argument of the compiled refit
