@@ -16,8 +16,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import numpyro.distributions as dist
+import optax
 from numpyro import handlers
 
 from numpyro_air.analysis.inference import forced_presence
