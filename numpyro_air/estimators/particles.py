@@ -39,6 +39,13 @@ class ParticlesELBO(ELBO):
         """A dict with at least ``loss`` (the surrogate) and ``mutable_state`` (or None)."""
         raise NotImplementedError
 
+    def all_particles(self, rng_key, param_map, model, guide, args: tuple, kwargs: dict):
+        """The subclass's ``_particle`` (one draw's per-datum outputs) for each of the K particle
+        keys ``random.split(rng_key, K)``, stacked on a leading (K,) axis by
+        ``vectorize_particles_fn``."""
+        keys = jax.random.split(rng_key, self.num_particles)
+        return self.vectorize_particles_fn(lambda key: self._particle(key, param_map, model, guide, args, kwargs), keys)
+
     @staticmethod
     def bound(log_w: jnp.ndarray) -> jnp.ndarray:
         """The K-sample bound (IWAE) per datum: log-weights (K, B) -> (B,) logsumexp_k - log K."""

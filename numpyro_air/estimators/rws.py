@@ -114,9 +114,7 @@ class RWS_ELBO(ParticlesELBO):
         ``wake_terms`` (K, B) (what the weights multiply in S: log p + log q with
         ``continuous="wake"``, log w + 2 log q_disc with "path") and ``mutable_state`` (averaged
         over particles, or None)."""
-        keys = random.split(rng_key, self.num_particles)
-        particle = lambda key: self._particle(key, param_map, model, guide, args, kwargs)  # noqa: E731
-        log_w, wake_terms, mutable = self.vectorize_particles_fn(particle, keys)
+        log_w, wake_terms, mutable = self.all_particles(rng_key, param_map, model, guide, args, kwargs)
         bound = self.bound(log_w)  # (B,)
         weights = stop_gradient(jax.nn.softmax(log_w, axis=0))  # (K, B)
         wake = jnp.sum(weights * wake_terms)

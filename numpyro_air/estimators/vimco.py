@@ -33,7 +33,6 @@ from typing import Any, Callable, Dict
 
 import jax
 import jax.numpy as jnp
-from jax import random
 from jax.lax import stop_gradient
 
 from .particles import ParticlesELBO
@@ -74,9 +73,7 @@ class VIMCO_ELBO(ParticlesELBO):
         ``bound`` (B,) L_b, ``log_weights`` (K, B), ``signals`` (K, B) s_kb (stop-gradiented),
         ``log_q_discrete`` (K, B) (masked; zeros without non-reparameterised sites) and
         ``mutable_state`` (averaged over particles, or None)."""
-        keys = random.split(rng_key, self.num_particles)
-        particle = lambda key: self._particle(key, param_map, model, guide, args, kwargs)  # noqa: E731
-        log_w, log_q_disc, mutable = self.vectorize_particles_fn(particle, keys)
+        log_w, log_q_disc, mutable = self.all_particles(rng_key, param_map, model, guide, args, kwargs)
         bound = self.bound(log_w)  # (B,)
         signals = stop_gradient(bound[None, :] - leave_one_out_bounds(log_w))  # (K, B)
         score = jnp.sum(signals * log_q_disc)
