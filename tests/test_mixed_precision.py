@@ -177,3 +177,25 @@ def test_bf16_matmul_primal_and_vmapped_gradients(in_axes):
         one = grad(*[a[k] if ax == 0 else a for a, ax in zip(args, in_axes)])
         np.testing.assert_allclose(dx[k], one[0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(dw[k], one[1], rtol=1e-5, atol=1e-6)
+
+
+def _compiled_dot_operand_dtypes(fn, *args) -> list:
+    """Operand dtypes of every ``dot`` in ``fn``'s compiled (optimised) HLO on the CPU: those XLA
+    runs as bfloat16 products keep bfloat16 operands; a product it upcasts reads float32 ones."""
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    dtype_of = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", text))
+    dots = re.findall(r"= \w+\[[^\]]*\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)", text)
+    return [(dtype_of[a], dtype_of[b]) for a, b in dots]
+
+
+def test_bf16_matmul_backward_products_stay_bfloat16():
+    """The gradient's two products run as bfloat16 products wherever XLA:CPU runs the forward
+    one so: written as ``g @ w.T`` and ``x.T @ g`` it converted their operands to float32."""
+    x, w = jnp.ones((64, 96), jnp.float32), jnp.ones((96, 128), jnp.float32)
+    forward = _compiled_dot_operand_dtypes(
+        lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32), x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    )
+    if forward != [("bf16", "bf16")]:
+        pytest.skip(f"this CPU backend multiplies bfloat16 operands as {forward}")
+    grads = _compiled_dot_operand_dtypes(jax.grad(lambda a, b: jnp.sum(jnp.sin(bf16_matmul(a, b))), argnums=(0, 1)), x, w)
+    assert len(grads) == 3 and all(d == ("bf16", "bf16") for d in grads), grads

@@ -104,44 +104,65 @@ def bf16_matmul(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
     the forward product and both backward products: the output cotangent is rounded to bfloat16
     once, and the gradients of ``x`` and ``w`` come out of their products as float32 (through
     ``astype`` they would be rounded to bfloat16 and converted back, a round trip of every
-    weight gradient)."""
+    weight gradient).
+
+    Both backward products are written in the forms XLA:CPU runs as bfloat16 products: ``dx``
+    contracts the cotangent's last axis with the kernel's last axis (:func:`_input_gradient`),
+    and ``dw`` multiplies a transposed copy of ``x`` by the cotangent (:func:`_weight_gradient`).
+    Written as ``g @ w.T`` and ``x.T @ g``, XLA converts both operands back to float32 and
+    multiplies in float32, 2-4 times slower on a CPU with bfloat16 instructions
+    (``benchmarks/README.md``); the values are the same up to the order of the float32 sums."""
     return _bf16_matmul_fwd(x, w)[0]
 
 
 def _bf16_matmul_fwd(x, w):
     xb, wb = to_bfloat16(x), to_bfloat16(w)
-    return _bf16_product(xb, wb), (xb, wb)
+    return _bf16_product(xb, wb), (x, wb)
+
+
+def _input_gradient(gb: jnp.ndarray, wb: jnp.ndarray) -> jnp.ndarray:
+    """g w^T (..., K) float32 from bfloat16 g (..., N) and w (K, N), contracting the last axes."""
+    dims = (((gb.ndim - 1,), (1,)), ((), ()))
+    return jax.lax.dot_general(gb, wb, dims, preferred_element_type=jnp.float32)
+
+
+def _rounded_transpose(x: jnp.ndarray) -> jnp.ndarray:
+    """x^T rounded to bfloat16, swapping the last two axes of float32 ``x`` (..., M, K) ->
+    (..., K, M) as one element-wise pass, held as its own array: XLA would otherwise fold the
+    transpose into the product, whose operands it then computes in float32."""
+    return jax.lax.optimization_barrier(to_bfloat16(jnp.swapaxes(x, -1, -2)))
 
 
 @jax.custom_batching.custom_vmap
-def _weight_gradient(x: jnp.ndarray, g: jnp.ndarray) -> jnp.ndarray:
-    """x^T g (K, N) float32 from bfloat16 x (M, K) and g (M, N). Its batching rule keeps the
-    product a plain matrix product when only one operand is batched (XLA:CPU runs no bfloat16
-    product whose batched operand's free dimensions are split by the contracted one)."""
-    return _bf16_product(x.T, g)
+def _weight_gradient(x: jnp.ndarray, gb: jnp.ndarray) -> jnp.ndarray:
+    """x^T g (K, N) float32 from float32 x (M, K) (rounded here) and bfloat16 g (M, N). Its
+    batching rule keeps the product a plain matrix product when only one operand is batched
+    (XLA:CPU runs no bfloat16 product whose batched operand's free dimensions are split by the
+    contracted one)."""
+    return _bf16_product(_rounded_transpose(x), gb)
 
 
 @_weight_gradient.def_vmap
-def _weight_gradient_vmap(axis_size: int, in_batched, x, g):
+def _weight_gradient_vmap(axis_size: int, in_batched, x, gb):
     x_batched, g_batched = in_batched
     if x_batched and g_batched:  # (S, M, K), (S, M, N): a batched product
-        return _bf16_product(jnp.swapaxes(x, -1, -2), g), True
+        return _bf16_product(_rounded_transpose(x), gb), True
     if g_batched:  # x (M, K), g (S, M, N): one product with S * N columns
-        S, M, N = g.shape
-        out = _bf16_product(x.T, jnp.moveaxis(g, 0, 1).reshape(M, S * N))  # (K, S * N)
+        S, M, N = gb.shape
+        out = _bf16_product(_rounded_transpose(x), jnp.moveaxis(gb, 0, 1).reshape(M, S * N))  # (K, S * N)
         return jnp.moveaxis(out.reshape(-1, S, N), 1, 0), True
     if x_batched:  # x (S, M, K), g (M, N): one product with S * K rows
         S, M, K = x.shape
-        out = _bf16_product(jnp.moveaxis(x, 0, 1).reshape(M, S * K).T, g)  # (S * K, N)
+        out = _bf16_product(_rounded_transpose(jnp.moveaxis(x, 0, 1).reshape(M, S * K)), gb)  # (S * K, N)
         return out.reshape(S, K, -1), True
-    return _weight_gradient(x, g), False
+    return _weight_gradient(x, gb), False
 
 
 def _bf16_matmul_bwd(res, g):
-    xb, wb = res
+    x, wb = res
     gb = to_bfloat16(g)
-    dx = _bf16_product(gb, wb.T)
-    dw = _weight_gradient(xb.reshape(-1, xb.shape[-1]), gb.reshape(-1, gb.shape[-1]))
+    dx = _input_gradient(gb, wb)
+    dw = _weight_gradient(x.reshape(-1, x.shape[-1]), gb.reshape(-1, gb.shape[-1]))
     return dx, dw
 
 
