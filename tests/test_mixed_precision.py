@@ -188,14 +188,23 @@ def _compiled_dot_operand_dtypes(fn, *args) -> list:
     return [(dtype_of[a], dtype_of[b]) for a, b in dots]
 
 
-def test_bf16_matmul_backward_products_stay_bfloat16():
+@pytest.mark.parametrize(
+    "in_axes", [None, (0, 0), (None, 0), (0, None)], ids=["one", "both-batched", "weights-batched", "inputs-batched"]
+)
+def test_bf16_matmul_backward_products_stay_bfloat16(in_axes):
     """The gradient's two products run as bfloat16 products wherever XLA:CPU runs the forward
-    one so: written as ``g @ w.T`` and ``x.T @ g`` it converted their operands to float32."""
-    x, w = jnp.ones((64, 96), jnp.float32), jnp.ones((96, 128), jnp.float32)
+    one so, alone and under ``jax.vmap`` (seeds): written as ``g @ w.T`` and ``x.T @ g`` they
+    converted their operands to float32."""
+    x, w = jnp.ones((2, 64, 96), jnp.float32), jnp.ones((2, 96, 128), jnp.float32)
     forward = _compiled_dot_operand_dtypes(
-        lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32), x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+        lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32), x[0].astype(jnp.bfloat16), w[0].astype(jnp.bfloat16)
     )
     if forward != [("bf16", "bf16")]:
         pytest.skip(f"this CPU backend multiplies bfloat16 operands as {forward}")
-    grads = _compiled_dot_operand_dtypes(jax.grad(lambda a, b: jnp.sum(jnp.sin(bf16_matmul(a, b))), argnums=(0, 1)), x, w)
+    grad = jax.grad(lambda a, b: jnp.sum(jnp.sin(bf16_matmul(a, b))), argnums=(0, 1))
+    if in_axes is None:
+        grads = _compiled_dot_operand_dtypes(grad, x[0], w[0])
+    else:
+        args = [a if ax == 0 else a[0] for a, ax in zip((x, w), in_axes)]
+        grads = _compiled_dot_operand_dtypes(jax.vmap(grad, in_axes=in_axes), *args)
     assert len(grads) == 3 and all(d == ("bf16", "bf16") for d in grads), grads
