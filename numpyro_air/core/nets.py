@@ -110,8 +110,9 @@ def bf16_matmul(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
     contracts the cotangent's last axis with the kernel's last axis (:func:`_input_gradient`),
     and ``dw`` multiplies a transposed copy of ``x`` by the cotangent (:func:`_weight_gradient`).
     Written as ``g @ w.T`` and ``x.T @ g``, XLA converts both operands back to float32 and
-    multiplies in float32, 2-4 times slower on a CPU with bfloat16 instructions
-    (``benchmarks/README.md``); the values are the same up to the order of the float32 sums."""
+    multiplies in float32, 2-3 times slower alone on a CPU with bfloat16 instructions
+    (``benchmarks/README.md``); the values are the same up to the order of the float32 sums.
+    The residual kept for ``dw`` is therefore the float32 ``x``, not its rounded copy."""
     return _bf16_matmul_fwd(x, w)[0]
 
 
