@@ -68,17 +68,20 @@ def test_concrete_preset_is_the_recipe_of_the_seeds_run():
     assert cfg("--preset", "concrete", "--estimator", "nvil")[0] == AIRConfig.tutorial()
 
 
-def test_fast_preset_is_concrete_with_three_times_the_learning_rate():
-    """`--preset fast` = Recipe.fast() = `--preset concrete -lr 3e-4`; an explicit -lr still wins."""
+def test_fast_preset_is_concrete_with_three_times_the_learning_rate_in_bfloat16():
+    """`--preset fast` = Recipe.fast() = `--preset concrete -lr 3e-4 --compute-dtype bfloat16`;
+    an explicit -lr or --compute-dtype still wins."""
     from numpyro_air.cli.train import build_parser, configs_from_args
     from numpyro_air.train.recipes import Recipe
 
     cfg = lambda *argv: configs_from_args(build_parser().parse_args(list(argv)))[:2]  # noqa: E731
     fast = cfg("--preset", "fast")
-    assert fast == cfg("--preset", "concrete", "-lr", "3e-4") == (Recipe.fast().air, Recipe.fast().optim)
-    assert fast[0] == Recipe.concrete().air and fast[1].learning_rate == 3e-4
+    concrete_bf16 = cfg("--preset", "concrete", "-lr", "3e-4", "--compute-dtype", "bfloat16")
+    assert fast == concrete_bf16 == (Recipe.fast().air, Recipe.fast().optim)
+    assert fast[0] == Recipe.concrete().air.replace(compute_dtype="bfloat16") and fast[1].learning_rate == 3e-4
     assert fast[1].baseline_learning_rate == Recipe.concrete().optim.baseline_learning_rate
     assert cfg("--preset", "fast", "-lr", "1e-4")[1] == Recipe.concrete().optim
+    assert cfg("--preset", "fast", "--compute-dtype", "float32")[0] == Recipe.concrete().air
 
 
 def test_different_data_description_is_refused_naming_the_difference():

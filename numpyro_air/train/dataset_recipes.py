@@ -37,6 +37,7 @@ def _multi_dsprites() -> DatasetRecipe:
     ``fast``, and occluding objects (``composition="over"``: the sprites are drawn over each other;
     against "add" +0.7 to +1.1 points of held-out accuracy in each of 4 seeds, 2026-12-05)."""
     air = Recipe.fast().air.replace(
+        compute_dtype="float32",  # the precision its results were measured in
         image_size=64,
         channels=3,
         num_steps=3,
@@ -64,6 +65,7 @@ def _scattered_mnist() -> DatasetRecipe:
     10,000 steps without averaging: 88.3-89.8%; averaged to 14,000: 89.6-90.1%; 2026-12-05)."""
     data = ScatteredMNISTConfig()
     air = Recipe.fast().air.replace(
+        compute_dtype="float32",  # the precision its results were measured in
         guide_input="difference",
         image_size=data.canvas_size,
         num_steps=data.max_digits,
