@@ -154,7 +154,7 @@ def _weight_gradient_vmap(axis_size: int, in_batched, x, gb):
         return jnp.moveaxis(out.reshape(-1, S, N), 1, 0), True
     if x_batched:  # x (S, M, K), g (M, N): one product with S * K rows
         S, M, K = x.shape
-        out = _bf16_product(_rounded_transpose(jnp.moveaxis(x, 0, 1).reshape(M, S * K)), gb)  # (S * K, N)
+        out = _bf16_product(_rounded_transpose(x).reshape(S * K, M), gb)  # (S * K, N)
         return out.reshape(S, K, -1), True
     return _weight_gradient(x, gb), False
 
