@@ -1,12 +1,13 @@
 """Compile time and step time of the training step under different XLA flags, fresh processes
 interleaved.
 
-    python benchmarks/xla_flags.py --flags "" "--xla_cpu_use_fusion_emitters=false" \\
+    python benchmarks/xla_flags.py --flags= --flags=--xla_cpu_use_fusion_emitters=false \\
         [--batch-sizes 64 256] [--rounds 3] [--steps 30] [--json NAME]
 
 Each measurement is a fresh ``python benchmarks/svi_step.py --json`` process (tutorial networks,
 NVIL step as the training loop compiles it) with ``XLA_FLAGS`` set to one entry of ``--flags``
-("" = XLA's defaults); one process per flag setting per round, in turn. Prints each process's
+("" = XLA's defaults; one ``--flags=SETTING`` per setting, written with ``=`` since a setting
+starts with ``--``); one process per flag setting per round, in turn. Prints each process's
 compile time (trace + lower + XLA) and median step, and per setting the medians over rounds.
 """
 
@@ -35,12 +36,21 @@ def one(flags: str, batch: int, steps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--flags", nargs="+", default=["", "--xla_cpu_use_fusion_emitters=false"], help="XLA_FLAGS settings")
+    ap.add_argument(
+        "--flags",
+        action="append",
+        metavar="SETTING",
+        help="one XLA_FLAGS setting, as --flags=SETTING (repeat for each; --flags= is XLA's defaults; "
+        "default: XLA's defaults and --xla_cpu_use_fusion_emitters=false)",
+    )
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[64])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--json", metavar="NAME", help="also write results/NAME")
     args = ap.parse_args()
+    args.flags = args.flags or ["", "--xla_cpu_use_fusion_emitters=false"]
+    if args.rounds < 1 or args.steps < 1:
+        ap.error("--rounds and --steps must be at least 1")
     rows = []
     for batch in args.batch_sizes:
         for r in range(args.rounds):
