@@ -3,20 +3,27 @@
 Usage:  python benchmarks/roofline.py [--batch-size 64] [--steps 30] [--warmup 5] [--min-time 0.05]
                                       [--repeats 3] [--stream-mb 256] [--device cpu|gpu|tpu]
                                       [--profile DIR] [--hlo-summary] [--json]
+                                      [--compute-dtype float32|bfloat16]
 
 Measures, in one process, with the tutorial networks (``AIRConfig.tutorial()``):
 
 (a) float32 matmul throughput at every matmul shape of the training step (:func:`step_matmuls`):
     each forward product X (m x k) @ W (k x n) with its two gradient products dX = dY @ W^T
-    (m x n)(n x k) and dW = X^T @ dY (k x m)(m x n). The image projections' dX is listed but not
-    counted (their input is data), as in ``svi_step.py --flops``, whose analytic total this list
-    reproduces. A shape's time is the median over ``--repeats`` of a compiled loop of R products
+    (m x n)(n x k) and dW = X^T @ dY (k x m)(m x n). The gradients with respect to an image are
+    listed but not counted (the image projections' dX, the crop's rows' dW: the image is data; the
+    crop's dW was counted until 2026-12-08), as in ``svi_step.py --flops``, whose analytic total
+    this list reproduces. A shape's time is the median over ``--repeats`` of a compiled loop of R products
     (R chosen so that one loop runs >= ``--min-time`` s; each product feeds one element of the
     next one's input, so XLA cannot hoist it), so dispatch costs are not counted;
 (b) streaming memory bandwidth: a jitted ``a * 0.5 + b`` over float32 arrays of ``--stream-mb`` MB
     written back into ``a`` (donated, so no fresh pages), bytes = 2 reads + 1 write;
 (c) the optimiser's traffic: Adam reads p, g, m, v and writes p, m, v: 7 x 4 bytes per parameter,
     the parameter count from the real params tree (``jax.eval_shape`` of ``svi.init``).
+
+``--compute-dtype bfloat16`` measures the step of ``AIRConfig.compute_dtype="bfloat16"`` against a
+floor whose dense products are timed as that step runs them (bfloat16 operands, float32 product,
+``numpyro_air.core.nets.bf16_matmul``); the spatial transformer's products stay float32 at HIGHEST
+precision, as in the model, and Adam's bytes are the same (float32 parameters and moments).
 
 The step's floor = sum(count x FLOPs / FLOP/s measured at that shape) + Adam bytes / bandwidth,
 printed beside the measured median time of the bare step ``jit_update(svi, cfg)`` (state donated) (timed as
@@ -55,33 +62,37 @@ from machine import pick_device as _pick_device
 
 # ----------------------------------------------------------------------------- the step's matmuls
 def _forward_products(cfg, B: int) -> list:
-    """(name, (batch, m, k, n), count per step, input_is_data, highest) of the forward pass."""
+    """(name, (batch, m, k, n), count per step, data operand, highest) of the forward pass; the
+    data operand ("x": the left, "w": the right, None) is an image, whose gradient the step does
+    not compute."""
     if cfg.embed_net is not None:
         raise ValueError("step_matmuls covers configs without an embed net (the tutorial's)")
     T, H, w, P, z = cfg.num_steps, cfg.rnn_hidden_size, cfg.window_size, cfg.image_size, cfg.z_what_size
     nets = 2 if cfg.uses_baseline_nets else 1  # guide LSTM (+ baseline LSTM)
     lat = 3 + z + 1
     out = [
-        (f"LSTM image projection x{nets}", (1, B, P * P, 4 * H), nets, True, False),
-        (f"LSTM latent input x{nets}", (1, B, lat, 4 * H), T * nets, False, False),
-        (f"LSTM hidden x{nets}", (1, B, H, 4 * H), T * nets, False, False),
+        (f"LSTM image projection x{nets}", (1, B, P * P, 4 * H), nets, "x", False),
+        (f"LSTM latent input x{nets}", (1, B, lat, 4 * H), T * nets, None, False),
+        (f"LSTM hidden x{nets}", (1, B, H, 4 * H), T * nets, None, False),
     ]
 
     def mlp(name, sizes):
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            out.append((f"{name} layer {i}", (1, B, a, b), T, False, False))
+            out.append((f"{name} layer {i}", (1, B, a, b), T, None, False))
 
     mlp("predict", (H,) + tuple(cfg.predict_net) + (7,))
     if cfg.uses_baseline_nets:
         mlp("baseline predict", (H,) + tuple(cfg.bl_predict_net) + (1,))
     mlp("encoder", (w * w,) + tuple(cfg.encoder_net) + (2 * z,))
     mlp("decoder", (z,) + tuple(cfg.decoder_net) + (w * w,))
-    # separable STN (numpyro_air.core.transform._sample): rows then columns, batched over images
+    # separable STN (numpyro_air.core.transform._sample): rows then columns, batched over images;
+    # the crop's rows multiply the image (data). The crop runs as gathers of its taps since
+    # 2026-12-07 (transform._sample_taps); its products stay here as the cost of the same sampling.
     out += [
-        ("STN image->window rows", (B, w, P, P), T, False, True),
-        ("STN image->window cols", (B, w, P, w), T, False, True),
-        ("STN window->image rows", (B, P, w, w), T, False, True),
-        ("STN window->image cols", (B, P, w, P), T, False, True),
+        ("STN image->window rows", (B, w, P, P), T, "w", True),
+        ("STN image->window cols", (B, w, P, w), T, None, True),
+        ("STN window->image rows", (B, P, w, w), T, None, True),
+        ("STN window->image cols", (B, P, w, P), T, None, True),
     ]
     return out
 
@@ -93,15 +104,15 @@ def step_matmuls(cfg, B: int) -> list:
     (m x k) @ (k x n) product repeated over ``batch``, ``count`` per step, ``counted`` (False for
     the gradient w.r.t. data, which the step does not compute), ``highest`` (the STN's matmuls
     run at HIGHEST precision) and ``flops`` = count x 2 x batch x m x k x n (0 if not counted).
-    Backward = 2 x forward, except the image projections (weight gradient only), the convention of
-    ``svi_step.py --flops``.
+    Backward = 2 x forward, except the products with an image operand (one gradient only: the
+    image projections, the crop's rows), the convention of ``svi_step.py --flops``.
     """
     rows = []
-    for name, (b, m, k, n), count, data_input, highest in _forward_products(cfg, B):
+    for name, (b, m, k, n), count, data, highest in _forward_products(cfg, B):
         for pss, shape, counted in (
             ("fwd", (b, m, k, n), True),
-            ("dX", (b, m, n, k), not data_input),
-            ("dW", (b, k, m, n), True),
+            ("dX", (b, m, n, k), data != "x"),
+            ("dW", (b, k, m, n), data != "w"),
         ):
             flops = count * 2 * math.prod(shape) if counted else 0
             rows.append(
@@ -120,27 +131,28 @@ def step_matmuls(cfg, B: int) -> list:
 
 # ----------------------------------------------------------------------------- measurements
 def _loop_of_products(highest: bool):
-    """jit(x, w, reps) -> x after ``reps`` products x @ w, each writing tanh of one element of the
-    product into x[0, ..., 0] (an O(1) in-place update that makes every product depend on the
-    previous one)."""
+    """jit(x, w, reps) -> x after ``reps`` products x @ w (float32 products of operands in x's
+    dtype), each writing tanh of one element of the product into x[0, ..., 0] (an O(1) in-place
+    update that makes every product depend on the previous one)."""
     prec = jax.lax.Precision.HIGHEST if highest else None
 
     def body(_, x_w):
         x, w = x_w
-        y = jnp.matmul(x, w, precision=prec)
+        y = jnp.matmul(x, w, precision=prec, preferred_element_type=jnp.float32)
         corner = (0,) * x.ndim
-        return x.at[corner].set(jnp.tanh(y[corner])), w
+        return x.at[corner].set(jnp.tanh(y[corner]).astype(x.dtype)), w
 
     return jax.jit(lambda x, w, reps: jax.lax.fori_loop(0, reps, body, (x, w))[0])
 
 
-def matmul_seconds(shape, device, min_time: float, repeats: int, highest: bool = False) -> float:
-    """Median seconds of one float32 product of ``shape`` = (batch, m, k, n) on ``device``."""
+def matmul_seconds(shape, device, min_time: float, repeats: int, highest: bool = False, dtype: str = "float32") -> float:
+    """Median seconds of one product of ``shape`` = (batch, m, k, n) on ``device``: operands in
+    ``dtype`` (float32 or bfloat16), the product in float32."""
     b, m, k, n = shape
     rng = np.random.default_rng(0)
     lead = (b,) if b > 1 else ()
-    x = jax.device_put(rng.standard_normal(lead + (m, k), np.float32), device)
-    w = jax.device_put((rng.standard_normal(lead + (k, n), np.float32) / np.sqrt(k)).astype(np.float32), device)
+    x = jax.device_put(jnp.asarray(rng.standard_normal(lead + (m, k), np.float32), dtype), device)
+    w = jax.device_put(jnp.asarray(rng.standard_normal(lead + (k, n), np.float32) / np.sqrt(k), dtype), device)
     run = _loop_of_products(highest)
     jax.block_until_ready(run(x, w, 1))  # compile
     t0 = time.perf_counter()
@@ -330,13 +342,15 @@ def hlo_summary(hlo_text: str, top: int = 12) -> dict:
 
 
 # ----------------------------------------------------------------------------- main
-def measure_matmuls(rows: list, device, min_time: float, repeats: int) -> dict:
-    """Seconds per product for each distinct (shape, precision) in ``rows``."""
+def measure_matmuls(rows: list, device, min_time: float, repeats: int, dtype: str = "float32") -> dict:
+    """Seconds per product for each distinct (shape, precision) in ``rows``: the HIGHEST-precision
+    products (the spatial transformer's) in float32, the others with ``dtype`` operands."""
     out = {}
     for r in rows:
         key = (r["shape"], r["highest"])
         if key not in out:
-            out[key] = matmul_seconds(r["shape"], device, min_time, repeats, r["highest"])
+            operands = "float32" if r["highest"] else dtype
+            out[key] = matmul_seconds(r["shape"], device, min_time, repeats, r["highest"], operands)
     return out
 
 
@@ -372,6 +386,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--profile", metavar="DIR", help="write a jax.profiler trace of a few compiled steps to DIR")
     ap.add_argument("--hlo-summary", action="store_true", help="summarise the compiled step's optimized HLO")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument(
+        "--compute-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="the step's dense-layer operands, and those of the floor's dense products",
+    )
     add_allocator_option(ap)
     args = ap.parse_args(argv)
     allocator = apply_allocator(args.system_allocator)
@@ -382,16 +402,17 @@ def main(argv=None) -> dict:
 
     device = _pick_device(args.device)
     B = args.batch_size
-    step_fn, state, pool, svi, cfg = build_bare_step(B, device, args.seed)
+    step_fn, state, pool, svi, cfg = build_bare_step(B, device, args.seed, args.compute_dtype)
     rows = step_matmuls(cfg, B)
     with jax.default_device(device):
-        seconds = measure_matmuls(rows, device, args.min_time, args.repeats)
+        seconds = measure_matmuls(rows, device, args.min_time, args.repeats, args.compute_dtype)
         stream = stream_bandwidth(device, args.stream_mb, args.repeats)
         params = param_count(svi, pool[0])
         times, compile_sec, state = time_bare_step(step_fn, state, pool, args.steps, args.warmup, device)
     res = {
         "batch_size": B,
         "config": "AIRConfig.tutorial()",
+        "compute_dtype": args.compute_dtype,
         "device": str(device),
         "backend": device.platform,
         "device_kind": getattr(device, "device_kind", None),
@@ -426,7 +447,8 @@ def main(argv=None) -> dict:
 def _text(r: dict) -> str:
     out = [
         f"device {r['device']} ({r['backend']}), cpu {r['cpu_model']}, nproc {r['nproc']}, jax {r['jax_version']}",
-        f"AIR training step, tutorial config, batch {r['batch_size']}: every matmul at its measured speed",
+        f"AIR training step, tutorial config, batch {r['batch_size']}, {r['compute_dtype']} dense operands: "
+        "every matmul at its measured speed",
         f"{'matmul':<30} {'pass':<4} {'shape (batch x m x k x n)':<26} {'count':>5} {'GFLOP':>7} {'GFLOP/s':>8} {'floor ms':>8}",
     ]
     for m in r["matmuls"]:

@@ -73,18 +73,25 @@ def analytic_macs(cfg) -> dict:
     return out
 
 
+def crop_rows_macs(cfg) -> int:
+    """Multiply-accumulates per image of the crop's row products (window rows x image rows x image
+    columns, each step): one of their operands is the image, whose gradient the step does not take."""
+    return cfg.num_steps * cfg.window_size * cfg.image_size * cfg.image_size
+
+
 def flops_report(cfg, batch: int) -> dict:
     comps = analytic_macs(cfg)
     fwd_macs = sum(m for m, _ in comps.values())
     proj = {k: m for k, (m, how) in comps.items() if how == "once"}
     proj_macs = sum(proj.values())
     # training ~ forward + backward; backward ~ 2x forward (input and weight gradients), except
-    # for the image projections whose input is data (weight gradient only: 1x)
-    train_flops_per_image = 2 * (3 * fwd_macs - proj_macs)
+    # for the products with an image operand (the image projections, the crop's rows: 1x)
+    crop = crop_rows_macs(cfg)
+    train_flops_per_image = 2 * (3 * fwd_macs - proj_macs - crop)
     T = cfg.num_steps
     per_step_macs = fwd_macs - proj_macs
     # XLA's cost_analysis counts a while loop's body (the scan over steps) once, not T times
-    xla_like = 2 * (3 * (proj_macs + per_step_macs / T) - proj_macs)
+    xla_like = 2 * (3 * (proj_macs + per_step_macs / T) - proj_macs - crop / T)
     return {
         "components_fwd_macs_per_image": {k: m for k, (m, _) in comps.items()},
         "components_frequency": {k: how for k, (_, how) in comps.items()},
