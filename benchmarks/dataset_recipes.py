@@ -4,7 +4,7 @@ training loop runs it: ``make_step`` with K seeds, each case in a fresh process.
     python benchmarks/dataset_recipes.py [--seeds 1 4] [--steps 20] [--only NAME ...] [--dair]
         [--conv-decoder C ...] [--broadcast-decoder H ...] [--template-decoder K]
         [--object-colour pixel|single] [--estimator E] [--num-particles K] [--system-allocator]
-        [--device cpu] [--json]
+        [--compute-dtype float32|bfloat16] [--device cpu] [--json]
 
 For each dataset of ``DATASET_RECIPES`` and each K of ``--seeds``: the recipe's model on random
 scenes of its canvas (batch 64), the compiled step, 3 warm-up steps, then the median of
@@ -13,13 +13,15 @@ process's peak resident memory, and the time 100,000 steps would take at the mea
 ``--dair`` times each recipe with DAIR's guide input (``guide_input="difference"``, as ``--dair``).
 ``--conv-decoder 64 32 16`` replaces the decoder with a convolutional one, ``--broadcast-decoder
 64 64`` with a spatial broadcast one, ``--template-decoder 8`` with a template decoder (with
-``--object-colour single``), ``--object-colour`` sets the decoder's colour (all as the CLI
-flags); ``--estimator vimco --num-particles 4`` times another z_pres estimator. Each child sets
+``--object-colour single``), ``--object-colour`` sets the decoder's colour, ``--compute-dtype``
+the operands of the dense layers and convolutions (all as the CLI flags); ``--estimator vimco
+--num-particles 4`` times another z_pres estimator. Each child sets
 the allocator as ``numpyro-air train`` does (``--system-allocator``: glibc's defaults).
 ``--json`` writes ``results/<device>_dataset_recipes.json`` (``..._dair`` with ``--dair``,
 ``..._convdec`` with ``--conv-decoder``, ``..._broadcast`` with ``--broadcast-decoder``,
 ``..._template`` with ``--template-decoder``, ``..._colour_<C>`` with ``--object-colour C``,
-``..._<E><K>`` with ``--estimator E --num-particles K``, ``..._system_allocator`` with
+``..._<E><K>`` with ``--estimator E --num-particles K``, ``..._<D>`` with ``--compute-dtype D``,
+``..._system_allocator`` with
 ``--system-allocator``).
 """
 
@@ -94,6 +96,7 @@ def measure(
         "broadcast_decoder": air.broadcast_decoder,
         "template_decoder": air.template_decoder,
         "object_colour": air.object_colour,
+        "compute_dtype": air.compute_dtype,
         "estimator": air.presence_estimator,
         "particles": optim.for_estimator(air.presence_estimator).num_particles,
         "allocator": allocator,
@@ -118,6 +121,7 @@ def label(r: dict) -> str:
     parts += [f"broadcast-decoder {' '.join(map(str, r['broadcast_decoder']))}"] if r.get("broadcast_decoder") else []
     parts += [f"template-decoder {r['template_decoder']}"] if r.get("template_decoder") else []
     parts += [f"object-colour {r['object_colour']}"] if r.get("object_colour", "pixel") != "pixel" else []
+    parts += [r["compute_dtype"]] if r.get("compute_dtype", "float32") != "float32" else []
     return ", ".join(parts)
 
 
@@ -136,6 +140,7 @@ def main(argv=None) -> list:
     ap.add_argument("--object-colour", choices=["pixel", "single"], help="as the CLI flag (default: the recipe's)")
     ap.add_argument("--estimator", choices=["nvil", "vimco", "rws", "concrete"], help="as the CLI flag (default: the recipe's)")
     ap.add_argument("--num-particles", type=int, help="as the CLI flag (default: the estimator's)")
+    ap.add_argument("--compute-dtype", choices=["float32", "bfloat16"], help="as the CLI flag (default: the recipe's)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     add_allocator_option(ap)
@@ -149,6 +154,7 @@ def main(argv=None) -> list:
             "template_decoder": a.template_decoder,
             "object_colour": a.object_colour,
             "presence_estimator": a.estimator,
+            "compute_dtype": a.compute_dtype,
         }
         options = {k: v for k, v in options.items() if v}
         print(json.dumps(measure(a.child[0], int(a.child[1]), a.steps, a.dair, options, a.num_particles, allocator)))
@@ -164,6 +170,7 @@ def main(argv=None) -> list:
             cmd += ["--object-colour", a.object_colour] if a.object_colour else []
             cmd += ["--estimator", a.estimator] if a.estimator else []
             cmd += ["--num-particles", str(a.num_particles)] if a.num_particles else []
+            cmd += ["--compute-dtype", a.compute_dtype] if a.compute_dtype else []
             cmd += ["--system-allocator"] if a.system_allocator else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             r = json.loads(out)
@@ -180,6 +187,7 @@ def main(argv=None) -> list:
         suffix += "_template" if a.template_decoder else ""
         suffix += f"_colour_{a.object_colour}" if a.object_colour else ""
         suffix += f"_{a.estimator}{a.num_particles or ''}" if a.estimator else ""
+        suffix += f"_{a.compute_dtype}" if a.compute_dtype else ""
         suffix += "_system_allocator" if a.system_allocator else ""
         path = HERE / "results" / f"{a.device}_dataset_recipes{suffix}.json"
         path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "cases": results}, indent=1))
