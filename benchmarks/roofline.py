@@ -7,7 +7,7 @@ Usage:  python benchmarks/roofline.py [--batch-size 64] [--steps 30] [--warmup 5
 
 Measures, in one process, with the tutorial networks (``AIRConfig.tutorial()``):
 
-(a) float32 matmul throughput at every matmul shape of the training step (:func:`step_matmuls`):
+(a) matmul throughput (operands of ``--compute-dtype``) at every matmul shape of the training step (:func:`step_matmuls`):
     each forward product X (m x k) @ W (k x n) with its two gradient products dX = dY @ W^T
     (m x n)(n x k) and dW = X^T @ dY (k x m)(m x n). The gradients with respect to an image are
     listed but not counted (the image projections' dX, the crop's rows' dW: the image is data; the
@@ -87,7 +87,7 @@ def _forward_products(cfg, B: int) -> list:
     mlp("decoder", (z,) + tuple(cfg.decoder_net) + (w * w,))
     # separable STN (numpyro_air.core.transform._sample): rows then columns, batched over images;
     # the crop's rows multiply the image (data). The crop runs as gathers of its taps since
-    # 2026-12-07 (transform._sample_taps); its products stay here as the cost of the same sampling.
+    # 2026-11-26 (transform._sample_taps); its products stay here as the cost of the same sampling.
     out += [
         ("STN image->window rows", (B, w, P, P), T, "w", True),
         ("STN image->window cols", (B, w, P, w), T, None, True),
